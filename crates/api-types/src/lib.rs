@@ -1,0 +1,161 @@
+//! The request and response bodies of Strata's `/v1` management API.
+//!
+//! The server serves these types, the `strata` CLI and the tests send and read them, and the
+//! OpenAPI document at `/v1/openapi.json` is generated from their `ToSchema` derives — so the
+//! three can never drift apart. Sizes are bytes; times are Unix milliseconds; ids are UUIDs.
+
+use serde::{Deserialize, Serialize};
+use strata_types::{LayerId, ServerId, VolumeId};
+use utoipa::ToSchema;
+
+/// Every error the API returns has this body, with a matching HTTP status.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// One line saying what went wrong and what to do about it.
+    pub error: String,
+}
+
+/// A server of the management group, as `strata server list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerInfo {
+    /// The server's permanent id.
+    pub id: ServerId,
+    /// The server's name.
+    pub name: String,
+    /// Management API address (`http://host:port`).
+    pub api_addr: String,
+    /// NBD address (`host:port`) clients connect to.
+    pub nbd_addr: String,
+    /// Address other servers use to reach this one.
+    pub peer_addr: String,
+    /// `up`, `down` or `joining`.
+    pub state: String,
+    /// `leader`, `manager` or `none`: this server's part in the management quorum.
+    pub manager: String,
+    /// The cluster this server belongs to, if any.
+    pub cluster: Option<String>,
+    /// Bytes of the filesystem holding the server's data directory (0 if unknown).
+    pub capacity_bytes: u64,
+    /// Bytes of volume data stored on this server.
+    pub used_bytes: u64,
+}
+
+/// A cluster: a named set of servers that volumes live on.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInfo {
+    /// The cluster's name.
+    pub name: String,
+    /// Names of its servers.
+    pub servers: Vec<String>,
+    /// Names of the volumes that live on it.
+    pub volumes: Vec<String>,
+}
+
+/// `POST /v1/volumes`: make a new, empty, thin-provisioned volume.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateVolume {
+    /// Name of the volume; letters, digits, `-`, `_`, `.`, at most 64.
+    pub name: String,
+    /// Size in bytes, a multiple of 512.
+    pub size: u64,
+    /// Cluster to place it on (default: `default`).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Copies of each chunk, 1 to 3 (default 1).
+    #[serde(default)]
+    pub replicas: Option<u8>,
+}
+
+/// `POST /v1/volumes/{name}/resize`: grow a volume.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ResizeVolume {
+    /// New size in bytes: a multiple of 512, not smaller than the current size.
+    pub size: u64,
+}
+
+/// A volume and its snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VolumeInfo {
+    /// The volume's permanent id.
+    pub id: VolumeId,
+    /// The volume's name, also its NBD export name.
+    pub name: String,
+    /// The cluster it lives on.
+    pub cluster: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Copies of each chunk.
+    pub replicas: u8,
+    /// `primary` (writable) or `remote` (read-only, fed by remote copy).
+    pub role: String,
+    /// `healthy`, `degraded` or `resyncing N%`.
+    pub status: String,
+    /// Bytes written into the volume's layers on this server (all layers, including snapshots).
+    pub used_bytes: u64,
+    /// The id of the writable head layer.
+    pub head: LayerId,
+    /// Snapshots, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// NBD URL of the volume on the server that answered.
+    pub nbd_url: String,
+    /// Creation time, Unix milliseconds.
+    pub created_unix_ms: u64,
+}
+
+/// `POST /v1/volumes/{name}/snapshots`: take a snapshot of the volume now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct CreateSnapshot {
+    /// Name for the snapshot; if absent the server names it from the time (`snap-YYYYMMDD-HHMMSS`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A snapshot: a frozen layer of a volume.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotInfo {
+    /// The snapshot's id (its layer id), globally unique.
+    pub id: LayerId,
+    /// The snapshot's name, unique within its volume.
+    pub name: String,
+    /// The volume it belongs to.
+    pub volume: String,
+    /// Size of the volume when the snapshot was taken.
+    pub size: u64,
+    /// When it was taken, Unix milliseconds.
+    pub created_unix_ms: u64,
+    /// NBD export name (`VOL@SNAP`), read-only.
+    pub export: String,
+}
+
+/// A byte range of a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Range {
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// `GET /v1/volumes/{name}/diff`: what changed between two points of a volume.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DiffInfo {
+    /// The volume.
+    pub volume: String,
+    /// The older snapshot.
+    pub from: String,
+    /// The newer snapshot, or `HEAD` for the live volume.
+    pub to: String,
+    /// Ranges written, trimmed or zeroed after `from` up to `to`, sorted and coalesced.
+    pub ranges: Vec<Range>,
+    /// Sum of the ranges' lengths.
+    pub changed_bytes: u64,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` when the server serves I/O and its management state is readable.
+    pub status: String,
+    /// This server's name.
+    pub server: String,
+}

@@ -1,0 +1,147 @@
+//! The command line, as clap reads it. Names and flags follow SPEC.md's Interfaces section.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Strata: distributed block storage with layered snapshots and remote copy.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes, before or after the command words.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// API of the server to talk to (client commands), or to listen on (`strata server`).
+    #[arg(long, global = true, env = "STRATA_API")]
+    pub api: Option<String>,
+    /// How to print results.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for programs.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a server, or list the servers of the management group (`strata server list`).
+    Server(ServerArgs),
+    /// Show the clusters of the management group.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Create, inspect, grow and delete volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Take, list, delete and compare snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Run a local deployment for trying Strata out, until Ctrl-C.
+    Dev(DevArgs),
+}
+
+/// `strata server`: run a server with these flags, or `strata server list`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerArgs {
+    #[command(subcommand)]
+    pub list: Option<ServerCommand>,
+    /// Directory for this server's store and management state.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The server's name (default: derived from its id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// NBD listen address (default 127.0.0.1:10809).
+    #[arg(long)]
+    pub nbd: Option<String>,
+    /// Address other servers use to reach this one (default: the API address).
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Start a new management group with this server as its only manager.
+    #[arg(long, conflicts_with = "join")]
+    pub bootstrap: bool,
+    /// Join the management group of the server whose API is at URL.
+    #[arg(long, value_name = "URL")]
+    pub join: Option<String>,
+    /// A TOML file with the same settings; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// List the servers of the management group.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// List the clusters.
+    List,
+    /// Show one cluster.
+    Show { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a thin-provisioned volume.
+    Create {
+        name: String,
+        /// Size, e.g. 10GiB.
+        #[arg(long)]
+        size: String,
+        /// Cluster to place it on (default: `default`).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Copies of each chunk (1 to 3).
+        #[arg(long)]
+        replicas: Option<u8>,
+    },
+    /// List volumes.
+    List,
+    /// Show a volume and its snapshots.
+    Show { name: String },
+    /// Grow a volume.
+    Resize {
+        name: String,
+        /// New size, e.g. 20GiB; never smaller than now.
+        #[arg(long)]
+        size: String,
+    },
+    /// Delete a volume with its snapshots and data.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot: `VOL` (named from the time) or `VOL@SNAP`.
+    Create { target: String },
+    /// List a volume's snapshots, oldest first.
+    List { volume: String },
+    /// Delete a snapshot: `VOL@SNAP`.
+    Delete { target: String },
+    /// Print the ranges changed after `VOL@A` up to `VOL@B` (default: the live volume).
+    Diff { from: String, to: Option<String> },
+}
+
+/// `strata dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where the deployment keeps its data.
+    #[arg(long, default_value = "strata-dev")]
+    pub dir: PathBuf,
+    /// NBD listen address (the API listens on `--api`, default 127.0.0.1:7780).
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub nbd: String,
+}

@@ -1,0 +1,261 @@
+//! Applying one [`Command`] to a [`StateView`]: validation, then mutation.
+//!
+//! This is the deterministic heart of the state machine. Every replica runs [`apply_command`] on
+//! the same state with the same command and must reach the same result, so nothing here reads
+//! the clock, draws random numbers or depends on iteration order of unordered maps.
+//!
+//! Each command is checked completely before anything is changed: a refused command leaves the
+//! state exactly as it was, and its [`CommandError`] becomes the Raft response.
+
+use crate::error::CommandError;
+use crate::model::{
+    ClusterRecord, Command, CommandOutput, ServerRecord, SnapshotRecord, StateView, VolumeRecord,
+};
+use strata_types::{LayerId, Name, ServerId, VolumeId, BLOCK_SIZE};
+
+/// The most replicas a volume may have.
+pub const MAX_REPLICAS: u8 = 3;
+
+/// Validates `cmd` against `state` and, if valid, applies it.
+pub fn apply_command(state: &mut StateView, cmd: Command) -> Result<CommandOutput, CommandError> {
+    match cmd {
+        Command::AddServer(rec) => add_server(state, rec),
+        Command::CreateCluster { name, servers } => create_cluster(state, name, servers),
+        Command::CreateVolume {
+            id,
+            name,
+            cluster,
+            size,
+            replicas,
+            head,
+            now_ms,
+        } => {
+            let vol = VolumeRecord {
+                id,
+                name,
+                cluster,
+                size,
+                replicas,
+                layers: vec![head],
+                snapshots: Vec::new(),
+                created_unix_ms: now_ms,
+            };
+            create_volume(state, vol)
+        }
+        Command::ResizeVolume { name, size } => resize_volume(state, &name, size),
+        Command::DeleteVolume { name } => {
+            let vol = state
+                .volumes
+                .remove(&name)
+                .ok_or(CommandError::UnknownVolume(name))?;
+            Ok(CommandOutput::Volume(vol))
+        }
+        Command::CreateSnapshot {
+            volume,
+            name,
+            frozen,
+            new_head,
+            now_ms,
+        } => create_snapshot(state, volume, name, frozen, new_head, now_ms),
+        Command::DeleteSnapshot { volume, name } => delete_snapshot(state, volume, name),
+    }
+}
+
+fn add_server(state: &mut StateView, rec: ServerRecord) -> Result<CommandOutput, CommandError> {
+    if state.servers.contains_key(&rec.id) {
+        return Err(CommandError::ServerIdExists(rec.id));
+    }
+    if state.server_by_name(&rec.name).is_some() {
+        return Err(CommandError::ServerNameExists(rec.name));
+    }
+    if state
+        .servers
+        .values()
+        .any(|s| s.raft_node_id == rec.raft_node_id)
+    {
+        return Err(CommandError::RaftNodeIdExists(rec.raft_node_id));
+    }
+    for (what, addr) in [
+        ("API address", &rec.api_addr),
+        ("NBD address", &rec.nbd_addr),
+        ("peer address", &rec.peer_addr),
+    ] {
+        if addr.trim().is_empty() {
+            return Err(CommandError::MissingAddress {
+                name: rec.name,
+                what: what.to_string(),
+            });
+        }
+    }
+    state.servers.insert(rec.id, rec.clone());
+    Ok(CommandOutput::Server(rec))
+}
+
+fn create_cluster(
+    state: &mut StateView,
+    name: Name,
+    servers: Vec<ServerId>,
+) -> Result<CommandOutput, CommandError> {
+    if state.clusters.contains_key(&name) {
+        return Err(CommandError::ClusterExists(name));
+    }
+    if servers.is_empty() {
+        return Err(CommandError::EmptyCluster(name));
+    }
+    for (i, id) in servers.iter().enumerate() {
+        if !state.servers.contains_key(id) {
+            return Err(CommandError::UnknownServer(*id));
+        }
+        if let Some(other) = state.cluster_of(*id) {
+            return Err(CommandError::ServerInCluster {
+                server: *id,
+                cluster: other.name.clone(),
+            });
+        }
+        if servers[..i].contains(id) {
+            return Err(CommandError::ServerInCluster {
+                server: *id,
+                cluster: name,
+            });
+        }
+    }
+    let rec = ClusterRecord { name, servers };
+    state.clusters.insert(rec.name.clone(), rec.clone());
+    Ok(CommandOutput::Cluster(rec))
+}
+
+fn check_size(size: u64) -> Result<(), CommandError> {
+    if size == 0 || size % BLOCK_SIZE != 0 {
+        return Err(CommandError::BadSize {
+            size,
+            block: BLOCK_SIZE,
+        });
+    }
+    Ok(())
+}
+
+fn check_fresh_layer(state: &StateView, layer: LayerId) -> Result<(), CommandError> {
+    if state.volume_with_layer(layer).is_some() {
+        return Err(CommandError::LayerInUse(layer));
+    }
+    Ok(())
+}
+
+fn check_fresh_volume_id(state: &StateView, id: VolumeId) -> Result<(), CommandError> {
+    if state.volume_by_id(id).is_some() {
+        return Err(CommandError::VolumeIdExists(id));
+    }
+    Ok(())
+}
+
+fn create_volume(state: &mut StateView, vol: VolumeRecord) -> Result<CommandOutput, CommandError> {
+    if state.volumes.contains_key(&vol.name) {
+        return Err(CommandError::VolumeExists(vol.name));
+    }
+    check_fresh_volume_id(state, vol.id)?;
+    let cluster = state
+        .clusters
+        .get(&vol.cluster)
+        .ok_or_else(|| CommandError::UnknownCluster(vol.cluster.clone()))?;
+    check_size(vol.size)?;
+    let max = cluster.servers.len().min(usize::from(MAX_REPLICAS));
+    if vol.replicas == 0 || usize::from(vol.replicas) > max {
+        return Err(CommandError::BadReplicas {
+            replicas: vol.replicas,
+            cluster: vol.cluster,
+            servers: cluster.servers.len(),
+            max,
+        });
+    }
+    for layer in &vol.layers {
+        check_fresh_layer(state, *layer)?;
+    }
+    state.volumes.insert(vol.name.clone(), vol.clone());
+    Ok(CommandOutput::Volume(vol))
+}
+
+fn resize_volume(state: &mut StateView, name: &Name, size: u64) -> Result<CommandOutput, CommandError> {
+    let vol = state
+        .volumes
+        .get_mut(name)
+        .ok_or_else(|| CommandError::UnknownVolume(name.clone()))?;
+    check_size(size)?;
+    if size < vol.size {
+        return Err(CommandError::Shrink {
+            name: name.clone(),
+            current: vol.size,
+            requested: size,
+        });
+    }
+    vol.size = size;
+    Ok(CommandOutput::Volume(vol.clone()))
+}
+
+fn create_snapshot(
+    state: &mut StateView,
+    volume: Name,
+    name: Name,
+    frozen: LayerId,
+    new_head: LayerId,
+    now_ms: u64,
+) -> Result<CommandOutput, CommandError> {
+    if !state.volumes.contains_key(&volume) {
+        return Err(CommandError::UnknownVolume(volume));
+    }
+    check_fresh_layer(state, new_head)?;
+    let vol = state
+        .volumes
+        .get_mut(&volume)
+        .ok_or_else(|| CommandError::UnknownVolume(volume.clone()))?;
+    if vol.snapshot(&name).is_some() {
+        return Err(CommandError::SnapshotExists { volume, name });
+    }
+    match vol.head() {
+        Some(head) if head == frozen => {}
+        head => {
+            return Err(CommandError::StaleHead {
+                volume,
+                // An empty stack never occurs; report the layer asked for rather than panic.
+                head: head.unwrap_or(frozen),
+            })
+        }
+    }
+    let snap = SnapshotRecord {
+        name,
+        layer: frozen,
+        created_unix_ms: now_ms,
+        size: vol.size,
+    };
+    vol.snapshots.push(snap.clone());
+    vol.layers.push(new_head);
+    Ok(CommandOutput::Snapshot {
+        snapshot: snap,
+        volume: vol.clone(),
+    })
+}
+
+fn delete_snapshot(
+    state: &mut StateView,
+    volume: Name,
+    name: Name,
+) -> Result<CommandOutput, CommandError> {
+    let vol = state
+        .volumes
+        .get_mut(&volume)
+        .ok_or_else(|| CommandError::UnknownVolume(volume.clone()))?;
+    let pos = vol
+        .snapshots
+        .iter()
+        .position(|s| s.name == name)
+        .ok_or(CommandError::UnknownSnapshot { volume, name })?;
+    let snap = vol.snapshots.remove(pos);
+    vol.layers.retain(|l| *l != snap.layer);
+    Ok(CommandOutput::Snapshot {
+        snapshot: snap,
+        volume: vol.clone(),
+    })
+}
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod tests;

@@ -1,0 +1,122 @@
+//! The one redb file that holds all of a node's Raft and management data: `<dir>/meta.redb`.
+//!
+//! Tables (all values are JSON, versioned where they are our own format):
+//! - `log`: `u64` log index → one serialized `Entry<TypeConfig>`.
+//! - `raft`: `&str` key → value. Keys: `vote` (the durable vote), `committed` (last committed
+//!   log id, a hint used to re-apply after restart), `last_purged` (log id of the last purged
+//!   entry).
+//! - `sm`: key `state` → [`SmData`]: the applied state, its last applied log id and the last
+//!   membership, written once per applied batch.
+//! - `snapshot`: key `meta` → the current snapshot's `SnapshotMeta`; key `data` → its bytes (a
+//!   serialized [`SmData`]).
+//!
+//! Durability: the vote, log appends and truncations commit with redb's default (fsync) before
+//! openraft is told they are done. The state machine, the committed hint and purges commit
+//! without fsync: redb makes every later fsynced commit persist the earlier ones too, and after a
+//! crash openraft re-applies the log from the last durable applied point, so nothing committed is
+//! lost. Snapshots are written durably because purged log entries exist only in them.
+
+use crate::model::StateView;
+use crate::TypeConfig;
+use openraft::{LogId, StorageError, StorageIOError, StoredMembership};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::path::Path;
+
+/// Log entries by index.
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Raft bookkeeping: vote, committed, last purged.
+pub(crate) const RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
+/// The state machine's persisted state.
+pub(crate) const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("sm");
+/// The current snapshot.
+pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+/// The file name inside the metadata directory.
+pub const DB_FILE: &str = "meta.redb";
+
+/// Format version of [`SmData`]; bump on incompatible change.
+pub(crate) const SM_FORMAT: u32 = 1;
+
+/// Shorthand for the storage error type openraft wants.
+pub(crate) type StoreError = StorageError<u64>;
+
+/// Everything the state machine persists, and the content of a snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct SmData {
+    /// [`SM_FORMAT`] when written.
+    pub format: u32,
+    /// The last log entry applied.
+    pub last_applied: Option<LogId<u64>>,
+    /// The last membership config applied.
+    pub last_membership: StoredMembership<u64, openraft::BasicNode>,
+    /// The management state.
+    pub state: StateView,
+}
+
+/// Opens (or creates) the database in `dir` and makes sure every table exists, so read
+/// transactions never meet a missing table.
+pub(crate) fn open(dir: &Path) -> Result<Database, redb::Error> {
+    let db = Database::create(dir.join(DB_FILE))?;
+    let tx = db.begin_write()?;
+    {
+        tx.open_table(LOG)?;
+        tx.open_table(RAFT)?;
+        tx.open_table(SM)?;
+        tx.open_table(SNAPSHOT)?;
+    }
+    tx.commit()?;
+    Ok(db)
+}
+
+/// Reads and decodes `key` from a `&str`-keyed table; `None` if absent.
+pub(crate) fn get_json<T: DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<T>, redb::Error> {
+    let tx = db.begin_read()?;
+    let t = tx.open_table(table)?;
+    let Some(v) = t.get(key)? else {
+        return Ok(None);
+    };
+    let decoded = serde_json::from_slice(v.value()).map_err(|e| corrupt(key, &e))?;
+    Ok(Some(decoded))
+}
+
+/// Reads raw bytes of `key` from a `&str`-keyed table; `None` if absent.
+pub(crate) fn get_raw(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<Vec<u8>>, redb::Error> {
+    let tx = db.begin_read()?;
+    let t = tx.open_table(table)?;
+    Ok(t.get(key)?.map(|v| v.value().to_vec()))
+}
+
+/// Encodes `value` as JSON.
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, redb::Error> {
+    serde_json::to_vec(value).map_err(|e| corrupt("value", &e))
+}
+
+/// A decode failure as a redb error, so one error type flows through the storage code.
+fn corrupt(what: &str, e: &serde_json::Error) -> redb::Error {
+    redb::Error::Corrupted(format!("cannot decode {what} in {DB_FILE}: {e}"))
+}
+
+/// Converts any redb error into an openraft storage error for the given failure kind.
+pub(crate) fn io_err<E, F>(make: F, e: E) -> StoreError
+where
+    E: Into<redb::Error>,
+    F: FnOnce(openraft::AnyError) -> StorageIOError<u64>,
+{
+    let e: redb::Error = e.into();
+    tracing::error!(error = %e, "metadata storage error");
+    StoreError::IO {
+        source: make(openraft::AnyError::new(&e)),
+    }
+}
+
+/// Makes sure `TypeConfig` is used here so the entry type in [`LOG`] is documented by code.
+pub(crate) type LogEntry = openraft::Entry<TypeConfig>;

@@ -1,0 +1,210 @@
+//! The replicated data model: what the management group agrees on.
+//!
+//! Everything here is plain serde data. The [`StateView`] is the whole management state of one
+//! site — servers, clusters and volumes with their layer stacks and snapshots. It is small (a few
+//! thousand records at most), so the state machine keeps it in memory, persists it as one blob per
+//! applied batch, and hands out clones to readers.
+//!
+//! A [`Command`] is one proposed change. Commands carry every value that must be the same on every
+//! replica — ids, timestamps, new layer ids — because the state machine must be deterministic:
+//! the proposer picks random ids and reads the clock, the state machine never does. Each command
+//! is validated inside the state machine against the state at its log position (see
+//! `apply.rs`); a refused command is a committed no-op whose response carries a [`CommandError`].
+
+use crate::error::CommandError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use strata_types::{LayerId, Name, ServerId, VolumeId};
+
+/// One `strata server` known to the management group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    /// The server's id for its whole life.
+    pub id: ServerId,
+    /// The server's unique name.
+    pub name: Name,
+    /// Base URL of its management API, e.g. `http://10.0.0.5:7780`.
+    pub api_addr: String,
+    /// Address its NBD listener serves clients on, e.g. `10.0.0.5:10809`.
+    pub nbd_addr: String,
+    /// Address for server↔server data traffic.
+    pub peer_addr: String,
+    /// The server's node id in the Raft group.
+    pub raft_node_id: u64,
+}
+
+/// A named set of servers; a volume lives on one cluster. A server is in at most one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    /// The cluster's unique name.
+    pub name: Name,
+    /// Its servers, in the order given at creation.
+    pub servers: Vec<ServerId>,
+}
+
+/// A snapshot: a frozen layer of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// Name, unique within its volume.
+    pub name: Name,
+    /// The frozen layer holding the blocks written since the previous snapshot.
+    pub layer: LayerId,
+    /// When it was taken (Unix milliseconds, chosen by the proposer).
+    pub created_unix_ms: u64,
+    /// The volume's size in bytes when it was taken.
+    pub size: u64,
+}
+
+/// A volume: a thin-provisioned virtual disk on one cluster, as a stack of layers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// The volume's id for its whole life.
+    pub id: VolumeId,
+    /// Its unique name.
+    pub name: Name,
+    /// The cluster it lives on.
+    pub cluster: Name,
+    /// Size in bytes (a whole number of blocks).
+    pub size: u64,
+    /// Replicas per chunk, 1–3.
+    pub replicas: u8,
+    /// The layer stack, bottom to top; the last is the writable head.
+    pub layers: Vec<LayerId>,
+    /// Snapshots in stack order (oldest first).
+    pub snapshots: Vec<SnapshotRecord>,
+    /// When it was created (Unix milliseconds, chosen by the proposer).
+    pub created_unix_ms: u64,
+}
+
+impl VolumeRecord {
+    /// The writable top layer, if the stack is not empty (it never is for a valid record).
+    pub fn head(&self) -> Option<LayerId> {
+        self.layers.last().copied()
+    }
+
+    /// The snapshot called `name`, if any.
+    pub fn snapshot(&self, name: &Name) -> Option<&SnapshotRecord> {
+        self.snapshots.iter().find(|s| &s.name == name)
+    }
+}
+
+/// The whole management state of one site, as applied by one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateView {
+    /// Every server, by id.
+    pub servers: BTreeMap<ServerId, ServerRecord>,
+    /// Every cluster, by name.
+    pub clusters: BTreeMap<Name, ClusterRecord>,
+    /// Every volume, by name.
+    pub volumes: BTreeMap<Name, VolumeRecord>,
+}
+
+impl StateView {
+    /// The server called `name`, if any.
+    pub fn server_by_name(&self, name: &Name) -> Option<&ServerRecord> {
+        self.servers.values().find(|s| &s.name == name)
+    }
+
+    /// The cluster holding server `id`, if any.
+    pub fn cluster_of(&self, id: ServerId) -> Option<&ClusterRecord> {
+        self.clusters.values().find(|c| c.servers.contains(&id))
+    }
+
+    /// The volume with id `id`, if any.
+    pub fn volume_by_id(&self, id: VolumeId) -> Option<&VolumeRecord> {
+        self.volumes.values().find(|v| v.id == id)
+    }
+
+    /// The volume whose stack holds `layer`, if any. Layer ids are unique across volumes.
+    pub fn volume_with_layer(&self, layer: LayerId) -> Option<&VolumeRecord> {
+        self.volumes.values().find(|v| v.layers.contains(&layer))
+    }
+}
+
+/// One proposed change to the management state. Every field that must be identical on every
+/// replica (ids, times) is chosen by the proposer and carried here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Register a server with the group.
+    AddServer(ServerRecord),
+    /// Create a cluster of existing servers that are in no other cluster.
+    CreateCluster {
+        /// The new cluster's name.
+        name: Name,
+        /// Its servers (at least one).
+        servers: Vec<ServerId>,
+    },
+    /// Create a volume with one empty writable layer `head`.
+    CreateVolume {
+        /// The new volume's id.
+        id: VolumeId,
+        /// The new volume's name.
+        name: Name,
+        /// The cluster it goes on.
+        cluster: Name,
+        /// Size in bytes, a positive multiple of the block size.
+        size: u64,
+        /// Replicas per chunk, 1–3 and at most the cluster's server count.
+        replicas: u8,
+        /// The id of its first (writable) layer.
+        head: LayerId,
+        /// Creation time, Unix milliseconds.
+        now_ms: u64,
+    },
+    /// Grow a volume.
+    ResizeVolume {
+        /// The volume.
+        name: Name,
+        /// The new size in bytes; not smaller than the current size.
+        size: u64,
+    },
+    /// Delete a volume and all its snapshots.
+    DeleteVolume {
+        /// The volume.
+        name: Name,
+    },
+    /// Freeze the head layer `frozen` as snapshot `name` and put `new_head` on top.
+    CreateSnapshot {
+        /// The volume.
+        volume: Name,
+        /// The snapshot's name, unique within the volume.
+        name: Name,
+        /// Must equal the volume's current head layer.
+        frozen: LayerId,
+        /// The new empty writable layer.
+        new_head: LayerId,
+        /// Creation time, Unix milliseconds.
+        now_ms: u64,
+    },
+    /// Forget a snapshot and remove its layer from the stack.
+    DeleteSnapshot {
+        /// The volume.
+        volume: Name,
+        /// The snapshot.
+        name: Name,
+    },
+}
+
+/// What a successfully applied command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandOutput {
+    /// The log entry carried no command (a blank or membership entry).
+    Nothing,
+    /// The server as registered.
+    Server(ServerRecord),
+    /// The cluster as created.
+    Cluster(ClusterRecord),
+    /// The volume after the change (for `DeleteVolume`, the record as it was before deletion, so
+    /// the caller knows which layers to drop).
+    Volume(VolumeRecord),
+    /// The snapshot created or deleted, and the volume after the change.
+    Snapshot {
+        /// The snapshot.
+        snapshot: SnapshotRecord,
+        /// The volume after the change.
+        volume: VolumeRecord,
+    },
+}
+
+/// The Raft response of one log entry: the command's output, or why it was refused.
+pub type CommandResponse = Result<CommandOutput, CommandError>;

@@ -1,0 +1,194 @@
+//! Server configuration in two steps: [`ServerConfigFile`] is what a TOML file (`--config`) and
+//! the command line say, every field optional with a documented default; [`ServerConfig`] is the
+//! validated result the server runs with. Command-line flags override the file.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default management API address.
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7780";
+/// Default NBD address.
+pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
+
+/// The TOML configuration file, and the command line's view of the same settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfigFile {
+    /// Directory holding this server's store and management state (required).
+    pub data_dir: Option<PathBuf>,
+    /// The server's name (default: the host name, or `server-<id>`).
+    pub name: Option<String>,
+    /// Management API listen address (default 127.0.0.1:7780; port 0 picks a free port).
+    pub api: Option<String>,
+    /// NBD listen address (default 127.0.0.1:10809; port 0 picks a free port).
+    pub nbd: Option<String>,
+    /// Address other servers use to reach this one (default: the API address).
+    pub peer: Option<String>,
+    /// Start a new management group with this server as its only manager.
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// Join the management group of the server at this API URL.
+    pub join: Option<String>,
+    /// Throttle for background snapshot merges, bytes per second (default: unthrottled).
+    pub merge_rate: Option<String>,
+}
+
+impl ServerConfigFile {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            error: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            error: e.to_string(),
+        })
+    }
+
+    /// Fills every field `self` leaves unset from `file`.
+    pub fn or(self, file: ServerConfigFile) -> Self {
+        Self {
+            data_dir: self.data_dir.or(file.data_dir),
+            name: self.name.or(file.name),
+            api: self.api.or(file.api),
+            nbd: self.nbd.or(file.nbd),
+            peer: self.peer.or(file.peer),
+            bootstrap: self.bootstrap || file.bootstrap,
+            join: self.join.or(file.join),
+            merge_rate: self.merge_rate.or(file.merge_rate),
+        }
+    }
+
+    /// Checks every field and resolves the defaults.
+    pub fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let data_dir = self.data_dir.ok_or(ConfigError::MissingDataDir)?;
+        let name = match self.name {
+            Some(n) => Some(
+                strata_types::Name::new(&n)
+                    .map_err(|e| ConfigError::Invalid(format!("--name: {e}")))?,
+            ),
+            None => None,
+        };
+        let api = parse_addr("--api", self.api.as_deref().unwrap_or(DEFAULT_API_ADDR))?;
+        let nbd = parse_addr("--nbd", self.nbd.as_deref().unwrap_or(DEFAULT_NBD_ADDR))?;
+        if self.bootstrap && self.join.is_some() {
+            return Err(ConfigError::Invalid(
+                "--bootstrap and --join exclude each other: bootstrap makes a new group, join enters an existing one".into(),
+            ));
+        }
+        let merge_rate = match self.merge_rate {
+            Some(r) => Some(
+                strata_types::parse_size(r.trim_end_matches("/s"))
+                    .map_err(|e| ConfigError::Invalid(format!("merge_rate: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(ServerConfig {
+            data_dir,
+            name,
+            api,
+            nbd,
+            peer: self.peer,
+            bootstrap: self.bootstrap,
+            join: self.join,
+            merge_rate,
+        })
+    }
+}
+
+fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "{flag} {text:?} is not an address; write IP:PORT, e.g. 127.0.0.1:7780"
+        ))
+    })
+}
+
+/// The validated configuration a server runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Directory holding this server's store and management state.
+    pub data_dir: PathBuf,
+    /// The name from the configuration, if given.
+    pub name: Option<strata_types::Name>,
+    /// Management API listen address.
+    pub api: SocketAddr,
+    /// NBD listen address.
+    pub nbd: SocketAddr,
+    /// Address other servers use to reach this one, if different from the API address.
+    pub peer: Option<String>,
+    /// Start a new management group.
+    pub bootstrap: bool,
+    /// Join the group of the server at this URL.
+    pub join: Option<String>,
+    /// Background merge throttle in bytes per second.
+    pub merge_rate: Option<u64>,
+}
+
+impl ServerConfig {
+    /// A configuration for tests and `strata dev`: loopback, free ports, a new group.
+    pub fn local(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            name: None,
+            api: SocketAddr::from(([127, 0, 0, 1], 0)),
+            nbd: SocketAddr::from(([127, 0, 0, 1], 0)),
+            peer: None,
+            bootstrap: true,
+            join: None,
+            merge_rate: None,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No data directory was given.
+    #[error("no data directory: pass --data-dir DIR or set data_dir in the config file")]
+    MissingDataDir,
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: PathBuf, error: String },
+    /// The config file is not valid TOML for this struct.
+    #[error("config file {path} is invalid: {error}")]
+    Parse { path: PathBuf, error: String },
+    /// A value is out of its allowed range or form.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file: ServerConfigFile =
+            toml::from_str("data_dir = \"/d\"\nname = \"a\"\nnbd = \"127.0.0.1:1\"").unwrap();
+        let flags = ServerConfigFile {
+            name: Some("b".into()),
+            ..Default::default()
+        };
+        let c = flags.or(file).validate().unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
+        assert_eq!(c.name.unwrap().as_str(), "b");
+        assert_eq!(c.nbd.port(), 1);
+        assert_eq!(c.api.to_string(), DEFAULT_API_ADDR);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        let no_dir = ServerConfigFile::default().validate().unwrap_err();
+        assert!(no_dir.to_string().contains("--data-dir"));
+        let bad = ServerConfigFile {
+            data_dir: Some("/d".into()),
+            api: Some("localhost".into()),
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("IP:PORT"));
+        assert!(toml::from_str::<ServerConfigFile>("colour = 1").is_err());
+    }
+}

@@ -1,0 +1,183 @@
+//! One `strata server`: opens this server's store and management state from its data
+//! directory, keeps the store in line with the management state, and serves the NBD exports
+//! and the HTTP API until told to stop.
+//!
+//! Shutdown discipline: every task gets a child of one `CancellationToken`; listeners are
+//! bound before anything is served (port 0 works, so tests never pick ports), and
+//! [`RunningServer::stop`] cancels the token and waits for every task to end.
+
+pub mod api;
+pub mod config;
+mod device;
+mod exports;
+pub mod identity;
+pub mod metrics;
+mod reconcile;
+
+use anyhow::Context;
+use config::ServerConfig;
+use identity::Identity;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use strata_meta::{Meta, ServerRecord};
+use strata_store::{Store, StoreOptions};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A server that is serving. Dropping it does not stop it; call [`RunningServer::stop`].
+pub struct RunningServer {
+    /// The address the API listens on.
+    pub api_addr: SocketAddr,
+    /// The address NBD listens on.
+    pub nbd_addr: SocketAddr,
+    /// Who this server is.
+    pub identity: Arc<Identity>,
+    /// The management state handle.
+    pub meta: Meta,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl RunningServer {
+    /// The API base URL, e.g. `http://127.0.0.1:7780`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api_addr)
+    }
+
+    /// Stops serving and waits until every task has ended and the state is closed.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.meta.shutdown().await;
+    }
+
+    /// Waits until the server stops by itself (it does not, unless a task fails) or is told to
+    /// stop through the token it was started with.
+    pub async fn wait(mut self) {
+        self.shutdown.cancelled().await;
+        while self.tasks.join_next().await.is_some() {}
+        self.meta.shutdown().await;
+    }
+}
+
+/// Starts a server and returns once it serves.
+pub async fn start(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<RunningServer> {
+    metrics::handle();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let identity = Arc::new(Identity::load_or_create(&config.data_dir, config.name.as_ref())?);
+    let store = Arc::new(
+        Store::open(
+            &config.data_dir.join("store"),
+            StoreOptions {
+                merge_rate_bytes_per_sec: config.merge_rate,
+            },
+        )
+        .context("cannot open the block store")?,
+    );
+    let api_listener = TcpListener::bind(config.api)
+        .await
+        .with_context(|| format!("cannot listen for the API on {}; is another server using it? pick another with --api", config.api))?;
+    let nbd_listener = TcpListener::bind(config.nbd)
+        .await
+        .with_context(|| format!("cannot listen for NBD on {}; is another server using it? pick another with --nbd", config.nbd))?;
+    let api_addr = api_listener.local_addr()?;
+    let nbd_addr = nbd_listener.local_addr()?;
+    let api_url = format!("http://{api_addr}");
+    let peer_url = config.peer.clone().unwrap_or_else(|| api_url.clone());
+
+    let meta = Meta::open(&config.data_dir.join("meta"), identity.raft_node_id, peer_url.clone())
+        .await
+        .context("cannot open the management state")?;
+    if let Some(url) = &config.join {
+        anyhow::bail!(
+            "--join {url}: joining an existing group is not supported yet; start this server with --bootstrap for now"
+        );
+    }
+    if config.bootstrap {
+        meta.bootstrap(ServerRecord {
+            id: identity.id,
+            name: identity.name.clone(),
+            api_addr: api_url.clone(),
+            nbd_addr: nbd_addr.to_string(),
+            peer_addr: peer_url.clone(),
+            raft_node_id: identity.raft_node_id,
+        })
+        .await
+        .context("cannot bootstrap the management group")?;
+    } else if !meta.is_initialized().await {
+        anyhow::bail!(
+            "this server belongs to no management group yet; start it with --bootstrap to make a new group"
+        );
+    }
+
+    let state = api::AppState {
+        meta: meta.clone(),
+        store: store.clone(),
+        identity: identity.clone(),
+        data_dir: config.data_dir.clone(),
+        nbd_addr: nbd_addr.to_string(),
+        reconcile_lock: Arc::new(tokio::sync::Mutex::new(())),
+    };
+    state
+        .apply_to_store()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bring the store in line with the management state: {}", e.message))?;
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(follow_meta(state.clone(), shutdown.child_token()));
+    let router = api::router(state);
+    let api_shutdown = shutdown.child_token();
+    tasks.spawn(async move {
+        let served = axum::serve(api_listener, router)
+            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "API server failed");
+        }
+    });
+    let exports = Arc::new(exports::Exports::new(meta.clone(), store.clone()));
+    let nbd_shutdown = shutdown.child_token();
+    tasks.spawn(async move {
+        if let Err(e) = strata_nbd::serve(nbd_listener, exports, nbd_shutdown).await {
+            tracing::error!(error = %e, "NBD server failed");
+        }
+    });
+    tracing::info!(server = %identity.name, api = %api_addr, nbd = %nbd_addr, "strata server serving");
+    Ok(RunningServer {
+        api_addr,
+        nbd_addr,
+        identity,
+        meta,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Re-applies the management state to the store after every change this server applies —
+/// changes made through another server's API arrive this way — and retries a failed attempt
+/// every few seconds.
+async fn follow_meta(state: api::AppState, shutdown: CancellationToken) {
+    let mut applied = state.meta.subscribe();
+    let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = retry.tick(), if failing => {}
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        failing = match state.apply_to_store().await {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::error!(error = %e.message, "cannot apply the management state to the store; retrying");
+                true
+            }
+        };
+    }
+}

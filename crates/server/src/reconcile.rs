@@ -1,0 +1,66 @@
+//! The store follows the management state. [`reconcile`] compares the volumes and layer stacks
+//! that the Raft state machine holds with what this server's store holds, and changes the store
+//! to match: it creates volumes, freezes heads into snapshots (in stack order), grows volumes,
+//! starts background merges for deleted snapshots and deletes volumes.
+//!
+//! The management state is always changed first and the store second, so after a crash between
+//! the two the next reconcile (run at start and after every applied change) finishes the job.
+//! Every step is idempotent: running reconcile twice does nothing the second time.
+
+use std::collections::HashSet;
+use strata_meta::StateView;
+use strata_store::{Store, StoreError};
+
+/// Makes `store` hold what `state` says it should. Returns how many changes it made.
+pub fn reconcile(state: &StateView, store: &Store) -> Result<usize, StoreError> {
+    let mut changes = 0;
+    let wanted: HashSet<_> = state.volumes.values().map(|v| v.id).collect();
+    for stored in store.volumes() {
+        if !wanted.contains(&stored.id) {
+            tracing::info!(volume = %stored.id, "deleting volume removed from the management state");
+            store.delete_volume(stored.id)?;
+            changes += 1;
+        }
+    }
+    for v in state.volumes.values() {
+        let Some((bottom, _)) = v.layers.split_first() else {
+            tracing::error!(volume = %v.name, "volume has no layers in the management state");
+            continue;
+        };
+        let stored = match store.volume(v.id) {
+            Ok(s) => s,
+            Err(StoreError::NoSuchVolume(_)) => {
+                store.create_volume(v.id, v.size, *bottom)?;
+                changes += 1;
+                store.volume(v.id)?
+            }
+            Err(e) => return Err(e),
+        };
+        if stored.size < v.size {
+            store.resize(v.id, v.size)?;
+            changes += 1;
+        }
+        // Freeze forward: the store's head is some layer of the wanted stack; every layer above
+        // it in that stack is a snapshot taken since.
+        let mut head = stored.head;
+        if let Some(pos) = v.layers.iter().position(|l| *l == head) {
+            for next in &v.layers[pos + 1..] {
+                store.snapshot(v.id, *next)?;
+                head = *next;
+                changes += 1;
+            }
+        } else if !v.layers.contains(&head) {
+            tracing::error!(volume = %v.name, head = %head,
+                "the store's head layer is not in the volume's stack; leaving it for an operator");
+        }
+        // Deleted snapshots: every stored layer no longer in the stack is merged away.
+        let keep: HashSet<_> = v.layers.iter().collect();
+        for layer in store.volume(v.id)?.layers {
+            if !keep.contains(&layer.id) && layer.id != head {
+                store.delete_layer(v.id, layer.id)?;
+                changes += 1;
+            }
+        }
+    }
+    Ok(changes)
+}
