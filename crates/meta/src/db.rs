@@ -19,7 +19,7 @@
 use crate::model::StateView;
 use crate::TypeConfig;
 use openraft::{LogId, StorageError, StorageIOError, StoredMembership};
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::path::Path;
 

@@ -18,7 +18,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -125,7 +125,7 @@ impl RaftNetwork<TypeConfig> for HttpNetwork {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<u64>, std::convert::Infallible> {
+    ) -> RpcResult<AppendEntriesResponse<u64>, Infallible> {
         self.call("/raft/append", &rpc, option.hard_ttl()).await
     }
 
@@ -141,7 +141,7 @@ impl RaftNetwork<TypeConfig> for HttpNetwork {
         &mut self,
         rpc: VoteRequest<u64>,
         option: RPCOption,
-    ) -> RpcResult<VoteResponse<u64>, std::convert::Infallible> {
+    ) -> RpcResult<VoteResponse<u64>, Infallible> {
         self.call("/raft/vote", &rpc, option.hard_ttl()).await
     }
 

@@ -145,9 +145,10 @@ pub fn block_status_descriptors(extents: &[Extent], len: u32, req_one: bool) -> 
     let mut covered: u32 = 0;
     for e in extents.iter().filter(|e| e.len > 0) {
         let take = e.len.min(len - covered);
+        let full = out.len() == consts::MAX_EXTENTS;
         match out.last_mut() {
             Some(last) if last.1 == e.flags() => last.0 += take,
-            _ if out.len() == consts::MAX_EXTENTS => break,
+            _ if full => break,
             _ => out.push((take, e.flags())),
         }
         covered += take;

@@ -1,0 +1,167 @@
+//! The `strata` CLI against a real server: every client command, JSON output, and clean one-line
+//! errors with a non-zero exit for bad names, sizes and requests — after which the server still
+//! serves. Also the raw NBD protocol errors a real client never sends.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use serde_json::Value;
+use support::nbd_client::NbdClient;
+use support::ServerProcess;
+
+fn json(server: &ServerProcess, args: &[&str]) -> Value {
+    let mut all = vec!["--output", "json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&server.cli_ok(&all)).expect("JSON output")
+}
+
+fn fails_with(server: &ServerProcess, args: &[&str], needle: &str) {
+    let out = server.cli(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "strata {args:?} should fail");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(needle), "strata {args:?}: expected {needle:?} in {stderr}");
+}
+
+#[test]
+fn volume_and_snapshot_lifecycle() {
+    let server = ServerProcess::start();
+    let servers = json(&server, &["server", "list"]);
+    assert_eq!(servers.as_array().unwrap().len(), 1);
+    assert_eq!(servers[0]["state"], "up");
+    assert_eq!(servers[0]["manager"], "leader");
+    assert_eq!(servers[0]["cluster"], "default");
+
+    let v = json(&server, &["volume", "create", "web", "--size", "1GiB"]);
+    assert_eq!(v["size"], 1u64 << 30);
+    assert_eq!(v["cluster"], "default");
+    // Global flags go after the command words too.
+    let listed: Value = serde_json::from_str(&server.cli_ok(&["volume", "list", "--output", "json"])).unwrap();
+    assert_eq!(listed[0]["name"], "web");
+    assert!(server.cli_ok(&["volume", "list"]).contains("web"));
+
+    let w = NbdClient::connect(&server.nbd, "web").unwrap();
+    assert_eq!(w.size, 1 << 30);
+    let mut w = w;
+    assert_eq!(w.write(0, &[1u8; 8192], true).unwrap(), 0);
+    let s = json(&server, &["snapshot", "create", "web@a"]);
+    assert_eq!(s["export"], "web@a");
+    assert_eq!(w.write(1 << 20, &[2u8; 4096], true).unwrap(), 0);
+    assert_eq!(w.write(0, &[3u8; 4096], true).unwrap(), 0);
+    json(&server, &["snapshot", "create", "web@b"]);
+    let auto = json(&server, &["snapshot", "create", "web"]);
+    assert!(auto["name"].as_str().unwrap().starts_with("snap-"));
+
+    let diff = json(&server, &["snapshot", "diff", "web@a", "web@b"]);
+    assert_eq!(diff["changed_bytes"], 8192);
+    assert_eq!(diff["ranges"].as_array().unwrap().len(), 2);
+    let text = server.cli_ok(&["snapshot", "diff", "web@a"]);
+    assert!(text.contains("8KiB changed in 2 ranges"), "{text}");
+
+    let snaps = json(&server, &["snapshot", "list", "web"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 3);
+    server.cli_ok(&["snapshot", "delete", "web@a"]);
+    let snaps = json(&server, &["snapshot", "list", "web"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 2);
+    // Deleting the older snapshot merged its blocks up: web@b still reads them.
+    let mut b = NbdClient::connect(&server.nbd, "web@b").unwrap();
+    assert_eq!(b.read(4096, 4096).unwrap().unwrap(), vec![1u8; 4096]);
+    assert_eq!(b.read(0, 4096).unwrap().unwrap(), vec![3u8; 4096]);
+    assert!(NbdClient::connect(&server.nbd, "web@a").is_err());
+
+    let grown = json(&server, &["volume", "resize", "web", "--size", "2GiB"]);
+    assert_eq!(grown["size"], 2u64 << 30);
+    assert_eq!(NbdClient::connect(&server.nbd, "web").unwrap().size, 2 << 30);
+    let show = server.cli_ok(&["volume", "show", "web"]);
+    assert!(show.contains("2GiB") && show.contains("snapshots:"), "{show}");
+
+    server.cli_ok(&["volume", "delete", "web"]);
+    assert!(json(&server, &["volume", "list"]).as_array().unwrap().is_empty());
+    assert!(NbdClient::connect(&server.nbd, "web").is_err());
+}
+
+#[test]
+fn bad_requests_get_one_line_errors_and_the_server_keeps_serving() {
+    let server = ServerProcess::start();
+    server.create_volume("ok", "16MiB");
+    fails_with(&server, &["volume", "create", "bad name", "--size", "1GiB"], "invalid volume name");
+    fails_with(&server, &["volume", "create", &"x".repeat(65), "--size", "1GiB"], "limit is 64");
+    fails_with(&server, &["volume", "create", "v", "--size", "ten gigs"], "not a size");
+    fails_with(&server, &["volume", "create", "v", "--size", "1000"], "multiple of 512");
+    fails_with(&server, &["volume", "create", "v", "--size", "0"], "multiple of 512");
+    fails_with(&server, &["volume", "create", "ok", "--size", "1GiB"], "already exists");
+    fails_with(&server, &["volume", "create", "v", "--size", "1GiB", "--replicas", "4"], "replicas");
+    fails_with(&server, &["volume", "create", "v", "--size", "1GiB", "--cluster", "nowhere"], "nowhere");
+    fails_with(&server, &["volume", "show", "missing"], "no volume named");
+    fails_with(&server, &["volume", "resize", "ok", "--size", "8MiB"], "shrink");
+    fails_with(&server, &["snapshot", "create", "ok@bad@name"], "invalid snapshot name");
+    fails_with(&server, &["snapshot", "delete", "ok"], "VOLUME@SNAPSHOT");
+    fails_with(&server, &["snapshot", "delete", "ok@none"], "none");
+    server.cli_ok(&["snapshot", "create", "ok@s"]);
+    fails_with(&server, &["snapshot", "create", "ok@s"], "already exists");
+    fails_with(&server, &["snapshot", "diff", "ok@none"], "no snapshot");
+    let unreachable = std::process::Command::new(support::strata_bin())
+        .args(["--api", "http://127.0.0.1:1", "volume", "list"])
+        .output()
+        .unwrap();
+    assert!(!unreachable.status.success());
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the Strata API"));
+    // Still serving.
+    assert_eq!(json(&server, &["volume", "list"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn nbd_protocol_errors_map_to_errnos_and_the_connection_keeps_serving() {
+    const EPERM: u32 = 1;
+    const EINVAL: u32 = 22;
+    let server = ServerProcess::start();
+    server.create_volume("v", "1MiB");
+    server.cli_ok(&["snapshot", "create", "v@s"]);
+    let mut c = NbdClient::connect(&server.nbd, "v").unwrap();
+    assert_eq!(c.read(1 << 20, 4096).unwrap(), Err(EINVAL));
+    assert_eq!(c.read(u64::MAX - 100, 4096).unwrap(), Err(EINVAL));
+    assert_eq!(c.write((1 << 20) - 512, &[1u8; 1024], false).unwrap(), EINVAL);
+    assert_eq!(c.write(512, &[9u8; 1024], true).unwrap(), 0);
+    assert_eq!(c.read(0, 2048).unwrap().unwrap()[512..1536], [9u8; 1024]);
+    let mut s = NbdClient::connect(&server.nbd, "v@s").unwrap();
+    assert_ne!(s.flags & 2, 0, "snapshot exports are read-only");
+    assert_eq!(s.write(0, &[1u8; 4096], false).unwrap(), EPERM);
+    assert_eq!(s.read(0, 4096).unwrap().unwrap(), vec![0u8; 4096]);
+    assert!(NbdClient::connect(&server.nbd, "v@nope").is_err());
+    assert!(NbdClient::connect(&server.nbd, "nope").is_err());
+    assert_eq!(c.flush().unwrap(), 0);
+}
+
+#[test]
+fn api_serves_openapi_health_and_metrics() {
+    let server = ServerProcess::start();
+    server.create_volume("m", "4MiB");
+    let mut c = NbdClient::connect(&server.nbd, "m").unwrap();
+    assert_eq!(c.write(0, &[5u8; 4096], true).unwrap(), 0);
+    c.read(0, 4096).unwrap().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let get = |path: &str| {
+        runtime.block_on(async {
+            let r = reqwest::get(format!("{}{path}", server.api)).await.unwrap();
+            assert!(r.status().is_success(), "GET {path}: {}", r.status());
+            r.text().await.unwrap()
+        })
+    };
+    let doc: Value = serde_json::from_str(&get("/v1/openapi.json")).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/v1/volumes", "/v1/volumes/{name}/snapshots", "/v1/servers", "/v1/volumes/{name}/diff"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
+    assert!(get("/healthz").contains("ok"));
+    let metrics = get("/metrics");
+    for needle in [
+        "strata_nbd_ops_total{volume=\"m\",op=\"write\"} 1",
+        "strata_nbd_bytes_total{volume=\"m\",op=\"read\"} 4096",
+        "strata_nbd_latency_seconds_bucket{volume=\"m\",op=\"write\"",
+        "strata_volume_snapshots{volume=\"m\"} 0",
+        "strata_store_data_bytes",
+    ] {
+        assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+    }
+}

@@ -1,0 +1,121 @@
+//! The accept loop and the per-connection driver.
+//!
+//! [`serve`] accepts TCP connections until its cancellation token fires, turns on `TCP_NODELAY`
+//! (the doc asks for it: replies are often smaller than a segment), and runs each connection in
+//! its own task inside a tracing span naming the peer. A connection that fails is logged and
+//! forgotten; accept errors (out of file descriptors, aborted handshakes) are logged and retried
+//! after a short pause, so nothing a client does stops the server. After cancellation, `serve`
+//! waits for the connections to finish: each stops reading, lets its in-flight requests reply,
+//! and closes.
+//!
+//! [`serve_connection`] drives one connection over any byte stream: the handshake
+//! ([`crate::negotiate`]) then the transmission phase ([`crate::transmission`]). TCP streams are
+//! split into owned halves; other streams through `tokio::io::split`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::device::ExportProvider;
+use crate::error::NbdError;
+use crate::negotiate::negotiate;
+use crate::transmission::transmit;
+
+/// Serves NBD on `listener` until `shutdown` is cancelled, then waits for open connections to
+/// drain. One task per connection; a failing connection never stops the server.
+pub async fn serve(
+    listener: TcpListener,
+    exports: Arc<dyn ExportProvider>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let tracker = TaskTracker::new();
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "nbd server listening");
+    }
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, "nbd accept failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                }
+            }
+        };
+        let exports = exports.clone();
+        let shutdown = shutdown.clone();
+        let span = info_span!("nbd_conn", %peer);
+        tracker.spawn(
+            async move {
+                debug!("connection accepted");
+                match serve_tcp(stream, exports, shutdown).await {
+                    Ok(()) => debug!("connection closed"),
+                    Err(e) => info!(error = %e, "connection ended with an error"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+async fn serve_tcp(
+    stream: TcpStream,
+    exports: Arc<dyn ExportProvider>,
+    shutdown: CancellationToken,
+) -> Result<(), NbdError> {
+    stream.set_nodelay(true)?;
+    let (rd, wr) = stream.into_split();
+    run(rd, wr, exports, shutdown).await
+}
+
+/// Serves one NBD connection over `stream`: handshake, then transmission, until the client
+/// disconnects or `shutdown` fires. Returns the reason if the connection ended abnormally.
+pub async fn serve_connection<S>(
+    stream: S,
+    exports: Arc<dyn ExportProvider>,
+    shutdown: CancellationToken,
+) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    run(rd, wr, exports, shutdown).await
+}
+
+async fn run<R, W>(
+    mut rd: R,
+    mut wr: W,
+    exports: Arc<dyn ExportProvider>,
+    shutdown: CancellationToken,
+) -> Result<(), NbdError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut buf = BytesMut::with_capacity(8192);
+    let negotiated = negotiate(&mut rd, &mut wr, &mut buf, &*exports, &shutdown).await?;
+    let Some(neg) = negotiated else {
+        return Ok(());
+    };
+    debug!(
+        size = neg.session.size,
+        read_only = neg.session.read_only,
+        structured = neg.session.structured,
+        "entering transmission"
+    );
+    transmit(rd, wr, buf, neg, &shutdown).await
+}

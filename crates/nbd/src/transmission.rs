@@ -1,0 +1,254 @@
+//! The transmission phase: many requests in flight, replies in completion order.
+//!
+//! Three kinds of task share one connection:
+//! - the **reader** (this function's own task) fills a `BytesMut` from the socket, takes whole
+//!   requests off it with [`decode_request`] (write payloads become `Bytes` views of the read
+//!   buffer, never copied), checks each with [`validate`], and spawns one task per valid request;
+//! - **request tasks** call the device and turn the outcome into one [`Reply`];
+//! - the **writer** receives replies over a channel and writes them in batches: it drains
+//!   whatever is queued, coalesces headers and small bodies into one buffer, sends large bodies
+//!   as their own slices of a vectored write, and flushes when the queue is empty. Each reply is
+//!   one message written whole, so replies never interleave.
+//!
+//! Back-pressure: a per-connection semaphore bounds requests in flight ([`MAX_IN_FLIGHT`]) and a
+//! second bounds the bytes they carry ([`MAX_BYTES_IN_FLIGHT`]); the reader waits for permits
+//! before it reads further, so a client cannot make the server buffer without limit.
+//!
+//! Ending: on `NBD_CMD_DISC`, end of stream, a framing error, or server shutdown the reader stops
+//! reading, drops its end of the channel and waits for the writer, which finishes once every
+//! in-flight request has replied, then shuts the socket down. If writing fails the writer cancels
+//! the reader. Errors of single requests are replies, never the end of the connection.
+
+use std::io::IoSlice;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, Instrument};
+
+use crate::consts;
+use crate::device::{BlockDevice, IoError};
+use crate::error::NbdError;
+use crate::negotiate::Negotiated;
+use crate::reply::{block_status_descriptors, Reply};
+use crate::request::{decode_request, validate, Command, Request, Session};
+
+/// Most requests of one connection served at the same time.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Most payload bytes (read and write) of one connection's requests in flight.
+pub const MAX_BYTES_IN_FLIGHT: usize = 128 * 1024 * 1024;
+/// Bodies up to this size are copied into the writer's batch buffer; larger ones are sent as
+/// their own slice.
+const COALESCE_LIMIT: usize = 16 * 1024;
+/// Free space kept in the read buffer before each read.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Serves requests until the client disconnects, the stream fails, or `shutdown` fires.
+pub(crate) async fn transmit<R, W>(
+    mut rd: R,
+    wr: W,
+    mut buf: BytesMut,
+    neg: Negotiated,
+    shutdown: &CancellationToken,
+) -> Result<(), NbdError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Negotiated { device, session } = neg;
+    let stop = CancellationToken::new();
+    let (tx, rx) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(write_loop(wr, rx, stop.clone()).in_current_span());
+    let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let bytes = Arc::new(Semaphore::new(MAX_BYTES_IN_FLIGHT));
+    let read_result: Result<(), NbdError> = async {
+        loop {
+            let (req, payload) = match decode_request(&mut buf)? {
+                Some(frame) => frame,
+                None => {
+                    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                        buf.reserve(READ_CHUNK);
+                    }
+                    let n = tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = stop.cancelled() => return Ok(()),
+                        n = rd.read_buf(&mut buf) => n?,
+                    };
+                    if n == 0 {
+                        return if buf.is_empty() { Ok(()) } else { Err(NbdError::Truncated) };
+                    }
+                    continue;
+                }
+            };
+            if req.command == Command::Disc {
+                debug!("client sent NBD_CMD_DISC");
+                return Ok(());
+            }
+            if let Err(errno) = validate(&req, &session) {
+                debug!(?req, errno, "request refused");
+                let reply = error_reply(&session, req.cookie, errno, "invalid request");
+                if tx.send(reply).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            let cost = match req.command {
+                Command::Read | Command::Write => req.len,
+                _ => 0,
+            };
+            let permits = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = stop.cancelled() => return Ok(()),
+                p = async {
+                    let one = requests.clone().acquire_owned().await;
+                    let many = bytes.clone().acquire_many_owned(cost).await;
+                    one.and_then(|a| many.map(|b| (a, b)))
+                } => p,
+            };
+            let Ok(permits) = permits else { return Ok(()) };
+            let device = device.clone();
+            let tx = tx.clone();
+            tokio::spawn(
+                async move {
+                    let reply = execute(&*device, &session, req, payload).await;
+                    let _ = tx.send(reply).await;
+                    drop(permits);
+                }
+                .in_current_span(),
+            );
+        }
+    }
+    .await;
+    drop(tx);
+    let write_result = writer.await.map_err(std::io::Error::other)?;
+    read_result?;
+    write_result.map_err(NbdError::Io)
+}
+
+fn error_reply(session: &Session, cookie: u64, errno: u32, message: &str) -> Reply {
+    if session.structured {
+        Reply::error(cookie, errno, message)
+    } else {
+        Reply::simple(cookie, errno)
+    }
+}
+
+/// Runs one validated request against the device and builds its reply.
+async fn execute(dev: &dyn BlockDevice, s: &Session, req: Request, payload: Bytes) -> Reply {
+    let (cookie, offset, len) = (req.cookie, req.offset, req.len);
+    let result = match req.command {
+        Command::Read if len == 0 => {
+            return if s.structured { Reply::none(cookie) } else { Reply::simple(cookie, 0) };
+        }
+        Command::Read => match dev.read(offset, len).await {
+            Ok(data) if data.len() == len as usize => {
+                return if s.structured {
+                    Reply::offset_data(cookie, offset, data)
+                } else {
+                    Reply::simple_read(cookie, data)
+                };
+            }
+            Ok(data) => Err(IoError::Io(format!("device read {} of {len} bytes", data.len()))),
+            Err(e) => Err(e),
+        },
+        Command::Write if len == 0 => Ok(()),
+        Command::Write => dev.write(offset, payload, req.fua()).await,
+        Command::Flush => dev.flush().await,
+        Command::Trim if len == 0 => Ok(()),
+        Command::Trim => match dev.trim(offset, len).await {
+            Ok(()) if req.fua() => dev.flush().await,
+            other => other,
+        },
+        Command::WriteZeroes if len == 0 => Ok(()),
+        Command::WriteZeroes => dev.write_zeroes(offset, len, req.fua()).await,
+        Command::BlockStatus => match (s.meta_context, dev.block_status(offset, len).await) {
+            (Some(context), Ok(extents)) => {
+                let one = req.flags & consts::CMD_FLAG_REQ_ONE != 0;
+                let descriptors = block_status_descriptors(&extents, len, one);
+                return Reply::block_status(cookie, context, &descriptors);
+            }
+            (None, _) => Err(IoError::InvalidArgument("no metadata context".into())),
+            (_, Err(e)) => Err(e),
+        },
+        Command::Disc | Command::Unknown(_) => Err(IoError::InvalidArgument("command".into())),
+    };
+    match result {
+        Ok(()) => Reply::simple(cookie, 0),
+        Err(e) => {
+            debug!(?req, error = %e, "request failed");
+            error_reply(s, cookie, e.errno(), &e.to_string())
+        }
+    }
+}
+
+/// Writes replies as they arrive, batching whatever is queued; see the module doc.
+async fn write_loop<W>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Reply>,
+    stop: CancellationToken,
+) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut small = BytesMut::with_capacity(64 * 1024);
+    let mut segments: Vec<Bytes> = Vec::with_capacity(16);
+    let result = async {
+        while let Some(first) = rx.recv().await {
+            let mut batched = 0;
+            let mut next = Some(first);
+            while let Some(reply) = next {
+                small.extend_from_slice(reply.head());
+                let body = reply.body();
+                if body.len() <= COALESCE_LIMIT {
+                    small.extend_from_slice(body);
+                } else {
+                    segments.push(small.split().freeze());
+                    segments.push(body.clone());
+                }
+                batched += reply.wire_len();
+                next = if batched < 4 * 1024 * 1024 { rx.try_recv().ok() } else { None };
+            }
+            if !small.is_empty() {
+                segments.push(small.split().freeze());
+            }
+            write_segments(&mut wr, &mut segments).await?;
+            wr.flush().await?;
+        }
+        wr.shutdown().await
+    }
+    .await;
+    if result.is_err() {
+        stop.cancel();
+    }
+    result
+}
+
+/// Writes all segments with vectored writes, then empties the list.
+async fn write_segments<W>(wr: &mut W, segments: &mut Vec<Bytes>) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    segments.retain(|s| !s.is_empty());
+    let mut first = 0;
+    while first < segments.len() {
+        let slices: Vec<IoSlice<'_>> =
+            segments[first..].iter().take(64).map(|s| IoSlice::new(s)).collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(seg) = segments.get_mut(first) else { break };
+            let take = n.min(seg.len());
+            seg.advance(take);
+            n -= take;
+            if seg.is_empty() {
+                first += 1;
+            }
+        }
+    }
+    segments.clear();
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! One layer's data: a sparse data file plus the layer's block maps.
+//!
+//! The data file (`volumes/<volume-uuid>/<file-id as 16 hex digits>.layer`) holds each block the
+//! layer has written at the block's logical byte offset in the volume; everything else is a hole.
+//! It has no header: whether a block's bytes mean anything is decided only by the layer's `data`
+//! map (see [`crate::bits`]), which is persisted only after the file has been `fdatasync`ed.
+//! A file id (`fid`) names a file and its map rows together; a merge that copies the newer layer
+//! down into the older layer's file then simply points the newer layer at the older fid.
+
+use crate::bits::ChunkBits;
+use crate::error::{Result, StoreError};
+use parking_lot::RwLock;
+use rustix::fs::FallocateFlags;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// The file name of a layer file.
+pub(crate) fn file_name(fid: u64) -> String {
+    format!("{fid:016x}.layer")
+}
+
+/// A layer's data file and block maps.
+pub(crate) struct LayerData {
+    /// The file id: names the data file and the map rows.
+    pub fid: u64,
+    /// Path of the data file.
+    pub path: PathBuf,
+    file: File,
+    /// Chunk index -> that chunk's maps (only non-empty chunks).
+    pub maps: RwLock<BTreeMap<u64, ChunkBits>>,
+}
+
+impl LayerData {
+    /// Creates a new empty data file and makes it durable (file and directory).
+    pub fn create(dir: &Path, fid: u64) -> Result<LayerData> {
+        let path = dir.join(file_name(fid));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+        file.sync_all()
+            .map_err(|e| StoreError::io(format!("syncing {}", path.display()), e))?;
+        sync_dir(dir)?;
+        Ok(LayerData {
+            fid,
+            path,
+            file,
+            maps: RwLock::new(BTreeMap::new()),
+        })
+    }
+
+    /// Opens an existing data file with maps loaded from the database.
+    pub fn open(dir: &Path, fid: u64, maps: BTreeMap<u64, ChunkBits>) -> Result<LayerData> {
+        let path = dir.join(file_name(fid));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                StoreError::Corrupt(format!("layer file {} cannot be opened: {e}", path.display()))
+            })?;
+        Ok(LayerData {
+            fid,
+            path,
+            file,
+            maps: RwLock::new(maps),
+        })
+    }
+
+    /// The maps of one chunk, if any bit is set.
+    pub fn get(&self, chunk: u64) -> Option<ChunkBits> {
+        self.maps.read().get(&chunk).copied()
+    }
+
+    /// Reads `buf.len()` bytes at `off`; bytes past the end of the file read as zeros.
+    pub fn read_at(&self, mut buf: &mut [u8], mut off: u64) -> Result<()> {
+        while !buf.is_empty() {
+            match self.file.read_at(buf, off) {
+                Ok(0) => {
+                    buf.fill(0);
+                    return Ok(());
+                }
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    off += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StoreError::io(format!("reading {}", self.path.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `buf` at `off`.
+    pub fn write_at(&self, buf: &[u8], off: u64) -> Result<()> {
+        self.file
+            .write_all_at(buf, off)
+            .map_err(|e| StoreError::io(format!("writing {}", self.path.display()), e))
+    }
+
+    /// Frees `[off, off+len)` in the file (reads back zeros); the file size is kept.
+    pub fn punch(&self, off: u64, len: u64) -> Result<()> {
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(&self.file, flags, off, len) {
+            Ok(()) => Ok(()),
+            // Filesystems without hole punching keep the bytes; the maps say they are unused.
+            Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+            Err(e) => Err(StoreError::io(
+                format!("punching a hole in {}", self.path.display()),
+                e.into(),
+            )),
+        }
+    }
+
+    /// `fdatasync`s the file.
+    pub fn sync_data(&self) -> Result<()> {
+        rustix::fs::fdatasync(&self.file)
+            .map_err(|e| StoreError::io(format!("syncing {}", self.path.display()), e.into()))
+    }
+
+    /// Bytes allocated on disk for the file.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.file.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
+    }
+}
+
+/// `fsync`s a directory so entries created or removed in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(format!("syncing directory {}", dir.display()), e))
+}
