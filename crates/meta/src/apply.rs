@@ -125,7 +125,7 @@ fn create_cluster(
 }
 
 fn check_size(size: u64) -> Result<(), CommandError> {
-    if size == 0 || size % BLOCK_SIZE != 0 {
+    if size == 0 || !size.is_multiple_of(BLOCK_SIZE) {
         return Err(CommandError::BadSize {
             size,
             block: BLOCK_SIZE,
@@ -174,7 +174,11 @@ fn create_volume(state: &mut StateView, vol: VolumeRecord) -> Result<CommandOutp
     Ok(CommandOutput::Volume(vol))
 }
 
-fn resize_volume(state: &mut StateView, name: &Name, size: u64) -> Result<CommandOutput, CommandError> {
+fn resize_volume(
+    state: &mut StateView,
+    name: &Name,
+    size: u64,
+) -> Result<CommandOutput, CommandError> {
     let vol = state
         .volumes
         .get_mut(name)
@@ -217,7 +221,7 @@ fn create_snapshot(
                 volume,
                 // An empty stack never occurs; report the layer asked for rather than panic.
                 head: head.unwrap_or(frozen),
-            })
+            });
         }
     }
     let snap = SnapshotRecord {

@@ -65,7 +65,10 @@ fn add_server_refuses_duplicates_and_missing_addresses() {
     let (mut st, ids) = base();
     let mut dup_id = server("d", 9);
     dup_id.id = ids[0];
-    assert_eq!(refused(&mut st, Command::AddServer(dup_id)), CommandError::ServerIdExists(ids[0]));
+    assert_eq!(
+        refused(&mut st, Command::AddServer(dup_id)),
+        CommandError::ServerIdExists(ids[0])
+    );
     let e = refused(&mut st, Command::AddServer(server("a", 9)));
     assert_eq!(e, CommandError::ServerNameExists(name("a")));
     let e = refused(&mut st, Command::AddServer(server("d", 1)));
@@ -91,9 +94,15 @@ fn create_cluster_checks_servers() {
         refused(&mut st, cc("default", vec![ids[2]])),
         CommandError::ClusterExists(name("default"))
     );
-    assert_eq!(refused(&mut st, cc("x", vec![])), CommandError::EmptyCluster(name("x")));
+    assert_eq!(
+        refused(&mut st, cc("x", vec![])),
+        CommandError::EmptyCluster(name("x"))
+    );
     let ghost = ServerId::new_random();
-    assert_eq!(refused(&mut st, cc("x", vec![ghost])), CommandError::UnknownServer(ghost));
+    assert_eq!(
+        refused(&mut st, cc("x", vec![ghost])),
+        CommandError::UnknownServer(ghost)
+    );
     assert_eq!(
         refused(&mut st, cc("x", vec![ids[2], ids[0]])),
         CommandError::ServerInCluster {
@@ -142,7 +151,10 @@ fn create_volume_validates_everything() {
     if let Command::CreateVolume { cluster, .. } = &mut cmd {
         *cluster = name("nowhere");
     }
-    assert_eq!(refused(&mut st, cmd), CommandError::UnknownCluster(name("nowhere")));
+    assert_eq!(
+        refused(&mut st, cmd),
+        CommandError::UnknownCluster(name("nowhere"))
+    );
     let mut cmd = create_vol("v", 4096, 1).0;
     if let Command::CreateVolume { head: h, .. } = &mut cmd {
         *h = head;
@@ -163,9 +175,18 @@ fn resize_only_grows() {
         name: name(n),
         size,
     };
-    assert!(matches!(refused(&mut st, rs("db", 4096)), CommandError::Shrink { current: 8192, .. }));
-    assert!(matches!(refused(&mut st, rs("db", 10000)), CommandError::BadSize { .. }));
-    assert_eq!(refused(&mut st, rs("nope", 8192)), CommandError::UnknownVolume(name("nope")));
+    assert!(matches!(
+        refused(&mut st, rs("db", 4096)),
+        CommandError::Shrink { current: 8192, .. }
+    ));
+    assert!(matches!(
+        refused(&mut st, rs("db", 10000)),
+        CommandError::BadSize { .. }
+    ));
+    assert_eq!(
+        refused(&mut st, rs("nope", 8192)),
+        CommandError::UnknownVolume(name("nope"))
+    );
     apply_command(&mut st, rs("db", 8192)).expect("same size is a no-op");
     apply_command(&mut st, rs("db", 1 << 20)).expect("grow");
     assert_eq!(st.volumes[&name("db")].size, 1 << 20);
@@ -176,7 +197,10 @@ fn delete_volume() {
     let (mut st, _) = base();
     apply_command(&mut st, create_vol("db", 8192, 1).0).expect("create");
     let del = |n: &str| Command::DeleteVolume { name: name(n) };
-    assert_eq!(refused(&mut st, del("nope")), CommandError::UnknownVolume(name("nope")));
+    assert_eq!(
+        refused(&mut st, del("nope")),
+        CommandError::UnknownVolume(name("nope"))
+    );
     let out = apply_command(&mut st, del("db")).expect("delete");
     assert!(matches!(out, CommandOutput::Volume(v) if v.name == name("db")));
     assert!(st.volumes.is_empty());
@@ -216,8 +240,14 @@ fn snapshots_stack_and_unstack() {
         refused(&mut st, snap("db", "s1", l1, l2)),
         CommandError::SnapshotExists { .. }
     ));
-    assert_eq!(refused(&mut st, snap("db", "s2", l1, l0)), CommandError::LayerInUse(l0));
-    assert_eq!(refused(&mut st, snap("x", "s2", l1, l2)), CommandError::UnknownVolume(name("x")));
+    assert_eq!(
+        refused(&mut st, snap("db", "s2", l1, l0)),
+        CommandError::LayerInUse(l0)
+    );
+    assert_eq!(
+        refused(&mut st, snap("x", "s2", l1, l2)),
+        CommandError::UnknownVolume(name("x"))
+    );
     apply_command(&mut st, snap("db", "s2", l1, l2)).expect("snapshot s2");
     let v = &st.volumes[&name("db")];
     assert_eq!(v.layers, vec![l0, l1, l2]);
@@ -229,7 +259,10 @@ fn snapshots_stack_and_unstack() {
         volume: name("db"),
         name: name(n),
     };
-    assert!(matches!(refused(&mut st, ds("s9")), CommandError::UnknownSnapshot { .. }));
+    assert!(matches!(
+        refused(&mut st, ds("s9")),
+        CommandError::UnknownSnapshot { .. }
+    ));
     let out = apply_command(&mut st, ds("s1")).expect("delete s1");
     assert!(matches!(out, CommandOutput::Snapshot { snapshot, .. } if snapshot.layer == l0));
     let v = &st.volumes[&name("db")];
@@ -249,5 +282,8 @@ fn state_round_trips_through_json() {
     assert_eq!(back, st);
     let err = CommandError::VolumeExists(name("db"));
     let json = serde_json::to_string(&err).expect("serialize error");
-    assert_eq!(serde_json::from_str::<CommandError>(&json).expect("back"), err);
+    assert_eq!(
+        serde_json::from_str::<CommandError>(&json).expect("back"),
+        err
+    );
 }

@@ -22,6 +22,7 @@ use openraft::{LogId, StorageError, StorageIOError, StoredMembership};
 use redb::{Database, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::path::Path;
+use tokio::sync::watch;
 
 /// Log entries by index.
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -37,6 +38,27 @@ pub const DB_FILE: &str = "meta.redb";
 
 /// Format version of [`SmData`]; bump on incompatible change.
 pub(crate) const SM_FORMAT: u32 = 1;
+
+/// A redb failure (or an undecodable record), boxed because `redb::Error` is large.
+#[derive(Debug)]
+pub(crate) struct DbError(Box<redb::Error>);
+
+impl<E: Into<redb::Error>> From<E> for DbError {
+    fn from(e: E) -> Self {
+        DbError(Box::new(e.into()))
+    }
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for DbError {}
+
+/// A result of a redb operation.
+pub(crate) type DbResult<T> = Result<T, DbError>;
 
 /// Shorthand for the storage error type openraft wants.
 pub(crate) type StoreError = StorageError<u64>;
@@ -54,9 +76,26 @@ pub(crate) struct SmData {
     pub state: StateView,
 }
 
+/// The open database, shared by the log store and the state machine. When the last handle is
+/// gone and the file is closed, the receiver returned by [`open`] sees its channel close, which
+/// is how [`crate::Meta::shutdown`] knows the directory can be reopened.
+pub(crate) struct Db {
+    /// The redb database; dropped before `closed` (fields drop in declaration order).
+    db: Database,
+    /// Dropped right after `db`, closing the channel.
+    _closed: watch::Sender<()>,
+}
+
+impl std::ops::Deref for Db {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
 /// Opens (or creates) the database in `dir` and makes sure every table exists, so read
-/// transactions never meet a missing table.
-pub(crate) fn open(dir: &Path) -> Result<Database, redb::Error> {
+/// transactions never meet a missing table. The receiver's channel closes once the database is.
+pub(crate) fn open(dir: &Path) -> DbResult<(Db, watch::Receiver<()>)> {
     let db = Database::create(dir.join(DB_FILE))?;
     let tx = db.begin_write()?;
     {
@@ -66,7 +105,14 @@ pub(crate) fn open(dir: &Path) -> Result<Database, redb::Error> {
         tx.open_table(SNAPSHOT)?;
     }
     tx.commit()?;
-    Ok(db)
+    let (closed, on_close) = watch::channel(());
+    Ok((
+        Db {
+            db,
+            _closed: closed,
+        },
+        on_close,
+    ))
 }
 
 /// Reads and decodes `key` from a `&str`-keyed table; `None` if absent.
@@ -74,7 +120,7 @@ pub(crate) fn get_json<T: DeserializeOwned>(
     db: &Database,
     table: TableDefinition<&str, &[u8]>,
     key: &str,
-) -> Result<Option<T>, redb::Error> {
+) -> DbResult<Option<T>> {
     let tx = db.begin_read()?;
     let t = tx.open_table(table)?;
     let Some(v) = t.get(key)? else {
@@ -89,34 +135,37 @@ pub(crate) fn get_raw(
     db: &Database,
     table: TableDefinition<&str, &[u8]>,
     key: &str,
-) -> Result<Option<Vec<u8>>, redb::Error> {
+) -> DbResult<Option<Vec<u8>>> {
     let tx = db.begin_read()?;
     let t = tx.open_table(table)?;
     Ok(t.get(key)?.map(|v| v.value().to_vec()))
 }
 
 /// Encodes `value` as JSON.
-pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, redb::Error> {
+pub(crate) fn to_json<T: Serialize>(value: &T) -> DbResult<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| corrupt("value", &e))
 }
 
 /// A decode failure as a redb error, so one error type flows through the storage code.
-fn corrupt(what: &str, e: &serde_json::Error) -> redb::Error {
-    redb::Error::Corrupted(format!("cannot decode {what} in {DB_FILE}: {e}"))
+fn corrupt(what: &str, e: &serde_json::Error) -> DbError {
+    corrupted(format!("cannot decode {what} in {DB_FILE}: {e}"))
+}
+
+/// A "database corrupted" error with `msg`.
+pub(crate) fn corrupted(msg: String) -> DbError {
+    DbError(Box::new(redb::Error::Corrupted(msg)))
 }
 
 /// Converts any redb error into an openraft storage error for the given failure kind.
-pub(crate) fn io_err<E, F>(make: F, e: E) -> StoreError
+pub(crate) fn io_err<F>(make: F, e: DbError) -> StoreError
 where
-    E: Into<redb::Error>,
     F: FnOnce(openraft::AnyError) -> StorageIOError<u64>,
 {
-    let e: redb::Error = e.into();
     tracing::error!(error = %e, "metadata storage error");
     StoreError::IO {
         source: make(openraft::AnyError::new(&e)),
     }
 }
 
-/// Makes sure `TypeConfig` is used here so the entry type in [`LOG`] is documented by code.
+/// One entry of the Raft log, as stored in [`LOG`].
 pub(crate) type LogEntry = openraft::Entry<TypeConfig>;

@@ -45,7 +45,9 @@ pub enum CommandError {
     #[error("cluster {0:?} needs at least one server")]
     EmptyCluster(Name),
     /// A server was listed twice, or already belongs to a cluster.
-    #[error("server {server} is already in cluster {cluster:?}; a server can be in one cluster only")]
+    #[error(
+        "server {server} is already in cluster {cluster:?}; a server can be in one cluster only"
+    )]
     ServerInCluster {
         /// The server.
         server: ServerId,
@@ -95,7 +97,9 @@ pub enum CommandError {
     #[error("layer {0} is already in use; retry to get a fresh id")]
     LayerInUse(LayerId),
     /// A snapshot with this name exists in the volume.
-    #[error("volume {volume:?} already has a snapshot {name:?}; pick another name or delete it first")]
+    #[error(
+        "volume {volume:?} already has a snapshot {name:?}; pick another name or delete it first"
+    )]
     SnapshotExists {
         /// The volume.
         volume: Name,
@@ -111,7 +115,9 @@ pub enum CommandError {
         name: Name,
     },
     /// The snapshot's frozen layer is not the volume's head (another snapshot won the race).
-    #[error("volume {volume:?} changed while the snapshot was being taken (head is now {head}); retry")]
+    #[error(
+        "volume {volume:?} changed while the snapshot was being taken (head is now {head}); retry"
+    )]
     StaleHead {
         /// The volume.
         volume: Name,

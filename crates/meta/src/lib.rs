@@ -23,6 +23,8 @@
 //! Node addresses in the Raft membership are the servers' API base URLs; the Raft RPCs are
 //! served under `/raft/` by the same HTTP server as the management API.
 
+#![warn(missing_docs)]
+
 mod apply;
 mod db;
 mod error;

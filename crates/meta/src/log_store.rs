@@ -9,11 +9,11 @@
 //! append's flush callback is called right after that commit, so openraft never counts an entry
 //! as persisted before it is on disk.
 
-use crate::db::{self, io_err, LogEntry, StoreError, LOG, RAFT};
+use crate::db::{self, io_err, Db, DbResult, LogEntry, StoreError, LOG, RAFT};
 use crate::TypeConfig;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogId, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
-use redb::{Database, Durability, ReadableTable};
+use redb::{Durability, ReadableTable};
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::sync::Arc;
@@ -25,22 +25,17 @@ const KEY_PURGED: &str = "last_purged";
 /// The Raft log and vote of one node, in the shared redb database.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: Arc<Db>,
 }
 
 impl LogStore {
     /// A log store on `db` (tables must exist; see `db::open`).
-    pub(crate) fn new(db: Arc<Database>) -> Self {
+    pub(crate) fn new(db: Arc<Db>) -> Self {
         Self { db }
     }
 
     /// Writes `value` under `key` in the `raft` table, with or without fsync.
-    fn put_raft<T: serde::Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        durable: bool,
-    ) -> Result<(), redb::Error> {
+    fn put_raft<T: serde::Serialize>(&self, key: &str, value: &T, durable: bool) -> DbResult<()> {
         let bytes = db::to_json(value)?;
         let mut tx = self.db.begin_write()?;
         if !durable {
@@ -54,25 +49,25 @@ impl LogStore {
         Ok(())
     }
 
-    fn last_purged(&self) -> Result<Option<LogId<u64>>, redb::Error> {
+    fn last_purged(&self) -> DbResult<Option<LogId<u64>>> {
         db::get_json(&self.db, RAFT, KEY_PURGED)
     }
 
-    fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<LogEntry>, redb::Error> {
+    fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> DbResult<Vec<LogEntry>> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(LOG)?;
         let mut out = Vec::new();
         for item in t.range(range)? {
             let (k, v) = item?;
             let entry: LogEntry = serde_json::from_slice(v.value()).map_err(|e| {
-                redb::Error::Corrupted(format!("log entry {} is unreadable: {e}", k.value()))
+                db::corrupted(format!("log entry {} is unreadable: {e}", k.value()))
             })?;
             out.push(entry);
         }
         Ok(out)
     }
 
-    fn append_sync(&self, entries: Vec<LogEntry>) -> Result<(), redb::Error> {
+    fn append_sync(&self, entries: Vec<LogEntry>) -> DbResult<()> {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(LOG)?;
@@ -91,7 +86,7 @@ impl LogStore {
         range: RB,
         purged: Option<LogId<u64>>,
         durable: bool,
-    ) -> Result<(), redb::Error> {
+    ) -> DbResult<()> {
         let mut tx = self.db.begin_write()?;
         if !durable {
             tx.set_durability(Durability::None);
@@ -126,14 +121,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let purged = self
             .last_purged()
             .map_err(|e| io_err(StorageIOError::read_logs, e))?;
-        let last = (|| -> Result<Option<LogId<u64>>, redb::Error> {
+        let last = (|| -> DbResult<Option<LogId<u64>>> {
             let tx = self.db.begin_read()?;
             let t = tx.open_table(LOG)?;
             let Some((k, v)) = t.last()? else {
                 return Ok(None);
             };
             let entry: LogEntry = serde_json::from_slice(v.value()).map_err(|e| {
-                redb::Error::Corrupted(format!("log entry {} is unreadable: {e}", k.value()))
+                db::corrupted(format!("log entry {} is unreadable: {e}", k.value()))
             })?;
             Ok(Some(entry.log_id))
         })()
@@ -169,7 +164,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(c.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StoreError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StoreError>
     where
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -22,10 +22,9 @@ use openraft::error::{
     CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
 };
 use openraft::{BasicNode, Raft};
-use redb::Database;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use strata_types::Name;
 use tokio::sync::watch;
@@ -53,8 +52,8 @@ struct Inner {
     shared: Arc<Shared>,
     node_id: u64,
     my_addr: String,
-    /// The database, held weakly so [`Meta::shutdown`] can wait until openraft's tasks let go.
-    db: Weak<Database>,
+    /// Closes when the database file is closed, so [`Meta::shutdown`] can wait for it.
+    db_closed: watch::Receiver<()>,
 }
 
 impl Meta {
@@ -63,13 +62,18 @@ impl Meta {
     /// The node starts as an uninitialized follower unless its log says otherwise.
     pub async fn open(dir: &Path, node_id: u64, my_addr: String) -> Result<Meta, MetaError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            MetaError::Storage(format!("cannot create metadata directory {}: {e}", dir.display()))
+            MetaError::Storage(format!(
+                "cannot create metadata directory {}: {e}",
+                dir.display()
+            ))
         })?;
-        let database = db::open(dir).map_err(|e| {
-            MetaError::Storage(format!("cannot open {}: {e}", dir.join(db::DB_FILE).display()))
+        let (database, db_closed) = db::open(dir).map_err(|e| {
+            MetaError::Storage(format!(
+                "cannot open {}: {e}",
+                dir.join(db::DB_FILE).display()
+            ))
         })?;
         let database = Arc::new(database);
-        let weak = Arc::downgrade(&database);
         let log_store = LogStore::new(database.clone());
         let sm = StateMachine::load(database)
             .map_err(|e| MetaError::Storage(format!("cannot load the state machine: {e}")))?;
@@ -85,7 +89,7 @@ impl Meta {
                 shared,
                 node_id,
                 my_addr,
-                db: weak,
+                db_closed,
             }),
         })
     }
@@ -109,10 +113,19 @@ impl Meta {
     /// `me` and creates the cluster `default` holding it, each only if absent. Idempotent: on an
     /// initialized node it skips initialization and only adds what is missing.
     pub async fn bootstrap(&self, me: ServerRecord) -> Result<(), MetaError> {
+        if me.raft_node_id != self.node_id() {
+            tracing::warn!(
+                record = me.raft_node_id,
+                node = self.node_id(),
+                "bootstrap record names another Raft node id than this node's"
+            );
+        }
         if !self.is_initialized().await {
             let nodes = BTreeMap::from([(self.node_id(), BasicNode::new(self.addr()))]);
             match self.inner.raft.initialize(nodes).await {
-                Ok(()) => tracing::info!(node_id = self.node_id(), "bootstrapped a management group"),
+                Ok(()) => {
+                    tracing::info!(node_id = self.node_id(), "bootstrapped a management group")
+                }
                 Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(MetaError::Unavailable(format!("cannot initialize: {e}"))),
             }
@@ -157,12 +170,14 @@ impl Meta {
     /// committed and applied.
     pub async fn write(&self, cmd: Command) -> Result<CommandOutput, MetaError> {
         let fut = self.inner.raft.client_write(cmd);
-        let res = tokio::time::timeout(QUORUM_TIMEOUT, fut).await.map_err(|_| {
-            MetaError::Unavailable(format!(
-                "no quorum of managers confirmed the change within {QUORUM_TIMEOUT:?}; it may \
+        let res = tokio::time::timeout(QUORUM_TIMEOUT, fut)
+            .await
+            .map_err(|_| {
+                MetaError::Unavailable(format!(
+                    "no quorum of managers confirmed the change within {QUORUM_TIMEOUT:?}; it may \
                  still be applied later — check that a majority of managers is running"
-            ))
-        })?;
+                ))
+            })?;
         match res {
             Ok(resp) => resp.data.map_err(MetaError::Refused),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(f)),
@@ -177,18 +192,22 @@ impl Meta {
     /// everything committed before the read, and returns a copy of the state.
     pub async fn read(&self) -> Result<StateView, MetaError> {
         let fut = self.inner.raft.ensure_linearizable();
-        let res = tokio::time::timeout(QUORUM_TIMEOUT, fut).await.map_err(|_| {
-            MetaError::Unavailable(format!(
-                "no quorum of managers confirmed leadership within {QUORUM_TIMEOUT:?}; check \
+        let res = tokio::time::timeout(QUORUM_TIMEOUT, fut)
+            .await
+            .map_err(|_| {
+                MetaError::Unavailable(format!(
+                    "no quorum of managers confirmed leadership within {QUORUM_TIMEOUT:?}; check \
                  that a majority of managers is running"
-            ))
-        })?;
+                ))
+            })?;
         match res {
             Ok(_) => Ok(self.local_state()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(
-                MetaError::Unavailable(format!("{e}; check that a majority of managers is running")),
-            ),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(MetaError::Unavailable(format!(
+                    "{e}; check that a majority of managers is running"
+                )))
+            }
             Err(RaftError::Fatal(e)) => Err(stopped(e)),
         }
     }
@@ -205,7 +224,12 @@ impl Meta {
 
     /// Adds node `node_id` at API base URL `addr` as a learner (a non-voting follower). With
     /// `blocking`, returns once the learner has caught up with the log.
-    pub async fn add_learner(&self, node_id: u64, addr: String, blocking: bool) -> Result<(), MetaError> {
+    pub async fn add_learner(
+        &self,
+        node_id: u64,
+        addr: String,
+        blocking: bool,
+    ) -> Result<(), MetaError> {
         let res = self
             .inner
             .raft
@@ -215,9 +239,42 @@ impl Meta {
     }
 
     /// Makes `voters` the set of voting managers. With `retain`, removed voters stay as learners.
-    pub async fn change_membership(&self, voters: BTreeSet<u64>, retain: bool) -> Result<(), MetaError> {
+    pub async fn change_membership(
+        &self,
+        voters: BTreeSet<u64>,
+        retain: bool,
+    ) -> Result<(), MetaError> {
         let res = self.inner.raft.change_membership(voters, retain).await;
         membership_result(res)
+    }
+
+    /// Builds a snapshot of the state as applied now and purges the log up to it, returning the
+    /// snapshot's last log index. Peers that lag behind the purge point catch up by receiving the
+    /// snapshot (`/raft/snapshot`). Openraft also does this by itself every 1000 entries.
+    pub async fn compact(&self) -> Result<u64, MetaError> {
+        let target = self
+            .raft_metrics()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        let raft = &self.inner.raft;
+        raft.trigger().snapshot().await.map_err(stopped)?;
+        let m = raft
+            .wait(Some(QUORUM_TIMEOUT))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= target),
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| MetaError::Unavailable(format!("snapshot not built: {e}")))?;
+        let index = m.snapshot.map(|s| s.index).unwrap_or(0);
+        raft.trigger().purge_log(index).await.map_err(stopped)?;
+        raft.wait(Some(QUORUM_TIMEOUT))
+            .metrics(|m| m.purged.is_some_and(|p| p.index >= index), "log purged")
+            .await
+            .map_err(|e| MetaError::Unavailable(format!("log not purged: {e}")))?;
+        tracing::info!(index, "compacted the management log");
+        Ok(index)
     }
 
     /// The current Raft metrics: state, term, leader, log and applied indexes, membership.
@@ -236,13 +293,13 @@ impl Meta {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft node did not stop cleanly");
         }
-        let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
-        while self.inner.db.strong_count() > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!("metadata database still in use after shutdown");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // `changed` fails once the database is closed (its sender dropped); we never send.
+        let mut closed = self.inner.db_closed.clone();
+        if tokio::time::timeout(CLOSE_TIMEOUT, closed.changed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("metadata database still in use {CLOSE_TIMEOUT:?} after shutdown");
         }
         tracing::info!(node_id = self.node_id(), "management node stopped");
     }
@@ -255,7 +312,9 @@ fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> MetaError {
 }
 
 fn stopped(e: openraft::error::Fatal<u64>) -> MetaError {
-    MetaError::Unavailable(format!("the management node has stopped ({e}); restart the server"))
+    MetaError::Unavailable(format!(
+        "the management node has stopped ({e}); restart the server"
+    ))
 }
 
 fn membership_result(

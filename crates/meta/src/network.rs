@@ -108,14 +108,20 @@ impl HttpNetwork {
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
             let msg = format!("POST {url} answered {status}: {body}");
-            return Err(RPCError::Network(NetworkError::new(&std::io::Error::other(msg))));
+            return Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(msg),
+            )));
         }
         let res: Result<Resp, RaftError<u64, E>> = resp
             .json()
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| {
-            RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
         })
     }
 }

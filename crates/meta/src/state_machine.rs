@@ -11,7 +11,9 @@
 //! stores it durably in the `snapshot` table; installing one replaces the state wholesale.
 
 use crate::apply::apply_command;
-use crate::db::{self, io_err, LogEntry, SmData, StoreError, SM, SM_FORMAT, SNAPSHOT};
+use crate::db::{
+    self, io_err, Db, DbResult, LogEntry, SmData, StoreError, SM, SM_FORMAT, SNAPSHOT,
+};
 use crate::model::{CommandOutput, CommandResponse, StateView};
 use crate::TypeConfig;
 use openraft::storage::RaftStateMachine;
@@ -57,20 +59,20 @@ impl Shared {
 
 /// The management state machine of one node, persisted in the shared redb database.
 pub struct StateMachine {
-    db: Arc<Database>,
+    db: Arc<Db>,
     data: SmData,
     shared: Arc<Shared>,
 }
 
 impl StateMachine {
     /// Loads the state machine from `db` (tables must exist; see `db::open`).
-    pub(crate) fn load(db: Arc<Database>) -> Result<Self, redb::Error> {
+    pub(crate) fn load(db: Arc<Db>) -> DbResult<Self> {
         let data: SmData = db::get_json(&db, SM, KEY_STATE)?.unwrap_or_else(|| SmData {
             format: SM_FORMAT,
             ..SmData::default()
         });
         if data.format != SM_FORMAT {
-            return Err(redb::Error::Corrupted(format!(
+            return Err(db::corrupted(format!(
                 "state machine format {} is not supported (expected {SM_FORMAT})",
                 data.format
             )));
@@ -90,7 +92,7 @@ impl StateMachine {
     }
 
     /// Writes the state blob; without fsync (see `db.rs`: the log is the durable record).
-    fn persist(&self) -> Result<(), redb::Error> {
+    fn persist(&self) -> DbResult<()> {
         let bytes = db::to_json(&self.data)?;
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::None);
@@ -102,13 +104,14 @@ impl StateMachine {
 
 /// Builds a snapshot from a copy of the state taken when the builder was made.
 pub struct SnapshotBuilder {
-    db: Arc<Database>,
+    db: Arc<Db>,
     data: SmData,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StoreError> {
-        let bytes = db::to_json(&self.data).map_err(|e| io_err(StorageIOError::read_state_machine, e))?;
+        let bytes =
+            db::to_json(&self.data).map_err(|e| io_err(StorageIOError::read_state_machine, e))?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -122,8 +125,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.data.last_membership.clone(),
             snapshot_id,
         };
-        save_snapshot(&self.db, &meta, &bytes)
-            .map_err(|e| io_err(|a| StorageIOError::write_snapshot(Some(meta.signature()), a), e))?;
+        save_snapshot(&self.db, &meta, &bytes).map_err(|e| {
+            io_err(
+                |a| StorageIOError::write_snapshot(Some(meta.signature()), a),
+                e,
+            )
+        })?;
         tracing::info!(snapshot = %meta, "built a metadata snapshot");
         Ok(Snapshot {
             meta,
@@ -133,11 +140,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 /// Stores `meta` and `bytes` as the current snapshot, durably.
-fn save_snapshot(
-    db: &Database,
-    meta: &SnapshotMeta<u64, BasicNode>,
-    bytes: &[u8],
-) -> Result<(), redb::Error> {
+fn save_snapshot(db: &Database, meta: &SnapshotMeta<u64, BasicNode>, bytes: &[u8]) -> DbResult<()> {
     let meta_bytes = db::to_json(meta)?;
     let tx = db.begin_write()?;
     {
@@ -213,15 +216,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Err(StoreError::IO {
                 source: StorageIOError::read_snapshot(
                     Some(sig),
-                    openraft::AnyError::error(format!("snapshot format {} is not supported", data.format)),
+                    openraft::AnyError::error(format!(
+                        "snapshot format {} is not supported",
+                        data.format
+                    )),
                 ),
             });
         }
         // The meta is authoritative for what the snapshot covers.
         data.last_applied = meta.last_log_id;
         data.last_membership = meta.last_membership.clone();
-        save_snapshot(&self.db, meta, &bytes)
-            .map_err(|e| io_err(|a| StorageIOError::write_snapshot(Some(meta.signature()), a), e))?;
+        save_snapshot(&self.db, meta, &bytes).map_err(|e| {
+            io_err(
+                |a| StorageIOError::write_snapshot(Some(meta.signature()), a),
+                e,
+            )
+        })?;
         self.data = data;
         self.persist()
             .map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
@@ -231,13 +241,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
-        let read = || -> Result<Option<Snapshot<TypeConfig>>, redb::Error> {
-            let Some(meta) = db::get_json::<SnapshotMeta<u64, BasicNode>>(&self.db, SNAPSHOT, KEY_SNAP_META)?
+        let read = || -> DbResult<Option<Snapshot<TypeConfig>>> {
+            let Some(meta) =
+                db::get_json::<SnapshotMeta<u64, BasicNode>>(&self.db, SNAPSHOT, KEY_SNAP_META)?
             else {
                 return Ok(None);
             };
             let bytes = db::get_raw(&self.db, SNAPSHOT, KEY_SNAP_DATA)?.ok_or_else(|| {
-                redb::Error::Corrupted("snapshot meta is present but its data is missing".into())
+                db::corrupted("snapshot meta is present but its data is missing".into())
             })?;
             Ok(Some(Snapshot {
                 meta,

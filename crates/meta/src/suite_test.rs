@@ -17,9 +17,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RedbBuilder {
         let dir = TempDir::new().map_err(|e| StorageError::IO {
             source: StorageIOError::write(&e),
         })?;
-        let database = Arc::new(db::open(dir.path()).map_err(|e| StorageError::IO {
+        let (database, _closed) = db::open(dir.path()).map_err(|e| StorageError::IO {
             source: StorageIOError::write(&e),
-        })?);
+        })?;
+        let database = Arc::new(database);
         let sm = StateMachine::load(database.clone()).map_err(|e| StorageError::IO {
             source: StorageIOError::read(&e),
         })?;

@@ -165,8 +165,14 @@ mod tests {
     #[test]
     fn open_error_mapping() {
         assert_eq!(OpenError::Unknown.reply_code(), consts::REP_ERR_UNKNOWN);
-        assert_eq!(OpenError::Other("x".into()).reply_code(), consts::REP_ERR_UNKNOWN);
-        assert_eq!(OpenError::Denied("x".into()).reply_code(), consts::REP_ERR_POLICY);
+        assert_eq!(
+            OpenError::Other("x".into()).reply_code(),
+            consts::REP_ERR_UNKNOWN
+        );
+        assert_eq!(
+            OpenError::Denied("x".into()).reply_code(),
+            consts::REP_ERR_POLICY
+        );
     }
 
     #[test]

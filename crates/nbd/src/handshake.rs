@@ -158,7 +158,10 @@ mod tests {
     fn replies() {
         let mut out = BytesMut::new();
         option_reply(&mut out, 8, consts::REP_ACK, &[]);
-        assert_eq!(&out[..], b"\0\x03\xe8\x89\x04\x55\x65\xa9\0\0\0\x08\0\0\0\x01\0\0\0\0");
+        assert_eq!(
+            &out[..],
+            b"\0\x03\xe8\x89\x04\x55\x65\xa9\0\0\0\x08\0\0\0\x01\0\0\0\0"
+        );
         out.clear();
         export_name_reply(&mut out, 0x1000, 0x16d, true);
         assert_eq!(&out[..], b"\0\0\0\0\0\0\x10\0\x01\x6d");
@@ -194,7 +197,11 @@ mod tests {
             (":leaf", false, Malformed),
         ];
         for (query, listing, expected) in table {
-            assert_eq!(match_meta_query(query, listing), expected, "{query} {listing}");
+            assert_eq!(
+                match_meta_query(query, listing),
+                expected,
+                "{query} {listing}"
+            );
         }
     }
 }

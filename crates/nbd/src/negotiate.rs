@@ -56,7 +56,11 @@ where
     let Some(flags) = next(rd, buf, shutdown, parse_client_flags).await? else {
         return Ok(None);
     };
-    let mut state = State { structured: false, no_zeroes: flags.no_zeroes, meta_export: None };
+    let mut state = State {
+        structured: false,
+        no_zeroes: flags.no_zeroes,
+        meta_export: None,
+    };
     let mut out = BytesMut::with_capacity(4096);
     loop {
         let Some(option) = next(rd, buf, shutdown, parse_option).await? else {
@@ -103,7 +107,11 @@ where
             n = rd.read_buf(buf) => n?,
         };
         if n == 0 {
-            return if buf.is_empty() { Ok(None) } else { Err(NbdError::Truncated) };
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(NbdError::Truncated)
+            };
         }
     }
 }
@@ -117,16 +125,22 @@ async fn handle(
     let code = option.code();
     match option {
         ClientOption::ExportName(name) => {
-            let device = exports.open(&name).await.map_err(|e| NbdError::ExportUnavailable {
-                name: name.clone(),
-                reason: e.to_string(),
-            })?;
+            let device = exports
+                .open(&name)
+                .await
+                .map_err(|e| NbdError::ExportUnavailable {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                })?;
             let neg = negotiated(device, state, &name);
             let flags = hs::transmission_flags(neg.session.read_only, state.structured);
             hs::export_name_reply(out, neg.session.size, flags, state.no_zeroes);
             return Ok(Step::Transmit(neg));
         }
-        ClientOption::Invalid { option: consts::OPT_EXPORT_NAME, .. } => {
+        ClientOption::Invalid {
+            option: consts::OPT_EXPORT_NAME,
+            ..
+        } => {
             return Err(ProtocolError::BadExportName.into());
         }
         ClientOption::Abort => {
@@ -165,7 +179,11 @@ async fn handle(
 
 fn negotiated(device: Arc<dyn BlockDevice>, state: &State, name: &str) -> Negotiated {
     let min = device.min_block_size();
-    let min_block = if min.is_power_of_two() && min <= 65536 { min } else { 1 };
+    let min_block = if min.is_power_of_two() && min <= 65536 {
+        min
+    } else {
+        1
+    };
     let meta = state.structured && state.meta_export.as_deref() == Some(name);
     let session = Session {
         size: device.size(),
@@ -228,13 +246,22 @@ fn meta_context(code: u32, q: &MetaQuery, state: &mut State, out: &mut BytesMut,
             MetaMatch::BaseAllocation => found = true,
             MetaMatch::Nothing => {}
             MetaMatch::Malformed => {
-                hs::option_error(out, code, consts::REP_ERR_INVALID, "query lacks a namespace");
+                hs::option_error(
+                    out,
+                    code,
+                    consts::REP_ERR_INVALID,
+                    "query lacks a namespace",
+                );
                 return;
             }
         }
     }
     if found {
-        let id = if listing { 0 } else { consts::BASE_ALLOCATION_ID };
+        let id = if listing {
+            0
+        } else {
+            consts::BASE_ALLOCATION_ID
+        };
         hs::rep_meta_context(out, code, id, consts::BASE_ALLOCATION);
         if !listing {
             state.meta_export = Some(q.export.clone());

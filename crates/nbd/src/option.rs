@@ -115,7 +115,10 @@ pub fn parse_option(buf: &[u8]) -> Result<Option<(ClientOption, usize)>, Protoco
     let len = r.u32().unwrap_or_default();
     if magic != consts::IHAVEOPT {
         let expected = consts::IHAVEOPT;
-        return Err(ProtocolError::BadMagic { expected, got: magic });
+        return Err(ProtocolError::BadMagic {
+            expected,
+            got: magic,
+        });
     }
     if len > consts::MAX_OPTION_LEN {
         return Err(ProtocolError::OptionTooLarge { option, len });

@@ -51,7 +51,10 @@ fn client_flags_table() {
 
 #[test]
 fn option_table() {
-    let info = |name: &str, info: &[u16]| InfoRequest { name: name.into(), info: info.to_vec() };
+    let info = |name: &str, info: &[u16]| InfoRequest {
+        name: name.into(),
+        info: info.to_vec(),
+    };
     let meta = |export: &str, q: &[&str]| MetaQuery {
         export: export.into(),
         queries: q.iter().map(|s| s.to_string()).collect(),
@@ -60,37 +63,77 @@ fn option_table() {
     let table: Vec<(Vec<u8>, ClientOption)> = vec![
         (opt(1, b"vol"), ClientOption::ExportName("vol".into())),
         (opt(1, b""), ClientOption::ExportName(String::new())),
-        (opt(1, b"a\0b"), invalid(1, "export name is not a valid string")),
-        (opt(1, b"\xff"), invalid(1, "export name is not a valid string")),
+        (
+            opt(1, b"a\0b"),
+            invalid(1, "export name is not a valid string"),
+        ),
+        (
+            opt(1, b"\xff"),
+            invalid(1, "export name is not a valid string"),
+        ),
         (opt(2, b""), ClientOption::Abort),
         (opt(2, b"ignored"), ClientOption::Abort),
         (opt(3, b""), ClientOption::List),
         (opt(3, b"x"), invalid(3, "option takes no data")),
         (opt(8, b""), ClientOption::StructuredReply),
         (opt(8, b"x"), invalid(8, "option takes no data")),
-        (opt(6, &info_data("vol", &[3, 1])), ClientOption::Info(info("vol", &[3, 1]))),
+        (
+            opt(6, &info_data("vol", &[3, 1])),
+            ClientOption::Info(info("vol", &[3, 1])),
+        ),
         (opt(7, &info_data("", &[])), ClientOption::Go(info("", &[]))),
         (opt(7, b"\0\0\0"), invalid(7, "truncated name length")),
-        (opt(7, b"\0\0\0\x09vol\0\0"), invalid(7, "name longer than option")),
+        (
+            opt(7, b"\0\0\0\x09vol\0\0"),
+            invalid(7, "name longer than option"),
+        ),
         (opt(7, b"\0\0\0\x03vol"), invalid(7, "truncated info count")),
-        (opt(7, b"\0\0\0\x03vol\0\x02\0\x03"), invalid(7, "info count does not match option length")),
-        (opt(7, b"\0\0\0\x03vol\0\x00\0"), invalid(7, "info count does not match option length")),
-        (opt(9, &meta_data("vol", &[])), ClientOption::ListMetaContext(meta("vol", &[]))),
+        (
+            opt(7, b"\0\0\0\x03vol\0\x02\0\x03"),
+            invalid(7, "info count does not match option length"),
+        ),
+        (
+            opt(7, b"\0\0\0\x03vol\0\x00\0"),
+            invalid(7, "info count does not match option length"),
+        ),
+        (
+            opt(9, &meta_data("vol", &[])),
+            ClientOption::ListMetaContext(meta("vol", &[])),
+        ),
         (
             opt(10, &meta_data("vol", &["base:allocation", "qemu:x"])),
             ClientOption::SetMetaContext(meta("vol", &["base:allocation", "qemu:x"])),
         ),
-        (opt(10, b"\0\0\0\0\0\0\0\x01\0\0\0\x09base:"), invalid(10, "query longer than option")),
-        (opt(10, b"\0\0\0\0\0\0\0\x02\0\0\0\x01b"), invalid(10, "truncated query length")),
-        (opt(10, b"\0\0\0\0\0\0\0\x00x"), invalid(10, "trailing bytes after queries")),
-        (opt(10, b"\0\0\0\0\xff\xff\xff\xff"), invalid(10, "truncated query length")),
+        (
+            opt(10, b"\0\0\0\0\0\0\0\x01\0\0\0\x09base:"),
+            invalid(10, "query longer than option"),
+        ),
+        (
+            opt(10, b"\0\0\0\0\0\0\0\x02\0\0\0\x01b"),
+            invalid(10, "truncated query length"),
+        ),
+        (
+            opt(10, b"\0\0\0\0\0\0\0\x00x"),
+            invalid(10, "trailing bytes after queries"),
+        ),
+        (
+            opt(10, b"\0\0\0\0\xff\xff\xff\xff"),
+            invalid(10, "truncated query length"),
+        ),
         (opt(5, b""), ClientOption::Unsupported(5)),
         (opt(0xdead, b"whatever"), ClientOption::Unsupported(0xdead)),
     ];
     for (input, expected) in table {
         let got = parse_option(&input);
-        assert_eq!(got, Ok(Some((expected.clone(), input.len()))), "input {input:?}");
-        assert_eq!(expected.code(), u32::from_be_bytes([input[8], input[9], input[10], input[11]]));
+        assert_eq!(
+            got,
+            Ok(Some((expected.clone(), input.len()))),
+            "input {input:?}"
+        );
+        assert_eq!(
+            expected.code(),
+            u32::from_be_bytes([input[8], input[9], input[10], input[11]])
+        );
     }
 }
 
@@ -105,21 +148,30 @@ fn option_incomplete_until_whole() {
     let (first, used) = parse_option(&two).expect("parses").expect("complete");
     assert!(matches!(first, ClientOption::Go(_)));
     assert_eq!(used, whole.len());
-    assert_eq!(parse_option(&two[used..]), Ok(Some((ClientOption::Abort, 16))));
+    assert_eq!(
+        parse_option(&two[used..]),
+        Ok(Some((ClientOption::Abort, 16)))
+    );
 }
 
 #[test]
 fn option_framing_errors() {
     let mut bad = opt(1, b"x");
     bad[0] = b'J';
-    assert!(matches!(parse_option(&bad), Err(ProtocolError::BadMagic { .. })));
+    assert!(matches!(
+        parse_option(&bad),
+        Err(ProtocolError::BadMagic { .. })
+    ));
     // An oversized option is refused from its header alone, before any data arrives.
     let mut huge = consts::IHAVEOPT.to_be_bytes().to_vec();
     huge.extend_from_slice(&7u32.to_be_bytes());
     huge.extend_from_slice(&u32::MAX.to_be_bytes());
     assert_eq!(
         parse_option(&huge),
-        Err(ProtocolError::OptionTooLarge { option: 7, len: u32::MAX })
+        Err(ProtocolError::OptionTooLarge {
+            option: 7,
+            len: u32::MAX
+        })
     );
 }
 
@@ -128,5 +180,11 @@ fn long_names_are_invalid() {
     let name = "n".repeat(consts::MAX_STRING_LEN + 1);
     let input = opt(7, &info_data(&name, &[]));
     let (parsed, _) = parse_option(&input).expect("parses").expect("complete");
-    assert_eq!(parsed, ClientOption::Invalid { option: 7, reason: "export name is not a valid string" });
+    assert_eq!(
+        parsed,
+        ClientOption::Invalid {
+            option: 7,
+            reason: "export name is not a valid string"
+        }
+    );
 }

@@ -43,7 +43,11 @@ impl Reply {
             head[len..len + part.len()].copy_from_slice(part);
             len += part.len();
         }
-        Reply { head, head_len: len as u8, body }
+        Reply {
+            head,
+            head_len: len as u8,
+            body,
+        }
     }
 
     fn chunk(cookie: u64, kind: u16, payload_len: usize, extra: &[u8], body: Bytes) -> Reply {
@@ -51,15 +55,24 @@ impl Reply {
         let flags = consts::REPLY_FLAG_DONE.to_be_bytes();
         // Payload lengths are bounded by MAX_PAYLOAD plus a small fixed overhead.
         let len = u32::try_from(payload_len).unwrap_or(u32::MAX).to_be_bytes();
-        let parts: [&[u8]; 6] =
-            [&magic, &flags, &kind.to_be_bytes(), &cookie.to_be_bytes(), &len, extra];
+        let parts: [&[u8]; 6] = [
+            &magic,
+            &flags,
+            &kind.to_be_bytes(),
+            &cookie.to_be_bytes(),
+            &len,
+            extra,
+        ];
         Reply::from_head(&parts, body)
     }
 
     /// A simple reply with no data: success (`errno` 0) or an error.
     pub fn simple(cookie: u64, errno: u32) -> Reply {
         let magic = consts::SIMPLE_REPLY_MAGIC.to_be_bytes();
-        Reply::from_head(&[&magic, &errno.to_be_bytes(), &cookie.to_be_bytes()], Bytes::new())
+        Reply::from_head(
+            &[&magic, &errno.to_be_bytes(), &cookie.to_be_bytes()],
+            Bytes::new(),
+        )
     }
 
     /// A successful simple reply to a read, followed by the data.
@@ -72,7 +85,13 @@ impl Reply {
     /// A final `NBD_REPLY_TYPE_OFFSET_DATA` chunk carrying `data` read at `offset`.
     pub fn offset_data(cookie: u64, offset: u64, data: Bytes) -> Reply {
         let len = 8 + data.len();
-        Reply::chunk(cookie, consts::REPLY_TYPE_OFFSET_DATA, len, &offset.to_be_bytes(), data)
+        Reply::chunk(
+            cookie,
+            consts::REPLY_TYPE_OFFSET_DATA,
+            len,
+            &offset.to_be_bytes(),
+            data,
+        )
     }
 
     /// A final `NBD_REPLY_TYPE_OFFSET_HOLE` chunk: `len` bytes of zeroes at `offset`.
@@ -80,7 +99,13 @@ impl Reply {
         let mut extra = [0u8; 12];
         extra[..8].copy_from_slice(&offset.to_be_bytes());
         extra[8..].copy_from_slice(&len.to_be_bytes());
-        Reply::chunk(cookie, consts::REPLY_TYPE_OFFSET_HOLE, 12, &extra, Bytes::new())
+        Reply::chunk(
+            cookie,
+            consts::REPLY_TYPE_OFFSET_HOLE,
+            12,
+            &extra,
+            Bytes::new(),
+        )
     }
 
     /// A final `NBD_REPLY_TYPE_NONE` chunk: success with nothing to say.
@@ -99,7 +124,13 @@ impl Reply {
         extra[..4].copy_from_slice(&errno.to_be_bytes());
         extra[4..].copy_from_slice(&(message.len() as u16).to_be_bytes());
         let body = Bytes::copy_from_slice(message.as_bytes());
-        Reply::chunk(cookie, consts::REPLY_TYPE_ERROR, 6 + message.len(), &extra, body)
+        Reply::chunk(
+            cookie,
+            consts::REPLY_TYPE_ERROR,
+            6 + message.len(),
+            &extra,
+            body,
+        )
     }
 
     /// A final `NBD_REPLY_TYPE_BLOCK_STATUS` chunk for one context: `(length, flags)` pairs.

@@ -13,8 +13,14 @@ fn hex(s: &str) -> Vec<u8> {
 #[test]
 fn encodings() {
     let table: Vec<(Reply, &str)> = vec![
-        (Reply::simple(0x0102, 0), "67446698 00000000 0000000000000102"),
-        (Reply::simple(1, consts::EIO), "67446698 00000005 0000000000000001"),
+        (
+            Reply::simple(0x0102, 0),
+            "67446698 00000000 0000000000000102",
+        ),
+        (
+            Reply::simple(1, consts::EIO),
+            "67446698 00000005 0000000000000001",
+        ),
         (
             Reply::simple_read(2, Bytes::from_static(b"\xaa\xbb")),
             "67446698 00000000 0000000000000002 aabb",
@@ -27,7 +33,10 @@ fn encodings() {
             Reply::offset_hole(4, 0x1000, 0x800),
             "668e33ef 0001 0002 0000000000000004 0000000c 0000000000001000 00000800",
         ),
-        (Reply::none(5), "668e33ef 0001 0000 0000000000000005 00000000"),
+        (
+            Reply::none(5),
+            "668e33ef 0001 0000 0000000000000005 00000000",
+        ),
         (
             Reply::error(6, consts::EINVAL, "no"),
             "668e33ef 0001 8001 0000000000000006 00000008 00000016 0002 6e6f",
@@ -63,16 +72,35 @@ fn descriptors_table() {
     let table: Vec<Case> = vec![
         (vec![data(4096)], 4096, false, vec![(4096, 0)]),
         (vec![data(8192)], 4096, false, vec![(4096, 0)]),
-        (vec![data(100), hole(100)], 4096, false, vec![(100, 0), (100, 3)]),
-        (vec![data(100), data(100), hole(5000)], 4096, false, vec![(200, 0), (3896, 3)]),
+        (
+            vec![data(100), hole(100)],
+            4096,
+            false,
+            vec![(100, 0), (100, 3)],
+        ),
+        (
+            vec![data(100), data(100), hole(5000)],
+            4096,
+            false,
+            vec![(200, 0), (3896, 3)],
+        ),
         (vec![data(0), hole(10), data(0)], 20, false, vec![(10, 3)]),
         (vec![], 512, false, vec![(512, 0)]),
         (vec![data(0)], 512, true, vec![(512, 0)]),
         (vec![hole(100), data(100)], 4096, true, vec![(100, 3)]),
         (vec![hole(9000)], 4096, true, vec![(4096, 3)]),
-        (vec![data(10), hole(10), data(10)], 25, false, vec![(10, 0), (10, 3), (5, 0)]),
+        (
+            vec![data(10), hole(10), data(10)],
+            25,
+            false,
+            vec![(10, 0), (10, 3), (5, 0)],
+        ),
     ];
     for (extents, len, one, expected) in table {
-        assert_eq!(block_status_descriptors(&extents, len, one), expected, "{extents:?} {len}");
+        assert_eq!(
+            block_status_descriptors(&extents, len, one),
+            expected,
+            "{extents:?} {len}"
+        );
     }
 }

@@ -110,7 +110,10 @@ fn parse_header(head: &[u8; REQUEST_HEADER_LEN]) -> Result<Request, ProtocolErro
     let magic = b.get_u32();
     if magic != consts::REQUEST_MAGIC {
         let expected = u64::from(consts::REQUEST_MAGIC);
-        return Err(ProtocolError::BadMagic { expected, got: u64::from(magic) });
+        return Err(ProtocolError::BadMagic {
+            expected,
+            got: u64::from(magic),
+        });
     }
     let flags = b.get_u16();
     let command = Command::from_code(b.get_u16());
@@ -120,7 +123,13 @@ fn parse_header(head: &[u8; REQUEST_HEADER_LEN]) -> Result<Request, ProtocolErro
     if command == Command::Write && len > consts::MAX_PAYLOAD {
         return Err(ProtocolError::PayloadTooLarge(len));
     }
-    Ok(Request { flags, command, cookie, offset, len })
+    Ok(Request {
+        flags,
+        command,
+        cookie,
+        offset,
+        len,
+    })
 }
 
 /// Takes one whole request off the front of `buf`, with its payload (empty unless a write).
@@ -179,7 +188,11 @@ pub fn validate(req: &Request, s: &Session) -> Result<(), u32> {
             return Err(consts::EPERM)
         }
         Command::Read if req.len > consts::MAX_PAYLOAD => {
-            return Err(if s.structured { consts::EOVERFLOW } else { consts::EINVAL });
+            return Err(if s.structured {
+                consts::EOVERFLOW
+            } else {
+                consts::EINVAL
+            });
         }
         Command::BlockStatus if s.meta_context.is_none() || !s.structured || req.len == 0 => {
             return Err(consts::EINVAL)
@@ -189,12 +202,17 @@ pub fn validate(req: &Request, s: &Session) -> Result<(), u32> {
     let end = req.offset.checked_add(u64::from(req.len));
     if end.is_none_or(|end| end > s.size) {
         // doc/proto.md: ENOSPC for writes past the end, EINVAL for the rest.
-        return Err(if writes { consts::ENOSPC } else { consts::EINVAL });
+        return Err(if writes {
+            consts::ENOSPC
+        } else {
+            consts::EINVAL
+        });
     }
-    let min = u64::from(s.min_block.max(1));
+    // The minimum block size is a power of two, so `x & mask` is `x % min`.
+    let mask = u64::from(s.min_block.max(1)) - 1;
     let at_end = end == Some(s.size);
     if req.command != Command::BlockStatus
-        && (req.offset % min != 0 || (u64::from(req.len) % min != 0 && !at_end))
+        && (req.offset & mask != 0 || (u64::from(req.len) & mask != 0 && !at_end))
     {
         return Err(consts::EINVAL);
     }

@@ -13,31 +13,65 @@ fn req_bytes(flags: u16, cmd: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8
 }
 
 fn req(flags: u16, command: Command, offset: u64, len: u32) -> Request {
-    Request { flags, command, cookie: 7, offset, len }
+    Request {
+        flags,
+        command,
+        cookie: 7,
+        offset,
+        len,
+    }
 }
 
 #[test]
 fn parse_table() {
     let mut write = req_bytes(1, 1, 7, 512, 4);
     write.extend_from_slice(b"abcd");
-    let table: Vec<(Vec<u8>, Option<(Request, usize)>)> = vec![
+    type Case = (Vec<u8>, Option<(Request, usize)>);
+    let table: Vec<Case> = vec![
         (vec![], None),
         (req_bytes(0, 0, 7, 0, 4096)[..27].to_vec(), None),
-        (req_bytes(0, 0, 7, 0, 4096), Some((req(0, Command::Read, 0, 4096), 28))),
-        (req_bytes(0, 2, 7, 0, 0), Some((req(0, Command::Disc, 0, 0), 28))),
-        (req_bytes(0, 3, 7, 0, 0), Some((req(0, Command::Flush, 0, 0), 28))),
-        (req_bytes(0, 4, 7, 9, 1), Some((req(0, Command::Trim, 9, 1), 28))),
-        (req_bytes(2, 6, 7, 0, 8), Some((req(2, Command::WriteZeroes, 0, 8), 28))),
-        (req_bytes(8, 7, 7, 0, 8), Some((req(8, Command::BlockStatus, 0, 8), 28))),
-        (req_bytes(0, 99, 7, 0, 8), Some((req(0, Command::Unknown(99), 0, 8), 28))),
+        (
+            req_bytes(0, 0, 7, 0, 4096),
+            Some((req(0, Command::Read, 0, 4096), 28)),
+        ),
+        (
+            req_bytes(0, 2, 7, 0, 0),
+            Some((req(0, Command::Disc, 0, 0), 28)),
+        ),
+        (
+            req_bytes(0, 3, 7, 0, 0),
+            Some((req(0, Command::Flush, 0, 0), 28)),
+        ),
+        (
+            req_bytes(0, 4, 7, 9, 1),
+            Some((req(0, Command::Trim, 9, 1), 28)),
+        ),
+        (
+            req_bytes(2, 6, 7, 0, 8),
+            Some((req(2, Command::WriteZeroes, 0, 8), 28)),
+        ),
+        (
+            req_bytes(8, 7, 7, 0, 8),
+            Some((req(8, Command::BlockStatus, 0, 8), 28)),
+        ),
+        (
+            req_bytes(0, 99, 7, 0, 8),
+            Some((req(0, Command::Unknown(99), 0, 8), 28)),
+        ),
         // A write is complete only with its payload.
         (write[..28].to_vec(), None),
         (write[..31].to_vec(), None),
         (write.clone(), Some((req(1, Command::Write, 512, 4), 32))),
         // Trailing bytes belong to the next request.
-        ([write.clone(), vec![0x25]].concat(), Some((req(1, Command::Write, 512, 4), 32))),
+        (
+            [write.clone(), vec![0x25]].concat(),
+            Some((req(1, Command::Write, 512, 4), 32)),
+        ),
         // A huge read has no payload on the wire: it parses, and validation refuses it.
-        (req_bytes(0, 0, 7, 0, u32::MAX), Some((req(0, Command::Read, 0, u32::MAX), 28))),
+        (
+            req_bytes(0, 0, 7, 0, u32::MAX),
+            Some((req(0, Command::Read, 0, u32::MAX), 28)),
+        ),
     ];
     for (input, expected) in table {
         assert_eq!(parse_request(&input), Ok(expected), "input {input:?}");
@@ -48,9 +82,15 @@ fn parse_table() {
 fn parse_errors() {
     let mut bad = req_bytes(0, 0, 1, 0, 512);
     bad[3] ^= 1;
-    assert!(matches!(parse_request(&bad), Err(ProtocolError::BadMagic { .. })));
+    assert!(matches!(
+        parse_request(&bad),
+        Err(ProtocolError::BadMagic { .. })
+    ));
     let huge = req_bytes(0, 1, 1, 0, consts::MAX_PAYLOAD + 1);
-    assert_eq!(parse_request(&huge), Err(ProtocolError::PayloadTooLarge(consts::MAX_PAYLOAD + 1)));
+    assert_eq!(
+        parse_request(&huge),
+        Err(ProtocolError::PayloadTooLarge(consts::MAX_PAYLOAD + 1))
+    );
     let max = req_bytes(0, 1, 1, 0, consts::MAX_PAYLOAD);
     assert_eq!(parse_request(&max), Ok(None));
 }
@@ -63,26 +103,49 @@ fn decode_splits_payload_without_losing_bytes() {
     let mut buf = BytesMut::new();
     buf.extend_from_slice(&wire[..30]);
     assert_eq!(decode_request(&mut buf), Ok(None));
-    assert!(buf.capacity() >= 31, "reserved room for the rest of the write");
+    assert!(
+        buf.capacity() >= 31,
+        "reserved room for the rest of the write"
+    );
     buf.extend_from_slice(&wire[30..]);
     let (first, payload) = decode_request(&mut buf).expect("ok").expect("complete");
     assert_eq!((first.command, &payload[..]), (Command::Write, &b"xyz"[..]));
     let (second, payload) = decode_request(&mut buf).expect("ok").expect("complete");
-    assert_eq!((second.command, second.cookie, payload.len()), (Command::Flush, 2, 0));
+    assert_eq!(
+        (second.command, second.cookie, payload.len()),
+        (Command::Flush, 2, 0)
+    );
     assert!(buf.is_empty());
 }
 
 fn session() -> Session {
-    Session { size: 1 << 20, read_only: false, structured: true, meta_context: Some(1), min_block: 1 }
+    Session {
+        size: 1 << 20,
+        read_only: false,
+        structured: true,
+        meta_context: Some(1),
+        min_block: 1,
+    }
 }
 
 #[test]
 fn validate_table() {
     use consts::{EINVAL, ENOSPC, EOVERFLOW, EPERM};
     let s = session();
-    let ro = Session { read_only: true, ..s };
-    let simple = Session { structured: false, meta_context: None, ..s };
-    let aligned = Session { min_block: 512, size: (1 << 20) + 100, ..s };
+    let ro = Session {
+        read_only: true,
+        ..s
+    };
+    let simple = Session {
+        structured: false,
+        meta_context: None,
+        ..s
+    };
+    let aligned = Session {
+        min_block: 512,
+        size: (1 << 20) + 100,
+        ..s
+    };
     let size = s.size;
     let table: Vec<(Request, Session, Result<(), u32>)> = vec![
         (req(0, Command::Read, 0, 4096), s, Ok(())),
@@ -90,10 +153,22 @@ fn validate_table() {
         (req(0, Command::Read, size, 0), s, Ok(())),
         (req(0, Command::Read, size, 1), s, Err(EINVAL)),
         (req(0, Command::Read, u64::MAX, 2), s, Err(EINVAL)),
-        (req(0, Command::Read, 0, consts::MAX_PAYLOAD + 1), s, Err(EOVERFLOW)),
-        (req(0, Command::Read, 0, consts::MAX_PAYLOAD + 1), simple, Err(EINVAL)),
+        (
+            req(0, Command::Read, 0, consts::MAX_PAYLOAD + 1),
+            s,
+            Err(EOVERFLOW),
+        ),
+        (
+            req(0, Command::Read, 0, consts::MAX_PAYLOAD + 1),
+            simple,
+            Err(EINVAL),
+        ),
         (req(consts::CMD_FLAG_DF, Command::Read, 0, 1), s, Ok(())),
-        (req(consts::CMD_FLAG_DF, Command::Read, 0, 1), simple, Err(EINVAL)),
+        (
+            req(consts::CMD_FLAG_DF, Command::Read, 0, 1),
+            simple,
+            Err(EINVAL),
+        ),
         (req(1, Command::Write, 0, 4096), s, Ok(())),
         (req(1, Command::Write, size - 1, 2), s, Err(ENOSPC)),
         (req(0, Command::Write, 0, 1), ro, Err(EPERM)),

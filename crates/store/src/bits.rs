@@ -162,6 +162,7 @@ impl ChunkBits {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

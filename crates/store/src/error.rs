@@ -55,7 +55,9 @@ pub enum StoreError {
         new_size: u64,
     },
     /// A size that is zero, not a multiple of 512 bytes, or too large.
-    #[error("invalid volume size {0}: it must be a positive multiple of 512 bytes and at most 2^56")]
+    #[error(
+        "invalid volume size {0}: it must be a positive multiple of 512 bytes and at most 2^56"
+    )]
     InvalidSize(u64),
     /// The filesystem holding the store is full (ENOSPC).
     #[error("no space left on the store's filesystem; free space or add capacity, then retry")]
@@ -119,3 +121,18 @@ from_redb!(
 
 /// Result with [`StoreError`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enospc_maps_to_no_space() {
+        let e = std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error());
+        assert!(matches!(StoreError::io("writing", e), StoreError::NoSpace));
+        let e = std::io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error());
+        assert!(StoreError::io("syncing x", e)
+            .to_string()
+            .contains("syncing x"));
+    }
+}

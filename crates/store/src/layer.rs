@@ -61,7 +61,10 @@ impl LayerData {
             .write(true)
             .open(&path)
             .map_err(|e| {
-                StoreError::Corrupt(format!("layer file {} cannot be opened: {e}", path.display()))
+                StoreError::Corrupt(format!(
+                    "layer file {} cannot be opened: {e}",
+                    path.display()
+                ))
             })?;
         Ok(LayerData {
             fid,
@@ -89,7 +92,12 @@ impl LayerData {
                     off += n as u64;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(StoreError::io(format!("reading {}", self.path.display()), e)),
+                Err(e) => {
+                    return Err(StoreError::io(
+                        format!("reading {}", self.path.display()),
+                        e,
+                    ))
+                }
             }
         }
         Ok(())

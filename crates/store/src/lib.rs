@@ -1,1 +1,114 @@
+//! This server's layered block store.
+//!
+//! A volume is a stack of layers, bottom..top; the top layer is the writable *head*, every other
+//! layer is a frozen snapshot. A read returns, per 4 KiB block, the content of the highest layer
+//! at or below the layer read that holds the block, else zeros. Taking a snapshot freezes the
+//! head and puts a new empty head on top — metadata only. Deleting a snapshot merges its blocks
+//! into the layer above in a background thread, throttled, crash-safe and restartable.
+//!
+//! Layout on disk (in the directory given to [`Store::open`]):
+//! - `store.redb`: volumes, layer stacks, merges in progress and per-(layer file, chunk) block
+//!   maps, see [`meta`](crate::meta) for the tables and byte layouts;
+//! - `volumes/<volume-uuid>/<file-id>.layer`: one sparse data file per layer, blocks at their
+//!   logical offsets (see [`layer`](crate::layer)).
+//!
+//! Durability: writes go to the page cache and to the in-memory maps; [`Store::flush`] (and FUA
+//! writes) `fdatasync` the data files first and then commit the changed maps, so after a crash
+//! every flushed write reads back and an unflushed one reads either its new content or what was
+//! there before — never garbage.
+//!
+//! [`Store`] is `Send + Sync`; call it from many threads at once (e.g. `spawn_blocking`).
 
+#![warn(missing_docs)]
+
+mod bits;
+mod data;
+mod error;
+mod index;
+mod io;
+mod layer;
+mod merge;
+mod meta;
+mod store;
+mod volume;
+
+pub use error::{Result, StoreError};
+pub use store::{Store, MAX_VOLUME_SIZE};
+pub use strata_types::{LayerId, VolumeId};
+
+/// Options for [`Store::open`].
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// Maximum bytes per second that background merges copy; `None` = unthrottled.
+    pub merge_rate_bytes_per_sec: Option<u64>,
+}
+
+/// A volume as [`Store::volume`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// The volume.
+    pub id: VolumeId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Live layers, bottom..top (layers deleted but still merging are not listed).
+    pub layers: Vec<LayerInfo>,
+    /// The writable head (the last of `layers`).
+    pub head: LayerId,
+}
+
+/// One live layer of a volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// The layer.
+    pub id: LayerId,
+    /// True for snapshots; false for the head.
+    pub frozen: bool,
+}
+
+/// What a byte range of a layer holds, as reported by [`Store::allocation`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtentKind {
+    /// Written data (it may happen to be zeros).
+    Data,
+    /// Trimmed or zeroed: reads as zeros, shadowing lower layers.
+    Zero,
+    /// Nothing in any layer at or below: reads as zeros.
+    Hole,
+}
+
+/// A run of bytes of one [`ExtentKind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// What the range holds.
+    pub kind: ExtentKind,
+}
+
+/// A byte range whose blocks changed, as reported by [`Store::delta`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangedRange {
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Counters for monitoring.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Volumes on this server.
+    pub volumes: u64,
+    /// Live layers over all volumes.
+    pub layers: u64,
+    /// Deleted layers whose merge has not finished.
+    pub pending_merges: u64,
+    /// Bytes allocated on disk by all layer files.
+    pub data_bytes: u64,
+    /// Bytes copied by merges since the store was opened.
+    pub merged_bytes: u64,
+    /// Volumes that refuse writes after a failed sync.
+    pub failed_volumes: u64,
+}

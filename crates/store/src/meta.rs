@@ -204,9 +204,10 @@ pub(crate) fn load(db: &Database) -> Result<Loaded> {
         next_fid = match meta.get("next_fid")? {
             None => 1,
             Some(v) => {
-                let b: [u8; 8] = v.value().try_into().map_err(|_| {
-                    StoreError::Corrupt("next_fid is not 8 bytes".into())
-                })?;
+                let b: [u8; 8] = v
+                    .value()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("next_fid is not 8 bytes".into()))?;
                 u64::from_le_bytes(b)
             }
         };
@@ -291,6 +292,7 @@ pub(crate) fn bump_next_fid(txn: &WriteTransaction, next: u64) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

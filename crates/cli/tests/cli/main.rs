@@ -115,13 +115,15 @@ fn bad_requests_get_one_line_errors_and_the_server_keeps_serving() {
 fn nbd_protocol_errors_map_to_errnos_and_the_connection_keeps_serving() {
     const EPERM: u32 = 1;
     const EINVAL: u32 = 22;
+    const ENOSPC: u32 = 28;
     let server = ServerProcess::start();
     server.create_volume("v", "1MiB");
     server.cli_ok(&["snapshot", "create", "v@s"]);
     let mut c = NbdClient::connect(&server.nbd, "v").unwrap();
     assert_eq!(c.read(1 << 20, 4096).unwrap(), Err(EINVAL));
     assert_eq!(c.read(u64::MAX - 100, 4096).unwrap(), Err(EINVAL));
-    assert_eq!(c.write((1 << 20) - 512, &[1u8; 1024], false).unwrap(), EINVAL);
+    // Writes past the end get ENOSPC, as the NBD protocol asks (and qemu-nbd does).
+    assert_eq!(c.write((1 << 20) - 512, &[1u8; 1024], false).unwrap(), ENOSPC);
     assert_eq!(c.write(512, &[9u8; 1024], true).unwrap(), 0);
     assert_eq!(c.read(0, 2048).unwrap().unwrap()[512..1536], [9u8; 1024]);
     let mut s = NbdClient::connect(&server.nbd, "v@s").unwrap();

@@ -7,7 +7,9 @@ use strata_types::LayerId;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_voters_replicate_and_survive_leader_loss() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
     let mut nodes = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
         nodes.push(Node::start(dir.path(), i as u64 + 1).await);
@@ -20,7 +22,10 @@ async fn three_voters_replicate_and_survive_leader_loss() {
 
     // Form the group: bootstrap node 1, add 2 and 3 as learners, then make all three voters.
     let leader = &nodes[0].meta;
-    leader.bootstrap(records[0].clone()).await.expect("bootstrap");
+    leader
+        .bootstrap(records[0].clone())
+        .await
+        .expect("bootstrap");
     for node in &nodes[1..] {
         leader
             .add_learner(node.meta.node_id(), node.addr.clone(), true)
@@ -32,19 +37,31 @@ async fn three_voters_replicate_and_survive_leader_loss() {
         .await
         .expect("change membership");
     for rec in &records[1..] {
-        leader.write(Command::AddServer(rec.clone())).await.expect("add server");
+        leader
+            .write(Command::AddServer(rec.clone()))
+            .await
+            .expect("add server");
     }
-    let CommandOutput::Volume(vol) = leader.write(create_volume("db", 1 << 30)).await.expect("volume")
+    let CommandOutput::Volume(vol) = leader
+        .write(create_volume("db", 1 << 30))
+        .await
+        .expect("volume")
     else {
         panic!("unexpected output")
     };
 
     // All three state machines converge on the same state.
     let index = applied(leader);
+    eprintln!("DEBUG index {index} leader has volume {} metrics {:?}", leader.local_state().volumes.len(), leader.raft_metrics().last_applied);
     let expected = leader.read().await.expect("linearizable read");
     assert_eq!(expected.servers.len(), 3);
     for node in &nodes {
-        assert_eq!(converged(&node.meta, index).await, expected, "node {}", node.meta.node_id());
+        assert_eq!(
+            converged(&node.meta, index).await,
+            expected,
+            "node {} index {} applied {} metrics {:?} leader metrics {:?}",
+            node.meta.node_id(), index, *node.meta.subscribe().borrow(), node.meta.raft_metrics().last_applied, leader.raft_metrics().last_applied
+        );
         let voters: BTreeSet<u64> = node
             .meta
             .raft_metrics()
@@ -56,12 +73,21 @@ async fn three_voters_replicate_and_survive_leader_loss() {
     }
 
     // A follower refuses writes and reads, naming the leader.
-    let err = nodes[1].meta.write(create_volume("x", 4096)).await.expect_err("follower write");
+    let err = nodes[1]
+        .meta
+        .write(create_volume("x", 4096))
+        .await
+        .expect_err("follower write");
     match &err {
-        MetaError::NotLeader { leader_addr } => assert_eq!(leader_addr.as_deref(), Some(nodes[0].addr.as_str())),
+        MetaError::NotLeader { leader_addr } => {
+            assert_eq!(leader_addr.as_deref(), Some(nodes[0].addr.as_str()))
+        }
         other => panic!("expected NotLeader, got {other}"),
     }
-    assert!(matches!(nodes[2].meta.read().await, Err(MetaError::NotLeader { .. })));
+    assert!(matches!(
+        nodes[2].meta.read().await,
+        Err(MetaError::NotLeader { .. })
+    ));
 
     // Kill the leader; one of the others takes over and accepts writes.
     let mut survivors = nodes.split_off(1);
@@ -90,7 +116,10 @@ async fn three_voters_replicate_and_survive_leader_loss() {
         new_head: LayerId::new_random(),
         now_ms: 5,
     };
-    new_leader.write(snap).await.expect("write on the new leader");
+    new_leader
+        .write(snap)
+        .await
+        .expect("write on the new leader");
     let state = new_leader.read().await.expect("read on the new leader");
     assert_eq!(state.volumes[&n("db")].snapshots.len(), 1);
     assert_eq!(converged(&other, applied(&new_leader)).await, state);
@@ -98,4 +127,54 @@ async fn three_voters_replicate_and_survive_leader_loss() {
     for node in survivors.drain(..) {
         node.kill().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_learner_catches_up_from_a_snapshot() {
+    let dirs: Vec<_> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let first = Node::start(dirs[0].path(), 1).await;
+    first
+        .meta
+        .bootstrap(first.record("s1"))
+        .await
+        .expect("bootstrap");
+    for i in 0..20 {
+        first
+            .meta
+            .write(create_volume(&format!("v{i}"), 4096))
+            .await
+            .expect("create volume");
+    }
+    let index = first.meta.compact().await.expect("compact");
+    assert!(
+        first.meta.raft_metrics().purged.is_some(),
+        "log was not purged"
+    );
+
+    // The log before `index` is gone, so the learner can only catch up from the snapshot.
+    let second = Node::start(dirs[1].path(), 2).await;
+    first
+        .meta
+        .add_learner(2, second.addr.clone(), true)
+        .await
+        .expect("add learner");
+    let expected = first.meta.read().await.expect("read");
+    assert_eq!(
+        converged(&second.meta, applied(&first.meta)).await,
+        expected
+    );
+    assert_eq!(expected.volumes.len(), 20);
+    // Metrics are published just after the install completes; wait for them.
+    let mut metrics = second.meta.watch_metrics();
+    let snap = tokio::time::timeout(WAIT, metrics.wait_for(|m| m.snapshot.is_some()))
+        .await
+        .expect("learner did not report a snapshot in time")
+        .expect("metrics closed")
+        .snapshot
+        .expect("learner installed a snapshot");
+    assert!(snap.index >= index);
+    second.kill().await;
+    first.kill().await;
 }

@@ -46,7 +46,10 @@ impl Node {
     pub async fn kill(self) {
         let _ = self.stop.send(());
         let abort = self.server.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), self.server).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), self.server)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
         self.meta.shutdown().await;
@@ -100,5 +103,8 @@ pub async fn converged(meta: &Meta, index: u64) -> StateView {
 
 /// The last log index `meta` has applied.
 pub fn applied(meta: &Meta) -> u64 {
-    meta.raft_metrics().last_applied.map(|l| l.index).unwrap_or(0)
+    meta.raft_metrics()
+        .last_applied
+        .map(|l| l.index)
+        .unwrap_or(0)
 }

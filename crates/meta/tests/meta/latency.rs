@@ -10,8 +10,13 @@ async fn single_voter_write_latency() {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr = "http://127.0.0.1:1".to_string();
     let meta = Meta::open(dir.path(), 1, addr.clone()).await.expect("open");
-    meta.bootstrap(record("s1", 1, &addr)).await.expect("bootstrap");
-    let CommandOutput::Volume(vol) = meta.write(create_volume("db", 1 << 30)).await.expect("create")
+    meta.bootstrap(record("s1", 1, &addr))
+        .await
+        .expect("bootstrap");
+    let CommandOutput::Volume(vol) = meta
+        .write(create_volume("db", 1 << 30))
+        .await
+        .expect("create")
     else {
         panic!("unexpected output")
     };
@@ -27,14 +32,23 @@ async fn single_voter_write_latency() {
             now_ms: i,
         };
         let start = Instant::now();
+        let before = *meta.subscribe().borrow();
         meta.write(cmd).await.expect("snapshot");
         times.push(start.elapsed());
+        let after = *meta.subscribe().borrow();
+        assert!(after > before, "applied index did not move: {before} -> {after}");
         head = new_head;
     }
     times.sort();
     let p50 = times[times.len() / 2];
     let p99 = times[times.len() * 99 / 100];
-    println!("single-voter write latency over 200 snapshot creates: p50 {p50:?}, p99 {p99:?}, max {:?}", times[times.len() - 1]);
-    assert!(p50 < Duration::from_millis(100), "p50 {p50:?} is far too slow");
+    println!(
+        "single-voter write latency over 200 snapshot creates: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        times[times.len() - 1]
+    );
+    assert!(
+        p50 < Duration::from_millis(100),
+        "p50 {p50:?} is far too slow"
+    );
     meta.shutdown().await;
 }

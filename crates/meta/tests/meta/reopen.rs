@@ -14,12 +14,20 @@ async fn state_survives_reopen_and_writes_continue() {
     assert!(!meta.is_initialized().await);
     meta.bootstrap(me.clone()).await.expect("bootstrap");
     assert!(meta.is_initialized().await);
-    meta.bootstrap(me.clone()).await.expect("bootstrap is idempotent");
-    let out = meta.write(create_volume("db", 1 << 20)).await.expect("create volume");
+    meta.bootstrap(me.clone())
+        .await
+        .expect("bootstrap is idempotent");
+    let out = meta
+        .write(create_volume("db", 1 << 20))
+        .await
+        .expect("create volume");
     let CommandOutput::Volume(vol) = out else {
         panic!("unexpected output {out:?}")
     };
-    let err = meta.write(create_volume("db", 1 << 20)).await.expect_err("duplicate");
+    let err = meta
+        .write(create_volume("db", 1 << 20))
+        .await
+        .expect_err("duplicate");
     assert!(
         matches!(&err, MetaError::Refused(CommandError::VolumeExists(v)) if *v == n("db")),
         "{err}"
@@ -29,12 +37,19 @@ async fn state_survives_reopen_and_writes_continue() {
     assert_eq!(before.servers.len(), 1);
     assert_eq!(before.clusters[&n("default")].servers, vec![me.id]);
     meta.shutdown().await;
-    assert!(matches!(meta.write(create_volume("x", 4096)).await, Err(MetaError::Unavailable(_))));
+    assert!(matches!(
+        meta.write(create_volume("x", 4096)).await,
+        Err(MetaError::Unavailable(_))
+    ));
     drop(meta);
 
-    let meta = Meta::open(dir.path(), 1, addr.clone()).await.expect("reopen");
+    let meta = Meta::open(dir.path(), 1, addr.clone())
+        .await
+        .expect("reopen");
     assert!(meta.is_initialized().await);
-    meta.bootstrap(me.clone()).await.expect("bootstrap after restart is a no-op");
+    meta.bootstrap(me.clone())
+        .await
+        .expect("bootstrap after restart is a no-op");
     let after = meta.read().await.expect("read after reopen");
     assert_eq!(after, before);
     let snap = Command::CreateSnapshot {
@@ -56,7 +71,9 @@ async fn state_survives_reopen_and_writes_continue() {
     let st = match st {
         Ok(st) => st,
         Err(_) => {
-            meta.wait_for_leader(crate::harness::WAIT).await.expect("leader");
+            meta.wait_for_leader(crate::harness::WAIT)
+                .await
+                .expect("leader");
             meta.read().await.expect("read")
         }
     };

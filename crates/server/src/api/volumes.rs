@@ -63,7 +63,7 @@ fn snapshot_info(v: &VolumeRecord, s: &strata_meta::SnapshotRecord) -> SnapshotI
 }
 
 fn volume_info(app: &AppState, v: &VolumeRecord) -> VolumeInfo {
-    let used_bytes = app.store.volume(v.id).map_or(0, |s| s.used_bytes());
+    let used_bytes = app.store.volume_used_bytes(v.id).unwrap_or(0);
     VolumeInfo {
         id: v.id,
         name: v.name.to_string(),

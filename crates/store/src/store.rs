@@ -1,0 +1,440 @@
+//! [`Store`]: opening and recovery, volume management, snapshots and layer deletion.
+//! The data path is in `data.rs`, the background merger in `merge.rs`.
+
+use crate::error::{Result, StoreError};
+use crate::layer::{file_name, sync_dir, LayerData};
+use crate::merge::{self, MergeCtl};
+use crate::meta;
+use crate::volume::{Layer, Stack, Volume};
+use crate::{LayerInfo, StoreOptions, StoreStats, VolumeInfo};
+use parking_lot::{Condvar, Mutex, RwLock};
+use redb::Database;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use strata_types::{LayerId, VolumeId};
+
+/// Largest volume size accepted.
+pub const MAX_VOLUME_SIZE: u64 = 1 << 56;
+
+/// One server's layered block store. Cheap to share: wrap it in an `Arc`.
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+    merger: Option<JoinHandle<()>>,
+    crashed: bool,
+}
+
+/// State shared with the merger thread.
+pub(crate) struct Inner {
+    pub db: Database,
+    pub volumes_dir: PathBuf,
+    pub volumes: RwLock<HashMap<VolumeId, Arc<Volume>>>,
+    pub next_fid: AtomicU64,
+    pub opts: StoreOptions,
+    pub ctl: Mutex<MergeCtl>,
+    pub kick: Condvar,
+    pub idle: Condvar,
+    pub shutdown: AtomicBool,
+    pub merged_bytes: AtomicU64,
+}
+
+impl Inner {
+    pub(crate) fn volume(&self, vol: VolumeId) -> Result<Arc<Volume>> {
+        self.volumes
+            .read()
+            .get(&vol)
+            .cloned()
+            .ok_or(StoreError::NoSuchVolume(vol))
+    }
+}
+
+fn check_size(size: u64) -> Result<()> {
+    if size == 0 || size % 512 != 0 || size > MAX_VOLUME_SIZE {
+        return Err(StoreError::InvalidSize(size));
+    }
+    Ok(())
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |e| StoreError::io(what, e)
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it if absent. Recovers to the last flush after a
+    /// crash and resumes unfinished merges in the background.
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store> {
+        let volumes_dir = dir.join("volumes");
+        std::fs::create_dir_all(&volumes_dir)
+            .map_err(io_err(format!("creating {}", volumes_dir.display())))?;
+        let db = Database::create(dir.join("store.redb"))?;
+        let mut loaded = meta::load(&db)?;
+        let mut volumes = HashMap::new();
+        let mut max_fid = 0;
+        for (id, rec) in loaded.volumes {
+            let vdir = volumes_dir.join(id.to_string());
+            let ranks_ok = rec.layers.windows(2).all(|w| w[0].rank < w[1].rank)
+                && rec.layers.iter().all(|l| l.rank < rec.next_rank);
+            let head_ok = rec.layers.last().is_some_and(|h| !h.frozen && !h.deleted);
+            if !ranks_ok || !head_ok || check_size(rec.size).is_err() {
+                return Err(StoreError::Corrupt(format!(
+                    "volume {id} has an inconsistent layer stack"
+                )));
+            }
+            if let Some(m) = rec.merge {
+                let pos = rec.layers.iter().position(|l| l.id == m.layer);
+                if !pos.is_some_and(|p| rec.layers[p].deleted && p + 1 < rec.layers.len()) {
+                    return Err(StoreError::Corrupt(format!(
+                        "volume {id} records a merge of layer {} that is not a deleted snapshot",
+                        m.layer
+                    )));
+                }
+            }
+            let mut layers = Vec::new();
+            for l in &rec.layers {
+                max_fid = max_fid.max(l.fid);
+                let maps = loaded.maps.remove(&l.fid).unwrap_or_default();
+                layers.push(Layer {
+                    id: l.id,
+                    rank: l.rank,
+                    frozen: l.frozen,
+                    deleted: l.deleted,
+                    data: Arc::new(LayerData::open(&vdir, l.fid, maps)?),
+                });
+            }
+            let stack = Stack {
+                size: rec.size,
+                next_rank: rec.next_rank,
+                layers,
+                gone: false,
+            };
+            volumes.insert(id, Arc::new(Volume::new(id, vdir, stack, rec.merge)));
+        }
+        collect_garbage(&db, &volumes_dir, &volumes, loaded.maps.keys().copied())?;
+        let inner = Arc::new(Inner {
+            db,
+            volumes_dir,
+            volumes: RwLock::new(volumes),
+            next_fid: AtomicU64::new(loaded.next_fid.max(max_fid + 1)),
+            opts,
+            ctl: Mutex::new(MergeCtl::default()),
+            kick: Condvar::new(),
+            idle: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            merged_bytes: AtomicU64::new(0),
+        });
+        let merger = merge::spawn(inner.clone())?;
+        Ok(Store {
+            inner,
+            merger: Some(merger),
+            crashed: false,
+        })
+    }
+
+    /// Creates an empty volume of `size` bytes (a positive multiple of 512) whose head is `head`.
+    pub fn create_volume(&self, vol: VolumeId, size: u64, head: LayerId) -> Result<()> {
+        check_size(size)?;
+        let mut volumes = self.inner.volumes.write();
+        if volumes.contains_key(&vol) {
+            return Err(StoreError::VolumeExists(vol));
+        }
+        let vdir = self.inner.volumes_dir.join(vol.to_string());
+        std::fs::create_dir_all(&vdir).map_err(io_err(format!("creating {}", vdir.display())))?;
+        sync_dir(&self.inner.volumes_dir)?;
+        let fid = self.inner.next_fid.fetch_add(1, Ordering::Relaxed);
+        let data = Arc::new(LayerData::create(&vdir, fid)?);
+        let stack = Stack {
+            size,
+            next_rank: 2,
+            layers: vec![Layer {
+                id: head,
+                rank: 1,
+                frozen: false,
+                deleted: false,
+                data,
+            }],
+            gone: false,
+        };
+        let commit = || -> Result<()> {
+            let txn = self.inner.db.begin_write()?;
+            meta::put_volume(&txn, vol, &stack.record(None))?;
+            meta::bump_next_fid(&txn, fid + 1)?;
+            txn.commit()?;
+            Ok(())
+        };
+        if let Err(e) = commit() {
+            let _ = std::fs::remove_dir_all(&vdir);
+            return Err(e);
+        }
+        volumes.insert(vol, Arc::new(Volume::new(vol, vdir, stack, None)));
+        Ok(())
+    }
+
+    /// Deletes a volume with all its layers and data.
+    pub fn delete_volume(&self, vol: VolumeId) -> Result<()> {
+        let mut volumes = self.inner.volumes.write();
+        let v = volumes
+            .get(&vol)
+            .cloned()
+            .ok_or(StoreError::NoSuchVolume(vol))?;
+        let mut st = v.stack.write();
+        let txn = self.inner.db.begin_write()?;
+        meta::remove_volume(&txn, vol)?;
+        for l in &st.layers {
+            meta::remove_rows(&txn, l.data.fid)?;
+        }
+        txn.commit()?;
+        st.gone = true;
+        for l in &st.layers {
+            v.forget_dirty(l.data.fid);
+        }
+        volumes.remove(&vol);
+        if let Err(e) = std::fs::remove_dir_all(&v.dir) {
+            tracing::warn!(volume = %vol, error = %e, "could not remove the deleted volume's files; they are removed at the next start");
+        }
+        Ok(())
+    }
+
+    /// All volumes.
+    pub fn volumes(&self) -> Vec<VolumeInfo> {
+        let vols: Vec<_> = self.inner.volumes.read().values().cloned().collect();
+        vols.iter().filter_map(|v| info(v).ok()).collect()
+    }
+
+    /// One volume.
+    pub fn volume(&self, vol: VolumeId) -> Result<VolumeInfo> {
+        info(&*self.inner.volume(vol)?)
+    }
+
+    /// Bytes of disk the volume's layer files use, every layer included (merging ones too).
+    pub fn volume_used_bytes(&self, vol: VolumeId) -> Result<u64> {
+        let v = self.inner.volume(vol)?;
+        let st = v.stack.read();
+        Ok(st.layers.iter().map(|l| l.data.allocated_bytes()).sum())
+    }
+
+    /// Grows a volume to `new_size` bytes; shrinking is refused.
+    pub fn resize(&self, vol: VolumeId, new_size: u64) -> Result<()> {
+        check_size(new_size)?;
+        let v = self.inner.volume(vol)?;
+        let mut st = v.stack.write();
+        if st.gone {
+            return Err(StoreError::NoSuchVolume(vol));
+        }
+        if new_size < st.size {
+            return Err(StoreError::Shrink {
+                size: st.size,
+                new_size,
+            });
+        }
+        let mut rec = st.record(*v.merge.lock());
+        rec.size = new_size;
+        let txn = self.inner.db.begin_write()?;
+        meta::put_volume(&txn, vol, &rec)?;
+        txn.commit()?;
+        st.size = new_size;
+        Ok(())
+    }
+
+    /// Flushes the volume, freezes its head (which becomes the returned snapshot) and puts a
+    /// new empty head `new_head` on top. Costs one flush; copies no data.
+    pub fn snapshot(&self, vol: VolumeId, new_head: LayerId) -> Result<LayerId> {
+        let v = self.inner.volume(vol)?;
+        v.flush_with(&self.inner.db, &v.stack.read(), |_| Ok(()))?;
+        let mut st = v.stack.write();
+        if st.gone {
+            return Err(StoreError::NoSuchVolume(vol));
+        }
+        v.check_writable()?;
+        if st.layers.iter().any(|l| l.id == new_head) {
+            return Err(StoreError::LayerExists(new_head));
+        }
+        let fid = self.inner.next_fid.fetch_add(1, Ordering::Relaxed);
+        let data = Arc::new(LayerData::create(&v.dir, fid)?);
+        let mut rec = st.record(*v.merge.lock());
+        if let Some(h) = rec.layers.last_mut() {
+            h.frozen = true;
+        }
+        rec.layers.push(meta::LayerRecord {
+            id: new_head,
+            rank: st.next_rank,
+            fid,
+            frozen: false,
+            deleted: false,
+        });
+        rec.next_rank += 1;
+        let r = v.flush_with(&self.inner.db, &st, |txn| {
+            meta::put_volume(txn, vol, &rec)?;
+            meta::bump_next_fid(txn, fid + 1)
+        });
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&data.path);
+            return Err(e);
+        }
+        let rank = st.next_rank;
+        st.next_rank += 1;
+        let old = st.head_pos();
+        st.layers[old].frozen = true;
+        let frozen = st.layers[old].id;
+        st.layers.push(Layer {
+            id: new_head,
+            rank,
+            frozen: false,
+            deleted: false,
+            data,
+        });
+        Ok(frozen)
+    }
+
+    /// Deletes a snapshot: it leaves the listings at once, and a background thread merges its
+    /// blocks into the layer above so that every other layer reads the same as before.
+    pub fn delete_layer(&self, vol: VolumeId, layer: LayerId) -> Result<()> {
+        let v = self.inner.volume(vol)?;
+        let mut st = v.stack.write();
+        if st.gone {
+            return Err(StoreError::NoSuchVolume(vol));
+        }
+        let pos = st.live_pos(vol, Some(layer))?;
+        if pos == st.head_pos() {
+            return Err(StoreError::DeleteHead(layer));
+        }
+        let mut rec = st.record(*v.merge.lock());
+        rec.layers[pos].deleted = true;
+        let txn = self.inner.db.begin_write()?;
+        meta::put_volume(&txn, vol, &rec)?;
+        txn.commit()?;
+        st.layers[pos].deleted = true;
+        drop(st);
+        merge::kick(&self.inner);
+        Ok(())
+    }
+
+    /// Blocks until no merge is pending (merges that failed are left for the next start).
+    pub fn wait_merges_idle(&self) {
+        merge::wait_idle(&self.inner);
+    }
+
+    /// Counters for monitoring.
+    pub fn stats(&self) -> StoreStats {
+        let vols: Vec<_> = self.inner.volumes.read().values().cloned().collect();
+        let mut s = StoreStats {
+            volumes: vols.len() as u64,
+            merged_bytes: self.inner.merged_bytes.load(Ordering::Relaxed),
+            ..StoreStats::default()
+        };
+        for v in vols {
+            let st = v.stack.read();
+            for l in &st.layers {
+                if l.deleted {
+                    s.pending_merges += 1;
+                } else {
+                    s.layers += 1;
+                }
+                s.data_bytes += l.data.allocated_bytes();
+            }
+            s.failed_volumes += u64::from(v.is_failed());
+        }
+        s
+    }
+
+    /// Test hook: drops the store like a crash would — no final flush; merges stop where they
+    /// are. Unflushed map changes are lost (data already written stays in the files).
+    #[doc(hidden)]
+    pub fn crash(mut self) {
+        self.crashed = true;
+    }
+}
+
+fn info(v: &Volume) -> Result<VolumeInfo> {
+    let st = v.stack.read();
+    if st.gone {
+        return Err(StoreError::NoSuchVolume(v.id));
+    }
+    let head = st.layers[st.head_pos()].id;
+    Ok(VolumeInfo {
+        id: v.id,
+        size: st.size,
+        layers: st
+            .layers
+            .iter()
+            .filter(|l| !l.deleted)
+            .map(|l| LayerInfo {
+                id: l.id,
+                frozen: l.frozen,
+            })
+            .collect(),
+        head,
+    })
+}
+
+/// Removes what a crash can leave behind: layer files and volume directories no record names
+/// (created before their transaction committed, or dropped after), and rows of unknown files.
+fn collect_garbage(
+    db: &Database,
+    volumes_dir: &Path,
+    volumes: &HashMap<VolumeId, Arc<Volume>>,
+    orphan_fids: impl Iterator<Item = u64>,
+) -> Result<()> {
+    let orphan_fids: Vec<u64> = orphan_fids.collect();
+    if !orphan_fids.is_empty() {
+        let txn = db.begin_write()?;
+        for fid in &orphan_fids {
+            meta::remove_rows(&txn, *fid)?;
+        }
+        txn.commit()?;
+    }
+    let entries = std::fs::read_dir(volumes_dir)
+        .map_err(io_err(format!("listing {}", volumes_dir.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let known = name
+            .to_str()
+            .and_then(|n| n.parse::<VolumeId>().ok())
+            .and_then(|id| volumes.get(&id));
+        let Some(v) = known else {
+            tracing::info!(dir = ?entry.path(), "removing leftover volume directory");
+            let _ = std::fs::remove_dir_all(entry.path());
+            continue;
+        };
+        let names: HashSet<String> = v
+            .stack
+            .read()
+            .layers
+            .iter()
+            .map(|l| file_name(l.data.fid))
+            .collect();
+        for f in std::fs::read_dir(&v.dir).into_iter().flatten().flatten() {
+            let n = f.file_name();
+            if n.to_str()
+                .is_some_and(|n| n.ends_with(".layer") && !names.contains(n))
+            {
+                tracing::info!(file = ?f.path(), "removing leftover layer file");
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        merge::stop(&self.inner);
+        if let Some(h) = self.merger.take() {
+            let _ = h.join();
+        }
+        if self.crashed {
+            return;
+        }
+        let vols: Vec<_> = self.inner.volumes.read().values().cloned().collect();
+        for v in vols {
+            let st = v.stack.read();
+            if st.gone || v.is_failed() {
+                continue;
+            }
+            if let Err(e) = v.flush_with(&self.inner.db, &st, |_| Ok(())) {
+                tracing::error!(volume = %v.id, error = %e, "final flush failed");
+            }
+        }
+    }
+}

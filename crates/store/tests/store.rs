@@ -1,0 +1,338 @@
+//! Error handling, crash consistency, merge restart and concurrency tests.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_store::{ExtentKind, LayerId, Store, StoreError, StoreOptions, VolumeId};
+
+const MIB: u64 = 1 << 20;
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(dir, StoreOptions::default()).unwrap()
+}
+
+fn fill(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed ^ (i / 4096) as u8 ^ (i % 253) as u8)
+        .collect()
+}
+
+fn read(s: &Store, vol: VolumeId, at: Option<LayerId>, off: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0x55; len];
+    s.read(vol, at, off, &mut b).unwrap();
+    b
+}
+
+fn layer_files(dir: &std::path::Path, vol: VolumeId) -> usize {
+    std::fs::read_dir(dir.join("volumes").join(vol.to_string()))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn errors_are_reported_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path());
+    let (vol, head) = (VolumeId::new_random(), LayerId::new_random());
+    assert!(matches!(
+        s.create_volume(vol, 1000, head),
+        Err(StoreError::InvalidSize(1000))
+    ));
+    assert!(matches!(
+        s.create_volume(vol, 0, head),
+        Err(StoreError::InvalidSize(0))
+    ));
+    s.create_volume(vol, 8 * MIB, head).unwrap();
+    assert!(matches!(
+        s.create_volume(vol, 8 * MIB, head),
+        Err(StoreError::VolumeExists(_))
+    ));
+    let mut buf = vec![0u8; 4096];
+    assert!(matches!(
+        s.read(vol, None, 8 * MIB - 512, &mut buf),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        s.read(vol, None, u64::MAX - 10, &mut buf),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        s.write(vol, 8 * MIB, &buf, false),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        s.write_zeroes(vol, 1, u64::MAX, false),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        s.trim(vol, 8 * MIB, 1),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        s.allocation(vol, None, u64::MAX, 2),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    let other = VolumeId::new_random();
+    assert!(matches!(
+        s.read(other, None, 0, &mut buf),
+        Err(StoreError::NoSuchVolume(_))
+    ));
+    assert!(matches!(
+        s.write(other, 0, &buf, false),
+        Err(StoreError::NoSuchVolume(_))
+    ));
+    assert!(matches!(
+        s.delete_volume(other),
+        Err(StoreError::NoSuchVolume(_))
+    ));
+    let nolayer = LayerId::new_random();
+    assert!(matches!(
+        s.read(vol, Some(nolayer), 0, &mut buf),
+        Err(StoreError::NoSuchLayer { .. })
+    ));
+    assert!(matches!(
+        s.delete_layer(vol, head),
+        Err(StoreError::DeleteHead(_))
+    ));
+    assert!(matches!(
+        s.resize(vol, 4 * MIB),
+        Err(StoreError::Shrink { .. })
+    ));
+    assert!(matches!(
+        s.resize(vol, 8 * MIB + 100),
+        Err(StoreError::InvalidSize(_))
+    ));
+    s.resize(vol, 16 * MIB).unwrap();
+    let head2 = LayerId::new_random();
+    assert_eq!(s.snapshot(vol, head2).unwrap(), head);
+    assert!(matches!(
+        s.snapshot(vol, head),
+        Err(StoreError::LayerExists(_))
+    ));
+    assert!(matches!(
+        s.write_to(vol, head, 0, &buf, false),
+        Err(StoreError::ReadOnlyLayer(_))
+    ));
+    s.write_to(vol, head2, 0, &buf, false).unwrap();
+    assert!(matches!(
+        s.delta(vol, Some(head2), head),
+        Err(StoreError::BadLayerOrder { .. })
+    ));
+    assert!(s.delta(vol, Some(head2), head2).unwrap().is_empty());
+    let info = s.volume(vol).unwrap();
+    assert_eq!(
+        (info.size, info.head, info.layers.len()),
+        (16 * MIB, head2, 2)
+    );
+    assert!(info.layers[0].frozen && !info.layers[1].frozen);
+    s.delete_volume(vol).unwrap();
+    assert!(s.volumes().is_empty());
+    assert!(matches!(s.volume(vol), Err(StoreError::NoSuchVolume(_))));
+    // Messages say what to do.
+    let msg = StoreError::Shrink {
+        size: 2,
+        new_size: 1,
+    }
+    .to_string();
+    assert!(msg.contains("only grow"), "{msg}");
+}
+
+#[test]
+fn crash_keeps_flushed_writes_and_never_shows_garbage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, head) = (VolumeId::new_random(), LayerId::new_random());
+    let a = fill(1, 32 * 1024);
+    let b = fill(2, 16 * 1024);
+    let c = fill(3, 40 * 1024);
+    {
+        let s = open(tmp.path());
+        s.create_volume(vol, 16 * MIB, head).unwrap();
+        s.write(vol, 0, &a, false).unwrap();
+        s.flush(vol).unwrap();
+        s.write(vol, 0, &b, false).unwrap(); // overwrites flushed blocks, unflushed
+        s.write(vol, MIB, &c, false).unwrap(); // new blocks, unflushed
+        s.write(vol, 2 * MIB + 1024, &c[..512], false).unwrap(); // partial block, unflushed
+        s.write(vol, 3 * MIB, &c[..8192], true).unwrap(); // FUA: durable
+        s.trim(vol, 16 * 1024, 8192).unwrap(); // unflushed trim of flushed data
+        s.crash();
+    }
+    let s = open(tmp.path());
+    let got = read(&s, vol, None, 0, a.len());
+    for blk in 0..8 {
+        let r = blk * 4096..(blk + 1) * 4096;
+        let g = &got[r.clone()];
+        let ok = g == &a[r.clone()]
+            || (blk < 4 && g == &b[r.clone()])
+            || ((4..6).contains(&blk) && g.iter().all(|x| *x == 0));
+        assert!(ok, "block {blk} holds neither old nor new content");
+    }
+    let got = read(&s, vol, None, MIB, c.len());
+    for (blk, g) in got.chunks(4096).enumerate() {
+        let r = blk * 4096..(blk + 1) * 4096;
+        assert!(
+            g == &c[r] || g.iter().all(|x| *x == 0),
+            "new block {blk} is garbage"
+        );
+    }
+    let got = read(&s, vol, None, 2 * MIB, 4096);
+    assert!(got.iter().all(|x| *x == 0) || got[1024..1536] == c[..512]);
+    assert_eq!(read(&s, vol, None, 3 * MIB, 8192), c[..8192]);
+}
+
+#[test]
+fn snapshot_is_durable_without_explicit_flush() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, head, head2) = (
+        VolumeId::new_random(),
+        LayerId::new_random(),
+        LayerId::new_random(),
+    );
+    let a = fill(7, 64 * 1024);
+    {
+        let s = open(tmp.path());
+        s.create_volume(vol, 8 * MIB, head).unwrap();
+        s.write(vol, 4096 * 3, &a, false).unwrap();
+        s.snapshot(vol, head2).unwrap();
+        s.write(vol, 4096 * 3, &fill(9, 4096), false).unwrap();
+        s.crash();
+    }
+    let s = open(tmp.path());
+    assert_eq!(read(&s, vol, Some(head), 4096 * 3, a.len()), a);
+    assert_eq!(s.volume(vol).unwrap().head, head2);
+    let d = s.delta(vol, None, head).unwrap();
+    assert_eq!(
+        (d.len(), d[0].offset, d[0].len),
+        (1, 4096 * 3, a.len() as u64)
+    );
+}
+
+#[test]
+fn merge_restarts_after_a_crash_and_keeps_reads_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, base, head) = (
+        VolumeId::new_random(),
+        LayerId::new_random(),
+        LayerId::new_random(),
+    );
+    let big = fill(5, (24 * MIB) as usize);
+    let small = fill(6, 64 * 1024);
+    let merged_before;
+    {
+        let opts = StoreOptions {
+            merge_rate_bytes_per_sec: Some(8 * MIB),
+        };
+        let s = Store::open(tmp.path(), opts).unwrap();
+        s.create_volume(vol, 64 * MIB, base).unwrap();
+        s.write(vol, 0, &big, false).unwrap();
+        s.snapshot(vol, head).unwrap();
+        s.write(vol, 5 * MIB, &small, false).unwrap();
+        s.delete_layer(vol, base).unwrap(); // head is writable: merge copies up, ~3 s
+        let t = Instant::now();
+        while s.stats().merged_bytes < 2 * MIB && t.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Writes during the merge, into blocks the merge has not reached yet, win.
+        s.write(vol, 20 * MIB, &small, false).unwrap();
+        let mut want = big.clone();
+        want[5 * MIB as usize..][..small.len()].copy_from_slice(&small);
+        want[20 * MIB as usize..][..small.len()].copy_from_slice(&small);
+        assert_eq!(read(&s, vol, None, 0, want.len()), want);
+        assert_eq!(s.stats().pending_merges, 1);
+        assert_eq!(s.volume(vol).unwrap().layers.len(), 1);
+        s.flush(vol).unwrap();
+        merged_before = s.stats().merged_bytes;
+        s.crash();
+    }
+    let s = open(tmp.path());
+    let mut want = big.clone();
+    want[5 * MIB as usize..][..small.len()].copy_from_slice(&small);
+    want[20 * MIB as usize..][..small.len()].copy_from_slice(&small);
+    assert_eq!(read(&s, vol, None, 0, want.len()), want);
+    s.wait_merges_idle();
+    assert_eq!(s.stats().pending_merges, 0);
+    // Progress is persisted every 1 MiB at this rate: at most that much is copied twice.
+    let merged_after = s.stats().merged_bytes;
+    assert!(
+        merged_after <= 24 * MIB - merged_before + MIB,
+        "resumed, not restarted: {merged_before} then {merged_after}"
+    );
+    assert_eq!(read(&s, vol, None, 0, want.len()), want);
+    assert_eq!(layer_files(tmp.path(), vol), 1);
+    drop(s);
+    let s = open(tmp.path());
+    assert_eq!(read(&s, vol, None, 0, want.len()), want);
+}
+
+#[test]
+fn deleting_an_old_base_under_a_small_delta_copies_the_delta_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ids: Vec<LayerId> = (0..3).map(|_| LayerId::new_random()).collect();
+    let vol = VolumeId::new_random();
+    let s = open(tmp.path());
+    s.create_volume(vol, 32 * MIB, ids[0]).unwrap();
+    let big = fill(1, (16 * MIB) as usize);
+    s.write(vol, 0, &big, false).unwrap();
+    s.snapshot(vol, ids[1]).unwrap();
+    s.write(vol, MIB + 512, &fill(2, 8192), false).unwrap();
+    s.trim(vol, 2 * MIB, 64 * 1024).unwrap();
+    s.snapshot(vol, ids[2]).unwrap();
+    let before = read(&s, vol, Some(ids[1]), 0, (32 * MIB) as usize);
+    let alloc_before = s.allocation(vol, Some(ids[1]), 0, 32 * MIB).unwrap();
+    s.delete_layer(vol, ids[0]).unwrap();
+    s.wait_merges_idle();
+    assert!(
+        s.stats().merged_bytes <= 3 * 4096,
+        "copied {}",
+        s.stats().merged_bytes
+    );
+    assert_eq!(read(&s, vol, Some(ids[1]), 0, (32 * MIB) as usize), before);
+    assert_eq!(
+        s.allocation(vol, Some(ids[1]), 0, 32 * MIB).unwrap(),
+        alloc_before
+    );
+    assert!(alloc_before.iter().any(|e| e.kind == ExtentKind::Zero));
+    assert_eq!(layer_files(tmp.path(), vol), 2);
+    drop(s);
+    let s = open(tmp.path());
+    assert_eq!(read(&s, vol, Some(ids[1]), 0, (32 * MIB) as usize), before);
+    assert_eq!(s.volume(vol).unwrap().layers.len(), 2);
+}
+
+#[test]
+fn concurrent_partial_writes_to_one_block_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, base, head) = (
+        VolumeId::new_random(),
+        LayerId::new_random(),
+        LayerId::new_random(),
+    );
+    let s = Arc::new(open(tmp.path()));
+    s.create_volume(vol, 8 * MIB, base).unwrap();
+    s.write(vol, 0, &vec![0xEE; 64 * 4096], false).unwrap();
+    s.snapshot(vol, head).unwrap();
+    let threads: Vec<_> = (0..8u8)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for blk in 0..64u64 {
+                    s.write(vol, blk * 4096 + u64::from(t) * 512, &[t + 1; 512], false)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let got = read(&s, vol, None, 0, 64 * 4096);
+    for (i, sector) in got.chunks(512).enumerate() {
+        assert!(
+            sector.iter().all(|x| *x == (i % 8) as u8 + 1),
+            "sector {i} lost its write"
+        );
+    }
+    assert!(read(&s, vol, Some(base), 0, 64 * 4096)
+        .iter()
+        .all(|x| *x == 0xEE));
+}
