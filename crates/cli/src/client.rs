@@ -67,7 +67,10 @@ impl Client {
             )
         })?;
         let status = response.status();
-        let bytes = response.bytes().await.context("the API's answer broke off")?;
+        let bytes = response
+            .bytes()
+            .await
+            .context("the API's answer broke off")?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => anyhow!("{}", body.error),

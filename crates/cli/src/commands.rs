@@ -60,7 +60,7 @@ pub async fn server(args: ServerArgs, global: GlobalArgs) -> Result<()> {
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -109,7 +109,15 @@ fn time(ms: u64) -> String {
 
 fn volumes_table(volumes: &[VolumeInfo]) -> String {
     table::render(
-        &["NAME", "SIZE", "USED", "REPLICAS", "SNAPSHOTS", "STATUS", "CLUSTER"],
+        &[
+            "NAME",
+            "SIZE",
+            "USED",
+            "REPLICAS",
+            "SNAPSHOTS",
+            "STATUS",
+            "CLUSTER",
+        ],
         &volumes
             .iter()
             .map(|v| {
@@ -180,7 +188,9 @@ pub async fn client(command: Command, global: GlobalArgs) -> Result<()> {
             let servers: Vec<ServerInfo> = api.get("/v1/servers").await?;
             print(out, &servers, |s| {
                 table::render(
-                    &["NAME", "STATE", "MANAGER", "CLUSTER", "API", "NBD", "CAPACITY", "USED"],
+                    &[
+                        "NAME", "STATE", "MANAGER", "CLUSTER", "API", "NBD", "CAPACITY", "USED",
+                    ],
                     &s.iter()
                         .map(|s| {
                             vec![
@@ -278,7 +288,8 @@ async fn volume(api: &Client, out: Output, cmd: VolumeCommand) -> Result<()> {
         }
         VolumeCommand::Delete { name } => {
             check_name("volume", &name)?;
-            api.delete(&format!("/v1/volumes/{}", segment(&name))).await?;
+            api.delete(&format!("/v1/volumes/{}", segment(&name)))
+                .await?;
             print(out, &serde_json::json!({ "deleted": name }), |_| {
                 format!("deleted volume {name}\n")
             })
@@ -328,11 +339,7 @@ async fn snapshot(api: &Client, out: Output, cmd: SnapshotCommand) -> Result<()>
         }
         SnapshotCommand::Diff { from, to } => {
             let (volume, a) = split_target(&from)?;
-            let mut path = format!(
-                "/v1/volumes/{}/diff?from={}",
-                segment(volume),
-                segment(a)
-            );
+            let mut path = format!("/v1/volumes/{}/diff?from={}", segment(volume), segment(a));
             if let Some(to) = &to {
                 let (v2, b) = split_target(to)?;
                 if v2 != volume {
@@ -355,7 +362,11 @@ async fn snapshot(api: &Client, out: Output, cmd: SnapshotCommand) -> Result<()>
                     d.ranges.len(),
                     d.volume,
                     d.from,
-                    if d.to == "HEAD" { "the live volume".to_string() } else { format!("{}@{}", d.volume, d.to) }
+                    if d.to == "HEAD" {
+                        "the live volume".to_string()
+                    } else {
+                        format!("{}@{}", d.volume, d.to)
+                    }
                 ));
                 text
             })

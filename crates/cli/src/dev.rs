@@ -19,7 +19,9 @@ pub async fn run(args: DevArgs, global: GlobalArgs) -> Result<()> {
     let config = ServerConfigFile {
         data_dir: Some(args.dir.clone()),
         name: Some("dev-1".into()),
-        api: Some(listen_addr(global.api.as_deref().unwrap_or("127.0.0.1:7780"))),
+        api: Some(listen_addr(
+            global.api.as_deref().unwrap_or("127.0.0.1:7780"),
+        )),
         nbd: Some(args.nbd.clone()),
         bootstrap: true,
         ..Default::default()

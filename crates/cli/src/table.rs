@@ -34,7 +34,10 @@ mod tests {
     fn columns_line_up() {
         let t = super::render(
             &["NAME", "SIZE"],
-            &[vec!["a".into(), "1GiB".into()], vec!["longer".into(), "2".into()]],
+            &[
+                vec!["a".into(), "1GiB".into()],
+                vec!["longer".into(), "2".into()],
+            ],
         );
         assert_eq!(t, "NAME    SIZE\na       1GiB\nlonger  2\n");
     }

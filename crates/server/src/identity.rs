@@ -32,7 +32,10 @@ impl Identity {
         if path.exists() {
             let text = std::fs::read_to_string(&path)?;
             let identity: Identity = serde_json::from_str(&text).map_err(|e| {
-                anyhow::anyhow!("{} is damaged ({e}); restore it from a backup", path.display())
+                anyhow::anyhow!(
+                    "{} is damaged ({e}); restore it from a backup",
+                    path.display()
+                )
             })?;
             if identity.format != FORMAT {
                 anyhow::bail!(

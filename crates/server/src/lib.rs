@@ -62,11 +62,17 @@ impl RunningServer {
 }
 
 /// Starts a server and returns once it serves.
-pub async fn start(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<RunningServer> {
+pub async fn start(
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningServer> {
     metrics::handle();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let identity = Arc::new(Identity::load_or_create(&config.data_dir, config.name.as_ref())?);
+    let identity = Arc::new(Identity::load_or_create(
+        &config.data_dir,
+        config.name.as_ref(),
+    )?);
     let store = Arc::new(
         Store::open(
             &config.data_dir.join("store"),
@@ -76,20 +82,30 @@ pub async fn start(config: ServerConfig, shutdown: CancellationToken) -> anyhow:
         )
         .context("cannot open the block store")?,
     );
-    let api_listener = TcpListener::bind(config.api)
-        .await
-        .with_context(|| format!("cannot listen for the API on {}; is another server using it? pick another with --api", config.api))?;
-    let nbd_listener = TcpListener::bind(config.nbd)
-        .await
-        .with_context(|| format!("cannot listen for NBD on {}; is another server using it? pick another with --nbd", config.nbd))?;
+    let api_listener = TcpListener::bind(config.api).await.with_context(|| {
+        format!(
+            "cannot listen for the API on {}; is another server using it? pick another with --api",
+            config.api
+        )
+    })?;
+    let nbd_listener = TcpListener::bind(config.nbd).await.with_context(|| {
+        format!(
+            "cannot listen for NBD on {}; is another server using it? pick another with --nbd",
+            config.nbd
+        )
+    })?;
     let api_addr = api_listener.local_addr()?;
     let nbd_addr = nbd_listener.local_addr()?;
     let api_url = format!("http://{api_addr}");
     let peer_url = config.peer.clone().unwrap_or_else(|| api_url.clone());
 
-    let meta = Meta::open(&config.data_dir.join("meta"), identity.raft_node_id, peer_url.clone())
-        .await
-        .context("cannot open the management state")?;
+    let meta = Meta::open(
+        &config.data_dir.join("meta"),
+        identity.raft_node_id,
+        peer_url.clone(),
+    )
+    .await
+    .context("cannot open the management state")?;
     if let Some(url) = &config.join {
         anyhow::bail!(
             "--join {url}: joining an existing group is not supported yet; start this server with --bootstrap for now"
@@ -120,10 +136,12 @@ pub async fn start(config: ServerConfig, shutdown: CancellationToken) -> anyhow:
         nbd_addr: nbd_addr.to_string(),
         reconcile_lock: Arc::new(tokio::sync::Mutex::new(())),
     };
-    state
-        .apply_to_store()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot bring the store in line with the management state: {}", e.message))?;
+    state.apply_to_store().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot bring the store in line with the management state: {}",
+            e.message
+        )
+    })?;
 
     let mut tasks = JoinSet::new();
     tasks.spawn(follow_meta(state.clone(), shutdown.child_token()));

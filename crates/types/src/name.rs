@@ -110,8 +110,14 @@ mod tests {
         }
         assert_eq!(Name::new(""), Err(NameError::Empty));
         assert_eq!(Name::new(&"a".repeat(65)), Err(NameError::TooLong(65)));
-        assert!(matches!(Name::new("a@b"), Err(NameError::BadChar { bad: '@', .. })));
-        assert!(matches!(Name::new("a/b"), Err(NameError::BadChar { bad: '/', .. })));
+        assert!(matches!(
+            Name::new("a@b"),
+            Err(NameError::BadChar { bad: '@', .. })
+        ));
+        assert!(matches!(
+            Name::new("a/b"),
+            Err(NameError::BadChar { bad: '/', .. })
+        ));
         assert!(matches!(Name::new("é"), Err(NameError::BadChar { .. })));
         assert!(matches!(Name::new("a b"), Err(NameError::BadChar { .. })));
         assert!(matches!(Name::new(".hidden"), Err(NameError::BadStart(_))));

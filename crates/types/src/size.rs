@@ -9,7 +9,9 @@ pub enum SizeError {
     #[error("{0:?} is not a size; write a number and a unit, e.g. 512MiB, 10GiB or 1TB")]
     Malformed(String),
     /// The unit is unknown.
-    #[error("{unit:?} in {text:?} is not a size unit; use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB")]
+    #[error(
+        "{unit:?} in {text:?} is not a size unit; use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB"
+    )]
     UnknownUnit { text: String, unit: String },
     /// The value does not fit in 64 bits of bytes.
     #[error("{0:?} is too large")]
@@ -107,8 +109,14 @@ mod tests {
         for bad in ["", "GiB", "-1GiB", "1..2G", "1.", "abc", "1 GiBs"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
-        assert!(matches!(parse_size("10 parsecs"), Err(SizeError::UnknownUnit { .. })));
-        assert!(matches!(parse_size("99999999999PiB"), Err(SizeError::TooLarge(_))));
+        assert!(matches!(
+            parse_size("10 parsecs"),
+            Err(SizeError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_size("99999999999PiB"),
+            Err(SizeError::TooLarge(_))
+        ));
     }
 
     #[test]

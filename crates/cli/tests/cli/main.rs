@@ -21,7 +21,10 @@ fn fails_with(server: &ServerProcess, args: &[&str], needle: &str) {
     assert!(!out.status.success(), "strata {args:?} should fail");
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
     assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(stderr.contains(needle), "strata {args:?}: expected {needle:?} in {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "strata {args:?}: expected {needle:?} in {stderr}"
+    );
 }
 
 #[test]
@@ -37,7 +40,8 @@ fn volume_and_snapshot_lifecycle() {
     assert_eq!(v["size"], 1u64 << 30);
     assert_eq!(v["cluster"], "default");
     // Global flags go after the command words too.
-    let listed: Value = serde_json::from_str(&server.cli_ok(&["volume", "list", "--output", "json"])).unwrap();
+    let listed: Value =
+        serde_json::from_str(&server.cli_ok(&["volume", "list", "--output", "json"])).unwrap();
     assert_eq!(listed[0]["name"], "web");
     assert!(server.cli_ok(&["volume", "list"]).contains("web"));
 
@@ -72,12 +76,21 @@ fn volume_and_snapshot_lifecycle() {
 
     let grown = json(&server, &["volume", "resize", "web", "--size", "2GiB"]);
     assert_eq!(grown["size"], 2u64 << 30);
-    assert_eq!(NbdClient::connect(&server.nbd, "web").unwrap().size, 2 << 30);
+    assert_eq!(
+        NbdClient::connect(&server.nbd, "web").unwrap().size,
+        2 << 30
+    );
     let show = server.cli_ok(&["volume", "show", "web"]);
-    assert!(show.contains("2GiB") && show.contains("snapshots:"), "{show}");
+    assert!(
+        show.contains("2GiB") && show.contains("snapshots:"),
+        "{show}"
+    );
 
     server.cli_ok(&["volume", "delete", "web"]);
-    assert!(json(&server, &["volume", "list"]).as_array().unwrap().is_empty());
+    assert!(json(&server, &["volume", "list"])
+        .as_array()
+        .unwrap()
+        .is_empty());
     assert!(NbdClient::connect(&server.nbd, "web").is_err());
 }
 
@@ -85,21 +98,73 @@ fn volume_and_snapshot_lifecycle() {
 fn bad_requests_get_one_line_errors_and_the_server_keeps_serving() {
     let server = ServerProcess::start();
     server.create_volume("ok", "16MiB");
-    fails_with(&server, &["volume", "create", "bad name", "--size", "1GiB"], "invalid volume name");
-    fails_with(&server, &["volume", "create", &"x".repeat(65), "--size", "1GiB"], "limit is 64");
-    fails_with(&server, &["volume", "create", "v", "--size", "ten gigs"], "not a size");
-    fails_with(&server, &["volume", "create", "v", "--size", "1000"], "multiple of 512");
-    fails_with(&server, &["volume", "create", "v", "--size", "0"], "multiple of 512");
-    fails_with(&server, &["volume", "create", "ok", "--size", "1GiB"], "already exists");
-    fails_with(&server, &["volume", "create", "v", "--size", "1GiB", "--replicas", "4"], "replicas");
-    fails_with(&server, &["volume", "create", "v", "--size", "1GiB", "--cluster", "nowhere"], "nowhere");
+    fails_with(
+        &server,
+        &["volume", "create", "bad name", "--size", "1GiB"],
+        "invalid volume name",
+    );
+    fails_with(
+        &server,
+        &["volume", "create", &"x".repeat(65), "--size", "1GiB"],
+        "limit is 64",
+    );
+    fails_with(
+        &server,
+        &["volume", "create", "v", "--size", "ten gigs"],
+        "not a size",
+    );
+    fails_with(
+        &server,
+        &["volume", "create", "v", "--size", "1000"],
+        "multiple of 512",
+    );
+    fails_with(
+        &server,
+        &["volume", "create", "v", "--size", "0"],
+        "multiple of 512",
+    );
+    fails_with(
+        &server,
+        &["volume", "create", "ok", "--size", "1GiB"],
+        "already exists",
+    );
+    fails_with(
+        &server,
+        &["volume", "create", "v", "--size", "1GiB", "--replicas", "4"],
+        "replicas",
+    );
+    fails_with(
+        &server,
+        &[
+            "volume",
+            "create",
+            "v",
+            "--size",
+            "1GiB",
+            "--cluster",
+            "nowhere",
+        ],
+        "nowhere",
+    );
     fails_with(&server, &["volume", "show", "missing"], "no volume named");
-    fails_with(&server, &["volume", "resize", "ok", "--size", "8MiB"], "shrink");
-    fails_with(&server, &["snapshot", "create", "ok@bad@name"], "invalid snapshot name");
+    fails_with(
+        &server,
+        &["volume", "resize", "ok", "--size", "8MiB"],
+        "shrink",
+    );
+    fails_with(
+        &server,
+        &["snapshot", "create", "ok@bad@name"],
+        "invalid snapshot name",
+    );
     fails_with(&server, &["snapshot", "delete", "ok"], "VOLUME@SNAPSHOT");
     fails_with(&server, &["snapshot", "delete", "ok@none"], "none");
     server.cli_ok(&["snapshot", "create", "ok@s"]);
-    fails_with(&server, &["snapshot", "create", "ok@s"], "already exists");
+    fails_with(
+        &server,
+        &["snapshot", "create", "ok@s"],
+        "already has a snapshot",
+    );
     fails_with(&server, &["snapshot", "diff", "ok@none"], "no snapshot");
     let unreachable = std::process::Command::new(support::strata_bin())
         .args(["--api", "http://127.0.0.1:1", "volume", "list"])
@@ -108,7 +173,10 @@ fn bad_requests_get_one_line_errors_and_the_server_keeps_serving() {
     assert!(!unreachable.status.success());
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the Strata API"));
     // Still serving.
-    assert_eq!(json(&server, &["volume", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        json(&server, &["volume", "list"]).as_array().unwrap().len(),
+        1
+    );
 }
 
 #[test]
@@ -123,7 +191,10 @@ fn nbd_protocol_errors_map_to_errnos_and_the_connection_keeps_serving() {
     assert_eq!(c.read(1 << 20, 4096).unwrap(), Err(EINVAL));
     assert_eq!(c.read(u64::MAX - 100, 4096).unwrap(), Err(EINVAL));
     // Writes past the end get ENOSPC, as the NBD protocol asks (and qemu-nbd does).
-    assert_eq!(c.write((1 << 20) - 512, &[1u8; 1024], false).unwrap(), ENOSPC);
+    assert_eq!(
+        c.write((1 << 20) - 512, &[1u8; 1024], false).unwrap(),
+        ENOSPC
+    );
     assert_eq!(c.write(512, &[9u8; 1024], true).unwrap(), 0);
     assert_eq!(c.read(0, 2048).unwrap().unwrap()[512..1536], [9u8; 1024]);
     let mut s = NbdClient::connect(&server.nbd, "v@s").unwrap();
@@ -152,7 +223,12 @@ fn api_serves_openapi_health_and_metrics() {
     };
     let doc: Value = serde_json::from_str(&get("/v1/openapi.json")).unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/v1/volumes", "/v1/volumes/{name}/snapshots", "/v1/servers", "/v1/volumes/{name}/diff"] {
+    for path in [
+        "/v1/volumes",
+        "/v1/volumes/{name}/snapshots",
+        "/v1/servers",
+        "/v1/volumes/{name}/diff",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }
     assert!(get("/healthz").contains("ok"));
@@ -164,6 +240,9 @@ fn api_serves_openapi_health_and_metrics() {
         "strata_volume_snapshots{volume=\"m\"} 0",
         "strata_store_data_bytes",
     ] {
-        assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
     }
 }

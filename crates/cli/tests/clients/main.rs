@@ -10,6 +10,9 @@ use support::{require, run_err, run_ok, ServerProcess};
 
 fn qemu_io(url: &str, cmds: &[&str]) -> String {
     let mut args = vec!["-f", "raw"];
+    if url.contains('@') {
+        args.push("-r"); // snapshots are read-only exports
+    }
     for c in cmds {
         args.push("-c");
         args.push(c);
@@ -29,24 +32,53 @@ fn qemu_io_patterns_across_snapshots() {
     let server = ServerProcess::start();
     server.create_volume("vm", "64MiB");
     let vol = server.url("vm");
-    qemu_io(&vol, &["write -P 0x11 0 4M", "write -P 0x22 8M 512", "write -P 0x33 60M 4M"]);
+    qemu_io(
+        &vol,
+        &[
+            "write -P 0x11 0 4M",
+            "write -P 0x22 8M 512",
+            "write -P 0x33 60M 4M",
+        ],
+    );
     server.cli_ok(&["snapshot", "create", "vm@one"]);
-    qemu_io(&vol, &["write -P 0x44 1M 1M", "write -z 60M 4M", "discard 8M 4096"]);
+    qemu_io(
+        &vol,
+        &["write -P 0x44 1M 1M", "write -z 60M 4M", "discard 8M 4096"],
+    );
     server.cli_ok(&["snapshot", "create", "vm@two"]);
     qemu_io(&vol, &["write -P 0x55 2M 4096"]);
 
     // The snapshot keeps what was there when it was taken...
     qemu_io(
         &server.url("vm@one"),
-        &["read -P 0x11 0 4M", "read -P 0x22 8M 512", "read -P 0 8M+512 4K", "read -P 0x33 60M 4M"],
+        &[
+            "read -P 0x11 0 4M",
+            "read -P 0x22 8M 512",
+            "read -P 0 8389120 4K",
+            "read -P 0x33 60M 4M",
+        ],
     );
     // ...the second holds the changes between...
     qemu_io(
         &server.url("vm@two"),
-        &["read -P 0x11 0 1M", "read -P 0x44 1M 1M", "read -P 0x11 2M 2M", "read -P 0 8M 4096", "read -P 0 60M 4M"],
+        &[
+            "read -P 0x11 0 1M",
+            "read -P 0x44 1M 1M",
+            "read -P 0x11 2M 2M",
+            "read -P 0 8M 4096",
+            "read -P 0 60M 4M",
+        ],
     );
     // ...and the volume has everything.
-    qemu_io(&vol, &["read -P 0x44 1M 1M", "read -P 0x55 2M 4096", "read -P 0x11 2M+4096 4096", "read -P 0 60M 4M"]);
+    qemu_io(
+        &vol,
+        &[
+            "read -P 0x44 1M 1M",
+            "read -P 0x55 2M 4096",
+            "read -P 0x11 2101248 4096",
+            "read -P 0 60M 4M",
+        ],
+    );
 }
 
 #[test]
@@ -67,17 +99,39 @@ fn qemu_img_compare_snapshot_with_file_and_nbdcopy_round_trip() {
     server.cli_ok(&["snapshot", "create", "db@copied"]);
     qemu_io(&server.url("db"), &["write -P 0x99 0 1M"]);
 
-    run_ok("qemu-img", &["compare", "-f", "raw", "-F", "raw", src, &server.url("db@copied")]);
+    run_ok(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            src,
+            &server.url("db@copied"),
+        ],
+    );
     let differs = Command::new("qemu-img")
         .args(["compare", "-f", "raw", "-F", "raw", src, &server.url("db")])
         .output()
         .unwrap();
-    assert_eq!(differs.status.code(), Some(1), "the live volume changed after the snapshot");
+    assert_eq!(
+        differs.status.code(),
+        Some(1),
+        "the live volume changed after the snapshot"
+    );
 
     let back = tmp.path().join("back.img");
-    run_ok("nbdcopy", &[&server.url("db@copied"), back.to_str().unwrap()]);
+    run_ok(
+        "nbdcopy",
+        &[&server.url("db@copied"), back.to_str().unwrap()],
+    );
     let back = std::fs::read(&back).unwrap();
-    assert_eq!(blake3::hash(&back), blake3::hash(&data), "nbdcopy round trip changed the data");
+    assert_eq!(
+        blake3::hash(&back),
+        blake3::hash(&data),
+        "nbdcopy round trip changed the data"
+    );
 }
 
 #[test]
@@ -91,7 +145,11 @@ fn nbdinfo_map_reports_unwritten_ranges_as_holes() {
     let mut data = Vec::new();
     let mut covered = 0u64;
     for e in extents.as_array().unwrap() {
-        let (off, len, ty) = (e["offset"].as_u64().unwrap(), e["length"].as_u64().unwrap(), e["type"].as_u64().unwrap());
+        let (off, len, ty) = (
+            e["offset"].as_u64().unwrap(),
+            e["length"].as_u64().unwrap(),
+            e["type"].as_u64().unwrap(),
+        );
         assert_eq!(off, covered, "extents are contiguous: {map}");
         covered += len;
         if ty & 1 == 0 {
@@ -99,7 +157,11 @@ fn nbdinfo_map_reports_unwritten_ranges_as_holes() {
         }
     }
     assert_eq!(covered, 16 << 20);
-    assert_eq!(data, vec![(4 << 20, 1 << 20)], "only the written MiB is data: {map}");
+    assert_eq!(
+        data,
+        vec![(4 << 20, 1 << 20)],
+        "only the written MiB is data: {map}"
+    );
     let info = run_ok("nbdinfo", &[&server.url("sparse")]);
     assert!(info.contains("16777216"), "{info}");
 }
@@ -131,7 +193,10 @@ fn fio_verify_over_the_nbd_engine() {
     let job = &report["jobs"][0];
     assert_eq!(job["error"].as_u64(), Some(0), "{out}");
     assert!(job["write"]["io_bytes"].as_u64().unwrap() >= 32 << 20);
-    assert!(job["read"]["io_bytes"].as_u64().unwrap() >= 32 << 20, "fio verified by reading back");
+    assert!(
+        job["read"]["io_bytes"].as_u64().unwrap() >= 32 << 20,
+        "fio verified by reading back"
+    );
 }
 
 #[test]
@@ -140,11 +205,31 @@ fn bad_io_gets_an_error_and_the_server_keeps_serving() {
     let server = ServerProcess::start();
     server.create_volume("v", "8MiB");
     server.cli_ok(&["snapshot", "create", "v@s"]);
-    let out = run_err("qemu-io", &["-f", "raw", "-c", "write -P 1 0 4096", &server.url("v@s")]);
-    assert!(out.to_lowercase().contains("permission") || out.contains("read-only") || out.contains("Operation not permitted"), "{out}");
-    let out = run_err("qemu-io", &["-f", "raw", "-c", "read 8M 4096", &server.url("v")]);
-    assert!(out.contains("Input/output error") || out.contains("out of range") || out.contains("Invalid argument") || out.contains("failed"), "{out}");
-    let out = run_err("qemu-io", &["-f", "raw", "-c", "read 0 512", &server.url("nope")]);
+    let out = run_err(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 1 0 4096", &server.url("v@s")],
+    );
+    assert!(
+        out.to_lowercase().contains("permission")
+            || out.contains("read-only")
+            || out.contains("Operation not permitted"),
+        "{out}"
+    );
+    let out = run_err(
+        "qemu-io",
+        &["-f", "raw", "-c", "read 8M 4096", &server.url("v")],
+    );
+    assert!(
+        out.contains("Input/output error")
+            || out.contains("out of range")
+            || out.contains("Invalid argument")
+            || out.contains("failed"),
+        "{out}"
+    );
+    let out = run_err(
+        "qemu-io",
+        &["-f", "raw", "-c", "read 0 512", &server.url("nope")],
+    );
     assert!(!out.is_empty());
     // Malformed bytes on the NBD port end only that connection.
     use std::io::{Read, Write};

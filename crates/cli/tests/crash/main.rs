@@ -105,10 +105,12 @@ fn acknowledged_durable_writes_survive_sigkill() {
         let mut st = state.lock().unwrap();
         let mut durable_writes = 0;
         for b in 0..BLOCKS {
-            let data = client.read(b * BLOCK as u64, BLOCK as u32).unwrap().expect("read ok");
-            let found = decode(b, &data).unwrap_or_else(|| {
-                panic!("round {round}: block {b} holds garbage after the kill")
-            });
+            let data = client
+                .read(b * BLOCK as u64, BLOCK as u32)
+                .unwrap()
+                .expect("read ok");
+            let found = decode(b, &data)
+                .unwrap_or_else(|| panic!("round {round}: block {b} holds garbage after the kill"));
             let bs = &mut st[b as usize];
             durable_writes += u64::from(bs.durable > 0);
             assert!(

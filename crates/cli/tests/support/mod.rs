@@ -23,7 +23,10 @@ pub fn require(program: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "{program} is not installed; run .ci/run or apt-get install qemu-utils libnbd-bin fio");
+    assert!(
+        found,
+        "{program} is not installed; run .ci/run or apt-get install qemu-utils libnbd-bin fio"
+    );
 }
 
 /// A `strata server` child process. Killed when dropped.
@@ -176,6 +179,9 @@ pub fn run_err(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!out.status.success() || text.contains("failed"), "{program} {args:?} should fail: {text}");
+    assert!(
+        !out.status.success() || text.contains("failed"),
+        "{program} {args:?} should fail: {text}"
+    );
     text
 }

@@ -56,7 +56,9 @@ impl NbdClient {
             s.read_exact(&mut body)?;
             match reply {
                 NBD_REP_ACK => break,
-                NBD_REP_INFO if len >= 12 && u16::from_be_bytes([body[0], body[1]]) == NBD_INFO_EXPORT => {
+                NBD_REP_INFO
+                    if len >= 12 && u16::from_be_bytes([body[0], body[1]]) == NBD_INFO_EXPORT =>
+                {
                     size = Some(u64::from_be_bytes(body[2..10].try_into().unwrap()));
                     flags = u16::from_be_bytes([body[10], body[11]]);
                 }
@@ -78,7 +80,15 @@ impl NbdClient {
     }
 
     /// Sends one request and waits for its simple reply; returns the NBD error code (0 = ok).
-    fn request(&mut self, cmd: u16, flags: u16, offset: u64, len: u32, data: &[u8], out: &mut [u8]) -> io::Result<u32> {
+    fn request(
+        &mut self,
+        cmd: u16,
+        flags: u16,
+        offset: u64,
+        len: u32,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> io::Result<u32> {
         let handle = self.next_handle;
         self.next_handle += 1;
         let mut req = Vec::with_capacity(28 + data.len());

@@ -52,7 +52,11 @@ async fn three_voters_replicate_and_survive_leader_loss() {
 
     // All three state machines converge on the same state.
     let index = applied(leader);
-    eprintln!("DEBUG index {index} leader has volume {} metrics {:?}", leader.local_state().volumes.len(), leader.raft_metrics().last_applied);
+    eprintln!(
+        "DEBUG index {index} leader has volume {} metrics {:?}",
+        leader.local_state().volumes.len(),
+        leader.raft_metrics().last_applied
+    );
     let expected = leader.read().await.expect("linearizable read");
     assert_eq!(expected.servers.len(), 3);
     for node in &nodes {
@@ -60,7 +64,11 @@ async fn three_voters_replicate_and_survive_leader_loss() {
             converged(&node.meta, index).await,
             expected,
             "node {} index {} applied {} metrics {:?} leader metrics {:?}",
-            node.meta.node_id(), index, *node.meta.subscribe().borrow(), node.meta.raft_metrics().last_applied, leader.raft_metrics().last_applied
+            node.meta.node_id(),
+            index,
+            *node.meta.subscribe().borrow(),
+            node.meta.raft_metrics().last_applied,
+            leader.raft_metrics().last_applied
         );
         let voters: BTreeSet<u64> = node
             .meta

@@ -36,7 +36,10 @@ async fn single_voter_write_latency() {
         meta.write(cmd).await.expect("snapshot");
         times.push(start.elapsed());
         let after = *meta.subscribe().borrow();
-        assert!(after > before, "applied index did not move: {before} -> {after}");
+        assert!(
+            after > before,
+            "applied index did not move: {before} -> {after}"
+        );
         head = new_head;
     }
     times.sort();

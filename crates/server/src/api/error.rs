@@ -45,7 +45,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.message })).into_response()
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -85,5 +91,22 @@ impl From<StoreError> for ApiError {
 }
 
 fn command_status(e: &CommandError) -> StatusCode {
-    todo_command_status(e)
+    use CommandError as C;
+    match e {
+        C::ServerIdExists(_)
+        | C::ServerNameExists(_)
+        | C::RaftNodeIdExists(_)
+        | C::ClusterExists(_)
+        | C::ServerInCluster { .. }
+        | C::VolumeExists(_)
+        | C::VolumeIdExists(_)
+        | C::LayerInUse(_)
+        | C::SnapshotExists { .. }
+        | C::StaleHead { .. } => StatusCode::CONFLICT,
+        C::UnknownServer(_)
+        | C::UnknownCluster(_)
+        | C::UnknownVolume(_)
+        | C::UnknownSnapshot { .. } => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_REQUEST,
+    }
 }

@@ -54,7 +54,10 @@ impl AppState {
 /// The generated OpenAPI description of `/v1`.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Strata management API", description = "Volumes, snapshots, servers and clusters of a Strata management group."),
+    info(
+        title = "Strata management API",
+        description = "Volumes, snapshots, servers and clusters of a Strata management group."
+    ),
     paths(
         system::healthz,
         system::list_servers,

@@ -155,6 +155,10 @@ pub async fn show_cluster(
         .clusters
         .values()
         .find(|c| c.name.as_str() == name)
-        .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}; see `strata cluster list`")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no cluster named {name:?}; see `strata cluster list`"
+            ))
+        })?;
     Ok(Json(cluster_info(&state, c)))
 }

@@ -73,7 +73,11 @@ fn volume_info(app: &AppState, v: &VolumeRecord) -> VolumeInfo {
         role: "primary".into(),
         status: "healthy".into(),
         used_bytes,
-        head: v.layers.last().copied().unwrap_or(LayerId(uuid::Uuid::nil())),
+        head: v
+            .layers
+            .last()
+            .copied()
+            .unwrap_or(LayerId(uuid::Uuid::nil())),
         snapshots: v.snapshots.iter().map(|s| snapshot_info(v, s)).collect(),
         nbd_url: format!("nbd://{}/{}", app.nbd_addr, v.name),
         created_unix_ms: v.created_unix_ms,
@@ -118,7 +122,11 @@ pub async fn create_volume(
 #[utoipa::path(get, path = "/v1/volumes", responses((status = 200, body = Vec<VolumeInfo>)))]
 pub async fn list_volumes(State(app): State<AppState>) -> Result<Json<Vec<VolumeInfo>>, ApiError> {
     let state = app.meta.read().await?;
-    let mut out: Vec<_> = state.volumes.values().map(|v| volume_info(&app, v)).collect();
+    let mut out: Vec<_> = state
+        .volumes
+        .values()
+        .map(|v| volume_info(&app, v))
+        .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(out))
 }
@@ -227,7 +235,9 @@ pub async fn list_snapshots(
 ) -> Result<Json<Vec<SnapshotInfo>>, ApiError> {
     let state = app.meta.read().await?;
     let v = find_volume(&state, &volume)?;
-    Ok(Json(v.snapshots.iter().map(|s| snapshot_info(v, s)).collect()))
+    Ok(Json(
+        v.snapshots.iter().map(|s| snapshot_info(v, s)).collect(),
+    ))
 }
 
 /// `DELETE /v1/volumes/{name}/snapshots/{snapshot}`: delete a snapshot. It disappears at once;
