@@ -2,6 +2,8 @@
 //! errors with a non-zero exit for bad names, sizes and requests — after which the server still
 //! serves. Also the raw NBD protocol errors a real client never sends.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -2,6 +2,8 @@
 //! process: data written through one client reads back through another, snapshots keep their
 //! point-in-time content, holes are reported as holes.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -4,6 +4,8 @@
 //! block holds either its last durable content or one written after it — never garbage, never a
 //! block that was not written.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

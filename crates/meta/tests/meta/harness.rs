@@ -101,10 +101,8 @@ pub async fn converged(meta: &Meta, index: u64) -> StateView {
     meta.local_state()
 }
 
-/// The last log index `meta` has applied.
+/// The last log index `meta` has applied. (The applied watch is updated before a write returns;
+/// the Raft metrics may lag a little, so they are not used here.)
 pub fn applied(meta: &Meta) -> u64 {
-    meta.raft_metrics()
-        .last_applied
-        .map(|l| l.index)
-        .unwrap_or(0)
+    *meta.subscribe().borrow()
 }

@@ -25,7 +25,7 @@ fn parse_name(what: &str, text: &str) -> Result<Name, ApiError> {
 }
 
 fn check_size(size: u64) -> Result<(), ApiError> {
-    if size == 0 || size % 512 != 0 {
+    if size == 0 || !size.is_multiple_of(512) {
         return Err(ApiError::bad_request(format!(
             "size {size} is not a positive multiple of 512 bytes; e.g. use 10GiB"
         )));
