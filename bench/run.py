@@ -21,7 +21,7 @@ import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, s
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STRATA = os.path.join(ROOT, "target", "release", "strata")
+STRATA = os.environ.get("STRATA_BIN") or os.path.join(ROOT, "target", "release", "strata")
 
 
 def free_port():

@@ -1,7 +1,9 @@
 //! [`VolumeDevice`]: one NBD export backed by this server's store — the volume's writable head,
 //! or one of its snapshots, read-only. Store calls are blocking file I/O, so each runs on
 //! tokio's blocking pool; many requests of one connection run at once. Every request is counted
-//! and timed into the Prometheus metrics, labelled by volume and operation.
+//! and timed into the Prometheus metrics, labelled by volume and operation. The metric handles
+//! are looked up once per device (per connection), not per request: a lookup hashes and clones
+//! the labels and takes the registry's lock, which cost measurably at 4 KiB request rates.
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -10,6 +12,59 @@ use std::time::Instant;
 use strata_nbd::{BlockDevice, Extent, IoError};
 use strata_store::{ExtentKind, Store, StoreError};
 use strata_types::{LayerId, VolumeId};
+
+/// The metric handles of one operation of one device.
+struct OpMetrics {
+    ops: metrics::Counter,
+    latency: metrics::Histogram,
+    bytes: metrics::Counter,
+    errors: metrics::Counter,
+}
+
+impl OpMetrics {
+    fn new(volume: &str, op: &'static str) -> Self {
+        let labels = [("volume", volume.to_string()), ("op", op.to_string())];
+        Self {
+            ops: metrics::counter!("strata_nbd_ops_total", &labels),
+            latency: metrics::histogram!("strata_nbd_latency_seconds", &labels),
+            bytes: metrics::counter!("strata_nbd_bytes_total", &labels),
+            errors: metrics::counter!("strata_nbd_errors_total", &labels),
+        }
+    }
+}
+
+/// The operations a device records metrics for.
+#[derive(Clone, Copy)]
+enum Op {
+    Read,
+    Write,
+    Flush,
+    Trim,
+    WriteZeroes,
+    BlockStatus,
+}
+
+impl Op {
+    const ALL: [Op; 6] = [
+        Op::Read,
+        Op::Write,
+        Op::Flush,
+        Op::Trim,
+        Op::WriteZeroes,
+        Op::BlockStatus,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Flush => "flush",
+            Op::Trim => "trim",
+            Op::WriteZeroes => "write_zeroes",
+            Op::BlockStatus => "block_status",
+        }
+    }
+}
 
 /// One export: a volume's head (read-write) or a snapshot layer (read-only).
 pub struct VolumeDevice {
@@ -20,6 +75,8 @@ pub struct VolumeDevice {
     layer: Option<LayerId>,
     size: u64,
     read_only: bool,
+    /// Indexed by `Op as usize`.
+    metrics: [OpMetrics; 6],
 }
 
 impl VolumeDevice {
@@ -32,6 +89,7 @@ impl VolumeDevice {
         size: u64,
         read_only: bool,
     ) -> Self {
+        let metrics = Op::ALL.map(|op| OpMetrics::new(&name, op.name()));
         Self {
             store,
             volume,
@@ -39,13 +97,14 @@ impl VolumeDevice {
             layer,
             size,
             read_only,
+            metrics,
         }
     }
 
     /// Runs a blocking store call off the async threads, recording its metrics.
     async fn run<T: Send + 'static>(
         &self,
-        op: &'static str,
+        op: Op,
         bytes: u64,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, IoError> {
@@ -55,15 +114,15 @@ impl VolumeDevice {
             .await
             .map_err(|e| IoError::Io(format!("store task failed: {e}")))
             .and_then(|r| r.map_err(to_io_error));
-        let labels = [("volume", self.name.clone()), ("op", op.to_string())];
-        metrics::counter!("strata_nbd_ops_total", &labels).increment(1);
-        metrics::histogram!("strata_nbd_latency_seconds", &labels)
-            .record(started.elapsed().as_secs_f64());
+        let m = &self.metrics[op as usize];
+        m.ops.increment(1);
+        m.latency.record(started.elapsed().as_secs_f64());
         match &result {
-            Ok(_) => metrics::counter!("strata_nbd_bytes_total", &labels).increment(bytes),
+            Ok(_) => m.bytes.increment(bytes),
             Err(e) => {
+                let op = op.name();
                 tracing::warn!(volume = %self.name, op, error = %e, "request failed");
-                metrics::counter!("strata_nbd_errors_total", &labels).increment(1);
+                m.errors.increment(1);
             }
         }
         result
@@ -92,7 +151,7 @@ impl BlockDevice for VolumeDevice {
 
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, IoError> {
         let (vol, layer) = (self.volume, self.layer);
-        self.run("read", u64::from(len), move |s| {
+        self.run(Op::Read, u64::from(len), move |s| {
             let mut buf = BytesMut::zeroed(len as usize);
             s.read(vol, layer, offset, &mut buf)?;
             Ok(buf.freeze())
@@ -105,7 +164,7 @@ impl BlockDevice for VolumeDevice {
             return Err(IoError::ReadOnly);
         }
         let vol = self.volume;
-        self.run("write", data.len() as u64, move |s| {
+        self.run(Op::Write, data.len() as u64, move |s| {
             s.write(vol, offset, &data, fua)
         })
         .await
@@ -116,7 +175,7 @@ impl BlockDevice for VolumeDevice {
             return Ok(());
         }
         let vol = self.volume;
-        self.run("flush", 0, move |s| s.flush(vol)).await
+        self.run(Op::Flush, 0, move |s| s.flush(vol)).await
     }
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), IoError> {
@@ -124,7 +183,7 @@ impl BlockDevice for VolumeDevice {
             return Err(IoError::ReadOnly);
         }
         let vol = self.volume;
-        self.run("trim", u64::from(len), move |s| {
+        self.run(Op::Trim, u64::from(len), move |s| {
             s.trim(vol, offset, u64::from(len))
         })
         .await
@@ -135,7 +194,7 @@ impl BlockDevice for VolumeDevice {
             return Err(IoError::ReadOnly);
         }
         let vol = self.volume;
-        self.run("write_zeroes", u64::from(len), move |s| {
+        self.run(Op::WriteZeroes, u64::from(len), move |s| {
             s.write_zeroes(vol, offset, u64::from(len), fua)
         })
         .await
@@ -144,7 +203,7 @@ impl BlockDevice for VolumeDevice {
     async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, IoError> {
         let (vol, layer) = (self.volume, self.layer);
         let extents = self
-            .run("block_status", 0, move |s| {
+            .run(Op::BlockStatus, 0, move |s| {
                 s.allocation(vol, layer, offset, u64::from(len))
             })
             .await?;

@@ -248,3 +248,73 @@ fn api_serves_openapi_health_and_metrics() {
         );
     }
 }
+
+#[test]
+fn snapshots_under_writes_hold_a_prefix_of_acknowledged_writes() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    const WRITES: u64 = 3000;
+    let server = ServerProcess::start();
+    server.create_volume("seq", "16MiB");
+    let acked = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (nbd, acked) = (server.nbd.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let mut c = NbdClient::connect(&nbd, "seq").unwrap();
+            for n in 0..WRITES {
+                let mut block = vec![0u8; 4096];
+                block[..8].copy_from_slice(&(n + 1).to_le_bytes());
+                assert_eq!(c.write(n * 4096, &block, false).unwrap(), 0);
+                acked.store(n + 1, Ordering::SeqCst);
+            }
+        })
+    };
+    // Snapshots race with the writer, and with each other.
+    let mut takers = Vec::new();
+    for t in 0..2 {
+        let (api, acked) = (server.api.clone(), acked.clone());
+        takers.push(std::thread::spawn(move || {
+            let mut taken = Vec::new();
+            for i in 0..8 {
+                let before = acked.load(Ordering::SeqCst);
+                let name = format!("t{t}-{i}");
+                let out = std::process::Command::new(support::strata_bin())
+                    .args(["--api", &api, "snapshot", "create", &format!("seq@{name}")])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                taken.push((name, before));
+                std::thread::sleep(std::time::Duration::from_millis(15));
+            }
+            taken
+        }));
+    }
+    let taken: Vec<_> = takers.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    writer.join().unwrap();
+    for (name, acked_before) in taken {
+        let mut s = NbdClient::connect(&server.nbd, &format!("seq@{name}")).unwrap();
+        let image = s.read(0, (WRITES * 4096) as u32).unwrap().unwrap();
+        let present: Vec<bool> = (0..WRITES)
+            .map(|n| {
+                let at = (n * 4096) as usize;
+                let v = u64::from_le_bytes(image[at..at + 8].try_into().unwrap());
+                assert!(v == 0 || v == n + 1, "snapshot {name}: block {n} holds {v}");
+                v != 0
+            })
+            .collect();
+        let prefix = present.iter().take_while(|p| **p).count() as u64;
+        assert!(
+            present[prefix as usize..].iter().all(|p| !p),
+            "snapshot {name} holds write {} without an earlier one",
+            prefix + 1
+        );
+        assert!(
+            prefix >= acked_before,
+            "snapshot {name} lacks writes acknowledged before it was requested ({prefix} < {acked_before})"
+        );
+    }
+}

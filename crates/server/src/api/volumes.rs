@@ -8,7 +8,7 @@ use serde::Deserialize;
 use strata_api_types::{
     CreateSnapshot, CreateVolume, DiffInfo, Range, ResizeVolume, SnapshotInfo, VolumeInfo,
 };
-use strata_meta::{Command, StateView, VolumeRecord};
+use strata_meta::{Command, CommandError, MetaError, StateView, VolumeRecord};
 use strata_types::{LayerId, Name, VolumeId};
 
 /// The largest volume accepted: 1 PiB.
@@ -200,21 +200,36 @@ pub async fn create_snapshot(
         Some(n) => parse_name("snapshot", &n)?,
         None => parse_name("snapshot", &default_snapshot_name())?,
     };
-    let state = app.meta.read().await?;
-    let v = find_volume(&state, volume.as_str())?;
-    let frozen = *v
-        .layers
-        .last()
-        .ok_or_else(|| ApiError::internal(format!("volume {volume} has no head layer")))?;
-    app.meta
-        .write(Command::CreateSnapshot {
-            volume: volume.clone(),
-            name: snap.clone(),
-            frozen,
-            new_head: LayerId::new_random(),
-            now_ms: now_ms(),
-        })
-        .await?;
+    // Another snapshot of the same volume may win the race for the head; then take ours on
+    // top of it.
+    let mut attempts = 0;
+    loop {
+        let state = app.meta.read().await?;
+        let v = find_volume(&state, volume.as_str())?;
+        let frozen = *v
+            .layers
+            .last()
+            .ok_or_else(|| ApiError::internal(format!("volume {volume} has no head layer")))?;
+        let written = app
+            .meta
+            .write(Command::CreateSnapshot {
+                volume: volume.clone(),
+                name: snap.clone(),
+                frozen,
+                new_head: LayerId::new_random(),
+                now_ms: now_ms(),
+            })
+            .await;
+        match written {
+            Err(MetaError::Refused(CommandError::StaleHead { .. })) if attempts < 5 => {
+                attempts += 1
+            }
+            other => {
+                other?;
+                break;
+            }
+        }
+    }
     app.apply_to_store().await?;
     let state = app.meta.local_state();
     let v = find_volume(&state, volume.as_str())?;
