@@ -169,16 +169,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut replies = Vec::new();
         for entry in entries {
             self.data.last_applied = Some(entry.log_id);
-            eprintln!(
-                "DEBUGSM {:p} apply {} {}",
-                Arc::as_ptr(&self.shared),
-                entry.log_id,
-                match &entry.payload {
-                    EntryPayload::Blank => "blank".to_string(),
-                    EntryPayload::Membership(m) => format!("{m:?}"),
-                    EntryPayload::Normal(c) => format!("{c:?}").chars().take(40).collect(),
-                }
-            );
             let reply = match entry.payload {
                 EntryPayload::Blank => Ok(CommandOutput::Nothing),
                 EntryPayload::Membership(m) => {

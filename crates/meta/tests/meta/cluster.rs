@@ -52,11 +52,6 @@ async fn three_voters_replicate_and_survive_leader_loss() {
 
     // All three state machines converge on the same state.
     let index = applied(leader);
-    eprintln!(
-        "DEBUG index {index} leader has volume {} metrics {:?}",
-        leader.local_state().volumes.len(),
-        leader.raft_metrics().last_applied
-    );
     let expected = leader.read().await.expect("linearizable read");
     assert_eq!(expected.servers.len(), 3);
     for node in &nodes {
