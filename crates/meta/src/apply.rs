@@ -11,7 +11,7 @@ use crate::error::CommandError;
 use crate::model::{
     ClusterRecord, Command, CommandOutput, ServerRecord, SnapshotRecord, StateView, VolumeRecord,
 };
-use strata_types::{LayerId, Name, ServerId, VolumeId, BLOCK_SIZE};
+use strata_types::{LayerId, Name, ServerId, VolumeId};
 
 /// The most replicas a volume may have.
 pub const MAX_REPLICAS: u8 = 3;
@@ -124,11 +124,14 @@ fn create_cluster(
     Ok(CommandOutput::Cluster(rec))
 }
 
+/// Volume sizes are whole 512-byte sectors, as block devices and qemu-img sizes are.
+pub const SECTOR_SIZE: u64 = 512;
+
 fn check_size(size: u64) -> Result<(), CommandError> {
-    if size == 0 || !size.is_multiple_of(BLOCK_SIZE) {
+    if size == 0 || !size.is_multiple_of(SECTOR_SIZE) {
         return Err(CommandError::BadSize {
             size,
-            block: BLOCK_SIZE,
+            block: SECTOR_SIZE,
         });
     }
     Ok(())
