@@ -28,16 +28,90 @@ pub struct ServerInfo {
     pub nbd_addr: String,
     /// Address other servers use to reach this one.
     pub peer_addr: String,
-    /// `up`, `down` or `joining`.
+    /// `up` (answers and follows the log), `down` (does not answer) or `joining` (answers but
+    /// is not yet a caught-up member of the group).
     pub state: String,
     /// `leader`, `manager` or `none`: this server's part in the management quorum.
     pub manager: String,
     /// The cluster this server belongs to, if any.
     pub cluster: Option<String>,
-    /// Bytes of the filesystem holding the server's data directory (0 if unknown).
-    pub capacity_bytes: u64,
-    /// Bytes of volume data stored on this server.
+    /// Bytes of the filesystem holding the server's data directory; absent if unknown (down).
+    pub capacity_bytes: Option<u64>,
+    /// Bytes of volume data stored on this server; absent if unknown (down).
+    pub used_bytes: Option<u64>,
+}
+
+/// `GET /v1/servers/self`: what the answering server knows about itself, without asking the
+/// management leader. The leader asks every server for this to fill `strata server list`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerStatus {
+    /// The server's permanent id.
+    pub id: ServerId,
+    /// The server's name.
+    pub name: String,
+    /// Bytes of the filesystem holding its data directory, if the filesystem says.
+    pub capacity_bytes: Option<u64>,
+    /// Bytes of volume data it stores.
     pub used_bytes: u64,
+}
+
+/// `POST /v1/servers/join`: a new server asks the group to admit it (as a Raft learner). A
+/// server already admitted under the same id has its addresses updated instead.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JoinRequest {
+    /// The joining server's permanent id.
+    pub id: ServerId,
+    /// Its name, unique in the group.
+    pub name: String,
+    /// Its API base URL (`http://host:port`).
+    pub api_addr: String,
+    /// Its NBD address (`host:port`).
+    pub nbd_addr: String,
+    /// The base URL other servers reach it at for Raft (normally its API URL).
+    pub peer_addr: String,
+    /// Its Raft node id.
+    pub raft_node_id: u64,
+}
+
+/// A manager: a voting member of the management quorum.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ManagerInfo {
+    /// The server's name.
+    pub name: String,
+    /// Whether it is the current leader.
+    pub leader: bool,
+    /// `up` or `down`, as for `strata server list`.
+    pub state: String,
+    /// Its Raft node id.
+    pub raft_node_id: u64,
+}
+
+/// `POST /v1/managers`: make servers managers or take them out of the quorum. The resulting
+/// number of managers must be 1, 3 or 5, so managers are added and removed two at a time.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ChangeManagers {
+    /// Names of servers to make managers.
+    #[serde(default)]
+    pub add: Vec<String>,
+    /// Names of managers to turn back into plain (following) servers.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `POST /v1/clusters`: make a new cluster of servers.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateCluster {
+    /// The cluster's name.
+    pub name: String,
+    /// Names of its servers; each must be in no cluster or in `default` (it moves out).
+    pub servers: Vec<String>,
+}
+
+/// `POST /v1/clusters/{name}/servers`: add a server to a cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AddClusterServer {
+    /// The server's name; it must be in no cluster or in `default` (it moves out).
+    pub server: String,
 }
 
 /// A cluster: a named set of servers that volumes live on.

@@ -37,7 +37,10 @@ pub enum Output {
 pub enum Command {
     /// Run a server, or list the servers of the management group (`strata server list`).
     Server(ServerArgs),
-    /// Show the clusters of the management group.
+    /// List, add and remove the managers (the servers that vote on changes).
+    #[command(subcommand)]
+    Manager(ManagerCommand),
+    /// Create, show and change the clusters of the management group.
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Create, inspect, grow and delete volumes.
@@ -86,11 +89,40 @@ pub enum ServerCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ManagerCommand {
+    /// List the managers, marking the leader.
+    List,
+    /// Make servers managers. A group has 1, 3 or 5 managers, so add two at once: `A,B`.
+    Add {
+        /// Server names, comma-separated.
+        #[arg(value_delimiter = ',', required = true)]
+        servers: Vec<String>,
+    },
+    /// Turn managers back into plain servers; remove two at once (`A,B`) to keep 1, 3 or 5.
+    Remove {
+        /// Server names, comma-separated.
+        #[arg(value_delimiter = ',', required = true)]
+        servers: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
+    /// Create a cluster of servers; servers in `default` move out of it.
+    Create {
+        name: String,
+        /// Server names, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        servers: Vec<String>,
+    },
     /// List the clusters.
     List,
     /// Show one cluster.
     Show { name: String },
+    /// Add a server to a cluster (it may come from `default`).
+    AddServer { name: String, server: String },
+    /// Take a server out of a cluster.
+    RemoveServer { name: String, server: String },
 }
 
 #[derive(Debug, Subcommand)]

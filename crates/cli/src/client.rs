@@ -41,6 +41,11 @@ impl Client {
         self.send(Method::POST, path, Some(body)).await
     }
 
+    /// `DELETE path`, decoding the answer's body.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(Method::DELETE, path, None::<&()>).await
+    }
+
     /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> Result<()> {
         self.send::<(), serde_json::Value>(Method::DELETE, path, None)

@@ -1,16 +1,14 @@
 //! The commands: `strata server` runs a server; the rest call the API and print its answer.
 
 use crate::args::{
-    ClusterCommand, Command, GlobalArgs, Output, ServerArgs, ServerCommand, SnapshotCommand,
-    VolumeCommand,
+    Command, GlobalArgs, Output, ServerArgs, ServerCommand, SnapshotCommand, VolumeCommand,
 };
 use crate::client::{segment, Client, DEFAULT_API_URL};
-use crate::table;
+use crate::{group, table};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use strata_api_types::{
-    ClusterInfo, CreateSnapshot, CreateVolume, DiffInfo, ResizeVolume, ServerInfo, SnapshotInfo,
-    VolumeInfo,
+    CreateSnapshot, CreateVolume, DiffInfo, ResizeVolume, SnapshotInfo, VolumeInfo,
 };
 use strata_server::config::ServerConfigFile;
 use strata_types::{format_size, parse_size, Name};
@@ -78,7 +76,11 @@ pub async fn wait_for_ctrl_c(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn print<T: Serialize>(output: Output, value: &T, human: impl FnOnce(&T) -> String) -> Result<()> {
+pub(crate) fn print<T: Serialize>(
+    output: Output,
+    value: &T,
+    human: impl FnOnce(&T) -> String,
+) -> Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Output::Table => print!("{}", human(value)),
@@ -86,7 +88,7 @@ fn print<T: Serialize>(output: Output, value: &T, human: impl FnOnce(&T) -> Stri
     Ok(())
 }
 
-fn check_name(what: &str, text: &str) -> Result<()> {
+pub(crate) fn check_name(what: &str, text: &str) -> Result<()> {
     Name::new(text).map_err(|e| anyhow!("invalid {what} name: {e}"))?;
     Ok(())
 }
@@ -184,59 +186,9 @@ pub async fn client(command: Command, global: GlobalArgs) -> Result<()> {
     let api = Client::new(global.api.as_deref().unwrap_or(DEFAULT_API_URL))?;
     let out = global.output;
     match command {
-        Command::Server(_) => {
-            let servers: Vec<ServerInfo> = api.get("/v1/servers").await?;
-            print(out, &servers, |s| {
-                table::render(
-                    &[
-                        "NAME", "STATE", "MANAGER", "CLUSTER", "API", "NBD", "CAPACITY", "USED",
-                    ],
-                    &s.iter()
-                        .map(|s| {
-                            vec![
-                                s.name.clone(),
-                                s.state.clone(),
-                                s.manager.clone(),
-                                s.cluster.clone().unwrap_or_else(|| "-".into()),
-                                s.api_addr.clone(),
-                                s.nbd_addr.clone(),
-                                format_size(s.capacity_bytes),
-                                format_size(s.used_bytes),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                )
-            })
-        }
-        Command::Cluster(ClusterCommand::List) => {
-            let clusters: Vec<ClusterInfo> = api.get("/v1/clusters").await?;
-            print(out, &clusters, |c| {
-                table::render(
-                    &["NAME", "SERVERS", "VOLUMES"],
-                    &c.iter()
-                        .map(|c| {
-                            vec![
-                                c.name.clone(),
-                                c.servers.join(","),
-                                c.volumes.len().to_string(),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                )
-            })
-        }
-        Command::Cluster(ClusterCommand::Show { name }) => {
-            check_name("cluster", &name)?;
-            let c: ClusterInfo = api.get(&format!("/v1/clusters/{}", segment(&name))).await?;
-            print(out, &c, |c| {
-                format!(
-                    "name:     {}\nservers:  {}\nvolumes:  {}\n",
-                    c.name,
-                    c.servers.join(", "),
-                    c.volumes.join(", ")
-                )
-            })
-        }
+        Command::Server(_) => group::servers(&api, out).await,
+        Command::Manager(cmd) => group::manager(&api, out, cmd).await,
+        Command::Cluster(cmd) => group::cluster(&api, out, cmd).await,
         Command::Volume(cmd) => volume(&api, out, cmd).await,
         Command::Snapshot(cmd) => snapshot(&api, out, cmd).await,
         Command::Dev(_) => bail!("strata dev is not a client command"),

@@ -6,6 +6,7 @@ mod args;
 mod client;
 mod commands;
 mod dev;
+mod group;
 mod table;
 
 use args::{Cli, Command};

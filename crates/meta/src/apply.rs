@@ -7,11 +7,10 @@
 //! Each command is checked completely before anything is changed: a refused command leaves the
 //! state exactly as it was, and its [`CommandError`] becomes the Raft response.
 
+use crate::apply_servers as servers;
 use crate::error::CommandError;
-use crate::model::{
-    ClusterRecord, Command, CommandOutput, ServerRecord, SnapshotRecord, StateView, VolumeRecord,
-};
-use strata_types::{LayerId, Name, ServerId, VolumeId};
+use crate::model::{Command, CommandOutput, SnapshotRecord, StateView, VolumeRecord};
+use strata_types::{LayerId, Name, VolumeId};
 
 /// The most replicas a volume may have.
 pub const MAX_REPLICAS: u8 = 3;
@@ -19,8 +18,24 @@ pub const MAX_REPLICAS: u8 = 3;
 /// Validates `cmd` against `state` and, if valid, applies it.
 pub fn apply_command(state: &mut StateView, cmd: Command) -> Result<CommandOutput, CommandError> {
     match cmd {
-        Command::AddServer(rec) => add_server(state, rec),
-        Command::CreateCluster { name, servers } => create_cluster(state, name, servers),
+        Command::AddServer(rec) => servers::add_server(state, rec),
+        Command::UpdateServer {
+            id,
+            api_addr,
+            nbd_addr,
+            peer_addr,
+        } => servers::update_server(state, id, [api_addr, nbd_addr, peer_addr]),
+        Command::CreateCluster {
+            name,
+            servers,
+            take_from_default,
+        } => servers::create_cluster(state, name, servers, take_from_default),
+        Command::AddClusterServer { cluster, server } => {
+            servers::add_cluster_server(state, cluster, server)
+        }
+        Command::RemoveClusterServer { cluster, server } => {
+            servers::remove_cluster_server(state, cluster, server)
+        }
         Command::CreateVolume {
             id,
             name,
@@ -59,69 +74,6 @@ pub fn apply_command(state: &mut StateView, cmd: Command) -> Result<CommandOutpu
         } => create_snapshot(state, volume, name, frozen, new_head, now_ms),
         Command::DeleteSnapshot { volume, name } => delete_snapshot(state, volume, name),
     }
-}
-
-fn add_server(state: &mut StateView, rec: ServerRecord) -> Result<CommandOutput, CommandError> {
-    if state.servers.contains_key(&rec.id) {
-        return Err(CommandError::ServerIdExists(rec.id));
-    }
-    if state.server_by_name(&rec.name).is_some() {
-        return Err(CommandError::ServerNameExists(rec.name));
-    }
-    if state
-        .servers
-        .values()
-        .any(|s| s.raft_node_id == rec.raft_node_id)
-    {
-        return Err(CommandError::RaftNodeIdExists(rec.raft_node_id));
-    }
-    for (what, addr) in [
-        ("API address", &rec.api_addr),
-        ("NBD address", &rec.nbd_addr),
-        ("peer address", &rec.peer_addr),
-    ] {
-        if addr.trim().is_empty() {
-            return Err(CommandError::MissingAddress {
-                name: rec.name,
-                what: what.to_string(),
-            });
-        }
-    }
-    state.servers.insert(rec.id, rec.clone());
-    Ok(CommandOutput::Server(rec))
-}
-
-fn create_cluster(
-    state: &mut StateView,
-    name: Name,
-    servers: Vec<ServerId>,
-) -> Result<CommandOutput, CommandError> {
-    if state.clusters.contains_key(&name) {
-        return Err(CommandError::ClusterExists(name));
-    }
-    if servers.is_empty() {
-        return Err(CommandError::EmptyCluster(name));
-    }
-    for (i, id) in servers.iter().enumerate() {
-        if !state.servers.contains_key(id) {
-            return Err(CommandError::UnknownServer(*id));
-        }
-        if let Some(other) = state.cluster_of(*id) {
-            return Err(CommandError::ServerInCluster {
-                server: *id,
-                cluster: other.name.clone(),
-            });
-        }
-        if servers[..i].contains(id) {
-            return Err(CommandError::ServerInCluster {
-                server: *id,
-                cluster: name,
-            });
-        }
-    }
-    let rec = ClusterRecord { name, servers };
-    state.clusters.insert(rec.name.clone(), rec.clone());
-    Ok(CommandOutput::Cluster(rec))
 }
 
 /// Volume sizes are whole 512-byte sectors, as block devices and qemu-img sizes are.

@@ -2,6 +2,8 @@
 //! leaves the state untouched.
 
 use super::*;
+use crate::model::ServerRecord;
+use strata_types::ServerId;
 
 fn name(s: &str) -> Name {
     Name::new(s).expect("valid test name")
@@ -32,6 +34,7 @@ fn base() -> (StateView, Vec<ServerId>) {
         Command::CreateCluster {
             name: name("default"),
             servers: vec![ids[0], ids[1]],
+            take_from_default: false,
         },
     )
     .expect("create cluster");
@@ -89,6 +92,7 @@ fn create_cluster_checks_servers() {
     let cc = |n: &str, servers: Vec<ServerId>| Command::CreateCluster {
         name: name(n),
         servers,
+        take_from_default: false,
     };
     assert_eq!(
         refused(&mut st, cc("default", vec![ids[2]])),

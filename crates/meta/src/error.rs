@@ -54,6 +54,35 @@ pub enum CommandError {
         /// The cluster it is already in (possibly the one being created, if listed twice).
         cluster: Name,
     },
+    /// A server is not in the cluster it was to be taken out of.
+    #[error(
+        "server {server:?} is not in cluster {cluster:?}; see `strata cluster show {cluster}`"
+    )]
+    NotInCluster {
+        /// The server's name.
+        server: Name,
+        /// The cluster.
+        cluster: Name,
+    },
+    /// Taking a server out of a cluster would leave a volume there too few servers.
+    #[error(
+        "cannot take server {server:?} out of cluster {cluster:?}: volume {volume:?} has {replicas} \
+         replica(s) there and the cluster would keep {left} server(s); moving a server's data away \
+         arrives with distributed volumes, so add another server to {cluster:?} first or delete \
+         the volume"
+    )]
+    ClusterNeedsServer {
+        /// The server's name.
+        server: Name,
+        /// The cluster.
+        cluster: Name,
+        /// A volume that needs the server.
+        volume: Name,
+        /// That volume's replica count.
+        replicas: u8,
+        /// How many servers the cluster would keep.
+        left: usize,
+    },
     /// A volume with this name exists.
     #[error("volume {0:?} already exists; pick another name or delete it first")]
     VolumeExists(Name),

@@ -9,7 +9,7 @@
 //!
 //! Pieces:
 //! - `model.rs`: the records, the commands and their outputs (plain serde data).
-//! - `apply.rs`: deterministic validation and application of one command.
+//! - `apply.rs`, `apply_servers.rs`: deterministic validation and application of one command.
 //! - `db.rs`, `log_store.rs`, `state_machine.rs`: the Raft log, vote and state machine, all in
 //!   one redb file `<dir>/meta.redb`.
 //! - `network.rs`: the Raft RPCs over HTTP/JSON (reqwest client, [`raft_router`] for axum).
@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 mod apply;
+mod apply_servers;
 mod db;
 mod error;
 mod log_store;
@@ -43,7 +44,7 @@ pub use apply::{apply_command, MAX_REPLICAS};
 pub use db::DB_FILE;
 pub use error::{CommandError, MetaError};
 pub use log_store::LogStore;
-pub use meta::Meta;
+pub use meta::{Meta, DEFAULT_CLUSTER, QUORUM_TIMEOUT};
 pub use model::{
     ClusterRecord, Command, CommandOutput, CommandResponse, ServerRecord, SnapshotRecord,
     StateView, VolumeRecord,

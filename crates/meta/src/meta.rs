@@ -141,6 +141,7 @@ impl Meta {
             let cmd = Command::CreateCluster {
                 name: default,
                 servers: vec![me.id],
+                take_from_default: false,
             };
             self.write(cmd).await?;
         }

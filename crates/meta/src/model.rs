@@ -127,12 +127,41 @@ impl StateView {
 pub enum Command {
     /// Register a server with the group.
     AddServer(ServerRecord),
+    /// Change the addresses of a registered server (its id, name and Raft node id stay).
+    UpdateServer {
+        /// The server.
+        id: ServerId,
+        /// New base URL of its management API.
+        api_addr: String,
+        /// New NBD address.
+        nbd_addr: String,
+        /// New address for server↔server traffic.
+        peer_addr: String,
+    },
     /// Create a cluster of existing servers that are in no other cluster.
     CreateCluster {
         /// The new cluster's name.
         name: Name,
         /// Its servers (at least one).
         servers: Vec<ServerId>,
+        /// Whether servers of the `default` cluster may be moved out of it into this one.
+        /// Absent (false) in log entries written before clusters could take servers.
+        #[serde(default)]
+        take_from_default: bool,
+    },
+    /// Add a server to a cluster. It must be in no cluster, or in `default` (it moves out).
+    AddClusterServer {
+        /// The cluster.
+        cluster: Name,
+        /// The server.
+        server: ServerId,
+    },
+    /// Take a server out of a cluster. Refused while a volume of the cluster needs it.
+    RemoveClusterServer {
+        /// The cluster.
+        cluster: Name,
+        /// The server.
+        server: ServerId,
     },
     /// Create a volume with one empty writable layer `head`.
     CreateVolume {
@@ -190,9 +219,9 @@ pub enum Command {
 pub enum CommandOutput {
     /// The log entry carried no command (a blank or membership entry).
     Nothing,
-    /// The server as registered.
+    /// The server as registered or updated.
     Server(ServerRecord),
-    /// The cluster as created.
+    /// The cluster as created or changed.
     Cluster(ClusterRecord),
     /// The volume after the change (for `DeleteVolume`, the record as it was before deletion, so
     /// the caller knows which layers to drop).

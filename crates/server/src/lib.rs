@@ -1,5 +1,5 @@
 //! One `strata server`: opens this server's store and management state from its data
-//! directory, keeps the store in line with the management state, and serves the NBD exports
+//! directory, bootstraps or joins a management group (`join.rs`), keeps the store in line with the management state, and serves the NBD exports
 //! and the HTTP API until told to stop.
 //!
 //! Shutdown discipline: every task gets a child of one `CancellationToken`; listeners are
@@ -10,8 +10,11 @@ pub mod api;
 pub mod config;
 mod device;
 mod exports;
+mod forward;
 pub mod identity;
+mod join;
 pub mod metrics;
+mod peers;
 mod reconcile;
 
 use anyhow::Context;
@@ -19,6 +22,7 @@ use config::ServerConfig;
 use identity::Identity;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use strata_api_types::JoinRequest;
 use strata_meta::{Meta, ServerRecord};
 use strata_store::{Store, StoreOptions};
 use tokio::net::TcpListener;
@@ -50,6 +54,14 @@ impl RunningServer {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
         self.meta.shutdown().await;
+    }
+
+    /// Stops the server abruptly, as a crash would as far as its peers can tell: the Raft node
+    /// stops first (in-flight changes fail instead of completing), then every task.
+    pub async fn kill(mut self) {
+        self.meta.shutdown().await;
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
     }
 
     /// Waits until the server stops by itself (it does not, unless a task fails) or is told to
@@ -106,28 +118,11 @@ pub async fn start(
     )
     .await
     .context("cannot open the management state")?;
-    if let Some(url) = &config.join {
-        anyhow::bail!(
-            "--join {url}: joining an existing group is not supported yet; start this server with --bootstrap for now"
-        );
-    }
-    if config.bootstrap {
-        meta.bootstrap(ServerRecord {
-            id: identity.id,
-            name: identity.name.clone(),
-            api_addr: api_url.clone(),
-            nbd_addr: nbd_addr.to_string(),
-            peer_addr: peer_url.clone(),
-            raft_node_id: identity.raft_node_id,
-        })
-        .await
-        .context("cannot bootstrap the management group")?;
-    } else if !meta.is_initialized().await {
-        anyhow::bail!(
-            "this server belongs to no management group yet; start it with --bootstrap to make a new group"
-        );
-    }
-
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .build()
+        .context("cannot build the HTTP client")?;
     let state = api::AppState {
         meta: meta.clone(),
         store: store.clone(),
@@ -135,17 +130,11 @@ pub async fn start(
         data_dir: config.data_dir.clone(),
         nbd_addr: nbd_addr.to_string(),
         reconcile_lock: Arc::new(tokio::sync::Mutex::new(())),
+        http: http.clone(),
     };
-    state.apply_to_store().await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot bring the store in line with the management state: {}",
-            e.message
-        )
-    })?;
-
+    // Serve the API and the Raft RPCs first: a joining server must answer the leader.
     let mut tasks = JoinSet::new();
-    tasks.spawn(follow_meta(state.clone(), shutdown.child_token()));
-    let router = api::router(state);
+    let router = api::router(state.clone());
     let api_shutdown = shutdown.child_token();
     tasks.spawn(async move {
         let served = axum::serve(api_listener, router)
@@ -155,6 +144,38 @@ pub async fn start(
             tracing::error!(error = %e, "API server failed");
         }
     });
+    let me = JoinRequest {
+        id: identity.id,
+        name: identity.name.to_string(),
+        api_addr: api_url.clone(),
+        nbd_addr: nbd_addr.to_string(),
+        peer_addr: peer_url.clone(),
+        raft_node_id: identity.raft_node_id,
+    };
+    let ready = async {
+        enter_group(&config, &meta, &http, &me).await?;
+        state.apply_to_store().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot bring the store in line with the management state: {}",
+                e.message
+            )
+        })
+    };
+    if let Err(e) = ready.await {
+        shutdown.cancel();
+        while tasks.join_next().await.is_some() {}
+        meta.shutdown().await;
+        return Err(e);
+    }
+
+    tasks.spawn(follow_meta(state.clone(), shutdown.child_token()));
+    tasks.spawn(join::keep_record_current(
+        meta.clone(),
+        http,
+        api_url,
+        me,
+        shutdown.child_token(),
+    ));
     let exports = Arc::new(exports::Exports::new(meta.clone(), store.clone()));
     let nbd_shutdown = shutdown.child_token();
     tasks.spawn(async move {
@@ -171,6 +192,44 @@ pub async fn start(
         shutdown,
         tasks,
     })
+}
+
+/// Makes this node a member of a management group: bootstraps a new one, joins the one at
+/// `--join`, or, when it is a member already, just carries on.
+async fn enter_group(
+    config: &ServerConfig,
+    meta: &Meta,
+    http: &reqwest::Client,
+    me: &JoinRequest,
+) -> anyhow::Result<()> {
+    if config.bootstrap {
+        let name = strata_types::Name::new(&me.name)?;
+        let record = ServerRecord {
+            id: me.id,
+            name,
+            api_addr: me.api_addr.clone(),
+            nbd_addr: me.nbd_addr.clone(),
+            peer_addr: me.peer_addr.clone(),
+            raft_node_id: me.raft_node_id,
+        };
+        return meta
+            .bootstrap(record)
+            .await
+            .context("cannot bootstrap the management group");
+    }
+    if meta.is_initialized().await {
+        if let Some(url) = &config.join {
+            tracing::info!(%url, "already a member of a management group; --join is not needed");
+        }
+        return Ok(());
+    }
+    match &config.join {
+        Some(url) => join::join(meta, http, url, me).await,
+        None => anyhow::bail!(
+            "this server belongs to no management group yet; start it with --bootstrap to make a \
+             new group or --join URL to join the group of the server at URL"
+        ),
+    }
 }
 
 /// Re-applies the management state to the store after every change this server applies —

@@ -30,6 +30,46 @@ fn fails_with(server: &ServerProcess, args: &[&str], needle: &str) {
 }
 
 #[test]
+fn managers_servers_and_clusters_of_a_one_server_group() {
+    let server = ServerProcess::start();
+    let managers = json(&server, &["manager", "list"]);
+    let managers = managers.as_array().unwrap();
+    assert_eq!(managers.len(), 1, "{managers:?}");
+    assert!(managers[0]["name"].is_string());
+    assert_eq!(managers[0]["leader"], Value::Bool(true));
+    assert_eq!(managers[0]["state"], "up");
+    let table = server.cli_ok(&["manager", "list"]);
+    assert!(table.contains("leader"), "{table}");
+    let servers = json(&server, &["server", "list"]);
+    assert_eq!(servers[0]["state"], "up");
+    assert_eq!(servers[0]["manager"], "leader");
+    assert_eq!(servers[0]["cluster"], "default");
+    let name = servers[0]["name"].as_str().unwrap().to_string();
+    fails_with(&server, &["manager", "add", "ghost"], "no server named");
+    fails_with(&server, &["manager", "remove", &name], "1, 3 or 5");
+    let c = json(&server, &["cluster", "create", "c1", "--servers", &name]);
+    assert_eq!(c["servers"][0], name.as_str());
+    server.cli_ok(&[
+        "volume",
+        "create",
+        "cv",
+        "--size",
+        "1MiB",
+        "--cluster",
+        "c1",
+    ]);
+    fails_with(
+        &server,
+        &["cluster", "remove-server", "c1", &name],
+        "distributed volumes",
+    );
+    assert!(server.cli_ok(&["cluster", "show", "c1"]).contains("cv"));
+    let clusters = json(&server, &["cluster", "list"]);
+    assert_eq!(clusters[0]["name"], "c1");
+    assert_eq!(clusters[1]["servers"], serde_json::json!([]));
+}
+
+#[test]
 fn volume_and_snapshot_lifecycle() {
     let server = ServerProcess::start();
     let servers = json(&server, &["server", "list"]);

@@ -34,6 +34,22 @@ impl ApiError {
         }
     }
 
+    /// 409: the request conflicts with the current state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::CONFLICT,
+            message: message.into(),
+        }
+    }
+
+    /// 503: the management group cannot serve this now; retry later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+        }
+    }
+
     /// 500: something broke on the server.
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
@@ -103,6 +119,7 @@ fn command_status(e: &CommandError) -> StatusCode {
         | C::LayerInUse(_)
         | C::SnapshotExists { .. }
         | C::StaleHead { .. } => StatusCode::CONFLICT,
+        C::ClusterNeedsServer { .. } => StatusCode::CONFLICT,
         C::UnknownServer(_)
         | C::UnknownCluster(_)
         | C::UnknownVolume(_)

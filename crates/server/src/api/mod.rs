@@ -2,23 +2,32 @@
 //! OpenAPI document at `/v1/openapi.json`), `/healthz`, `/metrics` (Prometheus text) and the
 //! Raft endpoints other managers call. Every CLI command is a thin client of `/v1`.
 //!
+//! Every `/v1` request that needs the management leader is forwarded to it first (see
+//! `forward.rs`), so any server's API serves any request.
+//!
 //! Handlers change the management state through Raft first and then bring this server's store
 //! in line with it ([`AppState::apply_to_store`]), so a request returns only once its effect is
 //! both committed and visible on the NBD exports of this server.
 
+mod clusters;
 mod error;
+mod managers;
+mod servers;
 mod system;
 mod volumes;
 
 pub use error::ApiError;
+pub use managers::MANAGER_COUNTS;
+pub use system::filesystem_space;
 
 use crate::identity::Identity;
 use crate::reconcile::reconcile;
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
-use strata_meta::Meta;
+use strata_meta::{Meta, ServerRecord, StateView};
 use strata_store::Store;
+use strata_types::Name;
 use utoipa::OpenApi;
 
 /// What every handler can reach.
@@ -36,6 +45,26 @@ pub struct AppState {
     pub nbd_addr: String,
     /// Serialises store reconciliation between handlers and the background follower.
     pub reconcile_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The HTTP client for other servers' APIs (forwarding, status probes).
+    pub http: reqwest::Client,
+}
+
+/// Parses a user-given name, or answers 400 saying what kind of name was bad.
+pub(crate) fn parse_name(what: &str, text: &str) -> Result<Name, ApiError> {
+    Name::new(text).map_err(|e| ApiError::bad_request(format!("invalid {what} name: {e}")))
+}
+
+/// The server called `name`, or 404.
+pub(crate) fn find_server<'a>(
+    state: &'a StateView,
+    name: &str,
+) -> Result<&'a ServerRecord, ApiError> {
+    let n = parse_name("server", name)?;
+    state.server_by_name(&n).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no server named {name:?}; see `strata server list`"
+        ))
+    })
 }
 
 impl AppState {
@@ -60,9 +89,16 @@ impl AppState {
     ),
     paths(
         system::healthz,
-        system::list_servers,
-        system::list_clusters,
-        system::show_cluster,
+        servers::list_servers,
+        servers::server_self,
+        servers::join,
+        managers::list_managers,
+        managers::change_managers,
+        clusters::list_clusters,
+        clusters::show_cluster,
+        clusters::create_cluster,
+        clusters::add_server,
+        clusters::remove_server,
         volumes::create_volume,
         volumes::list_volumes,
         volumes::show_volume,
@@ -84,9 +120,23 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .route("/v1/openapi.json", get(system::openapi))
-        .route("/v1/servers", get(system::list_servers))
-        .route("/v1/clusters", get(system::list_clusters))
-        .route("/v1/clusters/{name}", get(system::show_cluster))
+        .route("/v1/servers", get(servers::list_servers))
+        .route("/v1/servers/self", get(servers::server_self))
+        .route("/v1/servers/join", post(servers::join))
+        .route(
+            "/v1/managers",
+            get(managers::list_managers).post(managers::change_managers),
+        )
+        .route(
+            "/v1/clusters",
+            get(clusters::list_clusters).post(clusters::create_cluster),
+        )
+        .route("/v1/clusters/{name}", get(clusters::show_cluster))
+        .route("/v1/clusters/{name}/servers", post(clusters::add_server))
+        .route(
+            "/v1/clusters/{name}/servers/{server}",
+            axum::routing::delete(clusters::remove_server),
+        )
         .route(
             "/v1/volumes",
             get(volumes::list_volumes).post(volumes::create_volume),
@@ -105,6 +155,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(volumes::delete_snapshot),
         )
         .route("/v1/volumes/{name}/diff", get(volumes::diff))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::forward::forward_to_leader,
+        ))
         .with_state(state)
         .merge(raft)
 }

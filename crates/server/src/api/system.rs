@@ -1,13 +1,11 @@
-//! Handlers for the server as a whole: health, metrics, the OpenAPI document, the servers and
-//! clusters of the management group.
+//! Handlers for the server as a whole: health, metrics and the OpenAPI document.
 
-use super::{ApiDoc, ApiError, AppState};
-use axum::extract::{Path, State};
+use super::{ApiDoc, AppState};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use strata_api_types::{ClusterInfo, Health, ServerInfo};
-use strata_meta::StateView;
+use strata_api_types::Health;
 use utoipa::OpenApi;
 
 /// `GET /healthz`: the server serves and its management state is readable.
@@ -61,104 +59,4 @@ pub fn filesystem_space(path: &std::path::Path) -> Option<(u64, u64)> {
 /// `GET /v1/openapi.json`: this API's OpenAPI document.
 pub async fn openapi() -> impl IntoResponse {
     Json(ApiDoc::openapi())
-}
-
-/// `GET /v1/servers`: every server of the management group.
-#[utoipa::path(get, path = "/v1/servers", responses((status = 200, body = Vec<ServerInfo>)))]
-pub async fn list_servers(State(app): State<AppState>) -> Result<Json<Vec<ServerInfo>>, ApiError> {
-    let state = app.meta.read().await?;
-    let raft = app.meta.raft_metrics();
-    let voters: Vec<u64> = raft.membership_config.voter_ids().collect();
-    let mut out = Vec::new();
-    for s in state.servers.values() {
-        let is_me = s.id == app.identity.id;
-        let (capacity_bytes, used_bytes) = if is_me {
-            let capacity = filesystem_space(&app.data_dir).map_or(0, |(c, _)| c);
-            (capacity, app.store.stats().data_bytes)
-        } else {
-            (0, 0)
-        };
-        let manager = if raft.current_leader == Some(s.raft_node_id) {
-            "leader"
-        } else if voters.contains(&s.raft_node_id) {
-            "manager"
-        } else {
-            "none"
-        };
-        out.push(ServerInfo {
-            id: s.id,
-            name: s.name.to_string(),
-            api_addr: s.api_addr.clone(),
-            nbd_addr: s.nbd_addr.clone(),
-            peer_addr: s.peer_addr.clone(),
-            state: if is_me { "up" } else { "unknown" }.into(),
-            manager: manager.into(),
-            cluster: cluster_of(&state, s.id),
-            capacity_bytes,
-            used_bytes,
-        });
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(out))
-}
-
-fn cluster_of(state: &StateView, server: strata_types::ServerId) -> Option<String> {
-    state
-        .clusters
-        .values()
-        .find(|c| c.servers.contains(&server))
-        .map(|c| c.name.to_string())
-}
-
-fn cluster_info(state: &StateView, c: &strata_meta::ClusterRecord) -> ClusterInfo {
-    ClusterInfo {
-        name: c.name.to_string(),
-        servers: c
-            .servers
-            .iter()
-            .filter_map(|id| state.servers.values().find(|s| s.id == *id))
-            .map(|s| s.name.to_string())
-            .collect(),
-        volumes: state
-            .volumes
-            .values()
-            .filter(|v| v.cluster == c.name)
-            .map(|v| v.name.to_string())
-            .collect(),
-    }
-}
-
-/// `GET /v1/clusters`: every cluster of the management group.
-#[utoipa::path(get, path = "/v1/clusters", responses((status = 200, body = Vec<ClusterInfo>)))]
-pub async fn list_clusters(
-    State(app): State<AppState>,
-) -> Result<Json<Vec<ClusterInfo>>, ApiError> {
-    let state = app.meta.read().await?;
-    Ok(Json(
-        state
-            .clusters
-            .values()
-            .map(|c| cluster_info(&state, c))
-            .collect(),
-    ))
-}
-
-/// `GET /v1/clusters/{name}`: one cluster.
-#[utoipa::path(get, path = "/v1/clusters/{name}",
-    responses((status = 200, body = ClusterInfo), (status = 404, body = strata_api_types::ErrorBody)))]
-pub async fn show_cluster(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<ClusterInfo>, ApiError> {
-    let state = app.meta.read().await?;
-    let c = state
-        .clusters
-        .values()
-        .find(|c| c.name.as_str() == name)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no cluster named {name:?}; see `strata cluster list`"
-            ))
-        })?;
-    Ok(Json(cluster_info(&state, c)))
 }

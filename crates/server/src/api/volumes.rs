@@ -1,6 +1,6 @@
 //! Handlers for volumes and their snapshots.
 
-use super::{ApiError, AppState};
+use super::{parse_name, ApiError, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -9,7 +9,7 @@ use strata_api_types::{
     CreateSnapshot, CreateVolume, DiffInfo, Range, ResizeVolume, SnapshotInfo, VolumeInfo,
 };
 use strata_meta::{Command, CommandError, MetaError, StateView, VolumeRecord};
-use strata_types::{LayerId, Name, VolumeId};
+use strata_types::{LayerId, VolumeId};
 
 /// The largest volume accepted: 1 PiB.
 const MAX_VOLUME_SIZE: u64 = 1 << 50;
@@ -18,10 +18,6 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn parse_name(what: &str, text: &str) -> Result<Name, ApiError> {
-    Name::new(text).map_err(|e| ApiError::bad_request(format!("invalid {what} name: {e}")))
 }
 
 fn check_size(size: u64) -> Result<(), ApiError> {

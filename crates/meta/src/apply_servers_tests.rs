@@ -1,0 +1,200 @@
+//! Validation tests for the server and cluster commands: what is accepted, what is refused, and
+//! that a refusal leaves the state untouched.
+
+use crate::apply::apply_command;
+use crate::error::CommandError;
+use crate::model::{Command, CommandOutput, ServerRecord, StateView};
+use strata_types::{LayerId, Name, ServerId, VolumeId};
+
+fn name(s: &str) -> Name {
+    Name::new(s).expect("valid test name")
+}
+
+/// A state with servers a, b, c, d; cluster "default" = [a, b, c]; d in no cluster.
+fn base() -> (StateView, Vec<ServerId>) {
+    let mut st = StateView::default();
+    let mut ids = Vec::new();
+    for (i, n) in ["a", "b", "c", "d"].iter().enumerate() {
+        let rec = ServerRecord {
+            id: ServerId::new_random(),
+            name: name(n),
+            api_addr: format!("http://{n}:7780"),
+            nbd_addr: format!("{n}:10809"),
+            peer_addr: format!("{n}:7781"),
+            raft_node_id: i as u64 + 1,
+        };
+        ids.push(rec.id);
+        apply_command(&mut st, Command::AddServer(rec)).expect("add server");
+    }
+    let cmd = Command::CreateCluster {
+        name: name("default"),
+        servers: ids[..3].to_vec(),
+        take_from_default: false,
+    };
+    apply_command(&mut st, cmd).expect("create cluster");
+    (st, ids)
+}
+
+fn volume(st: &mut StateView, n: &str, cluster: &str, replicas: u8) {
+    let cmd = Command::CreateVolume {
+        id: VolumeId::new_random(),
+        name: name(n),
+        cluster: name(cluster),
+        size: 1 << 20,
+        replicas,
+        head: LayerId::new_random(),
+        now_ms: 1,
+    };
+    apply_command(st, cmd).expect("create volume");
+}
+
+fn refused(st: &mut StateView, cmd: Command) -> CommandError {
+    let before = st.clone();
+    let err = apply_command(st, cmd).expect_err("command should be refused");
+    assert_eq!(*st, before, "a refused command must not change the state");
+    err
+}
+
+fn servers_of(st: &StateView, cluster: &str) -> Vec<ServerId> {
+    st.clusters[&name(cluster)].servers.clone()
+}
+
+#[test]
+fn update_server_changes_addresses_only() {
+    let (mut st, ids) = base();
+    let update = |id, api: &str| Command::UpdateServer {
+        id,
+        api_addr: api.into(),
+        nbd_addr: "a:1".into(),
+        peer_addr: "a:2".into(),
+    };
+    let ghost = ServerId::new_random();
+    assert_eq!(
+        refused(&mut st, update(ghost, "http://x")),
+        CommandError::UnknownServer(ghost)
+    );
+    assert!(matches!(
+        refused(&mut st, update(ids[0], " ")),
+        CommandError::MissingAddress { .. }
+    ));
+    apply_command(&mut st, update(ids[0], "http://a:9")).expect("update");
+    let rec = &st.servers[&ids[0]];
+    assert_eq!(
+        (
+            rec.api_addr.as_str(),
+            rec.nbd_addr.as_str(),
+            rec.name.as_str()
+        ),
+        ("http://a:9", "a:1", "a")
+    );
+}
+
+#[test]
+fn create_cluster_takes_servers_from_default_only_when_asked() {
+    let (mut st, ids) = base();
+    let cc = |servers: Vec<ServerId>, take| Command::CreateCluster {
+        name: name("x"),
+        servers,
+        take_from_default: take,
+    };
+    assert_eq!(
+        refused(&mut st, cc(vec![ids[3], ids[0]], false)),
+        CommandError::ServerInCluster {
+            server: ids[0],
+            cluster: name("default")
+        }
+    );
+    apply_command(&mut st, cc(vec![ids[3], ids[0]], true)).expect("take from default");
+    assert_eq!(servers_of(&st, "x"), vec![ids[3], ids[0]]);
+    assert_eq!(servers_of(&st, "default"), vec![ids[1], ids[2]]);
+    // Only `default` gives servers away.
+    let again = Command::CreateCluster {
+        name: name("y"),
+        servers: vec![ids[0]],
+        take_from_default: true,
+    };
+    assert_eq!(
+        refused(&mut st, again),
+        CommandError::ServerInCluster {
+            server: ids[0],
+            cluster: name("x")
+        }
+    );
+}
+
+#[test]
+fn servers_needed_by_volumes_stay() {
+    let (mut st, ids) = base();
+    volume(&mut st, "v", "default", 2);
+    // Taking two of three leaves one server for a 2-replica volume.
+    let cc = Command::CreateCluster {
+        name: name("x"),
+        servers: vec![ids[0], ids[1]],
+        take_from_default: true,
+    };
+    assert!(matches!(
+        refused(&mut st, cc),
+        CommandError::ClusterNeedsServer {
+            left: 1,
+            replicas: 2,
+            ..
+        }
+    ));
+    let remove = |server| Command::RemoveClusterServer {
+        cluster: name("default"),
+        server,
+    };
+    apply_command(&mut st, remove(ids[2])).expect("third server is spare");
+    let err = refused(&mut st, remove(ids[1]));
+    assert!(err.to_string().contains("distributed volumes"), "{err}");
+    assert_eq!(
+        refused(&mut st, remove(ids[3])),
+        CommandError::NotInCluster {
+            server: name("d"),
+            cluster: name("default")
+        }
+    );
+}
+
+#[test]
+fn add_and_remove_cluster_servers() {
+    let (mut st, ids) = base();
+    let cc = Command::CreateCluster {
+        name: name("x"),
+        servers: vec![ids[3]],
+        take_from_default: false,
+    };
+    apply_command(&mut st, cc).expect("create");
+    let add = |cluster: &str, server| Command::AddClusterServer {
+        cluster: name(cluster),
+        server,
+    };
+    assert_eq!(
+        refused(&mut st, add("nope", ids[0])),
+        CommandError::UnknownCluster(name("nope"))
+    );
+    assert!(matches!(
+        refused(&mut st, add("x", ids[3])),
+        CommandError::ServerInCluster { .. }
+    ));
+    assert!(matches!(
+        refused(&mut st, add("default", ids[0])),
+        CommandError::ServerInCluster { .. }
+    ));
+    let out = apply_command(&mut st, add("x", ids[0])).expect("moves from default");
+    assert!(matches!(out, CommandOutput::Cluster(c) if c.servers == vec![ids[3], ids[0]]));
+    assert_eq!(servers_of(&st, "default"), vec![ids[1], ids[2]]);
+    // A cluster without volumes may become empty; one with volumes keeps a server.
+    let remove = |server| Command::RemoveClusterServer {
+        cluster: name("x"),
+        server,
+    };
+    apply_command(&mut st, remove(ids[0])).expect("remove");
+    volume(&mut st, "v", "x", 1);
+    assert!(matches!(
+        refused(&mut st, remove(ids[3])),
+        CommandError::ClusterNeedsServer { left: 0, .. }
+    ));
+    apply_command(&mut st, add("default", ids[0])).expect("back into default");
+    assert_eq!(servers_of(&st, "default"), vec![ids[1], ids[2], ids[0]]);
+}

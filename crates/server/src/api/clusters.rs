@@ -1,0 +1,136 @@
+//! Handlers for clusters: named sets of servers that volumes live on. A server is in at most
+//! one cluster; creating a cluster or adding a server to one may take servers out of `default`.
+//! Taking a server out of a cluster is refused while a volume there needs it (see
+//! `strata_meta`'s `apply_servers.rs`): moving data off a server arrives with distributed
+//! volumes.
+
+use super::{find_server, parse_name, ApiError, AppState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use strata_api_types::{AddClusterServer, ClusterInfo, CreateCluster};
+use strata_meta::{ClusterRecord, Command, CommandOutput, StateView};
+
+fn cluster_info(state: &StateView, c: &ClusterRecord) -> ClusterInfo {
+    ClusterInfo {
+        name: c.name.to_string(),
+        servers: c
+            .servers
+            .iter()
+            .filter_map(|id| state.servers.get(id))
+            .map(|s| s.name.to_string())
+            .collect(),
+        volumes: state
+            .volumes
+            .values()
+            .filter(|v| v.cluster == c.name)
+            .map(|v| v.name.to_string())
+            .collect(),
+    }
+}
+
+/// The cluster's info after a command that answers with a cluster.
+fn changed(app: &AppState, out: CommandOutput) -> Result<ClusterInfo, ApiError> {
+    match out {
+        CommandOutput::Cluster(c) => Ok(cluster_info(&app.meta.local_state(), &c)),
+        other => Err(ApiError::internal(format!(
+            "a cluster change answered {other:?}"
+        ))),
+    }
+}
+
+/// `GET /v1/clusters`: every cluster of the management group.
+#[utoipa::path(get, path = "/v1/clusters", responses((status = 200, body = Vec<ClusterInfo>)))]
+pub async fn list_clusters(
+    State(app): State<AppState>,
+) -> Result<Json<Vec<ClusterInfo>>, ApiError> {
+    let state = app.meta.read().await?;
+    Ok(Json(
+        state
+            .clusters
+            .values()
+            .map(|c| cluster_info(&state, c))
+            .collect(),
+    ))
+}
+
+/// `GET /v1/clusters/{name}`: one cluster.
+#[utoipa::path(get, path = "/v1/clusters/{name}",
+    responses((status = 200, body = ClusterInfo), (status = 404, body = strata_api_types::ErrorBody)))]
+pub async fn show_cluster(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ClusterInfo>, ApiError> {
+    let state = app.meta.read().await?;
+    let c = state
+        .clusters
+        .values()
+        .find(|c| c.name.as_str() == name)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no cluster named {name:?}; see `strata cluster list`"
+            ))
+        })?;
+    Ok(Json(cluster_info(&state, c)))
+}
+
+/// `POST /v1/clusters`: create a cluster of servers, taking them out of `default` if there.
+#[utoipa::path(post, path = "/v1/clusters", request_body = CreateCluster,
+    responses((status = 201, body = ClusterInfo), (status = 400, body = strata_api_types::ErrorBody),
+              (status = 409, body = strata_api_types::ErrorBody)))]
+pub async fn create_cluster(
+    State(app): State<AppState>,
+    Json(req): Json<CreateCluster>,
+) -> Result<(StatusCode, Json<ClusterInfo>), ApiError> {
+    let name = parse_name("cluster", &req.name)?;
+    let state = app.meta.read().await?;
+    let servers = req
+        .servers
+        .iter()
+        .map(|s| find_server(&state, s).map(|r| r.id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cmd = Command::CreateCluster {
+        name,
+        servers,
+        take_from_default: true,
+    };
+    let out = app.meta.write(cmd).await?;
+    Ok((StatusCode::CREATED, Json(changed(&app, out)?)))
+}
+
+/// `POST /v1/clusters/{name}/servers`: add a server to a cluster.
+#[utoipa::path(post, path = "/v1/clusters/{name}/servers", request_body = AddClusterServer,
+    responses((status = 200, body = ClusterInfo), (status = 404, body = strata_api_types::ErrorBody),
+              (status = 409, body = strata_api_types::ErrorBody)))]
+pub async fn add_server(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Json(req): Json<AddClusterServer>,
+) -> Result<Json<ClusterInfo>, ApiError> {
+    let cluster = parse_name("cluster", &name)?;
+    let state = app.meta.read().await?;
+    let server = find_server(&state, &req.server)?.id;
+    let out = app
+        .meta
+        .write(Command::AddClusterServer { cluster, server })
+        .await?;
+    Ok(Json(changed(&app, out)?))
+}
+
+/// `DELETE /v1/clusters/{name}/servers/{server}`: take a server out of a cluster.
+#[utoipa::path(delete, path = "/v1/clusters/{name}/servers/{server}",
+    responses((status = 200, body = ClusterInfo), (status = 404, body = strata_api_types::ErrorBody),
+              (status = 409, body = strata_api_types::ErrorBody)))]
+pub async fn remove_server(
+    State(app): State<AppState>,
+    Path((name, server)): Path<(String, String)>,
+) -> Result<Json<ClusterInfo>, ApiError> {
+    let cluster = parse_name("cluster", &name)?;
+    let state = app.meta.read().await?;
+    let server = find_server(&state, &server)?.id;
+    let out = app
+        .meta
+        .write(Command::RemoveClusterServer { cluster, server })
+        .await?;
+    Ok(Json(changed(&app, out)?))
+}
