@@ -187,6 +187,7 @@ fn fio_verify_over_the_nbd_engine() {
             "--size=32M",
             "--verify=crc32c",
             "--verify_fatal=1",
+            "--verify_state_save=0",
             "--do_verify=1",
             "--output-format=json",
         ],
