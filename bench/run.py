@@ -12,7 +12,8 @@ directory on the filesystem holding --dir (default: bench/results/tmp), and tear
   write and read 4 KiB QD32. Prints IOPS, MB/s, p99 latency and the Strata/qemu-nbd ratio, and
   the Strata server's peak RSS (VmHWM) over the run.
 - snapshots: snapshot-create latency (p50, p99 of 100 API calls, measured by the client) on a
-  1 GiB volume with 256 MiB written and a 32 GiB volume with 8 GiB written.
+  1 GiB volume with 256 MiB written and a 32 GiB volume with 8 GiB written (the fill ends with
+  a FLUSH). For scale, the same client's latency for `GET /healthz` is printed too.
 - deep: random-read 4 KiB QD32 IOPS on a preconditioned volume with 0 snapshots, then again with
   64 snapshots in the stack (each layer holding 4 MiB of scattered 4 KiB writes).
 Machines here are noisy: compare the ratios, not the absolute numbers.
@@ -71,6 +72,12 @@ class Strata:
         self.call("POST", f"/v1/volumes/{volume}/snapshots", {"name": name})
         return time.perf_counter() - t
 
+    def timed_get(self, path):
+        t = time.perf_counter()
+        with urllib.request.urlopen(self.api + path) as r:
+            r.read()
+        return time.perf_counter() - t
+
     def peak_rss_mib(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
@@ -104,6 +111,12 @@ class QemuNbd:
         self.proc.terminate()
         self.proc.wait(timeout=30)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pct(sorted_values, p):
+    """Nearest-rank percentile: the smallest value with at least p% of the values <= it."""
+    rank = max(1, -(-len(sorted_values) * p // 100))
+    return sorted_values[rank - 1]
 
 
 def fio(uri, name, rw, bs, depth, size, runtime=None, extra=()):
@@ -150,36 +163,52 @@ def bench_fio(base, size, runtime):
 
 def bench_snapshots(base, count=100):
     print(f"## Snapshot create latency ({count} snapshots, client-measured API call)\n")
-    print("| volume | written | p50 ms | p99 ms | max ms |")
-    print("|---|---|---|---|---|")
+    print("| volume | written | p50 ms | p99 ms | max ms | same client, GET /healthz p50 / p99 ms |")
+    print("|---|---|---|---|---|---|")
     for size, written in [(1 << 30, 256 << 20), (32 << 30, 8 << 30)]:
         strata = Strata(base)
         try:
             uri = strata.create("snap", size)
-            fio(uri, "fill", "write", "1M", 16, written)
+            # The fill ends with a FLUSH, as a client that wrote its data would: the snapshots
+            # then measure what a snapshot costs, not the writeback of GiBs of page cache.
+            fio(uri, "fill", "write", "1M", 16, written, extra=["--end_fsync=1"])
             times = sorted(strata.snapshot("snap", f"s{i}") * 1000 for i in range(count))
-            p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
-            print(f"| {size >> 30} GiB | {written >> 20} MiB | {statistics.median(times):.2f} | {p99:.2f} | {times[-1]:.2f} |")
+            probe = sorted(strata.timed_get("/healthz") * 1000 for _ in range(count))
+            print(f"| {size >> 30} GiB | {written >> 20} MiB | {statistics.median(times):.2f} | "
+                  f"{pct(times, 99):.2f} | {times[-1]:.2f} | "
+                  f"{statistics.median(probe):.2f} / {pct(probe, 99):.2f} |")
         finally:
             strata.stop()
     print()
 
 
-def bench_deep(base, size, runtime):
-    print(f"## Random-read 4K QD32 with 0 and 64 snapshots ({size >> 20} MiB volume, {runtime}s)\n")
+def bench_deep(base, size, runtime, rounds=3):
+    print(f"## Random-read 4K QD32 with 0 and 64 snapshots ({size >> 20} MiB volumes, {runtime}s, "
+          f"{rounds} interleaved rounds, median)\n")
     strata = Strata(base)
     try:
-        uri = strata.create("deep", size)
-        fio(uri, "fill", "write", "1M", 16, size)
-        flat = fio(uri, "flat", "randread", "4k", 32, size, runtime)
+        # Two volumes on one server, both preconditioned: `flat` keeps 0 snapshots, `deep` gets
+        # 64. Their random reads are then measured alternately and the medians compared, so a
+        # noisy minute on the machine does not land on one side only.
+        flat_uri = strata.create("flat", size)
+        deep_uri = strata.create("deep", size)
+        for uri in (flat_uri, deep_uri):
+            fio(uri, "fill", "write", "1M", 16, size, extra=["--end_fsync=1"])
         for i in range(64):
-            fio(uri, f"layer{i}", "randwrite", "4k", 32, size, extra=["--io_size=4M"])
+            fio(deep_uri, f"layer{i}", "randwrite", "4k", 32, size, extra=["--io_size=4M"])
             strata.snapshot("deep", f"l{i}")
-        deep = fio(uri, "deep", "randread", "4k", 32, size, runtime)
-        print("| snapshots | IOPS | p99 µs |\n|---|---|---|")
-        print(f"| 0 | {flat['iops']:.0f} | {flat['p99_us']:.0f} |")
-        print(f"| 64 | {deep['iops']:.0f} | {deep['p99_us']:.0f} |")
-        print(f"\nratio 64/0: {deep['iops'] / flat['iops']:.2f}\n")
+        runs = {"flat": [], "deep": []}
+        for r in range(rounds):
+            for k, uri in (("flat", flat_uri), ("deep", deep_uri)):
+                runs[k].append(fio(uri, f"{k}-{r}", "randread", "4k", 32, size, runtime))
+        med = {k: statistics.median(x["iops"] for x in v) for k, v in runs.items()}
+        print("| snapshots | median IOPS | IOPS per round | p99 µs per round |\n|---|---|---|---|")
+        for k, n in (("flat", 0), ("deep", 64)):
+            iops = ", ".join(f"{x['iops']:.0f}" for x in runs[k])
+            p99 = ", ".join(f"{x['p99_us']:.0f}" for x in runs[k])
+            print(f"| {n} | {med[k]:.0f} | {iops} | {p99} |")
+        per_round = ", ".join(f"{d['iops'] / f['iops']:.2f}" for f, d in zip(runs["flat"], runs["deep"]))
+        print(f"\nratio 64/0 (medians): {med['deep'] / med['flat']:.2f} (per round: {per_round})\n")
     finally:
         strata.stop()
 

@@ -34,14 +34,21 @@ impl Bits {
     /// All blocks `[from, to)` set.
     pub fn range(from: u32, to: u32) -> Bits {
         let mut b = Bits::default();
-        for i in from..to {
-            b.set(i);
+        for (wi, w) in b.0.iter_mut().enumerate() {
+            let lo = wi as u32 * 64;
+            let (s, e) = (from.max(lo), to.min(lo + 64));
+            if s < e {
+                let n = e - s;
+                let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+                *w = mask << (s - lo);
+            }
         }
         b
     }
     pub fn get(&self, i: u32) -> bool {
         self.0[(i / 64) as usize] >> (i % 64) & 1 == 1
     }
+    #[cfg(test)]
     pub fn set(&mut self, i: u32) {
         self.0[(i / 64) as usize] |= 1 << (i % 64);
     }
@@ -180,5 +187,25 @@ mod tests {
         };
         assert_eq!(ChunkBits::decode(&cb.encode()), Ok(cb));
         assert!(ChunkBits::decode(&[2u8; ROW_LEN]).is_err());
+    }
+
+    #[test]
+    fn range_matches_setting_each_bit() {
+        for (from, to) in [
+            (0, 0),
+            (0, 1),
+            (5, 5),
+            (63, 65),
+            (0, 64),
+            (64, 128),
+            (1, 1023),
+            (0, 1024),
+        ] {
+            let mut want = Bits::default();
+            for i in from..to {
+                want.set(i);
+            }
+            assert_eq!(Bits::range(from, to), want, "[{from}, {to})");
+        }
     }
 }

@@ -111,7 +111,7 @@ impl Store {
     pub fn flush(&self, vol: VolumeId) -> Result<()> {
         let v = self.inner.volume(vol)?;
         let st = v.stack.read();
-        v.flush_with(&self.inner.db, &st, |_| Ok(()))
+        v.flush(&self.inner.db, &st)
     }
 
     /// What `[offset, offset+len)` of layer `at` (`None` = head) holds, as merged runs that

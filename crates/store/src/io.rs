@@ -11,6 +11,7 @@
 
 use crate::bits::{Bits, ChunkBits};
 use crate::error::Result;
+use crate::index::groups;
 use crate::volume::{Layer, Stack, Volume};
 use strata_types::{BLOCKS_PER_CHUNK, BLOCK_SIZE, CHUNK_SIZE};
 
@@ -74,6 +75,10 @@ impl Volume {
 
     /// Reads `buf.len()` bytes at `offset` as seen from the layer at position `top`.
     /// No range check: the caller has done it.
+    ///
+    /// Per chunk, the layers the index names are checked top-down, each only for the blocks of
+    /// the request still unresolved, without copying their maps; the walk stops as soon as every
+    /// block has its source. This keeps a read cheap under a deep stack of snapshots.
     pub(crate) fn read_at_pos(
         &self,
         st: &Stack,
@@ -85,17 +90,42 @@ impl Volume {
             buf.fill(0);
             return Ok(());
         };
-        let mut cands = Vec::new();
+        let mut ranks = Vec::new();
+        // The layers that supply data to this piece, with the blocks each supplies.
+        let mut sources: Vec<(&Layer, Bits)> = Vec::new();
         for (chunk, s, e) in pieces(offset, buf.len() as u64) {
-            self.candidates(st, chunk, top_layer.rank, &mut cands);
+            let (fb, lb) = (s / BS, (e - 1) / BS);
+            let mut want = Bits::range(in_chunk(fb), in_chunk(lb) + 1);
+            let near = groups(&want);
+            self.index
+                .ranks_touching(chunk, top_layer.rank, near, &mut ranks);
+            sources.clear();
+            for r in &ranks {
+                let Some(l) = st.by_rank(*r) else { continue };
+                let (data, held) = {
+                    let maps = l.data.maps.read();
+                    let Some(cb) = maps.get(&chunk) else { continue };
+                    let data = cb.data.and(&want);
+                    (data, data.or(&cb.zero.and(&want)))
+                };
+                if held.is_empty() {
+                    continue;
+                }
+                if !data.is_empty() {
+                    sources.push((l, data));
+                }
+                want = want.and_not(&held);
+                if want.is_empty() {
+                    break;
+                }
+            }
             let source = |b: u64| {
                 let i = in_chunk(b);
-                cands
+                sources
                     .iter()
-                    .find(|(_, bits)| bits.data.get(i) || bits.zero.get(i))
-                    .and_then(|(l, bits)| bits.data.get(i).then_some(*l))
+                    .find(|(_, bits)| bits.get(i))
+                    .map(|(l, _)| *l)
             };
-            let (fb, lb) = (s / BS, (e - 1) / BS);
             let mut b = fb;
             while b <= lb {
                 let src = source(b);

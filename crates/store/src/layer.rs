@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The file name of a layer file.
 pub(crate) fn file_name(fid: u64) -> String {
@@ -28,12 +29,19 @@ pub(crate) struct LayerData {
     /// Path of the data file.
     pub path: PathBuf,
     file: File,
+    /// Whether the file's directory entry is known durable. A new file is created without any
+    /// sync (a snapshot then costs no file or directory fsync); the first [`LayerData::sync_data`]
+    /// syncs the directory too, so the entry is durable before any map row naming data in the
+    /// file is committed. A file that is missing at open while it has no map rows is recreated.
+    dir_synced: AtomicBool,
     /// Chunk index -> that chunk's maps (only non-empty chunks).
     pub maps: RwLock<BTreeMap<u64, ChunkBits>>,
 }
 
 impl LayerData {
-    /// Creates a new empty data file and makes it durable (file and directory).
+    /// Creates a new empty data file. Nothing is synced yet: an empty layer needs no file on
+    /// disk ([`LayerData::open`] recreates it), and the first [`LayerData::sync_data`] makes the
+    /// directory entry durable before any data in the file is referenced.
     pub fn create(dir: &Path, fid: u64) -> Result<LayerData> {
         let path = dir.join(file_name(fid));
         let file = OpenOptions::new()
@@ -42,34 +50,36 @@ impl LayerData {
             .create_new(true)
             .open(&path)
             .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
-        file.sync_all()
-            .map_err(|e| StoreError::io(format!("syncing {}", path.display()), e))?;
-        sync_dir(dir)?;
         Ok(LayerData {
             fid,
             path,
             file,
+            dir_synced: AtomicBool::new(false),
             maps: RwLock::new(BTreeMap::new()),
         })
     }
 
-    /// Opens an existing data file with maps loaded from the database.
+    /// Opens an existing data file with maps loaded from the database. A layer without map rows
+    /// may have lost its (empty, never synced) file in a crash: it gets a new empty one.
     pub fn open(dir: &Path, fid: u64, maps: BTreeMap<u64, ChunkBits>) -> Result<LayerData> {
         let path = dir.join(file_name(fid));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| {
-                StoreError::Corrupt(format!(
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && maps.is_empty() => {
+                return LayerData::create(dir, fid);
+            }
+            Err(e) => {
+                return Err(StoreError::Corrupt(format!(
                     "layer file {} cannot be opened: {e}",
                     path.display()
-                ))
-            })?;
+                )))
+            }
+        };
         Ok(LayerData {
             fid,
             path,
             file,
+            dir_synced: AtomicBool::new(true),
             maps: RwLock::new(maps),
         })
     }
@@ -124,10 +134,17 @@ impl LayerData {
         }
     }
 
-    /// `fdatasync`s the file.
+    /// `fdatasync`s the file; the first time, also `fsync`s its directory (see `dir_synced`).
     pub fn sync_data(&self) -> Result<()> {
         rustix::fs::fdatasync(&self.file)
-            .map_err(|e| StoreError::io(format!("syncing {}", self.path.display()), e.into()))
+            .map_err(|e| StoreError::io(format!("syncing {}", self.path.display()), e.into()))?;
+        if !self.dir_synced.load(Ordering::Acquire) {
+            if let Some(dir) = self.path.parent() {
+                sync_dir(dir)?;
+            }
+            self.dir_synced.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Bytes allocated on disk for the file.

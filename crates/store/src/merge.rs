@@ -17,6 +17,7 @@
 
 use crate::bits::Bits;
 use crate::error::{Result, StoreError};
+use crate::index::groups;
 use crate::meta::{self, MergeDir, MergeProgress};
 use crate::store::Inner;
 use crate::volume::{Layer, Stack, Volume};
@@ -290,19 +291,25 @@ fn finish(inner: &Inner, v: &Volume, p: MergeProgress) -> Result<()> {
         meta::remove_rows(txn, dropped_fid)
     })?;
     let k = st.layers.remove(kp);
-    let k_chunks: Vec<u64> = k.data.maps.read().keys().copied().collect();
+    let k_chunks: Vec<(u64, u64)> = k
+        .data
+        .maps
+        .read()
+        .iter()
+        .map(|(c, b)| (*c, groups(&b.held())))
+        .collect();
     let dropped = match p.dir {
         MergeDir::Up => {
-            for c in k_chunks {
+            for (c, _) in k_chunks {
                 v.index.remove(c, k.rank);
             }
             k.data
         }
         MergeDir::Down => {
             let u = &mut st.layers[kp];
-            for c in k_chunks {
+            for (c, g) in k_chunks {
                 v.index.remove(c, k.rank);
-                v.index.add(c, u.rank);
+                v.index.set(c, u.rank, g);
             }
             std::mem::replace(&mut u.data, k.data)
         }

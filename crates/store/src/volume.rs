@@ -13,7 +13,7 @@
 
 use crate::bits::ChunkBits;
 use crate::error::{Result, StoreError};
-use crate::index::ChunkIndex;
+use crate::index::{groups, ChunkIndex};
 use crate::layer::LayerData;
 use crate::meta::{self, LayerRecord, MergeProgress, VolumeRecord};
 use parking_lot::{Mutex, MutexGuard, RwLock};
@@ -133,8 +133,8 @@ impl Volume {
     pub fn new(id: VolumeId, dir: PathBuf, stack: Stack, merge: Option<MergeProgress>) -> Volume {
         let index = ChunkIndex::default();
         for l in &stack.layers {
-            for chunk in l.data.maps.read().keys() {
-                index.add(*chunk, l.rank);
+            for (chunk, bits) in l.data.maps.read().iter() {
+                index.set(*chunk, l.rank, groups(&bits.held()));
             }
         }
         Volume {
@@ -185,18 +185,16 @@ impl Volume {
         let (was, now) = {
             let mut maps = layer.data.maps.write();
             let e = maps.entry(chunk).or_default();
-            let was = !e.is_empty();
+            let was = groups(&e.held());
             f(e);
-            let now = !e.is_empty();
-            if !now {
+            let now = groups(&e.held());
+            if e.is_empty() {
                 maps.remove(&chunk);
             }
             (was, now)
         };
-        if now && !was {
-            self.index.add(chunk, layer.rank);
-        } else if was && !now {
-            self.index.remove(chunk, layer.rank);
+        if now != was {
+            self.index.set(chunk, layer.rank, now);
         }
         let mut d = self.dirty.lock();
         d.entry(layer.data.fid)
@@ -218,6 +216,53 @@ impl Volume {
         }
         self.check_writable()?;
         let _serial = self.flush_lock.lock();
+        self.flush_locked(db, extra)
+    }
+
+    /// Makes every write so far durable, like [`Volume::flush_with`] with nothing extra, but
+    /// costs nothing when no map row changed since the last flush: flushes are serialised, so
+    /// an empty dirty set means every write acknowledged before this call was made durable by
+    /// a flush that has already finished.
+    pub fn flush(&self, db: &Database, st: &Stack) -> Result<()> {
+        if st.gone {
+            return Err(StoreError::NoSuchVolume(self.id));
+        }
+        self.check_writable()?;
+        let _serial = self.flush_lock.lock();
+        // A flush that failed while we waited leaves the volume failed: report it.
+        self.check_writable()?;
+        if self.dirty.lock().is_empty() {
+            return Ok(());
+        }
+        self.flush_locked(db, |_| Ok(()))
+    }
+
+    /// `fdatasync`s the files that hold unflushed writes, without committing anything: a
+    /// snapshot does this before it blocks writes, so the commit under the stack's write lock
+    /// has little data left to sync.
+    pub fn sync_dirty_data(&self) -> Result<()> {
+        let files: Vec<Arc<LayerData>> = self
+            .dirty
+            .lock()
+            .values()
+            .map(|(ld, _)| ld.clone())
+            .collect();
+        for ld in files {
+            if let Err(e) = ld.sync_data() {
+                // After a failed fdatasync the kernel may have dropped the dirty pages.
+                self.fail(&e);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The body of a flush; the caller holds `flush_lock`.
+    fn flush_locked(
+        &self,
+        db: &Database,
+        extra: impl FnOnce(&WriteTransaction) -> Result<()>,
+    ) -> Result<()> {
         let dirty = std::mem::take(&mut *self.dirty.lock());
         let mut rows = Vec::new();
         for (fid, (ld, chunks)) in &dirty {
