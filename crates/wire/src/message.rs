@@ -1,0 +1,343 @@
+//! The messages: what a server asks another server to do with its block store, and the answers.
+//!
+//! Each message is a fixed binary layout (big-endian) after the frame header; the message type
+//! code in the header says which. Ids are their 16 UUID bytes. Block data is the *tail* of the
+//! payload, raw: it is never length-prefixed or re-encoded, so decoding a `Write` or a `Data`
+//! slices the received buffer without a copy.
+//!
+//! ```text
+//! type   message  payload
+//! 0x0001 Write    volume 16 | layer 16 | offset u64 | flags u8 (bit 0 = FUA) | data ..
+//! 0x0002 Read     volume 16 | has_layer u8 | layer 16 (zero if none) | offset u64 | len u32
+//! 0x0003 Flush    volume 16
+//! 0x0004 Trim     volume 16 | layer 16 | offset u64 | len u64
+//! 0x0005 Ping     (empty)
+//! 0x8001 Ok       (empty)
+//! 0x8002 Data     data ..
+//! 0x8003 Error    code u16 | UTF-8 message ..
+//! 0x8004 Pong     (empty)
+//! ```
+//!
+//! A new field or message means a new protocol version (negotiated in the handshake), never a
+//! silent reinterpretation of these bytes.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use strata_types::{LayerId, VolumeId};
+
+use crate::error::MessageError;
+use crate::frame::{FrameKind, WireMessage};
+
+/// A request from one server to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Write `data` at byte `offset` of `layer` (which must be the volume's unfrozen head: a
+    /// frozen layer answers [`ErrorCode::Fenced`]). With `fua`, answer only once it is durable.
+    Write {
+        /// The volume.
+        volume: VolumeId,
+        /// The layer the gateway believes is the head.
+        layer: LayerId,
+        /// Byte offset in the volume.
+        offset: u64,
+        /// The bytes to write.
+        data: Bytes,
+        /// Force unit access: durable before the answer.
+        fua: bool,
+    },
+    /// Read `len` bytes at `offset`, as seen from `layer` (the head when `None`); answered with
+    /// [`Response::Data`].
+    Read {
+        /// The volume.
+        volume: VolumeId,
+        /// The layer to read as of; `None` reads the current head.
+        layer: Option<LayerId>,
+        /// Byte offset in the volume.
+        offset: u64,
+        /// Bytes to read.
+        len: u32,
+    },
+    /// Make every acknowledged write to the volume durable.
+    Flush {
+        /// The volume.
+        volume: VolumeId,
+    },
+    /// Discard (zero) `len` bytes at `offset` in `layer`.
+    Trim {
+        /// The volume.
+        volume: VolumeId,
+        /// The layer the gateway believes is the head.
+        layer: LayerId,
+        /// Byte offset in the volume.
+        offset: u64,
+        /// Bytes to discard.
+        len: u64,
+    },
+    /// Liveness check; answered with [`Response::Pong`].
+    Ping,
+}
+
+/// Why a request failed at the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The layer is frozen (a snapshot) or not the head: the writer is fenced.
+    Fenced = 1,
+    /// The range lies outside the volume.
+    OutOfRange = 2,
+    /// The peer's store is full.
+    NoSpace = 3,
+    /// The peer holds no such volume (or layer).
+    UnknownVolume = 4,
+    /// The peer's storage failed.
+    Io = 5,
+    /// The request did not parse or is not supported.
+    BadRequest = 6,
+}
+
+impl ErrorCode {
+    /// Every code, for tests and exhaustive tables.
+    pub const ALL: [ErrorCode; 6] = [
+        Self::Fenced,
+        Self::OutOfRange,
+        Self::NoSpace,
+        Self::UnknownVolume,
+        Self::Io,
+        Self::BadRequest,
+    ];
+
+    /// The code from its wire number.
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| *c as u16 == v)
+    }
+}
+
+/// An answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// Done (write, flush, trim).
+    Ok,
+    /// The bytes a read asked for.
+    Data(Bytes),
+    /// The request failed.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// A human-readable description.
+        message: String,
+    },
+    /// The answer to [`Request::Ping`].
+    Pong,
+}
+
+const T_WRITE: u16 = 0x0001;
+const T_READ: u16 = 0x0002;
+const T_FLUSH: u16 = 0x0003;
+const T_TRIM: u16 = 0x0004;
+const T_PING: u16 = 0x0005;
+const T_OK: u16 = 0x8001;
+const T_DATA: u16 = 0x8002;
+const T_ERROR: u16 = 0x8003;
+const T_PONG: u16 = 0x8004;
+
+const ID: usize = 16;
+
+fn get_id(p: &mut Bytes) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    p.copy_to_slice(&mut id);
+    id
+}
+
+/// Checks the payload length: exactly `want`, or at least `want` when the message has a tail.
+fn need(msg_type: u16, p: &Bytes, want: usize, tail: bool) -> Result<(), MessageError> {
+    let ok = if tail {
+        p.len() >= want
+    } else {
+        p.len() == want
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(MessageError::BadLength {
+            msg_type,
+            len: p.len(),
+        })
+    }
+}
+
+fn flag(msg_type: u16, v: u8, field: &'static str) -> Result<bool, MessageError> {
+    match v {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(MessageError::BadField { msg_type, field }),
+    }
+}
+
+impl WireMessage for Request {
+    const KIND: FrameKind = FrameKind::Request;
+
+    fn msg_type(&self) -> u16 {
+        match self {
+            Self::Write { .. } => T_WRITE,
+            Self::Read { .. } => T_READ,
+            Self::Flush { .. } => T_FLUSH,
+            Self::Trim { .. } => T_TRIM,
+            Self::Ping => T_PING,
+        }
+    }
+
+    fn payload_len(&self) -> usize {
+        match self {
+            Self::Write { data, .. } => ID + ID + 8 + 1 + data.len(),
+            Self::Read { .. } => ID + 1 + ID + 8 + 4,
+            Self::Flush { .. } => ID,
+            Self::Trim { .. } => ID + ID + 8 + 8,
+            Self::Ping => 0,
+        }
+    }
+
+    fn put_payload(&self, dst: &mut BytesMut) {
+        match self {
+            Self::Write {
+                volume,
+                layer,
+                offset,
+                data,
+                fua,
+            } => {
+                dst.put_slice(&volume.to_bytes());
+                dst.put_slice(&layer.to_bytes());
+                dst.put_u64(*offset);
+                dst.put_u8(u8::from(*fua));
+                dst.put_slice(data);
+            }
+            Self::Read {
+                volume,
+                layer,
+                offset,
+                len,
+            } => {
+                dst.put_slice(&volume.to_bytes());
+                dst.put_u8(u8::from(layer.is_some()));
+                dst.put_slice(&layer.map_or([0; 16], LayerId::to_bytes));
+                dst.put_u64(*offset);
+                dst.put_u32(*len);
+            }
+            Self::Flush { volume } => dst.put_slice(&volume.to_bytes()),
+            Self::Trim {
+                volume,
+                layer,
+                offset,
+                len,
+            } => {
+                dst.put_slice(&volume.to_bytes());
+                dst.put_slice(&layer.to_bytes());
+                dst.put_u64(*offset);
+                dst.put_u64(*len);
+            }
+            Self::Ping => {}
+        }
+    }
+
+    fn decode(t: u16, mut p: Bytes) -> Result<Self, MessageError> {
+        match t {
+            T_WRITE => {
+                need(t, &p, ID + ID + 8 + 1, true)?;
+                let volume = VolumeId::from_bytes(get_id(&mut p));
+                let layer = LayerId::from_bytes(get_id(&mut p));
+                let offset = p.get_u64();
+                let fua = flag(t, p.get_u8(), "fua flag")?;
+                Ok(Self::Write {
+                    volume,
+                    layer,
+                    offset,
+                    data: p,
+                    fua,
+                })
+            }
+            T_READ => {
+                need(t, &p, ID + 1 + ID + 8 + 4, false)?;
+                let volume = VolumeId::from_bytes(get_id(&mut p));
+                let has_layer = flag(t, p.get_u8(), "has_layer flag")?;
+                let layer = LayerId::from_bytes(get_id(&mut p));
+                Ok(Self::Read {
+                    volume,
+                    layer: has_layer.then_some(layer),
+                    offset: p.get_u64(),
+                    len: p.get_u32(),
+                })
+            }
+            T_FLUSH => {
+                need(t, &p, ID, false)?;
+                Ok(Self::Flush {
+                    volume: VolumeId::from_bytes(get_id(&mut p)),
+                })
+            }
+            T_TRIM => {
+                need(t, &p, ID + ID + 8 + 8, false)?;
+                Ok(Self::Trim {
+                    volume: VolumeId::from_bytes(get_id(&mut p)),
+                    layer: LayerId::from_bytes(get_id(&mut p)),
+                    offset: p.get_u64(),
+                    len: p.get_u64(),
+                })
+            }
+            T_PING => need(t, &p, 0, false).map(|()| Self::Ping),
+            T_OK | T_DATA | T_ERROR | T_PONG => Err(MessageError::WrongKind(t)),
+            _ => Err(MessageError::UnknownType(t)),
+        }
+    }
+}
+
+impl WireMessage for Response {
+    const KIND: FrameKind = FrameKind::Response;
+
+    fn msg_type(&self) -> u16 {
+        match self {
+            Self::Ok => T_OK,
+            Self::Data(_) => T_DATA,
+            Self::Error { .. } => T_ERROR,
+            Self::Pong => T_PONG,
+        }
+    }
+
+    fn payload_len(&self) -> usize {
+        match self {
+            Self::Ok | Self::Pong => 0,
+            Self::Data(d) => d.len(),
+            Self::Error { message, .. } => 2 + message.len(),
+        }
+    }
+
+    fn put_payload(&self, dst: &mut BytesMut) {
+        match self {
+            Self::Ok | Self::Pong => {}
+            Self::Data(d) => dst.put_slice(d),
+            Self::Error { code, message } => {
+                dst.put_u16(*code as u16);
+                dst.put_slice(message.as_bytes());
+            }
+        }
+    }
+
+    fn decode(t: u16, mut p: Bytes) -> Result<Self, MessageError> {
+        match t {
+            T_OK => need(t, &p, 0, false).map(|()| Self::Ok),
+            T_PONG => need(t, &p, 0, false).map(|()| Self::Pong),
+            T_DATA => Ok(Self::Data(p)),
+            T_ERROR => {
+                need(t, &p, 2, true)?;
+                let code = ErrorCode::from_u16(p.get_u16()).ok_or(MessageError::BadField {
+                    msg_type: t,
+                    field: "error code",
+                })?;
+                let message =
+                    String::from_utf8(p.to_vec()).map_err(|_| MessageError::BadField {
+                        msg_type: t,
+                        field: "error message (not UTF-8)",
+                    })?;
+                Ok(Self::Error { code, message })
+            }
+            T_WRITE | T_READ | T_FLUSH | T_TRIM | T_PING => Err(MessageError::WrongKind(t)),
+            _ => Err(MessageError::UnknownType(t)),
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The server side: accept connections, run each request through a [`Handler`], answer.
+//!
+//! [`serve`] owns the accept loop. Each connection gets one task that does the handshake and then
+//! reads frames; every request is handled in its own task, so a slow read does not hold up a
+//! fast write behind it, and responses go back in completion order (the client matches them
+//! by request id). A per-connection semaphore bounds the requests in flight: at the limit the
+//! connection stops reading, and TCP flow control pushes back on the client. Responses go
+//! through a bounded channel to a writer task that flushes when it has nothing more queued.
+//!
+//! A request whose frame is sound but whose payload does not parse is answered with
+//! `Error { code: BadRequest }`; the connection lives on. A frame error (magic, version,
+//! checksum, length) closes that connection only. Cancelling the shutdown token stops the accept
+//! loop and drops every connection at once, in-flight handlers included (their answers are
+//! lost; clients see a retryable `ConnectionLost`), and [`serve`] returns when all are gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{SinkExt, StreamExt};
+use strata_types::ServerId;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::WireError;
+use crate::frame::{FrameCodec, FrameKind, WireMessage};
+use crate::handshake::{exchange, Hello};
+use crate::message::{ErrorCode, Request, Response};
+
+/// What a server does with requests; implemented over the block store by the volume engine.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request from the server `peer`. Called concurrently, also for requests of
+    /// the same connection, in no guaranteed order: a caller that needs one request to follow
+    /// another (a `Flush` covering a `Write`) waits for the first answer before sending the
+    /// second, as NBD clients do. Refusals are answered as [`Response::Error`].
+    async fn handle(&self, peer: ServerId, req: Request) -> Response;
+}
+
+/// Tunables of [`serve`].
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// This server's id, sent in the handshake.
+    pub id: ServerId,
+    /// Requests handled at once per connection.
+    pub max_in_flight: usize,
+    /// How long a new connection may take to send its hello.
+    pub handshake_timeout: Duration,
+    /// The frame payload bound, in both directions.
+    pub max_payload: u32,
+}
+
+impl ServerConfig {
+    /// Defaults for server `id`: 64 requests in flight per connection, 5 s handshake, 64 MiB.
+    pub fn new(id: ServerId) -> Self {
+        Self {
+            id,
+            max_in_flight: 64,
+            handshake_timeout: Duration::from_secs(5),
+            max_payload: crate::DEFAULT_MAX_PAYLOAD,
+        }
+    }
+}
+
+/// Serves the wire protocol on `listener` until `shutdown` is cancelled, then closes every
+/// connection and returns. Errors of single connections are logged, never returned.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    handler: Arc<dyn Handler>,
+    shutdown: CancellationToken,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let (stream, addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Typically out of file descriptors; back off briefly rather than spin.
+                tracing::warn!(error = %e, "wire accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (config, handler) = (config.clone(), handler.clone());
+        conns.spawn(async move {
+            if let Err(e) = connection(stream, config, handler).await {
+                tracing::debug!(%addr, error = %e, "wire connection closed");
+            }
+        });
+    }
+    drop(listener);
+    conns.shutdown().await;
+}
+
+/// Runs one connection until the peer closes it or it fails.
+async fn connection(
+    mut stream: TcpStream,
+    config: ServerConfig,
+    handler: Arc<dyn Handler>,
+) -> Result<(), WireError> {
+    let _ = stream.set_nodelay(true);
+    let peer = exchange(
+        &mut stream,
+        Hello::ours(config.id),
+        config.handshake_timeout,
+    )
+    .await?;
+    let (rd, wr) = stream.into_split();
+    let codec = FrameCodec::new(config.max_payload);
+    let mut frames = FramedRead::new(rd, codec.clone());
+    let limit = config.max_in_flight.max(1);
+    let (tx, rx) = mpsc::channel::<(u64, Response)>(limit);
+    // Everything this connection spawns lives in `tasks`: dropping the connection aborts it all.
+    let mut tasks = JoinSet::new();
+    tasks.spawn(write_loop(FramedWrite::new(wr, codec), rx));
+    let permits = Arc::new(Semaphore::new(limit));
+    while let Some(frame) = frames.next().await {
+        let frame = frame?;
+        while tasks.try_join_next().is_some() {}
+        let id = frame.request_id;
+        if frame.kind != FrameKind::Request {
+            return Err(WireError::Protocol(
+                "a response frame sent to a server".into(),
+            ));
+        }
+        let req = match Request::decode(frame.msg_type, frame.payload) {
+            Ok(req) => req,
+            Err(e) => {
+                let resp = Response::Error {
+                    code: ErrorCode::BadRequest,
+                    message: e.to_string(),
+                };
+                if tx.send((id, resp)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (handler, tx) = (handler.clone(), tx.clone());
+        tasks.spawn(async move {
+            let resp = handler.handle(peer, req).await;
+            let _ = tx.send((id, resp)).await;
+            drop(permit);
+        });
+    }
+    // The peer closed its side: finish the requests already read, then let the writer drain.
+    drop(tx);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn write_loop(
+    mut sink: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    mut rx: mpsc::Receiver<(u64, Response)>,
+) {
+    while let Some((id, resp)) = rx.recv().await {
+        let resp = fit(resp, sink.encoder().max_payload());
+        let result = match sink.feed((id, resp)).await {
+            Ok(()) if rx.is_empty() => SinkExt::<(u64, Response)>::flush(&mut sink).await,
+            other => other,
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "wire response write failed");
+            return;
+        }
+    }
+}
+
+/// Replaces a response too large to frame by an error, so the client gets an answer.
+fn fit(resp: Response, max: u32) -> Response {
+    if resp.payload_len() <= max as usize {
+        return resp;
+    }
+    Response::Error {
+        code: ErrorCode::OutOfRange,
+        message: format!(
+            "response of {} bytes exceeds the frame limit of {max}",
+            resp.payload_len()
+        ),
+    }
+}
