@@ -3,6 +3,12 @@
 //! as durable (a FUA write, or any write followed by an acknowledged FLUSH) reads back, and every
 //! block holds either its last durable content or one written after it — never garbage, never a
 //! block that was not written.
+//!
+//! Meanwhile another client takes and deletes snapshots through the API, so kills also land
+//! between a snapshot's Raft commit and the store's freeze, and in the middle of merges. After
+//! every restart each acknowledged snapshot exists and each acknowledged delete stays deleted;
+//! every snapshot decodes block by block, and a block's write number never decreases from an
+//! older snapshot to a newer one to the live volume.
 
 #![allow(clippy::unwrap_used)]
 
@@ -86,11 +92,133 @@ fn writer(nbd: String, state: Arc<Mutex<Vec<BlockState>>>, seed: u64, first_seq:
     }
 }
 
+/// What the snapshot client got acknowledged, and what was in flight when the server died
+/// (which may or may not have happened).
+#[derive(Default)]
+struct SnapshotLog {
+    created: Vec<String>,
+    deleted: Vec<String>,
+    creating: Option<String>,
+    deleting: Option<String>,
+}
+
+fn strata(api: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(support::strata_bin())
+        .arg("--api")
+        .arg(api)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Takes snapshots, deleting the oldest when more than four exist, until the server dies.
+fn snapshotter(api: String, round: usize, log: Arc<Mutex<SnapshotLog>>) {
+    for i in 0.. {
+        let name = format!("r{round}-{i}");
+        log.lock().unwrap().creating = Some(name.clone());
+        if strata(&api, &["snapshot", "create", &format!("crash@{name}")]).is_none() {
+            return;
+        }
+        let oldest = {
+            let mut log = log.lock().unwrap();
+            log.creating = None;
+            log.created.push(name);
+            let live: Vec<_> = log
+                .created
+                .iter()
+                .filter(|c| !log.deleted.contains(c))
+                .cloned()
+                .collect();
+            (live.len() > 4).then(|| live[0].clone())
+        };
+        if let Some(old) = oldest {
+            log.lock().unwrap().deleting = Some(old.clone());
+            if strata(&api, &["snapshot", "delete", &format!("crash@{old}")]).is_none() {
+                return;
+            }
+            let mut log = log.lock().unwrap();
+            log.deleting = None;
+            log.deleted.push(old);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Checks the snapshots after a restart against what was acknowledged; returns the block
+/// write numbers of the newest snapshot, for the check against the live volume.
+fn check_snapshots(server: &ServerProcess, log: &mut SnapshotLog, round: usize) -> Vec<u64> {
+    let listed = strata(
+        &server.api,
+        &["--output", "json", "snapshot", "list", "crash"],
+    )
+    .expect("snapshot list after restart");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let names: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    for c in &log.created {
+        if log.deleting.as_ref() == Some(c) {
+            continue; // its delete was in flight: either outcome is right
+        }
+        let deleted = log.deleted.contains(c);
+        assert_eq!(
+            names.contains(c),
+            !deleted,
+            "round {round}: acknowledged snapshot {c} (deleted: {deleted}) vs listed {names:?}"
+        );
+    }
+    for n in &names {
+        assert!(
+            log.created.contains(n) || log.creating.as_ref() == Some(n),
+            "round {round}: snapshot {n} exists but was never asked for"
+        );
+    }
+    // Settle what was in flight by what the server says happened.
+    if let Some(c) = log.creating.take() {
+        if names.contains(&c) {
+            log.created.push(c);
+        }
+    }
+    if let Some(d) = log.deleting.take() {
+        if !names.contains(&d) {
+            log.deleted.push(d);
+        }
+    }
+    let mut floor = vec![0u64; BLOCKS as usize];
+    for name in &names {
+        let mut s =
+            NbdClient::connect(&server.nbd, &format!("crash@{name}")).expect("open snapshot");
+        let image = s
+            .read(0, (BLOCKS * BLOCK as u64) as u32)
+            .unwrap()
+            .expect("read snapshot");
+        for b in 0..BLOCKS as usize {
+            let data = &image[b * BLOCK..(b + 1) * BLOCK];
+            let seq = decode(b as u64, data)
+                .unwrap_or_else(|| panic!("round {round}: snapshot {name} block {b} is garbage"));
+            assert!(
+                seq >= floor[b],
+                "round {round}: snapshot {name} block {b} holds write {seq}, older than {} in an earlier snapshot",
+                floor[b]
+            );
+            floor[b] = seq;
+        }
+    }
+    floor
+}
+
 #[test]
 fn acknowledged_durable_writes_survive_sigkill() {
     let mut server = ServerProcess::start();
     server.create_volume("crash", "8MiB");
     let state = Arc::new(Mutex::new(vec![BlockState::default(); BLOCKS as usize]));
+    let snapshots = Arc::new(Mutex::new(SnapshotLog::default()));
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5742_4154);
     let mut seq = 0;
     for round in 0..ROUNDS {
@@ -98,10 +226,14 @@ fn acknowledged_durable_writes_survive_sigkill() {
         let st = state.clone();
         let seed = rng.random();
         let handle = std::thread::spawn(move || writer(nbd, st, seed, seq));
+        let (api, log) = (server.api.clone(), snapshots.clone());
+        let snapper = std::thread::spawn(move || snapshotter(api, round, log));
         std::thread::sleep(std::time::Duration::from_millis(rng.random_range(30..400)));
         server.kill();
         seq = handle.join().unwrap();
+        snapper.join().unwrap();
         server.restart();
+        let newest = check_snapshots(&server, &mut snapshots.lock().unwrap(), round);
 
         let mut client = NbdClient::connect(&server.nbd, "crash").expect("reconnect after restart");
         let mut st = state.lock().unwrap();
@@ -121,6 +253,11 @@ fn acknowledged_durable_writes_survive_sigkill() {
                 bs.durable,
                 bs.since
             );
+            assert!(
+                found >= newest[b as usize],
+                "round {round}: block {b} holds write {found}, older than its newest snapshot's {}",
+                newest[b as usize]
+            );
             bs.durable = found;
             bs.since.clear();
         }
@@ -129,4 +266,11 @@ fn acknowledged_durable_writes_survive_sigkill() {
         eprintln!("round {round}: {durable_writes} blocks with durable writes checked, {seq} writes so far");
     }
     assert!(seq > 100, "the writer made progress ({seq} writes)");
+    let log = snapshots.lock().unwrap();
+    assert!(
+        log.created.len() >= ROUNDS,
+        "snapshots were taken ({})",
+        log.created.len()
+    );
+    assert!(!log.deleted.is_empty(), "snapshots were deleted");
 }
