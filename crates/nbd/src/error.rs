@@ -35,6 +35,9 @@ pub enum ProtocolError {
     /// A WRITE announced a payload larger than the maximum payload size.
     #[error("write payload too large: {0} bytes")]
     PayloadTooLarge(u32),
+    /// The client did not finish option haggling within [`crate::NEGOTIATION_TIMEOUT`].
+    #[error("handshake not finished within {0:?}; closing the connection")]
+    NegotiationTimeout(std::time::Duration),
     /// `NBD_OPT_EXPORT_NAME` named an export that is not a valid string.
     #[error("invalid export name")]
     BadExportName,
@@ -52,6 +55,9 @@ pub enum NbdError {
     /// The client closed the connection in the middle of a message.
     #[error("connection closed mid-message")]
     Truncated,
+    /// The client did not finish option haggling within [`crate::NEGOTIATION_TIMEOUT`].
+    #[error("handshake not finished within {0:?}; closing the connection")]
+    NegotiationTimeout(std::time::Duration),
     /// `NBD_OPT_EXPORT_NAME` named an export that could not be opened (the session must end).
     #[error("export {name:?} unavailable: {reason}")]
     ExportUnavailable {

@@ -50,5 +50,5 @@ pub use reply::{block_status_descriptors, Reply};
 pub use request::{
     decode_request, parse_request, validate, Command, Request, Session, REQUEST_HEADER_LEN,
 };
-pub use server::{serve, serve_connection};
+pub use server::{serve, serve_connection, NEGOTIATION_TIMEOUT};
 pub use transmission::{MAX_BYTES_IN_FLIGHT, MAX_IN_FLIGHT};

@@ -82,8 +82,12 @@ async fn serve_tcp(
     run(rd, wr, exports, shutdown).await
 }
 
+/// How long a client may take from connecting to entering transmission.
+pub const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves one NBD connection over `stream`: handshake, then transmission, until the client
 /// disconnects or `shutdown` fires. Returns the reason if the connection ended abnormally.
+
 pub async fn serve_connection<S>(
     stream: S,
     exports: Arc<dyn ExportProvider>,
@@ -107,7 +111,13 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let mut buf = BytesMut::with_capacity(8192);
-    let negotiated = negotiate(&mut rd, &mut wr, &mut buf, &*exports, &shutdown).await?;
+    // A client that connects and then stalls must not hold a connection for ever.
+    let negotiated = tokio::time::timeout(
+        NEGOTIATION_TIMEOUT,
+        negotiate(&mut rd, &mut wr, &mut buf, &*exports, &shutdown),
+    )
+    .await
+    .map_err(|_| NbdError::NegotiationTimeout(NEGOTIATION_TIMEOUT))??;
     let Some(neg) = negotiated else {
         return Ok(());
     };
@@ -118,4 +128,41 @@ where
         "entering transmission"
     );
     transmit(rd, wr, buf, neg, &shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BlockDevice, ExportInfo, OpenError};
+    use tokio::io::AsyncReadExt;
+
+    struct NoExports;
+
+    #[async_trait::async_trait]
+    impl ExportProvider for NoExports {
+        async fn list(&self) -> Vec<ExportInfo> {
+            Vec::new()
+        }
+        async fn open(&self, _name: &str) -> Result<Arc<dyn BlockDevice>, OpenError> {
+            Err(OpenError::Unknown)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stalls_in_the_handshake_is_dropped() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let serving = tokio::spawn(serve_connection(
+            server,
+            Arc::new(NoExports),
+            CancellationToken::new(),
+        ));
+        let mut greeting = [0u8; 18];
+        client.read_exact(&mut greeting).await.expect("greeting");
+        // Say nothing more: the server gives up after the negotiation timeout.
+        let ended = serving.await.expect("task");
+        assert!(
+            matches!(ended, Err(NbdError::NegotiationTimeout(_))),
+            "{ended:?}"
+        );
+    }
 }
