@@ -87,7 +87,6 @@ pub const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one NBD connection over `stream`: handshake, then transmission, until the client
 /// disconnects or `shutdown` fires. Returns the reason if the connection ended abnormally.
-
 pub async fn serve_connection<S>(
     stream: S,
     exports: Arc<dyn ExportProvider>,
