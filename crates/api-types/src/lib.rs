@@ -164,8 +164,10 @@ pub struct VolumeInfo {
     pub role: String,
     /// `healthy`, `degraded` or `resyncing N%`.
     pub status: String,
-    /// Bytes written into the volume's layers on this server (all layers, including snapshots).
-    pub used_bytes: u64,
+    /// Bytes of disk the volume's layers (snapshots included) use on the server that holds it;
+    /// absent when the answering server does not hold the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
     /// The id of the writable head layer.
     pub head: LayerId,
     /// Snapshots, oldest first.

@@ -126,7 +126,7 @@ fn volumes_table(volumes: &[VolumeInfo]) -> String {
                 vec![
                     v.name.clone(),
                     format_size(v.size),
-                    format_size(v.used_bytes),
+                    group::size_or_dash(v.used_bytes),
                     v.replicas.to_string(),
                     v.snapshots.len().to_string(),
                     v.status.clone(),
@@ -160,7 +160,7 @@ fn volume_details(v: &VolumeInfo) -> String {
         v.name,
         v.id,
         format_size(v.size),
-        format_size(v.used_bytes),
+        group::size_or_dash(v.used_bytes),
         v.replicas,
         v.role,
         v.status,

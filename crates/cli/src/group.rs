@@ -12,7 +12,8 @@ use strata_api_types::{
 };
 use strata_types::format_size;
 
-fn size_or_dash(bytes: Option<u64>) -> String {
+/// A size for people, or `-` when unknown.
+pub fn size_or_dash(bytes: Option<u64>) -> String {
     bytes.map_or_else(|| "-".into(), format_size)
 }
 

@@ -193,6 +193,18 @@ fn check_can_lose(
     let Some(rec) = state.clusters.get(cluster) else {
         return Err(CommandError::UnknownCluster(cluster.clone()));
     };
+    if let Some(home) = rec.servers.first().filter(|h| leaving.contains(h)) {
+        if let Some(v) = state.volumes.values().find(|v| &v.cluster == cluster) {
+            let server = state
+                .servers
+                .get(home)
+                .map_or_else(|| cluster.clone(), |s| s.name.clone());
+            return Err(CommandError::HomeServer {
+                server,
+                volume: v.name.clone(),
+            });
+        }
+    }
     let left = rec.servers.iter().filter(|s| !leaving.contains(s)).count();
     let needy = state
         .volumes

@@ -129,7 +129,7 @@ fn servers_needed_by_volumes_stay() {
     // Taking two of three leaves one server for a 2-replica volume.
     let cc = Command::CreateCluster {
         name: name("x"),
-        servers: vec![ids[0], ids[1]],
+        servers: vec![ids[1], ids[2]],
         take_from_default: true,
     };
     assert!(matches!(
@@ -144,6 +144,11 @@ fn servers_needed_by_volumes_stay() {
         cluster: name("default"),
         server,
     };
+    // The first server holds the cluster's volumes.
+    assert!(matches!(
+        refused(&mut st, remove(ids[0])),
+        CommandError::HomeServer { .. }
+    ));
     apply_command(&mut st, remove(ids[2])).expect("third server is spare");
     let err = refused(&mut st, remove(ids[1]));
     assert!(err.to_string().contains("distributed volumes"), "{err}");
@@ -193,7 +198,7 @@ fn add_and_remove_cluster_servers() {
     volume(&mut st, "v", "x", 1);
     assert!(matches!(
         refused(&mut st, remove(ids[3])),
-        CommandError::ClusterNeedsServer { left: 0, .. }
+        CommandError::HomeServer { .. }
     ));
     apply_command(&mut st, add("default", ids[0])).expect("back into default");
     assert_eq!(servers_of(&st, "default"), vec![ids[1], ids[2], ids[0]]);

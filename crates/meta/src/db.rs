@@ -11,10 +11,13 @@
 //!   serialized [`SmData`]).
 //!
 //! Durability: the vote, log appends and truncations commit with redb's default (fsync) before
-//! openraft is told they are done. The state machine, the committed hint and purges commit
-//! without fsync: redb makes every later fsynced commit persist the earlier ones too, and after a
-//! crash openraft re-applies the log from the last durable applied point, so nothing committed is
-//! lost. Snapshots are written durably because purged log entries exist only in them.
+//! openraft is told they are done. The state machine commits with fsync too: servers act on the
+//! applied state (a store creates, freezes and deletes volumes after the state says so), so the
+//! state may never go back after a crash — redb's non-durable commits are lost on a process
+//! kill, and a reconcile from an older state would delete a volume that holds flushed data.
+//! The committed hint and purges commit without fsync (a later fsynced commit carries them;
+//! openraft tolerates losing them). Snapshots are written durably because purged log entries
+//! exist only in them.
 
 use crate::model::StateView;
 use crate::TypeConfig;

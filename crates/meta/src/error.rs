@@ -83,6 +83,18 @@ pub enum CommandError {
         /// How many servers the cluster would keep.
         left: usize,
     },
+    /// The server holds the data of the cluster's volumes: until volumes are distributed, every
+    /// volume of a cluster lives on its first server (see [`crate::StateView::home_server`]).
+    #[error(
+        "server {server:?} holds the data of volume {volume:?} (volumes live on the first server \
+         of their cluster until distributed volumes arrive); delete the cluster's volumes first"
+    )]
+    HomeServer {
+        /// The server's name.
+        server: Name,
+        /// A volume it holds.
+        volume: Name,
+    },
     /// A volume with this name exists.
     #[error("volume {0:?} already exists; pick another name or delete it first")]
     VolumeExists(Name),

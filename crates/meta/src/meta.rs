@@ -120,7 +120,16 @@ impl Meta {
                 "bootstrap record names another Raft node id than this node's"
             );
         }
-        if !self.is_initialized().await {
+        let default = Name::new(DEFAULT_CLUSTER)
+            .map_err(|e| MetaError::Storage(format!("bad default cluster name: {e}")))?;
+        if self.is_initialized().await {
+            // A restart of a bootstrapped server: nothing to do if it finished last time. (It may
+            // be a follower now, or without a quorum; it must still start.)
+            let local = self.local_state();
+            if local.servers.contains_key(&me.id) && local.clusters.contains_key(&default) {
+                return Ok(());
+            }
+        } else {
             let nodes = BTreeMap::from([(self.node_id(), BasicNode::new(self.addr()))]);
             match self.inner.raft.initialize(nodes).await {
                 Ok(()) => {
@@ -135,8 +144,6 @@ impl Meta {
         if !state.servers.contains_key(&me.id) {
             self.write(Command::AddServer(me.clone())).await?;
         }
-        let default = Name::new(DEFAULT_CLUSTER)
-            .map_err(|e| MetaError::Storage(format!("bad default cluster name: {e}")))?;
         if !state.clusters.contains_key(&default) {
             let cmd = Command::CreateCluster {
                 name: default,

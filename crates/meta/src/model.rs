@@ -110,6 +110,13 @@ impl StateView {
         self.clusters.values().find(|c| c.servers.contains(&id))
     }
 
+    /// The server that holds volume `v`'s data: the first server of its cluster. (Until volumes
+    /// are striped over their cluster, one server holds and exports each volume.)
+    pub fn home_server(&self, v: &VolumeRecord) -> Option<&ServerRecord> {
+        let first = self.clusters.get(&v.cluster)?.servers.first()?;
+        self.servers.get(first)
+    }
+
     /// The volume with id `id`, if any.
     pub fn volume_by_id(&self, id: VolumeId) -> Option<&VolumeRecord> {
         self.volumes.values().find(|v| v.id == id)

@@ -21,7 +21,7 @@ use openraft::{
     BasicNode, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
     StorageIOError, StoredMembership,
 };
-use redb::{Database, Durability};
+use redb::Database;
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -91,11 +91,10 @@ impl StateMachine {
         self.shared.clone()
     }
 
-    /// Writes the state blob; without fsync (see `db.rs`: the log is the durable record).
+    /// Writes the state blob durably (see `db.rs`: servers act on it, so it must never go back).
     fn persist(&self) -> DbResult<()> {
         let bytes = db::to_json(&self.data)?;
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::None);
+        let tx = self.db.begin_write()?;
         tx.open_table(SM)?.insert(KEY_STATE, bytes.as_slice())?;
         tx.commit()?;
         Ok(())

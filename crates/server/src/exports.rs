@@ -30,6 +30,9 @@ impl ExportProvider for Exports {
         let state = self.meta.local_state();
         let mut out = Vec::new();
         for v in state.volumes.values() {
+            if self.store.volume(v.id).is_err() {
+                continue; // served by another server
+            }
             out.push(ExportInfo {
                 name: v.name.to_string(),
                 description: format!("volume {} ({})", v.name, format_size(v.size)),
@@ -66,10 +69,15 @@ impl ExportProvider for Exports {
                 (Some(snap.layer), snap.size, true)
             }
         };
-        let stored = self
-            .store
-            .volume(volume.id)
-            .map_err(|e| OpenError::Other(format!("volume is not ready on this server: {e}")))?;
+        let stored = self.store.volume(volume.id).map_err(|_| {
+            OpenError::Other(match state.home_server(volume) {
+                Some(home) => format!(
+                    "volume {} is served by server {}: connect to nbd://{}/{name}",
+                    volume.name, home.name, home.nbd_addr
+                ),
+                None => format!("volume {} has no server to serve it", volume.name),
+            })
+        })?;
         if layer.is_some_and(|l| !stored.layers.iter().any(|x| x.id == l)) {
             return Err(OpenError::Other(
                 "snapshot is not ready on this server yet; retry in a moment".into(),

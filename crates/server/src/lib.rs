@@ -237,6 +237,8 @@ async fn enter_group(
 /// every few seconds.
 async fn follow_meta(state: api::AppState, shutdown: CancellationToken) {
     let mut applied = state.meta.subscribe();
+    // Changes applied between the start-up reconcile and this subscription must not be missed.
+    applied.mark_changed();
     let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
     let mut failing = false;
     loop {

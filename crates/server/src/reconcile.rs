@@ -6,13 +6,20 @@
 //! The management state is always changed first and the store second, so after a crash between
 //! the two the next reconcile (run at start and after every applied change) finishes the job.
 //! Every step is idempotent: running reconcile twice does nothing the second time.
+//!
+//! Until volumes are striped over their cluster, each volume lives on its cluster's first
+//! server ([`StateView::home_server`]); other servers do not hold it. A volume is deleted from
+//! the store only when the management state no longer has it at all — never because it seems
+//! to belong elsewhere — so no change of cluster membership can drop data.
 
 use std::collections::HashSet;
 use strata_meta::StateView;
 use strata_store::{Store, StoreError};
+use strata_types::ServerId;
 
-/// Makes `store` hold what `state` says it should. Returns how many changes it made.
-pub fn reconcile(state: &StateView, store: &Store) -> Result<usize, StoreError> {
+/// Makes `store` (the store of server `me`) hold what `state` says it should. Returns how many
+/// changes it made.
+pub fn reconcile(state: &StateView, store: &Store, me: ServerId) -> Result<usize, StoreError> {
     let mut changes = 0;
     let wanted: HashSet<_> = state.volumes.values().map(|v| v.id).collect();
     for stored in store.volumes() {
@@ -23,6 +30,10 @@ pub fn reconcile(state: &StateView, store: &Store) -> Result<usize, StoreError> 
         }
     }
     for v in state.volumes.values() {
+        let held_here = store.volume(v.id).is_ok();
+        if !held_here && state.home_server(v).is_none_or(|h| h.id != me) {
+            continue;
+        }
         let Some((bottom, _)) = v.layers.split_first() else {
             tracing::error!(volume = %v.name, "volume has no layers in the management state");
             continue;

@@ -79,7 +79,9 @@ impl LayerData {
             fid,
             path,
             file,
-            dir_synced: AtomicBool::new(true),
+            // A file without map rows may have been created but never synced before a kill:
+            // its directory entry is synced with its first data, as for a new file.
+            dir_synced: AtomicBool::new(!maps.is_empty()),
             maps: RwLock::new(maps),
         })
     }

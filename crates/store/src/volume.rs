@@ -241,6 +241,10 @@ impl Volume {
     /// snapshot does this before it blocks writes, so the commit under the stack's write lock
     /// has little data left to sync.
     pub fn sync_dirty_data(&self) -> Result<()> {
+        // Under the flush lock: after a failed fdatasync the kernel reports the error once per
+        // file, so two concurrent syncs of one file could let the second pass unknowingly.
+        let _serial = self.flush_lock.lock();
+        self.check_writable()?;
         let files: Vec<Arc<LayerData>> = self
             .dirty
             .lock()
@@ -263,6 +267,9 @@ impl Volume {
         db: &Database,
         extra: impl FnOnce(&WriteTransaction) -> Result<()>,
     ) -> Result<()> {
+        // A flush that failed while this one waited for the lock took (and dropped) rows this
+        // caller may depend on: never report success after it.
+        self.check_writable()?;
         let dirty = std::mem::take(&mut *self.dirty.lock());
         let mut rows = Vec::new();
         for (fid, (ld, chunks)) in &dirty {

@@ -274,3 +274,29 @@ fn acknowledged_durable_writes_survive_sigkill() {
     );
     assert!(!log.deleted.is_empty(), "snapshots were deleted");
 }
+
+/// A volume created just before a kill, with flushed data and no later management change,
+/// survives restarts: the applied management state never goes back after a kill.
+#[test]
+fn a_volume_created_just_before_a_kill_keeps_its_data() {
+    let mut server = ServerProcess::start();
+    for round in 0..3 {
+        let name = format!("fresh{round}");
+        server.create_volume(&name, "4MiB");
+        let mut c = NbdClient::connect(&server.nbd, &name).unwrap();
+        assert_eq!(c.write(0, &pattern(0, 7 + round as u64), false).unwrap(), 0);
+        assert_eq!(c.flush().unwrap(), 0);
+        server.kill();
+        server.restart();
+        for r in 0..=round {
+            let mut c = NbdClient::connect(&server.nbd, &format!("fresh{r}"))
+                .unwrap_or_else(|e| panic!("round {round}: volume fresh{r} is gone: {e}"));
+            let data = c.read(0, BLOCK as u32).unwrap().unwrap();
+            assert_eq!(
+                decode(0, &data),
+                Some(7 + r as u64),
+                "round {round}: fresh{r} lost its data"
+            );
+        }
+    }
+}

@@ -70,12 +70,17 @@ pub(crate) fn find_server<'a>(
 impl AppState {
     /// Brings the store in line with this server's applied management state.
     pub async fn apply_to_store(&self) -> Result<(), ApiError> {
-        let _guard = self.reconcile_lock.lock().await;
+        // The guard moves into the blocking task: if this handler is dropped (client gone,
+        // quorum lost), the reconcile still runs to its end before another may start.
+        let guard = self.reconcile_lock.clone().lock_owned().await;
         let state = self.meta.local_state();
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || reconcile(&state, &store))
-            .await
-            .map_err(|e| ApiError::internal(format!("reconcile task failed: {e}")))??;
+        let (store, me) = (self.store.clone(), self.identity.id);
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            reconcile(&state, &store, me)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("reconcile task failed: {e}")))??;
         Ok(())
     }
 }

@@ -58,8 +58,13 @@ fn snapshot_info(v: &VolumeRecord, s: &strata_meta::SnapshotRecord) -> SnapshotI
     }
 }
 
-fn volume_info(app: &AppState, v: &VolumeRecord) -> VolumeInfo {
-    let used_bytes = app.store.volume_used_bytes(v.id).unwrap_or(0);
+fn volume_info(app: &AppState, state: &StateView, v: &VolumeRecord) -> VolumeInfo {
+    // Until volumes are distributed, one server holds each; the answering server knows the use
+    // only of what it holds.
+    let used_bytes = app.store.volume_used_bytes(v.id).ok();
+    let nbd_addr = state
+        .home_server(v)
+        .map_or(app.nbd_addr.as_str(), |h| h.nbd_addr.as_str());
     VolumeInfo {
         id: v.id,
         name: v.name.to_string(),
@@ -75,7 +80,7 @@ fn volume_info(app: &AppState, v: &VolumeRecord) -> VolumeInfo {
             .copied()
             .unwrap_or(LayerId(uuid::Uuid::nil())),
         snapshots: v.snapshots.iter().map(|s| snapshot_info(v, s)).collect(),
-        nbd_url: format!("nbd://{}/{}", app.nbd_addr, v.name),
+        nbd_url: format!("nbd://{nbd_addr}/{}", v.name),
         created_unix_ms: v.created_unix_ms,
     }
 }
@@ -111,7 +116,7 @@ pub async fn create_volume(
     app.apply_to_store().await?;
     let state = app.meta.local_state();
     let v = find_volume(&state, name.as_str())?;
-    Ok((StatusCode::CREATED, Json(volume_info(&app, v))))
+    Ok((StatusCode::CREATED, Json(volume_info(&app, &state, v))))
 }
 
 /// `GET /v1/volumes`: every volume.
@@ -121,7 +126,7 @@ pub async fn list_volumes(State(app): State<AppState>) -> Result<Json<Vec<Volume
     let mut out: Vec<_> = state
         .volumes
         .values()
-        .map(|v| volume_info(&app, v))
+        .map(|v| volume_info(&app, &state, v))
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(out))
@@ -135,7 +140,7 @@ pub async fn show_volume(
     Path(name): Path<String>,
 ) -> Result<Json<VolumeInfo>, ApiError> {
     let state = app.meta.read().await?;
-    Ok(Json(volume_info(&app, find_volume(&state, &name)?)))
+    Ok(Json(volume_info(&app, &state, find_volume(&state, &name)?)))
 }
 
 /// `POST /v1/volumes/{name}/resize`: grow a volume. Clients see the new size when they reconnect.
@@ -157,7 +162,11 @@ pub async fn resize_volume(
         .await?;
     app.apply_to_store().await?;
     let state = app.meta.local_state();
-    Ok(Json(volume_info(&app, find_volume(&state, name.as_str())?)))
+    Ok(Json(volume_info(
+        &app,
+        &state,
+        find_volume(&state, name.as_str())?,
+    )))
 }
 
 /// `DELETE /v1/volumes/{name}`: delete a volume, its snapshots and its data.
