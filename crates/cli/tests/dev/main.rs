@@ -1,0 +1,102 @@
+//! `strata dev`, the README's first command: it starts, makes the `demo` volume, prints how to
+//! connect, serves real clients, stops on SIGTERM, and keeps its data for the next start.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+use support::{run_ok, strata_bin};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `strata dev` until it has printed its instructions; returns the child and what it printed.
+fn start_dev(dir: &std::path::Path, api: u16, nbd: u16) -> (std::process::Child, String) {
+    let mut child = Command::new(strata_bin())
+        .args(["--api", &format!("127.0.0.1:{api}"), "dev", "--dir"])
+        .arg(dir)
+        .args(["--nbd", &format!("127.0.0.1:{nbd}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+            if line.contains("curl") {
+                let _ = tx.send(text.clone());
+            }
+        }
+    });
+    let printed = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("strata dev printed its instructions");
+    (child, printed)
+}
+
+fn stop(mut child: std::process::Child) {
+    let pid = child.id().to_string();
+    run_ok("kill", &["-TERM", &pid]);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "strata dev exits cleanly on SIGTERM: {status}"
+    );
+}
+
+#[test]
+fn strata_dev_serves_the_demo_volume_and_keeps_it() {
+    support::require("qemu-io");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("strata-dev");
+    let (api, nbd) = (free_port(), free_port());
+    let url = format!("nbd://127.0.0.1:{nbd}/demo");
+
+    let (child, printed) = start_dev(&dir, api, nbd);
+    assert!(printed.contains(&url), "{printed}");
+    assert!(
+        printed.contains("qemu-io") && printed.contains("nbdcopy"),
+        "{printed}"
+    );
+    let out = run_ok("qemu-io", &["-f", "raw", "-c", "write -P 0xab 0 1M", &url]);
+    assert!(out.contains("wrote 1048576/1048576"), "{out}");
+    stop(child);
+
+    let (child, _) = start_dev(&dir, api, nbd);
+    let out = run_ok("qemu-io", &["-f", "raw", "-c", "read -P 0xab 0 1M", &url]);
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    let volumes = Command::new(strata_bin())
+        .args([
+            "--api",
+            &format!("http://127.0.0.1:{api}"),
+            "--output",
+            "json",
+            "volume",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    let volumes: serde_json::Value = serde_json::from_slice(&volumes.stdout).unwrap();
+    assert_eq!(
+        volumes.as_array().unwrap().len(),
+        1,
+        "one demo volume, not two: {volumes}"
+    );
+    assert_eq!(volumes[0]["size"], 1u64 << 30);
+    stop(child);
+}
