@@ -30,17 +30,16 @@ pub fn reconcile(state: &StateView, store: &Store, me: ServerId) -> Result<usize
         }
     }
     for v in state.volumes.values() {
-        let held_here = store.volume(v.id).is_ok();
-        if !held_here && state.home_server(v).is_none_or(|h| h.id != me) {
-            continue;
-        }
-        let Some((bottom, _)) = v.layers.split_first() else {
-            tracing::error!(volume = %v.name, "volume has no layers in the management state");
-            continue;
-        };
         let stored = match store.volume(v.id) {
             Ok(s) => s,
             Err(StoreError::NoSuchVolume(_)) => {
+                if state.home_server(v).is_none_or(|h| h.id != me) {
+                    continue; // held by another server
+                }
+                let Some(bottom) = v.layers.first() else {
+                    tracing::error!(volume = %v.name, "volume has no layers in the management state");
+                    continue;
+                };
                 store.create_volume(v.id, v.size, *bottom)?;
                 changes += 1;
                 store.volume(v.id)?

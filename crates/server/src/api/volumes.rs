@@ -20,12 +20,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Refuses sizes past the largest volume; the state machine checks the rest (whole sectors).
 fn check_size(size: u64) -> Result<(), ApiError> {
-    if size == 0 || !size.is_multiple_of(512) {
-        return Err(ApiError::bad_request(format!(
-            "size {size} is not a positive multiple of 512 bytes; e.g. use 10GiB"
-        )));
-    }
     if size > MAX_VOLUME_SIZE {
         return Err(ApiError::bad_request(format!(
             "size {} is larger than the largest volume, 1PiB",
