@@ -106,6 +106,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Exhaustive on purpose: a new refusal must be given its status here, not fall into a default.
 fn command_status(e: &CommandError) -> StatusCode {
     use CommandError as C;
     match e {
@@ -114,16 +115,22 @@ fn command_status(e: &CommandError) -> StatusCode {
         | C::RaftNodeIdExists(_)
         | C::ClusterExists(_)
         | C::ServerInCluster { .. }
+        | C::ClusterNeedsServer { .. }
+        | C::HomeServer { .. }
         | C::VolumeExists(_)
         | C::VolumeIdExists(_)
         | C::LayerInUse(_)
         | C::SnapshotExists { .. }
         | C::StaleHead { .. } => StatusCode::CONFLICT,
-        C::ClusterNeedsServer { .. } => StatusCode::CONFLICT,
         C::UnknownServer(_)
         | C::UnknownCluster(_)
         | C::UnknownVolume(_)
         | C::UnknownSnapshot { .. } => StatusCode::NOT_FOUND,
-        _ => StatusCode::BAD_REQUEST,
+        C::MissingAddress { .. }
+        | C::EmptyCluster(_)
+        | C::NotInCluster { .. }
+        | C::BadSize { .. }
+        | C::Shrink { .. }
+        | C::BadReplicas { .. } => StatusCode::BAD_REQUEST,
     }
 }
