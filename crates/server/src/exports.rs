@@ -9,7 +9,7 @@ use std::sync::Arc;
 use strata_meta::Meta;
 use strata_nbd::{BlockDevice, ExportInfo, ExportProvider, OpenError};
 use strata_store::Store;
-use strata_types::format_size;
+use strata_types::{format_size, Name};
 
 /// Resolves export names to devices on this server's store.
 pub struct Exports {
@@ -53,10 +53,9 @@ impl ExportProvider for Exports {
             Some((v, s)) => (v, Some(s)),
             None => (name, None),
         };
-        let volume = state
-            .volumes
-            .values()
-            .find(|v| v.name.as_str() == vol_name)
+        let volume = Name::new(vol_name)
+            .ok()
+            .and_then(|n| state.volumes.get(&n))
             .ok_or(OpenError::Unknown)?;
         let (layer, size, read_only) = match snap_name {
             None => (None, volume.size, false),

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use strata_api_types::{AddClusterServer, ClusterInfo, CreateCluster};
 use strata_meta::{ClusterRecord, Command, CommandOutput, StateView};
+use strata_types::Name;
 
 fn cluster_info(state: &StateView, c: &ClusterRecord) -> ClusterInfo {
     ClusterInfo {
@@ -62,10 +63,9 @@ pub async fn show_cluster(
     Path(name): Path<String>,
 ) -> Result<Json<ClusterInfo>, ApiError> {
     let state = app.meta.read().await?;
-    let c = state
-        .clusters
-        .values()
-        .find(|c| c.name.as_str() == name)
+    let c = Name::new(&name)
+        .ok()
+        .and_then(|n| state.clusters.get(&n))
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "no cluster named {name:?}; see `strata cluster list`"

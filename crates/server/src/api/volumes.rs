@@ -9,7 +9,7 @@ use strata_api_types::{
     CreateSnapshot, CreateVolume, DiffInfo, Range, ResizeVolume, SnapshotInfo, VolumeInfo,
 };
 use strata_meta::{Command, CommandError, MetaError, StateView, VolumeRecord};
-use strata_types::{LayerId, VolumeId};
+use strata_types::{LayerId, Name, VolumeId};
 
 /// The largest volume accepted: 1 PiB.
 const MAX_VOLUME_SIZE: u64 = 1 << 50;
@@ -32,10 +32,9 @@ fn check_size(size: u64) -> Result<(), ApiError> {
 }
 
 fn find_volume<'a>(state: &'a StateView, name: &str) -> Result<&'a VolumeRecord, ApiError> {
-    state
-        .volumes
-        .values()
-        .find(|v| v.name.as_str() == name)
+    Name::new(name)
+        .ok()
+        .and_then(|n| state.volumes.get(&n))
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "no volume named {name:?}; see `strata volume list`"
@@ -119,13 +118,14 @@ pub async fn create_volume(
 #[utoipa::path(get, path = "/v1/volumes", responses((status = 200, body = Vec<VolumeInfo>)))]
 pub async fn list_volumes(State(app): State<AppState>) -> Result<Json<Vec<VolumeInfo>>, ApiError> {
     let state = app.meta.read().await?;
-    let mut out: Vec<_> = state
-        .volumes
-        .values()
-        .map(|v| volume_info(&app, &state, v))
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(out))
+    // Keyed by name, so already in name order.
+    Ok(Json(
+        state
+            .volumes
+            .values()
+            .map(|v| volume_info(&app, &state, v))
+            .collect(),
+    ))
 }
 
 /// `GET /v1/volumes/{name}`: one volume with its snapshots.
