@@ -164,15 +164,22 @@ pub struct VolumeInfo {
     pub role: String,
     /// `healthy`, `degraded` or `resyncing N%`.
     pub status: String,
-    /// Bytes of disk the volume's layers (snapshots included) use on the server that holds it;
-    /// absent when the answering server does not hold the volume.
+    /// Bytes of disk the volume's layers (snapshots included) use, summed over every server
+    /// holding its chunks (replicas counted each); absent when a server did not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_bytes: Option<u64>,
+    /// Names of the servers its chunks are placed on.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Names of the servers that missed writes and are not repaired yet.
+    #[serde(default)]
+    pub stale_servers: Vec<String>,
     /// The id of the writable head layer.
     pub head: LayerId,
     /// Snapshots, oldest first.
     pub snapshots: Vec<SnapshotInfo>,
-    /// NBD URL of the volume on the server that answered.
+    /// NBD URL of the volume on the server that answered (or, if that server is not in the
+    /// volume's cluster, on one that is).
     pub nbd_url: String,
     /// Creation time, Unix milliseconds.
     pub created_unix_ms: u64,
@@ -234,4 +241,85 @@ pub struct Health {
     pub status: String,
     /// This server's name.
     pub server: String,
+}
+
+/// Internal: mark a replica of a volume stale or in sync (`/v1/internal/volumes/{id}/...`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MarkReplica {
+    /// The replica's server.
+    pub server: ServerId,
+    /// The server whose gateway saw the failure (for `stale`).
+    #[serde(default)]
+    pub reporter: Option<ServerId>,
+}
+
+/// Internal: how many chunks one server records as missed by another, and the resync progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissedSummary {
+    /// The server that missed writes.
+    pub server: ServerId,
+    /// Chunk-layers still to copy to it from the answering server.
+    pub remaining: u64,
+    /// Chunk-layers to copy when its resync started (at least `remaining`).
+    pub total: u64,
+}
+
+/// Internal: what one server holds of a volume.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalVolume {
+    /// Bytes its layers use on this server.
+    pub used_bytes: u64,
+    /// Missed-write marks it holds, by server.
+    pub missed: Vec<MissedSummary>,
+}
+
+/// `POST /v1/volumes/{name}/verify`: compare the replicas of every chunk.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct VerifyRequest {
+    /// Verify this snapshot instead of the live volume.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// Copy each differing chunk from a good replica to the others.
+    #[serde(default)]
+    pub repair: bool,
+}
+
+/// One replica's digest of a chunk.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaDigest {
+    /// The server's name.
+    pub server: String,
+    /// The chunk's blake3 digest (hex), absent if the server could not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Why it could not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A chunk whose replicas differ or did not all answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChunkMismatch {
+    /// Chunk index (offset / 4 MiB).
+    pub chunk: u64,
+    /// Byte offset of the chunk.
+    pub offset: u64,
+    /// Every replica's answer.
+    pub replicas: Vec<ReplicaDigest>,
+    /// Whether a repair made the replicas agree.
+    pub repaired: bool,
+}
+
+/// The result of `strata volume verify`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VerifyReport {
+    /// The volume.
+    pub volume: String,
+    /// The snapshot verified, if not the live volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Chunks compared.
+    pub chunks: u64,
+    /// Chunks whose replicas differ or did not all answer.
+    pub mismatches: Vec<ChunkMismatch>,
 }

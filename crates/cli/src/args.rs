@@ -68,7 +68,8 @@ pub struct ServerArgs {
     /// NBD listen address (default 127.0.0.1:10809).
     #[arg(long)]
     pub nbd: Option<String>,
-    /// Address other servers use to reach this one (default: the API address).
+    /// Listen address for data traffic between servers (default: the API's IP and port + 1,
+    /// i.e. 127.0.0.1:7781).
     #[arg(long)]
     pub peer: Option<String>,
     /// Start a new management group with this server as its only manager.
@@ -153,6 +154,15 @@ pub enum VolumeCommand {
     },
     /// Delete a volume with its snapshots and data.
     Delete { name: String },
+    /// Compare the replicas of every chunk of `VOL` or `VOL@SNAP` by digest; exits non-zero
+    /// if any differ (unless `--repair` fixed them).
+    Verify {
+        /// `VOL` or `VOL@SNAP`.
+        target: String,
+        /// Copy each differing chunk from a good replica to the others.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

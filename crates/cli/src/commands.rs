@@ -8,7 +8,8 @@ use crate::{group, table};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use strata_api_types::{
-    CreateSnapshot, CreateVolume, DiffInfo, ResizeVolume, SnapshotInfo, VolumeInfo,
+    CreateSnapshot, CreateVolume, DiffInfo, ResizeVolume, SnapshotInfo, VerifyReport,
+    VerifyRequest, VolumeInfo,
 };
 use strata_server::config::ServerConfigFile;
 use strata_types::{format_size, parse_size, Name};
@@ -45,10 +46,11 @@ pub async fn server(args: ServerArgs, global: GlobalArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     let running = strata_server::start(config, shutdown.clone()).await?;
     eprintln!(
-        "strata server {} serving: API {}  NBD {}",
+        "strata server {} serving: API {}  NBD {}  PEER {}",
         running.identity.name,
         running.api_url(),
-        running.nbd_addr
+        running.nbd_addr,
+        running.peer_addr
     );
     wait_for_ctrl_c(shutdown).await;
     running.wait().await;
@@ -156,7 +158,7 @@ fn snapshots_table(snapshots: &[SnapshotInfo]) -> String {
 
 fn volume_details(v: &VolumeInfo) -> String {
     let mut out = format!(
-        "name:      {}\nid:        {}\nsize:      {}\nused:      {}\nreplicas:  {}\nrole:      {}\nstatus:    {}\ncluster:   {}\ncreated:   {}\nexport:    {}\n",
+        "name:      {}\nid:        {}\nsize:      {}\nused:      {}\nreplicas:  {}\nrole:      {}\nstatus:    {}\ncluster:   {}\nservers:   {}\nstale:     {}\ncreated:   {}\nexport:    {}\n",
         v.name,
         v.id,
         format_size(v.size),
@@ -165,6 +167,8 @@ fn volume_details(v: &VolumeInfo) -> String {
         v.role,
         v.status,
         v.cluster,
+        v.servers.join(", "),
+        if v.stale_servers.is_empty() { "-".to_string() } else { v.stale_servers.join(", ") },
         time(v.created_unix_ms),
         v.nbd_url
     );
@@ -246,7 +250,58 @@ async fn volume(api: &Client, out: Output, cmd: VolumeCommand) -> Result<()> {
                 format!("deleted volume {name}\n")
             })
         }
+        VolumeCommand::Verify { target, repair } => {
+            let (volume, snapshot) = match target.split_once('@') {
+                Some(_) => {
+                    let (v, s) = split_target(&target)?;
+                    (v.to_string(), Some(s.to_string()))
+                }
+                None => (target.clone(), None),
+            };
+            check_name("volume", &volume)?;
+            let report: VerifyReport = api
+                .post(
+                    &format!("/v1/volumes/{}/verify", segment(&volume)),
+                    &VerifyRequest { snapshot, repair },
+                )
+                .await?;
+            print(out, &report, verify_text)?;
+            let unrepaired = report.mismatches.iter().filter(|m| !m.repaired).count();
+            if unrepaired > 0 {
+                bail!("{unrepaired} chunk(s) of {target} differ between replicas; run `strata volume verify {target} --repair`");
+            }
+            Ok(())
+        }
     }
+}
+
+fn verify_text(r: &VerifyReport) -> String {
+    let target = match &r.snapshot {
+        Some(s) => format!("{}@{s}", r.volume),
+        None => r.volume.clone(),
+    };
+    let mut out = format!(
+        "{target}: {} chunk(s) compared, {} differ\n",
+        r.chunks,
+        r.mismatches.len()
+    );
+    for m in &r.mismatches {
+        out.push_str(&format!(
+            "  chunk {} (offset {}){}\n",
+            m.chunk,
+            m.offset,
+            if m.repaired { ": repaired" } else { "" }
+        ));
+        for d in &m.replicas {
+            let what = match (&d.digest, &d.error) {
+                (Some(h), _) => h.get(..16).unwrap_or(h).to_string(),
+                (None, Some(e)) => format!("error: {e}"),
+                (None, None) => "-".into(),
+            };
+            out.push_str(&format!("    {:<16} {what}\n", d.server));
+        }
+    }
+    out
 }
 
 async fn snapshot(api: &Client, out: Output, cmd: SnapshotCommand) -> Result<()> {

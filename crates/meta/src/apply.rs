@@ -10,7 +10,7 @@
 use crate::apply_servers as servers;
 use crate::error::CommandError;
 use crate::model::{Command, CommandOutput, SnapshotRecord, StateView, VolumeRecord};
-use strata_types::{LayerId, Name, VolumeId};
+use strata_types::{LayerId, Name, ServerId, VolumeId};
 
 /// The most replicas a volume may have.
 pub const MAX_REPLICAS: u8 = 3;
@@ -51,6 +51,8 @@ pub fn apply_command(state: &mut StateView, cmd: Command) -> Result<CommandOutpu
                 cluster,
                 size,
                 replicas,
+                servers: Vec::new(),
+                stale: Vec::new(),
                 layers: vec![head],
                 snapshots: Vec::new(),
                 created_unix_ms: now_ms,
@@ -73,6 +75,16 @@ pub fn apply_command(state: &mut StateView, cmd: Command) -> Result<CommandOutpu
             now_ms,
         } => create_snapshot(state, volume, name, frozen, new_head, now_ms),
         Command::DeleteSnapshot { volume, name } => delete_snapshot(state, volume, name),
+        Command::MarkReplicaStale {
+            volume,
+            server,
+            reporter,
+        } => mark_stale(state, volume, server, reporter),
+        Command::MarkReplicaInSync { volume, server } => {
+            let vol = volume_by_id_mut(state, volume)?;
+            vol.stale.retain(|s| *s != server);
+            Ok(CommandOutput::Volume(vol.clone()))
+        }
     }
 }
 
@@ -103,7 +115,53 @@ fn check_fresh_volume_id(state: &StateView, id: VolumeId) -> Result<(), CommandE
     Ok(())
 }
 
-fn create_volume(state: &mut StateView, vol: VolumeRecord) -> Result<CommandOutput, CommandError> {
+fn volume_by_id_mut(
+    state: &mut StateView,
+    id: VolumeId,
+) -> Result<&mut VolumeRecord, CommandError> {
+    state
+        .volumes
+        .values_mut()
+        .find(|v| v.id == id)
+        .ok_or(CommandError::UnknownVolumeId(id))
+}
+
+fn mark_stale(
+    state: &mut StateView,
+    volume: VolumeId,
+    server: ServerId,
+    reporter: ServerId,
+) -> Result<CommandOutput, CommandError> {
+    let vol = volume_by_id_mut(state, volume)?;
+    if vol.stale.contains(&server) {
+        return Ok(CommandOutput::Volume(vol.clone()));
+    }
+    if !vol.servers.contains(&server) {
+        return Err(CommandError::NotInLayout {
+            volume: vol.name.clone(),
+            server,
+        });
+    }
+    if vol.stale.contains(&reporter) {
+        return Err(CommandError::ReporterStale {
+            volume: vol.name.clone(),
+        });
+    }
+    // Some chunk's replicas may all lie in the stale set once it has `replicas` members.
+    if vol.stale.len() + 1 >= usize::from(vol.replicas) {
+        return Err(CommandError::NoReplicaLeft {
+            volume: vol.name.clone(),
+            replicas: vol.replicas,
+        });
+    }
+    vol.stale.push(server);
+    Ok(CommandOutput::Volume(vol.clone()))
+}
+
+fn create_volume(
+    state: &mut StateView,
+    mut vol: VolumeRecord,
+) -> Result<CommandOutput, CommandError> {
     if state.volumes.contains_key(&vol.name) {
         return Err(CommandError::VolumeExists(vol.name));
     }
@@ -122,6 +180,7 @@ fn create_volume(state: &mut StateView, vol: VolumeRecord) -> Result<CommandOutp
             max,
         });
     }
+    vol.servers = cluster.servers.clone();
     for layer in &vol.layers {
         check_fresh_layer(state, *layer)?;
     }

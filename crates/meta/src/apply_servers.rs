@@ -183,47 +183,27 @@ fn moved_out_of_default(state: &StateView, moved: &[ServerId]) -> Option<Name> {
     state.cluster_of(*first).map(|c| c.name.clone())
 }
 
-/// Refuses to take `leaving` out of `cluster` if a volume there would keep fewer servers than
-/// its replicas, or none at all.
+/// Refuses to take `leaving` out of `cluster` while a volume's layout holds one of them: its
+/// chunks live there, and moving them away (migration) is not built yet.
 fn check_can_lose(
     state: &StateView,
     cluster: &Name,
     leaving: &[ServerId],
 ) -> Result<(), CommandError> {
-    let Some(rec) = state.clusters.get(cluster) else {
+    if !state.clusters.contains_key(cluster) {
         return Err(CommandError::UnknownCluster(cluster.clone()));
-    };
-    if let Some(home) = rec.servers.first().filter(|h| leaving.contains(h)) {
-        if let Some(v) = state.volumes.values().find(|v| &v.cluster == cluster) {
+    }
+    for v in state.volumes.values() {
+        if let Some(id) = v.servers.iter().find(|s| leaving.contains(s)) {
             let server = state
                 .servers
-                .get(home)
+                .get(id)
                 .map_or_else(|| cluster.clone(), |s| s.name.clone());
-            return Err(CommandError::HomeServer {
+            return Err(CommandError::ServerHoldsData {
                 server,
                 volume: v.name.clone(),
             });
         }
-    }
-    let left = rec.servers.iter().filter(|s| !leaving.contains(s)).count();
-    let needy = state
-        .volumes
-        .values()
-        .filter(|v| &v.cluster == cluster)
-        .find(|v| left < usize::from(v.replicas).max(1));
-    if let Some(v) = needy {
-        let server = leaving
-            .first()
-            .and_then(|id| state.servers.get(id))
-            .map(|s| s.name.clone())
-            .unwrap_or_else(|| cluster.clone());
-        return Err(CommandError::ClusterNeedsServer {
-            server,
-            cluster: cluster.clone(),
-            volume: v.name.clone(),
-            replicas: v.replicas,
-            left,
-        });
     }
     Ok(())
 }

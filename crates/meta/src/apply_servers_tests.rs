@@ -123,10 +123,10 @@ fn create_cluster_takes_servers_from_default_only_when_asked() {
 }
 
 #[test]
-fn servers_needed_by_volumes_stay() {
+fn servers_holding_volume_chunks_stay() {
     let (mut st, ids) = base();
     volume(&mut st, "v", "default", 2);
-    // Taking two of three leaves one server for a 2-replica volume.
+    // The volume's layout is the three servers of `default` at creation.
     let cc = Command::CreateCluster {
         name: name("x"),
         servers: vec![ids[1], ids[2]],
@@ -134,24 +134,16 @@ fn servers_needed_by_volumes_stay() {
     };
     assert!(matches!(
         refused(&mut st, cc),
-        CommandError::ClusterNeedsServer {
-            left: 1,
-            replicas: 2,
-            ..
-        }
+        CommandError::ServerHoldsData { .. }
     ));
     let remove = |server| Command::RemoveClusterServer {
         cluster: name("default"),
         server,
     };
-    // The first server holds the cluster's volumes.
-    assert!(matches!(
-        refused(&mut st, remove(ids[0])),
-        CommandError::HomeServer { .. }
-    ));
-    apply_command(&mut st, remove(ids[2])).expect("third server is spare");
-    let err = refused(&mut st, remove(ids[1]));
-    assert!(err.to_string().contains("distributed volumes"), "{err}");
+    for id in &ids[..3] {
+        let err = refused(&mut st, remove(*id));
+        assert!(matches!(err, CommandError::ServerHoldsData { .. }), "{err}");
+    }
     assert_eq!(
         refused(&mut st, remove(ids[3])),
         CommandError::NotInCluster {
@@ -159,6 +151,16 @@ fn servers_needed_by_volumes_stay() {
             cluster: name("default")
         }
     );
+    // A server added later is not in the layout and may leave again.
+    apply_command(
+        &mut st,
+        Command::AddClusterServer {
+            cluster: name("default"),
+            server: ids[3],
+        },
+    )
+    .expect("add");
+    apply_command(&mut st, remove(ids[3])).expect("not in any layout");
 }
 
 #[test]
@@ -198,8 +200,54 @@ fn add_and_remove_cluster_servers() {
     volume(&mut st, "v", "x", 1);
     assert!(matches!(
         refused(&mut st, remove(ids[3])),
-        CommandError::HomeServer { .. }
+        CommandError::ServerHoldsData { .. }
     ));
     apply_command(&mut st, add("default", ids[0])).expect("back into default");
     assert_eq!(servers_of(&st, "default"), vec![ids[1], ids[2], ids[0]]);
+}
+
+#[test]
+fn replicas_are_marked_stale_and_in_sync() {
+    let (mut st, ids) = base();
+    volume(&mut st, "v", "default", 2);
+    let vid = st.volumes[&name("v")].id;
+    let stale = |server, reporter| Command::MarkReplicaStale {
+        volume: vid,
+        server,
+        reporter,
+    };
+    assert!(matches!(
+        refused(&mut st, stale(ids[3], ids[0])),
+        CommandError::NotInLayout { .. }
+    ));
+    apply_command(&mut st, stale(ids[1], ids[0])).expect("first loss");
+    apply_command(&mut st, stale(ids[1], ids[2])).expect("marking again is a no-op");
+    assert_eq!(st.volumes[&name("v")].stale, vec![ids[1]]);
+    // The stale server cannot fence its peers, and a second loss would leave no current copy.
+    assert!(matches!(
+        refused(&mut st, stale(ids[0], ids[1])),
+        CommandError::ReporterStale { .. }
+    ));
+    assert!(matches!(
+        refused(&mut st, stale(ids[2], ids[0])),
+        CommandError::NoReplicaLeft { replicas: 2, .. }
+    ));
+    let in_sync = Command::MarkReplicaInSync {
+        volume: vid,
+        server: ids[1],
+    };
+    apply_command(&mut st, in_sync).expect("repaired");
+    assert!(st.volumes[&name("v")].stale.is_empty());
+    // A single-replica volume has no other copy to fall back on.
+    volume(&mut st, "one", "default", 1);
+    let one = st.volumes[&name("one")].id;
+    let cmd = Command::MarkReplicaStale {
+        volume: one,
+        server: ids[0],
+        reporter: ids[1],
+    };
+    assert!(matches!(
+        refused(&mut st, cmd),
+        CommandError::NoReplicaLeft { replicas: 1, .. }
+    ));
 }

@@ -64,36 +64,47 @@ pub enum CommandError {
         /// The cluster.
         cluster: Name,
     },
-    /// Taking a server out of a cluster would leave a volume there too few servers.
+    /// The server is in the layout of a volume: its chunks live there.
     #[error(
-        "cannot take server {server:?} out of cluster {cluster:?}: volume {volume:?} has {replicas} \
-         replica(s) there and the cluster would keep {left} server(s); moving a server's data away \
-         arrives with distributed volumes, so add another server to {cluster:?} first or delete \
-         the volume"
+        "server {server:?} holds chunks of volume {volume:?}; moving a volume's data to other \
+         servers is not supported yet, so delete the volume first"
     )]
-    ClusterNeedsServer {
+    ServerHoldsData {
         /// The server's name.
         server: Name,
-        /// The cluster.
-        cluster: Name,
-        /// A volume that needs the server.
+        /// A volume with chunks on it.
         volume: Name,
-        /// That volume's replica count.
-        replicas: u8,
-        /// How many servers the cluster would keep.
-        left: usize,
     },
-    /// The server holds the data of the cluster's volumes: until volumes are distributed, every
-    /// volume of a cluster lives on its first server (see [`crate::StateView::home_server`]).
-    #[error(
-        "server {server:?} holds the data of volume {volume:?} (volumes live on the first server \
-         of their cluster until distributed volumes arrive); delete the cluster's volumes first"
-    )]
-    HomeServer {
-        /// The server's name.
-        server: Name,
-        /// A volume it holds.
+    /// No volume with this id exists.
+    #[error("no volume with id {0} exists; it may have been deleted")]
+    UnknownVolumeId(strata_types::VolumeId),
+    /// The server is not one of the volume's servers.
+    #[error("server {server} holds no chunks of volume {volume:?}")]
+    NotInLayout {
+        /// The volume.
         volume: Name,
+        /// The server.
+        server: ServerId,
+    },
+    /// A server that missed writes itself cannot declare another replica out of date.
+    #[error(
+        "this server's copy of volume {volume:?} is out of date, so it cannot write without its \
+         peers; write through another server or wait for the resync"
+    )]
+    ReporterStale {
+        /// The volume.
+        volume: Name,
+    },
+    /// Losing one more replica would leave some chunk with no current copy.
+    #[error(
+        "volume {volume:?} has {replicas} replicas and cannot lose another one: writes stop until \
+         the missing servers return"
+    )]
+    NoReplicaLeft {
+        /// The volume.
+        volume: Name,
+        /// Its replica count.
+        replicas: u8,
     },
     /// A volume with this name exists.
     #[error("volume {0:?} already exists; pick another name or delete it first")]

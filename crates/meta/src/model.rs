@@ -68,6 +68,14 @@ pub struct VolumeRecord {
     pub size: u64,
     /// Replicas per chunk, 1–3.
     pub replicas: u8,
+    /// The volume's layout: the servers its chunks are placed on (by rendezvous hash over this
+    /// list), fixed when it is created. Adding a server to the cluster does not move data.
+    #[serde(default)]
+    pub servers: Vec<ServerId>,
+    /// Servers of the layout that missed writes and are not yet repaired: gateways neither read
+    /// from them nor count them as holding current data until a resync marks them in sync.
+    #[serde(default)]
+    pub stale: Vec<ServerId>,
     /// The layer stack, bottom to top; the last is the writable head.
     pub layers: Vec<LayerId>,
     /// Snapshots in stack order (oldest first).
@@ -108,13 +116,6 @@ impl StateView {
     /// The cluster holding server `id`, if any.
     pub fn cluster_of(&self, id: ServerId) -> Option<&ClusterRecord> {
         self.clusters.values().find(|c| c.servers.contains(&id))
-    }
-
-    /// The server that holds volume `v`'s data: the first server of its cluster. (Until volumes
-    /// are striped over their cluster, one server holds and exports each volume.)
-    pub fn home_server(&self, v: &VolumeRecord) -> Option<&ServerRecord> {
-        let first = self.clusters.get(&v.cluster)?.servers.first()?;
-        self.servers.get(first)
     }
 
     /// The volume with id `id`, if any.
@@ -218,6 +219,24 @@ pub enum Command {
         volume: Name,
         /// The snapshot.
         name: Name,
+    },
+    /// Record that `server` missed writes to the volume: a gateway (`reporter`) could not write
+    /// to it. Refused when the reporter is itself stale or when the volume would have no
+    /// in-sync copy of some chunk left: then the write must fail rather than be acknowledged.
+    MarkReplicaStale {
+        /// The volume.
+        volume: VolumeId,
+        /// The server that missed writes.
+        server: ServerId,
+        /// The server whose gateway saw the failure.
+        reporter: ServerId,
+    },
+    /// Record that `server` has caught up with every write it missed.
+    MarkReplicaInSync {
+        /// The volume.
+        volume: VolumeId,
+        /// The repaired server.
+        server: ServerId,
     },
 }
 

@@ -23,7 +23,8 @@ pub struct ServerConfigFile {
     pub api: Option<String>,
     /// NBD listen address (default 127.0.0.1:10809; port 0 picks a free port).
     pub nbd: Option<String>,
-    /// Address other servers use to reach this one (default: the API address).
+    /// Listen address for server-to-server data traffic (default: the API's IP, port + 1, so
+    /// 127.0.0.1:7781; port 0 when the API's port is 0).
     pub peer: Option<String>,
     /// Start a new management group with this server as its only manager.
     #[serde(default)]
@@ -73,6 +74,20 @@ impl ServerConfigFile {
         };
         let api = parse_addr("--api", self.api.as_deref().unwrap_or(DEFAULT_API_ADDR))?;
         let nbd = parse_addr("--nbd", self.nbd.as_deref().unwrap_or(DEFAULT_NBD_ADDR))?;
+        let peer = match self.peer.as_deref() {
+            Some(p) => parse_addr("--peer", p)?,
+            None => {
+                let port = match api.port() {
+                    0 => 0,
+                    p => p.checked_add(1).ok_or_else(|| {
+                        ConfigError::Invalid(
+                            "the API port is the highest port; give --peer IP:PORT".into(),
+                        )
+                    })?,
+                };
+                SocketAddr::new(api.ip(), port)
+            }
+        };
         if self.bootstrap && self.join.is_some() {
             return Err(ConfigError::Invalid(
                 "--bootstrap and --join exclude each other: bootstrap makes a new group, join enters an existing one".into(),
@@ -90,7 +105,7 @@ impl ServerConfigFile {
             name,
             api,
             nbd,
-            peer: self.peer,
+            peer,
             bootstrap: self.bootstrap,
             join: self.join,
             merge_rate,
@@ -117,8 +132,8 @@ pub struct ServerConfig {
     pub api: SocketAddr,
     /// NBD listen address.
     pub nbd: SocketAddr,
-    /// Address other servers use to reach this one, if different from the API address.
-    pub peer: Option<String>,
+    /// Listen address for server-to-server data traffic (the wire protocol).
+    pub peer: SocketAddr,
     /// Start a new management group.
     pub bootstrap: bool,
     /// Join the group of the server at this URL.
@@ -135,7 +150,7 @@ impl ServerConfig {
             name: None,
             api: SocketAddr::from(([127, 0, 0, 1], 0)),
             nbd: SocketAddr::from(([127, 0, 0, 1], 0)),
-            peer: None,
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
             bootstrap: true,
             join: None,
             merge_rate: None,
@@ -177,6 +192,7 @@ mod tests {
         assert_eq!(c.name.unwrap().as_str(), "b");
         assert_eq!(c.nbd.port(), 1);
         assert_eq!(c.api.to_string(), DEFAULT_API_ADDR);
+        assert_eq!(c.peer.to_string(), "127.0.0.1:7781");
     }
 
     #[test]

@@ -1,26 +1,34 @@
-//! The NBD export list of this server: for every volume of the management state, an export
-//! `VOL` (its writable head) and one `VOL@SNAP` per snapshot (read-only). Names resolve against
-//! this server's applied management state each time a client connects, so a new volume or
-//! snapshot is exported as soon as the server has applied it.
+//! The NBD export list of this server: for every volume of its cluster, an export `VOL` (its
+//! writable head) and one `VOL@SNAP` per snapshot (read-only). This server is the gateway of
+//! each ([`strata_volume::GatewayDevice`]): the data lives on the replicas of each chunk.
+//! Names resolve against this server's applied state each time a client connects, so a new
+//! volume or snapshot is exported as soon as the server has applied it.
 
-use crate::device::VolumeDevice;
 use async_trait::async_trait;
 use std::sync::Arc;
-use strata_meta::Meta;
+use strata_meta::{Meta, StateView, VolumeRecord};
 use strata_nbd::{BlockDevice, ExportInfo, ExportProvider, OpenError};
-use strata_store::Store;
 use strata_types::{format_size, Name};
+use strata_volume::{Engine, GatewayDevice};
 
-/// Resolves export names to devices on this server's store.
+/// Resolves export names to gateway devices.
 pub struct Exports {
     meta: Meta,
-    store: Arc<Store>,
+    engine: Arc<Engine>,
 }
 
 impl Exports {
-    /// Exports of the volumes in `meta`, served from `store`.
-    pub fn new(meta: Meta, store: Arc<Store>) -> Self {
-        Self { meta, store }
+    /// Exports of the volumes in `meta`, served through `engine`.
+    pub fn new(meta: Meta, engine: Arc<Engine>) -> Self {
+        Self { meta, engine }
+    }
+
+    /// Whether this server is in `v`'s cluster (and so may be its gateway).
+    fn serves(&self, state: &StateView, v: &VolumeRecord) -> bool {
+        state
+            .clusters
+            .get(&v.cluster)
+            .is_some_and(|c| c.servers.contains(&self.engine.me()))
     }
 }
 
@@ -30,8 +38,8 @@ impl ExportProvider for Exports {
         let state = self.meta.local_state();
         let mut out = Vec::new();
         for v in state.volumes.values() {
-            if self.store.volume(v.id).is_err() {
-                continue; // served by another server
+            if !self.serves(&state, v) {
+                continue; // served by the servers of another cluster
             }
             out.push(ExportInfo {
                 name: v.name.to_string(),
@@ -68,26 +76,34 @@ impl ExportProvider for Exports {
                 (Some(snap.layer), snap.size, true)
             }
         };
-        let stored = self.store.volume(volume.id).map_err(|_| {
-            OpenError::Other(match state.home_server(volume) {
-                Some(home) => format!(
-                    "volume {} is served by server {}: connect to nbd://{}/{name}",
-                    volume.name, home.name, home.nbd_addr
+        if !self.serves(&state, volume) {
+            let other = state
+                .clusters
+                .get(&volume.cluster)
+                .and_then(|c| c.servers.first())
+                .and_then(|s| state.servers.get(s));
+            return Err(OpenError::Other(match other {
+                Some(s) => format!(
+                    "volume {} is on cluster {}, which this server is not in: connect to nbd://{}/{name}",
+                    volume.name, volume.cluster, s.nbd_addr
                 ),
                 None => format!("volume {} has no server to serve it", volume.name),
-            })
+            }));
+        }
+        let view = self.engine.view(volume.id).ok_or_else(|| {
+            OpenError::Other("volume is not ready on this server yet; retry in a moment".into())
         })?;
-        if layer.is_some_and(|l| !stored.layers.iter().any(|x| x.id == l)) {
+        if layer.is_some_and(|l| !view.layers.contains(&l)) {
             return Err(OpenError::Other(
                 "snapshot is not ready on this server yet; retry in a moment".into(),
             ));
         }
-        // The store may lag a resize by a moment: never export more than it holds.
-        let size = size.min(stored.size);
-        Ok(Arc::new(VolumeDevice::new(
-            self.store.clone(),
+        // This server's view may lag a resize by a moment: never export more than it knows.
+        let size = size.min(view.size);
+        Ok(Arc::new(GatewayDevice::new(
+            self.engine.clone(),
             volume.id,
-            volume.name.to_string(),
+            volume.name.as_str(),
             layer,
             size,
             read_only,

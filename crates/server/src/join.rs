@@ -85,7 +85,7 @@ pub async fn join(meta: &Meta, http: &reqwest::Client, base: &str, me: &JoinRequ
             anyhow!(
                 "admitted by the group at {base}, but its log did not reach this server within \
                  {JOIN_TIMEOUT:?}; check that the group's servers can reach {}",
-                me.peer_addr
+                me.api_addr
             )
         })?;
     tracing::info!(group = %base, "joined the management group");

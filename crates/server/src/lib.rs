@@ -8,7 +8,7 @@
 
 pub mod api;
 pub mod config;
-mod device;
+mod control;
 mod exports;
 mod forward;
 pub mod identity;
@@ -35,6 +35,8 @@ pub struct RunningServer {
     pub api_addr: SocketAddr,
     /// The address NBD listens on.
     pub nbd_addr: SocketAddr,
+    /// The address the server-to-server data protocol listens on.
+    pub peer_addr: SocketAddr,
     /// Who this server is.
     pub identity: Arc<Identity>,
     /// The management state handle.
@@ -106,15 +108,21 @@ pub async fn start(
             config.nbd
         )
     })?;
+    let peer_listener = TcpListener::bind(config.peer).await.with_context(|| {
+        format!(
+            "cannot listen for other servers on {}; is another server using it? pick another with --peer",
+            config.peer
+        )
+    })?;
     let api_addr = api_listener.local_addr()?;
     let nbd_addr = nbd_listener.local_addr()?;
+    let peer_addr = peer_listener.local_addr()?;
     let api_url = format!("http://{api_addr}");
-    let peer_url = config.peer.clone().unwrap_or_else(|| api_url.clone());
 
     let meta = Meta::open(
         &config.data_dir.join("meta"),
         identity.raft_node_id,
-        peer_url.clone(),
+        api_url.clone(),
     )
     .await
     .context("cannot open the management state")?;
@@ -123,7 +131,15 @@ pub async fn start(
         .tcp_nodelay(true)
         .build()
         .context("cannot build the HTTP client")?;
+    let control = Arc::new(control::ServerControl::new(
+        identity.id,
+        meta.clone(),
+        http.clone(),
+        api_url.clone(),
+    ));
+    let engine = strata_volume::Engine::new(identity.id, store.clone(), control);
     let state = api::AppState {
+        engine: engine.clone(),
         meta: meta.clone(),
         store: store.clone(),
         identity: identity.clone(),
@@ -149,7 +165,7 @@ pub async fn start(
         name: identity.name.to_string(),
         api_addr: api_url.clone(),
         nbd_addr: nbd_addr.to_string(),
-        peer_addr: peer_url.clone(),
+        peer_addr: peer_addr.to_string(),
         raft_node_id: identity.raft_node_id,
     };
     let ready = async {
@@ -176,17 +192,32 @@ pub async fn start(
         me,
         shutdown.child_token(),
     ));
-    let exports = Arc::new(exports::Exports::new(meta.clone(), store.clone()));
+    // Serve other servers only once the store follows the management state: a replica must
+    // not accept a write for a layer it has not frozen yet.
+    let wire_config = strata_wire::ServerConfig::new(identity.id);
+    let handler = Arc::new(strata_volume::ReplicaHandler::new(engine.clone()));
+    tasks.spawn(strata_wire::serve(
+        peer_listener,
+        wire_config,
+        handler,
+        shutdown.child_token(),
+    ));
+    tasks.spawn(strata_volume::resync::run(
+        engine.clone(),
+        shutdown.child_token(),
+    ));
+    let exports = Arc::new(exports::Exports::new(meta.clone(), engine));
     let nbd_shutdown = shutdown.child_token();
     tasks.spawn(async move {
         if let Err(e) = strata_nbd::serve(nbd_listener, exports, nbd_shutdown).await {
             tracing::error!(error = %e, "NBD server failed");
         }
     });
-    tracing::info!(server = %identity.name, api = %api_addr, nbd = %nbd_addr, "strata server serving");
+    tracing::info!(server = %identity.name, api = %api_addr, nbd = %nbd_addr, peer = %peer_addr, "strata server serving");
     Ok(RunningServer {
         api_addr,
         nbd_addr,
+        peer_addr,
         identity,
         meta,
         shutdown,

@@ -7,10 +7,10 @@
 //! the two the next reconcile (run at start and after every applied change) finishes the job.
 //! Every step is idempotent: running reconcile twice does nothing the second time.
 //!
-//! Until volumes are striped over their cluster, each volume lives on its cluster's first
-//! server ([`StateView::home_server`]); other servers do not hold it. A volume is deleted from
-//! the store only when the management state no longer has it at all — never because it seems
-//! to belong elsewhere — so no change of cluster membership can drop data.
+//! A server holds (in its store) every volume whose layout names it — the whole layer stack,
+//! with data only for the chunks placed on it. A volume is deleted from the store only when
+//! the management state no longer has it at all — never because it seems to belong elsewhere —
+//! so no change of cluster membership can drop data.
 
 use std::collections::HashSet;
 use strata_meta::StateView;
@@ -33,8 +33,8 @@ pub fn reconcile(state: &StateView, store: &Store, me: ServerId) -> Result<usize
         let stored = match store.volume(v.id) {
             Ok(s) => s,
             Err(StoreError::NoSuchVolume(_)) => {
-                if state.home_server(v).is_none_or(|h| h.id != me) {
-                    continue; // held by another server
+                if !v.servers.contains(&me) {
+                    continue; // none of its chunks live here
                 }
                 let Some(bottom) = v.layers.first() else {
                     tracing::error!(volume = %v.name, "volume has no layers in the management state");

@@ -59,6 +59,9 @@ pub enum StoreError {
         "invalid volume size {0}: it must be a positive multiple of 512 bytes and at most 2^56"
     )]
     InvalidSize(u64),
+    /// A chunk image from another replica does not make sense.
+    #[error("chunk image refused: {0}; the sending replica is faulty or out of date")]
+    BadChunkImage(String),
     /// The filesystem holding the store is full (ENOSPC).
     #[error("no space left on the store's filesystem; free space or add capacity, then retry")]
     NoSpace,

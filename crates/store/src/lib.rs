@@ -8,7 +8,8 @@
 //!
 //! Layout on disk (in the directory given to [`Store::open`]):
 //! - `store.redb`: volumes, layer stacks, merges in progress and per-(layer file, chunk) block
-//!   maps, see [`meta`](crate::meta) for the tables and byte layouts;
+//!   maps, and the missed-write marks kept for other replicas (see [`ChunkImage`] and
+//!   [`MissedChunk`]); see [`meta`](crate::meta) for the tables and byte layouts;
 //! - `volumes/<volume-uuid>/<file-id>.layer`: one sparse data file per layer, blocks at their
 //!   logical offsets (see [`layer`](crate::layer)).
 //!
@@ -29,10 +30,12 @@ mod io;
 mod layer;
 mod merge;
 mod meta;
+mod replica;
 mod store;
 mod volume;
 
 pub use error::{Result, StoreError};
+pub use replica::{ChunkImage, MissedChunk};
 pub use store::{Store, MAX_VOLUME_SIZE};
 pub use strata_types::{LayerId, VolumeId};
 

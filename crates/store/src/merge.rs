@@ -315,6 +315,9 @@ fn finish(inner: &Inner, v: &Volume, p: MergeProgress) -> Result<()> {
         }
     };
     *v.merge.lock() = None;
+    // The layer above now holds the merged layer's blocks, and so its missed marks.
+    let upper = st.layers[kp].id;
+    v.missed.lock().relabel(p.layer, upper);
     v.forget_dirty(dropped_fid);
     if let Err(e) = std::fs::remove_file(&dropped.path) {
         tracing::warn!(file = ?dropped.path, error = %e, "could not remove a merged layer file; it is removed at the next start");

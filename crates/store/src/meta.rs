@@ -9,6 +9,9 @@
 //!   u32 layer count, then per layer bottom..top: 16-byte id, u64 rank, u64 fid, u8 flags
 //!   (1 = frozen, 2 = deleted and waiting to be merged). All integers little-endian.
 //! - `maps_v1` (`(fid, chunk) -> row`): one chunk's block maps, see [`crate::bits`].
+//! - `missed_v1` (`(volume id, server id, layer id, chunk) -> generation u64`): a chunk of a
+//!   layer that another replica server missed writes to (see [`crate::replica`]); written by
+//!   flushes together with the map rows.
 //!
 //! Every change to the layer stack is one transaction; a flush is one transaction holding the
 //! changed map rows (written only after the data files were `fdatasync`ed), optionally together
@@ -16,13 +19,17 @@
 
 use crate::bits::ChunkBits;
 use crate::error::{Result, StoreError};
+use crate::replica::MarkKey;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::{BTreeMap, HashMap};
-use strata_types::{LayerId, VolumeId};
+use strata_types::{LayerId, ServerId, VolumeId};
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const VOLUMES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("volumes_v1");
 pub(crate) const MAPS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("maps_v1");
+/// Key of a missed mark: (volume, server, layer, chunk).
+pub(crate) type MarkRow = ([u8; 16], [u8; 16], [u8; 16], u64);
+pub(crate) const MISSED: TableDefinition<MarkRow, u64> = TableDefinition::new("missed_v1");
 
 const FORMAT_MAGIC: &[u8] = b"STRATA-STORE";
 /// Version of the whole on-disk format.
@@ -175,6 +182,8 @@ pub(crate) struct Loaded {
     pub volumes: Vec<(VolumeId, VolumeRecord)>,
     /// Map rows by fid, for every fid in the rows table.
     pub maps: HashMap<u64, BTreeMap<u64, ChunkBits>>,
+    /// Missed marks by volume: ((server, layer, chunk), generation).
+    pub missed: HashMap<VolumeId, Vec<(MarkKey, u64)>>,
 }
 
 /// Checks (or writes, for a new database) the format tag and loads everything.
@@ -213,6 +222,7 @@ pub(crate) fn load(db: &Database) -> Result<Loaded> {
         };
         txn.open_table(VOLUMES)?;
         txn.open_table(MAPS)?;
+        txn.open_table(MISSED)?;
     }
     txn.commit()?;
 
@@ -233,10 +243,24 @@ pub(crate) fn load(db: &Database) -> Result<Loaded> {
             .map_err(|e| StoreError::Corrupt(format!("file {fid} chunk {chunk}: {e}")))?;
         maps.entry(fid).or_default().insert(chunk, bits);
     }
+    let mut missed: HashMap<VolumeId, Vec<(MarkKey, u64)>> = HashMap::new();
+    for row in txn.open_table(MISSED)?.iter()? {
+        let (k, v) = row?;
+        let (vol, server, layer, chunk) = k.value();
+        missed.entry(VolumeId::from_bytes(vol)).or_default().push((
+            (
+                ServerId::from_bytes(server),
+                LayerId::from_bytes(layer),
+                chunk,
+            ),
+            v.value(),
+        ));
+    }
     Ok(Loaded {
         next_fid,
         volumes,
         maps,
+        missed,
     })
 }
 
@@ -250,6 +274,36 @@ pub(crate) fn put_volume(txn: &WriteTransaction, id: VolumeId, rec: &VolumeRecor
 /// Removes a volume record.
 pub(crate) fn remove_volume(txn: &WriteTransaction, id: VolumeId) -> Result<()> {
     txn.open_table(VOLUMES)?.remove(id.to_bytes())?;
+    Ok(())
+}
+
+/// Writes (or, for `None`, removes) one missed mark of volume `vol`.
+pub(crate) fn put_mark(
+    t: &mut redb::Table<MarkRow, u64>,
+    vol: VolumeId,
+    (server, layer, chunk): MarkKey,
+    generation: Option<u64>,
+) -> Result<()> {
+    let key = (vol.to_bytes(), server.to_bytes(), layer.to_bytes(), chunk);
+    match generation {
+        Some(g) => {
+            t.insert(key, g)?;
+        }
+        None => {
+            t.remove(key)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes every missed mark of volume `vol`.
+pub(crate) fn remove_marks(txn: &WriteTransaction, vol: VolumeId) -> Result<()> {
+    let mut t = txn.open_table(MISSED)?;
+    let v = vol.to_bytes();
+    t.retain_in(
+        (v, [0; 16], [0; 16], 0)..=(v, [255; 16], [255; 16], u64::MAX),
+        |_, _| false,
+    )?;
     Ok(())
 }
 

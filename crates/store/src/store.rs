@@ -109,7 +109,10 @@ impl Store {
                 layers,
                 gone: false,
             };
-            volumes.insert(id, Arc::new(Volume::new(id, vdir, stack, rec.merge)));
+            let v = Volume::new(id, vdir, stack, rec.merge);
+            *v.missed.lock() =
+                crate::replica::Missed::loaded(loaded.missed.remove(&id).unwrap_or_default());
+            volumes.insert(id, Arc::new(v));
         }
         collect_garbage(&db, &volumes_dir, &volumes, loaded.maps.keys().copied())?;
         let inner = Arc::new(Inner {
@@ -181,6 +184,7 @@ impl Store {
         let mut st = v.stack.write();
         let txn = self.inner.db.begin_write()?;
         meta::remove_volume(&txn, vol)?;
+        meta::remove_marks(&txn, vol)?;
         for l in &st.layers {
             meta::remove_rows(&txn, l.data.fid)?;
         }

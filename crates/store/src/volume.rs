@@ -16,6 +16,7 @@ use crate::error::{Result, StoreError};
 use crate::index::{groups, ChunkIndex};
 use crate::layer::LayerData;
 use crate::meta::{self, LayerRecord, MergeProgress, VolumeRecord};
+use crate::replica::Missed;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use redb::{Database, WriteTransaction};
 use std::collections::{BTreeSet, HashMap};
@@ -126,6 +127,8 @@ pub(crate) struct Volume {
     pub merge: Mutex<Option<MergeProgress>>,
     /// A merge failed; the merger leaves this volume alone until the store is reopened.
     pub merge_stalled: AtomicBool,
+    /// Missed-write marks kept for other replicas; persisted by flushes.
+    pub missed: Mutex<Missed>,
 }
 
 impl Volume {
@@ -148,6 +151,7 @@ impl Volume {
             failed: AtomicBool::new(false),
             merge: Mutex::new(merge),
             merge_stalled: AtomicBool::new(false),
+            missed: Mutex::new(Missed::default()),
         }
     }
 
@@ -231,7 +235,7 @@ impl Volume {
         let _serial = self.flush_lock.lock();
         // A flush that failed while we waited leaves the volume failed: report it.
         self.check_writable()?;
-        if self.dirty.lock().is_empty() {
+        if self.dirty.lock().is_empty() && self.missed.lock().is_clean() {
             return Ok(());
         }
         self.flush_locked(db, |_| Ok(()))
@@ -271,6 +275,7 @@ impl Volume {
         // caller may depend on: never report success after it.
         self.check_writable()?;
         let dirty = std::mem::take(&mut *self.dirty.lock());
+        let marks = self.missed.lock().take_dirty();
         let mut rows = Vec::new();
         for (fid, (ld, chunks)) in &dirty {
             let maps = ld.maps.read();
@@ -285,6 +290,10 @@ impl Volume {
                 let mut t = txn.open_table(meta::MAPS)?;
                 for (fid, chunk, bits) in &rows {
                     meta::put_row(&mut t, *fid, *chunk, bits.as_ref())?;
+                }
+                let mut m = txn.open_table(meta::MISSED)?;
+                for (key, generation) in &marks {
+                    meta::put_mark(&mut m, self.id, *key, *generation)?;
                 }
             }
             extra(&txn)?;

@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
-use strata_types::{LayerId, VolumeId};
+use strata_types::{LayerId, ServerId, VolumeId};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::*;
@@ -25,6 +25,7 @@ fn write_req() -> Request {
         offset: 4096,
         data: Bytes::from_static(b"hello block"),
         fua: true,
+        missed: vec![ServerId::from_bytes([3; 16])],
     }
 }
 
@@ -92,8 +93,8 @@ fn corrupt_frames_give_typed_errors() {
             BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]),
             |e| matches!(e, FrameError::BadMagic(_)),
         ),
-        ("version 2", with(5, 2), |e| {
-            matches!(e, FrameError::UnsupportedVersion(2))
+        ("version 3", with(5, 3), |e| {
+            matches!(e, FrameError::UnsupportedVersion(3))
         }),
         ("kind 7", with(6, 7), |e| {
             matches!(e, FrameError::BadKind(7))
@@ -193,17 +194,40 @@ fn arb_data() -> impl Strategy<Value = Bytes> {
     prop::collection::vec(any::<u8>(), 0..9000).prop_map(Bytes::from)
 }
 
+fn arb_missed() -> impl Strategy<Value = Vec<ServerId>> {
+    prop::collection::vec(arb_id().prop_map(ServerId::from_bytes), 0..=3)
+}
+
+/// Two block maps with no block in both, and blocks to match.
+fn arb_chunk() -> impl Strategy<Value = ([u64; 16], [u64; 16], Bytes)> {
+    (any::<[u64; 16]>(), any::<[u64; 16]>(), 0u64..4).prop_map(|(a, b, keep)| {
+        // Keep the data map sparse so the blocks stay small.
+        let data: [u64; 16] = std::array::from_fn(|i| if i == 0 { a[i] & keep } else { 0 });
+        let zero: [u64; 16] = std::array::from_fn(|i| b[i] & !data[i]);
+        let n: u32 = data.iter().map(|w| w.count_ones()).sum();
+        let blocks = Bytes::from(vec![0x5a; n as usize * 4096]);
+        (data, zero, blocks)
+    })
+}
+
 fn arb_request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (arb_id(), arb_id(), any::<u64>(), arb_data(), any::<bool>()).prop_map(
-            |(v, l, offset, data, fua)| Request::Write {
+        (
+            arb_id(),
+            arb_id(),
+            any::<u64>(),
+            arb_data(),
+            any::<bool>(),
+            arb_missed()
+        )
+            .prop_map(|(v, l, offset, data, fua, missed)| Request::Write {
                 volume: VolumeId::from_bytes(v),
                 layer: LayerId::from_bytes(l),
                 offset,
                 data,
                 fua,
-            }
-        ),
+                missed,
+            }),
         (
             arb_id(),
             prop::option::of(arb_id()),
@@ -219,15 +243,38 @@ fn arb_request() -> impl Strategy<Value = Request> {
         arb_id().prop_map(|v| Request::Flush {
             volume: VolumeId::from_bytes(v)
         }),
-        (arb_id(), arb_id(), any::<u64>(), any::<u64>()).prop_map(|(v, l, offset, len)| {
-            Request::Trim {
+        (arb_id(), arb_id(), any::<u64>(), any::<u64>(), arb_missed()).prop_map(
+            |(v, l, offset, len, missed)| Request::Trim {
                 volume: VolumeId::from_bytes(v),
                 layer: LayerId::from_bytes(l),
                 offset,
                 len,
+                missed,
+            }
+        ),
+        Just(Request::Ping),
+        (arb_id(), arb_id(), any::<u64>()).prop_map(|(v, l, chunk)| Request::GetChunk {
+            volume: VolumeId::from_bytes(v),
+            layer: LayerId::from_bytes(l),
+            chunk,
+        }),
+        (arb_id(), arb_id(), any::<u64>(), arb_chunk()).prop_map(
+            |(v, l, chunk, (data, zero, blocks))| Request::PutChunk {
+                volume: VolumeId::from_bytes(v),
+                layer: LayerId::from_bytes(l),
+                chunk,
+                data,
+                zero,
+                blocks,
+            }
+        ),
+        (arb_id(), prop::option::of(arb_id()), any::<u64>()).prop_map(|(v, l, chunk)| {
+            Request::Digest {
+                volume: VolumeId::from_bytes(v),
+                layer: l.map(LayerId::from_bytes),
+                chunk,
             }
         }),
-        Just(Request::Ping),
     ]
 }
 
@@ -238,6 +285,8 @@ fn arb_response() -> impl Strategy<Value = Response> {
         arb_data().prop_map(Response::Data),
         (prop::sample::select(ErrorCode::ALL.to_vec()), ".{0,80}")
             .prop_map(|(code, message)| Response::Error { code, message }),
+        arb_chunk().prop_map(|(data, zero, blocks)| Response::Chunk { data, zero, blocks }),
+        any::<[u8; 32]>().prop_map(Response::Digest),
     ]
 }
 
@@ -286,4 +335,40 @@ proptest! {
         let _ = Request::decode(u16::from(bytes.first().copied().unwrap_or(0)), Bytes::from(bytes.clone()));
         let _ = Response::decode(0x8000 | u16::from(bytes.first().copied().unwrap_or(0)), Bytes::from(bytes));
     }
+}
+
+/// Chunk maps that contradict each other or their blocks are refused, not trusted.
+#[test]
+fn bad_chunk_maps_are_refused() {
+    let good = Response::Chunk {
+        data: std::array::from_fn(|i| u64::from(i == 0)),
+        zero: [0; 16],
+        blocks: Bytes::from(vec![1; 4096]),
+    };
+    let mut payload = BytesMut::new();
+    good.put_payload(&mut payload);
+    assert_eq!(Response::decode(0x8005, payload.clone().freeze()), Ok(good));
+    // One block short.
+    let short = payload.split_to(payload.len() - 1).freeze();
+    assert!(Response::decode(0x8005, short).is_err());
+    // A block both data and zero.
+    let mut both = BytesMut::new();
+    Response::Chunk {
+        data: std::array::from_fn(|i| u64::from(i == 0)),
+        zero: std::array::from_fn(|i| u64::from(i == 0)),
+        blocks: Bytes::from(vec![1; 4096]),
+    }
+    .put_payload(&mut both);
+    assert!(Response::decode(0x8005, both.freeze()).is_err());
+    // Four missed servers are more than any volume has replicas.
+    let mut four = BytesMut::new();
+    Request::Trim {
+        volume: VolumeId::from_bytes([1; 16]),
+        layer: LayerId::from_bytes([2; 16]),
+        offset: 0,
+        len: 1,
+        missed: vec![ServerId::from_bytes([3; 16]); 4],
+    }
+    .put_payload(&mut four);
+    assert!(Request::decode(0x0004, four.freeze()).is_err());
 }

@@ -7,22 +7,32 @@
 //!
 //! ```text
 //! type   message  payload
-//! 0x0001 Write    volume 16 | layer 16 | offset u64 | flags u8 (bit 0 = FUA) | data ..
+//! 0x0001 Write    volume 16 | layer 16 | offset u64 | flags u8 (bit 0 = FUA) | missed | data ..
 //! 0x0002 Read     volume 16 | has_layer u8 | layer 16 (zero if none) | offset u64 | len u32
 //! 0x0003 Flush    volume 16
-//! 0x0004 Trim     volume 16 | layer 16 | offset u64 | len u64
+//! 0x0004 Trim     volume 16 | layer 16 | offset u64 | len u64 | missed
 //! 0x0005 Ping     (empty)
+//! 0x0006 GetChunk volume 16 | layer 16 | chunk u64
+//! 0x0007 PutChunk volume 16 | layer 16 | chunk u64 | maps | blocks ..
+//! 0x0008 Digest   volume 16 | has_layer u8 | layer 16 (zero if none) | chunk u64
 //! 0x8001 Ok       (empty)
 //! 0x8002 Data     data ..
 //! 0x8003 Error    code u16 | UTF-8 message ..
 //! 0x8004 Pong     (empty)
+//! 0x8005 Chunk    maps | blocks ..
+//! 0x8006 Digest   digest 32
 //! ```
+//! `missed` is a count u8 (at most 3) and that many server ids. `maps` is two 1024-bit block
+//! maps of one 4 MiB chunk, 16 little-endian u64 words each: `data` then `zero`; no block may be
+//! in both, and `blocks` holds exactly 4096 bytes per `data` bit, in block order.
+//!
+//! Version 2 added `missed`, GetChunk, PutChunk, Digest, Chunk, Digest and `NotReady`.
 //!
 //! A new field or message means a new protocol version (negotiated in the handshake), never a
 //! silent reinterpretation of these bytes.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use strata_types::{LayerId, VolumeId};
+use strata_types::{LayerId, ServerId, VolumeId};
 
 use crate::error::MessageError;
 use crate::frame::{FrameKind, WireMessage};
@@ -43,6 +53,9 @@ pub enum Request {
         data: Bytes,
         /// Force unit access: durable before the answer.
         fua: bool,
+        /// Replicas that did not get this write: the receiver records the chunk as missed by
+        /// them. A write with no data only records these marks (in `layer`, any live layer).
+        missed: Vec<ServerId>,
     },
     /// Read `len` bytes at `offset`, as seen from `layer` (the head when `None`); answered with
     /// [`Response::Data`].
@@ -71,10 +84,53 @@ pub enum Request {
         offset: u64,
         /// Bytes to discard.
         len: u64,
+        /// Replicas that did not get this change (see `Write`).
+        missed: Vec<ServerId>,
     },
     /// Liveness check; answered with [`Response::Pong`].
     Ping,
+    /// The content of one chunk of one layer; answered with [`Response::Chunk`].
+    GetChunk {
+        /// The volume.
+        volume: VolumeId,
+        /// The layer (any live layer, frozen or head).
+        layer: LayerId,
+        /// The chunk index.
+        chunk: u64,
+    },
+    /// Replace one chunk of one layer with the given content (repair; durable on the answer).
+    PutChunk {
+        /// The volume.
+        volume: VolumeId,
+        /// The layer (any live layer, frozen or head).
+        layer: LayerId,
+        /// The chunk index.
+        chunk: u64,
+        /// Blocks holding data.
+        data: [u64; MAP_WORDS],
+        /// Blocks recorded as zeroed.
+        zero: [u64; MAP_WORDS],
+        /// The data blocks' bytes, in block order.
+        blocks: Bytes,
+    },
+    /// A digest of one chunk as read at `layer` (the head when `None`); answered with
+    /// [`Response::Digest`].
+    Digest {
+        /// The volume.
+        volume: VolumeId,
+        /// The layer to read as of.
+        layer: Option<LayerId>,
+        /// The chunk index.
+        chunk: u64,
+    },
 }
+
+/// 64-bit words in one chunk's block map.
+pub const MAP_WORDS: usize = 16;
+/// Bytes of one block.
+const BLOCK: usize = 4096;
+/// The most replicas a `missed` list may name.
+const MAX_MISSED: usize = 3;
 
 /// Why a request failed at the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -91,17 +147,21 @@ pub enum ErrorCode {
     Io = 5,
     /// The request did not parse or is not supported.
     BadRequest = 6,
+    /// The peer has not caught up with the management state yet (e.g. does not know that
+    /// layer); retry shortly.
+    NotReady = 7,
 }
 
 impl ErrorCode {
     /// Every code, for tests and exhaustive tables.
-    pub const ALL: [ErrorCode; 6] = [
+    pub const ALL: [ErrorCode; 7] = [
         Self::Fenced,
         Self::OutOfRange,
         Self::NoSpace,
         Self::UnknownVolume,
         Self::Io,
         Self::BadRequest,
+        Self::NotReady,
     ];
 
     /// The code from its wire number.
@@ -126,6 +186,17 @@ pub enum Response {
     },
     /// The answer to [`Request::Ping`].
     Pong,
+    /// The answer to [`Request::GetChunk`].
+    Chunk {
+        /// Blocks holding data.
+        data: [u64; MAP_WORDS],
+        /// Blocks recorded as zeroed.
+        zero: [u64; MAP_WORDS],
+        /// The data blocks' bytes, in block order.
+        blocks: Bytes,
+    },
+    /// The answer to [`Request::Digest`].
+    Digest([u8; 32]),
 }
 
 const T_WRITE: u16 = 0x0001;
@@ -133,10 +204,71 @@ const T_READ: u16 = 0x0002;
 const T_FLUSH: u16 = 0x0003;
 const T_TRIM: u16 = 0x0004;
 const T_PING: u16 = 0x0005;
+const T_GET_CHUNK: u16 = 0x0006;
+const T_PUT_CHUNK: u16 = 0x0007;
+const T_DIGEST_REQ: u16 = 0x0008;
 const T_OK: u16 = 0x8001;
 const T_DATA: u16 = 0x8002;
 const T_ERROR: u16 = 0x8003;
 const T_PONG: u16 = 0x8004;
+const T_CHUNK: u16 = 0x8005;
+const T_DIGEST: u16 = 0x8006;
+
+const MAPS: usize = 2 * MAP_WORDS * 8;
+
+fn put_missed(dst: &mut BytesMut, missed: &[ServerId]) {
+    dst.put_u8(missed.len() as u8);
+    for s in missed {
+        dst.put_slice(&s.to_bytes());
+    }
+}
+
+fn get_missed(t: u16, p: &mut Bytes) -> Result<Vec<ServerId>, MessageError> {
+    let bad = MessageError::BadField {
+        msg_type: t,
+        field: "missed servers",
+    };
+    if p.remaining() < 1 {
+        return Err(bad);
+    }
+    let n = usize::from(p.get_u8());
+    if n > MAX_MISSED || p.remaining() < n * ID {
+        return Err(bad);
+    }
+    Ok((0..n).map(|_| ServerId::from_bytes(get_id(p))).collect())
+}
+
+fn put_maps(dst: &mut BytesMut, data: &[u64; MAP_WORDS], zero: &[u64; MAP_WORDS]) {
+    for w in data.iter().chain(zero) {
+        dst.put_u64_le(*w);
+    }
+}
+
+/// Reads the two maps and checks them against the blocks that follow.
+fn get_maps(t: u16, p: &mut Bytes) -> Result<([u64; MAP_WORDS], [u64; MAP_WORDS]), MessageError> {
+    if p.remaining() < MAPS {
+        return Err(MessageError::BadLength {
+            msg_type: t,
+            len: p.remaining(),
+        });
+    }
+    let data: [u64; MAP_WORDS] = std::array::from_fn(|_| p.get_u64_le());
+    let zero: [u64; MAP_WORDS] = std::array::from_fn(|_| p.get_u64_le());
+    if data.iter().zip(&zero).any(|(d, z)| d & z != 0) {
+        return Err(MessageError::BadField {
+            msg_type: t,
+            field: "block maps (a block both data and zero)",
+        });
+    }
+    let count: usize = data.iter().map(|w| w.count_ones() as usize).sum();
+    if p.remaining() != count * BLOCK {
+        return Err(MessageError::BadField {
+            msg_type: t,
+            field: "chunk blocks (length does not match the data map)",
+        });
+    }
+    Ok((data, zero))
+}
 
 const ID: usize = 16;
 
@@ -181,16 +313,24 @@ impl WireMessage for Request {
             Self::Flush { .. } => T_FLUSH,
             Self::Trim { .. } => T_TRIM,
             Self::Ping => T_PING,
+            Self::GetChunk { .. } => T_GET_CHUNK,
+            Self::PutChunk { .. } => T_PUT_CHUNK,
+            Self::Digest { .. } => T_DIGEST_REQ,
         }
     }
 
     fn payload_len(&self) -> usize {
         match self {
-            Self::Write { data, .. } => ID + ID + 8 + 1 + data.len(),
+            Self::Write { data, missed, .. } => {
+                ID + ID + 8 + 1 + 1 + missed.len() * ID + data.len()
+            }
             Self::Read { .. } => ID + 1 + ID + 8 + 4,
             Self::Flush { .. } => ID,
-            Self::Trim { .. } => ID + ID + 8 + 8,
+            Self::Trim { missed, .. } => ID + ID + 8 + 8 + 1 + missed.len() * ID,
             Self::Ping => 0,
+            Self::GetChunk { .. } => ID + ID + 8,
+            Self::PutChunk { blocks, .. } => ID + ID + 8 + MAPS + blocks.len(),
+            Self::Digest { .. } => ID + 1 + ID + 8,
         }
     }
 
@@ -202,11 +342,13 @@ impl WireMessage for Request {
                 offset,
                 data,
                 fua,
+                missed,
             } => {
                 dst.put_slice(&volume.to_bytes());
                 dst.put_slice(&layer.to_bytes());
                 dst.put_u64(*offset);
                 dst.put_u8(u8::from(*fua));
+                put_missed(dst, missed);
                 dst.put_slice(data);
             }
             Self::Read {
@@ -227,30 +369,67 @@ impl WireMessage for Request {
                 layer,
                 offset,
                 len,
+                missed,
             } => {
                 dst.put_slice(&volume.to_bytes());
                 dst.put_slice(&layer.to_bytes());
                 dst.put_u64(*offset);
                 dst.put_u64(*len);
+                put_missed(dst, missed);
             }
             Self::Ping => {}
+            Self::GetChunk {
+                volume,
+                layer,
+                chunk,
+            } => {
+                dst.put_slice(&volume.to_bytes());
+                dst.put_slice(&layer.to_bytes());
+                dst.put_u64(*chunk);
+            }
+            Self::PutChunk {
+                volume,
+                layer,
+                chunk,
+                data,
+                zero,
+                blocks,
+            } => {
+                dst.put_slice(&volume.to_bytes());
+                dst.put_slice(&layer.to_bytes());
+                dst.put_u64(*chunk);
+                put_maps(dst, data, zero);
+                dst.put_slice(blocks);
+            }
+            Self::Digest {
+                volume,
+                layer,
+                chunk,
+            } => {
+                dst.put_slice(&volume.to_bytes());
+                dst.put_u8(u8::from(layer.is_some()));
+                dst.put_slice(&layer.map_or([0; 16], LayerId::to_bytes));
+                dst.put_u64(*chunk);
+            }
         }
     }
 
     fn decode(t: u16, mut p: Bytes) -> Result<Self, MessageError> {
         match t {
             T_WRITE => {
-                need(t, &p, ID + ID + 8 + 1, true)?;
+                need(t, &p, ID + ID + 8 + 1 + 1, true)?;
                 let volume = VolumeId::from_bytes(get_id(&mut p));
                 let layer = LayerId::from_bytes(get_id(&mut p));
                 let offset = p.get_u64();
                 let fua = flag(t, p.get_u8(), "fua flag")?;
+                let missed = get_missed(t, &mut p)?;
                 Ok(Self::Write {
                     volume,
                     layer,
                     offset,
                     data: p,
                     fua,
+                    missed,
                 })
             }
             T_READ => {
@@ -272,16 +451,59 @@ impl WireMessage for Request {
                 })
             }
             T_TRIM => {
-                need(t, &p, ID + ID + 8 + 8, false)?;
+                need(t, &p, ID + ID + 8 + 8 + 1, true)?;
+                let volume = VolumeId::from_bytes(get_id(&mut p));
+                let layer = LayerId::from_bytes(get_id(&mut p));
+                let offset = p.get_u64();
+                let len = p.get_u64();
+                let missed = get_missed(t, &mut p)?;
+                need(t, &p, 0, false)?;
                 Ok(Self::Trim {
-                    volume: VolumeId::from_bytes(get_id(&mut p)),
-                    layer: LayerId::from_bytes(get_id(&mut p)),
-                    offset: p.get_u64(),
-                    len: p.get_u64(),
+                    volume,
+                    layer,
+                    offset,
+                    len,
+                    missed,
                 })
             }
             T_PING => need(t, &p, 0, false).map(|()| Self::Ping),
-            T_OK | T_DATA | T_ERROR | T_PONG => Err(MessageError::WrongKind(t)),
+            T_GET_CHUNK => {
+                need(t, &p, ID + ID + 8, false)?;
+                Ok(Self::GetChunk {
+                    volume: VolumeId::from_bytes(get_id(&mut p)),
+                    layer: LayerId::from_bytes(get_id(&mut p)),
+                    chunk: p.get_u64(),
+                })
+            }
+            T_PUT_CHUNK => {
+                need(t, &p, ID + ID + 8 + MAPS, true)?;
+                let volume = VolumeId::from_bytes(get_id(&mut p));
+                let layer = LayerId::from_bytes(get_id(&mut p));
+                let chunk = p.get_u64();
+                let (data, zero) = get_maps(t, &mut p)?;
+                Ok(Self::PutChunk {
+                    volume,
+                    layer,
+                    chunk,
+                    data,
+                    zero,
+                    blocks: p,
+                })
+            }
+            T_DIGEST_REQ => {
+                need(t, &p, ID + 1 + ID + 8, false)?;
+                let volume = VolumeId::from_bytes(get_id(&mut p));
+                let has_layer = flag(t, p.get_u8(), "has_layer flag")?;
+                let layer = LayerId::from_bytes(get_id(&mut p));
+                Ok(Self::Digest {
+                    volume,
+                    layer: has_layer.then_some(layer),
+                    chunk: p.get_u64(),
+                })
+            }
+            T_OK | T_DATA | T_ERROR | T_PONG | T_CHUNK | T_DIGEST => {
+                Err(MessageError::WrongKind(t))
+            }
             _ => Err(MessageError::UnknownType(t)),
         }
     }
@@ -296,6 +518,8 @@ impl WireMessage for Response {
             Self::Data(_) => T_DATA,
             Self::Error { .. } => T_ERROR,
             Self::Pong => T_PONG,
+            Self::Chunk { .. } => T_CHUNK,
+            Self::Digest(_) => T_DIGEST,
         }
     }
 
@@ -304,6 +528,8 @@ impl WireMessage for Response {
             Self::Ok | Self::Pong => 0,
             Self::Data(d) => d.len(),
             Self::Error { message, .. } => 2 + message.len(),
+            Self::Chunk { blocks, .. } => MAPS + blocks.len(),
+            Self::Digest(_) => 32,
         }
     }
 
@@ -315,6 +541,11 @@ impl WireMessage for Response {
                 dst.put_u16(*code as u16);
                 dst.put_slice(message.as_bytes());
             }
+            Self::Chunk { data, zero, blocks } => {
+                put_maps(dst, data, zero);
+                dst.put_slice(blocks);
+            }
+            Self::Digest(d) => dst.put_slice(d),
         }
     }
 
@@ -336,7 +567,22 @@ impl WireMessage for Response {
                     })?;
                 Ok(Self::Error { code, message })
             }
-            T_WRITE | T_READ | T_FLUSH | T_TRIM | T_PING => Err(MessageError::WrongKind(t)),
+            T_CHUNK => {
+                let (data, zero) = get_maps(t, &mut p)?;
+                Ok(Self::Chunk {
+                    data,
+                    zero,
+                    blocks: p,
+                })
+            }
+            T_DIGEST => {
+                need(t, &p, 32, false)?;
+                let mut d = [0u8; 32];
+                p.copy_to_slice(&mut d);
+                Ok(Self::Digest(d))
+            }
+            T_WRITE | T_READ | T_FLUSH | T_TRIM | T_PING | T_GET_CHUNK | T_PUT_CHUNK
+            | T_DIGEST_REQ => Err(MessageError::WrongKind(t)),
             _ => Err(MessageError::UnknownType(t)),
         }
     }

@@ -36,6 +36,8 @@ pub struct ServerProcess {
     pub api: String,
     /// The NBD address, `127.0.0.1:PORT`.
     pub nbd: String,
+    /// The server-to-server address, `127.0.0.1:PORT`.
+    pub peer: String,
     dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -45,16 +47,16 @@ impl ServerProcess {
     pub fn start() -> Self {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().join("data");
-        let mut s = Self::spawn(&dir, "127.0.0.1:0", "127.0.0.1:0");
+        let mut s = Self::spawn(&dir, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0");
         s._tmp = Some(tmp);
         s
     }
 
-    fn spawn(dir: &Path, api: &str, nbd: &str) -> Self {
+    fn spawn(dir: &Path, api: &str, nbd: &str, peer: &str) -> Self {
         let mut child = Command::new(strata_bin())
             .args(["server", "--data-dir"])
             .arg(dir)
-            .args(["--api", api, "--nbd", nbd, "--bootstrap"])
+            .args(["--api", api, "--nbd", nbd, "--peer", peer, "--bootstrap"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -83,6 +85,7 @@ impl ServerProcess {
             child: Some(child),
             api: after("API"),
             nbd: after("NBD"),
+            peer: after("PEER"),
             dir: dir.to_path_buf(),
             _tmp: None,
         }
@@ -111,11 +114,12 @@ impl ServerProcess {
         self.kill();
         let api = self.api.trim_start_matches("http://").to_string();
         let nbd = self.nbd.clone();
+        let peer = self.peer.clone();
         let tmp = self._tmp.take();
         let mut again = None;
         // The old sockets may linger for a moment after the kill.
         for _ in 0..50 {
-            match std::panic::catch_unwind(|| Self::spawn(&self.dir, &api, &nbd)) {
+            match std::panic::catch_unwind(|| Self::spawn(&self.dir, &api, &nbd, &peer)) {
                 Ok(s) => {
                     again = Some(s);
                     break;

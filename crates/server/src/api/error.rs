@@ -115,8 +115,9 @@ fn command_status(e: &CommandError) -> StatusCode {
         | C::RaftNodeIdExists(_)
         | C::ClusterExists(_)
         | C::ServerInCluster { .. }
-        | C::ClusterNeedsServer { .. }
-        | C::HomeServer { .. }
+        | C::ServerHoldsData { .. }
+        | C::ReporterStale { .. }
+        | C::NoReplicaLeft { .. }
         | C::VolumeExists(_)
         | C::VolumeIdExists(_)
         | C::LayerInUse(_)
@@ -125,12 +126,14 @@ fn command_status(e: &CommandError) -> StatusCode {
         C::UnknownServer(_)
         | C::UnknownCluster(_)
         | C::UnknownVolume(_)
+        | C::UnknownVolumeId(_)
         | C::UnknownSnapshot { .. } => StatusCode::NOT_FOUND,
         C::MissingAddress { .. }
         | C::EmptyCluster(_)
         | C::NotInCluster { .. }
         | C::BadSize { .. }
         | C::Shrink { .. }
+        | C::NotInLayout { .. }
         | C::BadReplicas { .. } => StatusCode::BAD_REQUEST,
     }
 }

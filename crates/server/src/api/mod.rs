@@ -11,6 +11,7 @@
 
 mod clusters;
 mod error;
+mod internal;
 mod managers;
 mod servers;
 mod system;
@@ -33,6 +34,8 @@ use utoipa::OpenApi;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
+    /// The volume engine: gateways, replicas, barrier, resync.
+    pub engine: Arc<strata_volume::Engine>,
     /// The replicated management state.
     pub meta: Meta,
     /// This server's block store.
@@ -74,10 +77,14 @@ impl AppState {
         // quorum lost), the reconcile still runs to its end before another may start.
         let guard = self.reconcile_lock.clone().lock_owned().await;
         let state = self.meta.local_state();
-        let (store, me) = (self.store.clone(), self.identity.id);
+        let (store, me, engine) = (self.store.clone(), self.identity.id, self.engine.clone());
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
-            reconcile(&state, &store, me)
+            let done = reconcile(&state, &store, me);
+            // The engine sees a layer only once the store has it: a replica must not accept
+            // writes for a head whose predecessor it has not frozen yet.
+            engine.update(&state);
+            done
         })
         .await
         .map_err(|e| ApiError::internal(format!("reconcile task failed: {e}")))??;
@@ -113,6 +120,7 @@ impl AppState {
         volumes::list_snapshots,
         volumes::delete_snapshot,
         volumes::diff,
+        volumes::verify,
     ),
     components(schemas(strata_api_types::ErrorBody))
 )]
@@ -160,10 +168,20 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(volumes::delete_snapshot),
         )
         .route("/v1/volumes/{name}/diff", get(volumes::diff))
+        .route("/v1/volumes/{name}/verify", post(volumes::verify))
+        .route(
+            "/v1/internal/volumes/{id}/stale",
+            post(internal::mark_stale),
+        )
+        .route(
+            "/v1/internal/volumes/{id}/in-sync",
+            post(internal::mark_in_sync),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::forward::forward_to_leader,
         ))
+        .merge(internal::router())
         .with_state(state)
         .merge(raft)
 }

@@ -76,7 +76,7 @@ pub async fn join(
     if !member {
         let add = app
             .meta
-            .add_learner(req.raft_node_id, req.peer_addr.clone(), false);
+            .add_learner(req.raft_node_id, req.api_addr.clone(), false);
         tokio::time::timeout(QUORUM_TIMEOUT, add)
             .await
             .map_err(|_| {

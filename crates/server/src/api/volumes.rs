@@ -4,12 +4,16 @@ use super::{parse_name, ApiError, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use futures::future::join_all;
 use serde::Deserialize;
+use std::collections::HashMap;
+use std::time::Duration;
 use strata_api_types::{
-    CreateSnapshot, CreateVolume, DiffInfo, Range, ResizeVolume, SnapshotInfo, VolumeInfo,
+    ChunkMismatch, CreateSnapshot, CreateVolume, DiffInfo, LocalVolume, Range, ReplicaDigest,
+    ResizeVolume, SnapshotInfo, VerifyReport, VerifyRequest, VolumeInfo,
 };
 use strata_meta::{Command, CommandError, MetaError, StateView, VolumeRecord};
-use strata_types::{LayerId, Name, VolumeId};
+use strata_types::{LayerId, Name, ServerId, VolumeId};
 
 /// The largest volume accepted: 1 PiB.
 const MAX_VOLUME_SIZE: u64 = 1 << 50;
@@ -53,13 +57,75 @@ fn snapshot_info(v: &VolumeRecord, s: &strata_meta::SnapshotRecord) -> SnapshotI
     }
 }
 
-fn volume_info(app: &AppState, state: &StateView, v: &VolumeRecord) -> VolumeInfo {
-    // Until volumes are distributed, one server holds each; the answering server knows the use
-    // only of what it holds.
-    let used_bytes = app.store.volume_used_bytes(v.id).ok();
-    let nbd_addr = state
-        .home_server(v)
-        .map_or(app.nbd_addr.as_str(), |h| h.nbd_addr.as_str());
+/// How long the leader waits for another server's part of an answer.
+const ASK_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Asks every server of `v`'s layout what it holds of it; servers that do not answer in time
+/// are missing from the result.
+async fn local_parts(
+    app: &AppState,
+    state: &StateView,
+    v: &VolumeRecord,
+) -> HashMap<ServerId, LocalVolume> {
+    let asks = v.servers.iter().filter_map(|id| {
+        let api = state.servers.get(id)?.api_addr.clone();
+        let (http, vid, id) = (app.http.clone(), v.id, *id);
+        Some(async move {
+            let url = format!("{api}/internal/v1/volumes/{vid}/local");
+            let resp = http.get(&url).timeout(ASK_TIMEOUT).send().await.ok()?;
+            let part: LocalVolume = resp.error_for_status().ok()?.json().await.ok()?;
+            Some((id, part))
+        })
+    });
+    join_all(asks).await.into_iter().flatten().collect()
+}
+
+/// `healthy`; `degraded` while a stale server is unreachable; else `resyncing N%`.
+fn health(v: &VolumeRecord, parts: &HashMap<ServerId, LocalVolume>) -> String {
+    if v.stale.is_empty() {
+        return "healthy".into();
+    }
+    if v.stale.iter().any(|s| !parts.contains_key(s)) {
+        return "degraded".into();
+    }
+    let (mut remaining, mut total) = (0u64, 0u64);
+    for part in parts.values() {
+        for m in part.missed.iter().filter(|m| v.stale.contains(&m.server)) {
+            remaining += m.remaining;
+            total += m.total;
+        }
+    }
+    let done = if total == 0 {
+        99
+    } else {
+        ((total - remaining) * 100 / total).min(99)
+    };
+    format!("resyncing {done}%")
+}
+
+async fn volume_info(app: &AppState, state: &StateView, v: &VolumeRecord) -> VolumeInfo {
+    let parts = local_parts(app, state, v).await;
+    let used_bytes =
+        (parts.len() == v.servers.len()).then(|| parts.values().map(|p| p.used_bytes).sum());
+    let names = |ids: &[ServerId]| {
+        ids.iter()
+            .map(|id| {
+                state
+                    .servers
+                    .get(id)
+                    .map_or_else(|| id.to_string(), |s| s.name.to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    // This server if it is a gateway of the volume (in its cluster), else one that is.
+    let cluster = state.clusters.get(&v.cluster).map(|c| c.servers.clone());
+    let nbd_addr = match cluster {
+        Some(c) if !c.contains(&app.identity.id) => c
+            .first()
+            .and_then(|s| state.servers.get(s))
+            .map_or(app.nbd_addr.clone(), |s| s.nbd_addr.clone()),
+        _ => app.nbd_addr.clone(),
+    };
     VolumeInfo {
         id: v.id,
         name: v.name.to_string(),
@@ -67,8 +133,10 @@ fn volume_info(app: &AppState, state: &StateView, v: &VolumeRecord) -> VolumeInf
         size: v.size,
         replicas: v.replicas,
         role: "primary".into(),
-        status: "healthy".into(),
+        status: health(v, &parts),
         used_bytes,
+        servers: names(&v.servers),
+        stale_servers: names(&v.stale),
         head: v
             .layers
             .last()
@@ -111,7 +179,10 @@ pub async fn create_volume(
     app.apply_to_store().await?;
     let state = app.meta.local_state();
     let v = find_volume(&state, name.as_str())?;
-    Ok((StatusCode::CREATED, Json(volume_info(&app, &state, v))))
+    Ok((
+        StatusCode::CREATED,
+        Json(volume_info(&app, &state, v).await),
+    ))
 }
 
 /// `GET /v1/volumes`: every volume.
@@ -119,13 +190,8 @@ pub async fn create_volume(
 pub async fn list_volumes(State(app): State<AppState>) -> Result<Json<Vec<VolumeInfo>>, ApiError> {
     let state = app.meta.read().await?;
     // Keyed by name, so already in name order.
-    Ok(Json(
-        state
-            .volumes
-            .values()
-            .map(|v| volume_info(&app, &state, v))
-            .collect(),
-    ))
+    let infos = state.volumes.values().map(|v| volume_info(&app, &state, v));
+    Ok(Json(join_all(infos).await))
 }
 
 /// `GET /v1/volumes/{name}`: one volume with its snapshots.
@@ -136,7 +202,9 @@ pub async fn show_volume(
     Path(name): Path<String>,
 ) -> Result<Json<VolumeInfo>, ApiError> {
     let state = app.meta.read().await?;
-    Ok(Json(volume_info(&app, &state, find_volume(&state, &name)?)))
+    Ok(Json(
+        volume_info(&app, &state, find_volume(&state, &name)?).await,
+    ))
 }
 
 /// `POST /v1/volumes/{name}/resize`: grow a volume. Clients see the new size when they reconnect.
@@ -158,11 +226,9 @@ pub async fn resize_volume(
         .await?;
     app.apply_to_store().await?;
     let state = app.meta.local_state();
-    Ok(Json(volume_info(
-        &app,
-        &state,
-        find_volume(&state, name.as_str())?,
-    )))
+    Ok(Json(
+        volume_info(&app, &state, find_volume(&state, name.as_str())?).await,
+    ))
 }
 
 /// `DELETE /v1/volumes/{name}`: delete a volume, its snapshots and its data.
@@ -201,6 +267,29 @@ pub async fn create_snapshot(
         Some(n) => parse_name("snapshot", &n)?,
         None => parse_name("snapshot", &default_snapshot_name())?,
     };
+    let state = app.meta.read().await?;
+    let v = find_volume(&state, volume.as_str())?;
+    let barrier = Barrier::new(&app, &state, v);
+    barrier.pause().await;
+    let taken = commit_snapshot(&app, &volume, &snap).await;
+    if let Ok(head) = &taken {
+        barrier.freeze(*head).await;
+    }
+    barrier.release().await;
+    taken?;
+    app.apply_to_store().await?;
+    let state = app.meta.local_state();
+    let v = find_volume(&state, volume.as_str())?;
+    let s = v
+        .snapshots
+        .iter()
+        .find(|s| s.name == snap)
+        .ok_or_else(|| ApiError::internal("snapshot vanished right after it was taken"))?;
+    Ok((StatusCode::CREATED, Json(snapshot_info(v, s))))
+}
+
+/// Commits the snapshot; returns the new head layer.
+async fn commit_snapshot(app: &AppState, volume: &Name, snap: &Name) -> Result<LayerId, ApiError> {
     // Another snapshot of the same volume may win the race for the head; then take ours on
     // top of it.
     let mut attempts = 0;
@@ -211,13 +300,14 @@ pub async fn create_snapshot(
             .layers
             .last()
             .ok_or_else(|| ApiError::internal(format!("volume {volume} has no head layer")))?;
+        let new_head = LayerId::new_random();
         let written = app
             .meta
             .write(Command::CreateSnapshot {
                 volume: volume.clone(),
                 name: snap.clone(),
                 frozen,
-                new_head: LayerId::new_random(),
+                new_head,
                 now_ms: now_ms(),
             })
             .await;
@@ -227,19 +317,95 @@ pub async fn create_snapshot(
             }
             other => {
                 other?;
-                break;
+                return Ok(new_head);
             }
         }
     }
-    app.apply_to_store().await?;
-    let state = app.meta.local_state();
-    let v = find_volume(&state, volume.as_str())?;
-    let s = v
-        .snapshots
-        .iter()
-        .find(|s| s.name == snap)
-        .ok_or_else(|| ApiError::internal("snapshot vanished right after it was taken"))?;
-    Ok((StatusCode::CREATED, Json(snapshot_info(v, s))))
+}
+
+/// The snapshot barrier over the servers of one volume (SPEC F5; see `strata_volume`): every
+/// gateway holds new writes and drains its writes in flight, the snapshot commits, every
+/// replica freezes the old head, and only then are the gateways released. A server that does
+/// not answer in time is not waited for: its writes carry the old head and are fenced.
+struct Barrier {
+    http: reqwest::Client,
+    id: u64,
+    volume: VolumeId,
+    /// API URLs of the volume's possible gateways (its cluster) and replicas (its layout).
+    servers: Vec<String>,
+    /// API URLs of its replicas.
+    replicas: Vec<String>,
+    paused: std::sync::Mutex<Vec<String>>,
+}
+
+/// How long one server may take for one barrier step.
+const BARRIER_STEP_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Barrier {
+    fn new(app: &AppState, state: &StateView, v: &VolumeRecord) -> Self {
+        let api = |id: &ServerId| state.servers.get(id).map(|s| s.api_addr.clone());
+        let mut ids: Vec<ServerId> = state
+            .clusters
+            .get(&v.cluster)
+            .map(|c| c.servers.clone())
+            .unwrap_or_default();
+        ids.extend(
+            v.servers
+                .iter()
+                .filter(|s| !ids.contains(s))
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        Self {
+            http: app.http.clone(),
+            id: rand::random(),
+            volume: v.id,
+            servers: ids.iter().filter_map(api).collect(),
+            replicas: v.servers.iter().filter_map(api).collect(),
+            paused: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `step` on every server of `urls` at once; returns the ones that did it.
+    async fn step(&self, urls: &[String], step: &str, query: String) -> Vec<String> {
+        let calls = urls.iter().map(|base| {
+            let url = format!("{base}/internal/v1/barrier/{}/{step}?{query}", self.id);
+            let http = self.http.clone();
+            async move {
+                let res = http
+                    .post(&url)
+                    .timeout(BARRIER_STEP_TIMEOUT)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status());
+                match res {
+                    Ok(_) => Some(base.clone()),
+                    Err(e) => {
+                        tracing::warn!(server = %base, step, error = %e, "snapshot barrier step failed; that server is fenced instead");
+                        None
+                    }
+                }
+            }
+        });
+        join_all(calls).await.into_iter().flatten().collect()
+    }
+
+    async fn pause(&self) {
+        let done = self
+            .step(&self.servers, "pause", format!("volume={}", self.volume))
+            .await;
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = done;
+    }
+
+    async fn freeze(&self, head: LayerId) {
+        let query = format!("volume={}&head={head}", self.volume);
+        self.step(&self.replicas, "freeze", query).await;
+    }
+
+    async fn release(&self) {
+        let paused = std::mem::take(&mut *self.paused.lock().unwrap_or_else(|e| e.into_inner()));
+        self.step(&paused, "release", String::new()).await;
+    }
 }
 
 /// `GET /v1/volumes/{name}/snapshots`: the volume's snapshots, oldest first.
@@ -324,17 +490,36 @@ pub async fn diff(
         ),
     };
     let from_layer = v.snapshots[from].layer;
-    let (store, id) = (app.store.clone(), v.id);
-    let changed = tokio::task::spawn_blocking(move || store.delta(id, Some(from_layer), to_layer))
-        .await
-        .map_err(|e| ApiError::internal(format!("diff task failed: {e}")))??;
-    let ranges: Vec<Range> = changed
-        .iter()
-        .map(|r| Range {
-            offset: r.offset,
-            len: r.len,
-        })
-        .collect();
+    // Each server knows the changes in the chunks it holds; the union is the volume's.
+    let asks = v.servers.iter().map(|id| {
+        let api = state.servers.get(id).map(|s| s.api_addr.clone());
+        let http = app.http.clone();
+        let url = format!(
+            "{}/internal/v1/volumes/{}/delta?from={from_layer}&to={to_layer}",
+            api.unwrap_or_default(),
+            v.id
+        );
+        async move {
+            let resp = http.get(&url).timeout(Duration::from_secs(30)).send().await;
+            let ranges: Vec<Range> = resp
+                .and_then(|r| r.error_for_status())
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(ranges)
+        }
+    });
+    let mut ranges: Vec<Range> = Vec::new();
+    for (id, part) in v.servers.iter().zip(join_all(asks).await) {
+        let part = part.map_err(|e| {
+            ApiError::unavailable(format!(
+                "server {id} holding chunks of {volume:?} did not answer ({e}); retry when it is up"
+            ))
+        })?;
+        ranges.extend(part);
+    }
+    let ranges = merge_ranges(ranges);
     let changed_bytes = ranges.iter().map(|r| r.len).sum();
     Ok(Json(DiffInfo {
         volume: v.name.to_string(),
@@ -343,4 +528,95 @@ pub async fn diff(
         ranges,
         changed_bytes,
     }))
+}
+
+/// Sorts ranges and merges overlapping or touching ones.
+fn merge_ranges(mut ranges: Vec<Range>) -> Vec<Range> {
+    ranges.sort_by_key(|r| r.offset);
+    let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.offset <= last.offset + last.len => {
+                let end = (r.offset + r.len).max(last.offset + last.len);
+                last.len = end - last.offset;
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// `POST /v1/volumes/{name}/verify`: compare the replicas of every chunk by digest and, with
+/// `repair`, copy differing chunks from a good replica.
+#[utoipa::path(post, path = "/v1/volumes/{name}/verify", request_body = VerifyRequest,
+    responses((status = 200, body = VerifyReport), (status = 404, body = strata_api_types::ErrorBody)))]
+pub async fn verify(
+    State(app): State<AppState>,
+    Path(volume): Path<String>,
+    body: Option<Json<VerifyRequest>>,
+) -> Result<Json<VerifyReport>, ApiError> {
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let state = app.meta.read().await?;
+    let v = find_volume(&state, &volume)?;
+    let layer = match &req.snapshot {
+        Some(name) => Some(
+            v.snapshots
+                .iter()
+                .find(|s| s.name.as_str() == name)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "volume {volume:?} has no snapshot {name:?}; see `strata snapshot list {volume}`"
+                    ))
+                })?
+                .layer,
+        ),
+        None => None,
+    };
+    let report = strata_volume::verify::verify(&app.engine, v.id, layer, req.repair)
+        .await
+        .map_err(ApiError::internal)?;
+    let name = |id: ServerId| {
+        state
+            .servers
+            .get(&id)
+            .map_or_else(|| id.to_string(), |s| s.name.to_string())
+    };
+    Ok(Json(VerifyReport {
+        volume: v.name.to_string(),
+        snapshot: req.snapshot,
+        chunks: report.chunks,
+        mismatches: report
+            .problems
+            .into_iter()
+            .map(|p| ChunkMismatch {
+                chunk: p.chunk,
+                offset: p.chunk * strata_types::CHUNK_SIZE,
+                replicas: p
+                    .replicas
+                    .into_iter()
+                    .map(|r| ReplicaDigest {
+                        server: name(r.server),
+                        digest: r.digest.clone().ok(),
+                        error: r.digest.err(),
+                    })
+                    .collect(),
+                repaired: p.repaired,
+            })
+            .collect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_across_servers() {
+        let r = |offset, len| Range { offset, len };
+        let merged = merge_ranges(vec![r(8192, 4096), r(0, 4096), r(4096, 4096), r(20000, 10)]);
+        assert_eq!(
+            merged.iter().map(|x| (x.offset, x.len)).collect::<Vec<_>>(),
+            vec![(0, 12288), (20000, 10)]
+        );
+    }
 }

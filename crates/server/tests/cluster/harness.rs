@@ -18,7 +18,8 @@ pub struct Node {
     pub name: String,
     dir: PathBuf,
     api: SocketAddr,
-    nbd: SocketAddr,
+    pub nbd: SocketAddr,
+    peer: SocketAddr,
     running: Option<RunningServer>,
 }
 
@@ -34,12 +35,14 @@ async fn start(
     name: &str,
     api: SocketAddr,
     nbd: SocketAddr,
+    peer: SocketAddr,
     join: Option<String>,
 ) -> RunningServer {
     let mut config = ServerConfig::local(dir);
     config.name = Some(strata_types::Name::new(name).expect("name"));
     config.api = api;
     config.nbd = nbd;
+    config.peer = peer;
     config.bootstrap = join.is_none() && !dir.join("meta").exists();
     config.join = join;
     // A restart may find its old port still held for a moment.
@@ -66,12 +69,13 @@ impl Group {
             let name = format!("s{}", i + 1);
             let dir = tmp.path().join(&name);
             let join = nodes.last().map(|p: &Node| format!("http://{}", p.api));
-            let running = start(&dir, &name, any, any, join).await;
+            let running = start(&dir, &name, any, any, any, join).await;
             nodes.push(Node {
                 name,
                 dir,
                 api: running.api_addr,
                 nbd: running.nbd_addr,
+                peer: running.peer_addr,
                 running: Some(running),
             });
         }
@@ -99,7 +103,7 @@ impl Group {
     /// Starts server `i` again from its directory on its old ports.
     pub async fn restart(&mut self, i: usize) {
         let node = &self.nodes[i];
-        let running = start(&node.dir, &node.name, node.api, node.nbd, None).await;
+        let running = start(&node.dir, &node.name, node.api, node.nbd, node.peer, None).await;
         self.nodes[i].running = Some(running);
     }
 
@@ -167,6 +171,63 @@ impl Group {
                 .is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["state"] == "up"))
         })
         .await;
+    }
+
+    /// The NBD address of server `i`.
+    pub fn nbd(&self, i: usize) -> String {
+        self.nodes[i].nbd.to_string()
+    }
+
+    /// Puts every server into the `default` cluster.
+    pub async fn one_cluster(&self) {
+        for node in &self.nodes[1..] {
+            let (status, body) = self
+                .post(
+                    0,
+                    "/v1/clusters/default/servers",
+                    serde_json::json!({"server": node.name}),
+                )
+                .await;
+            assert_eq!(status, 200, "add {} to default: {body}", node.name);
+        }
+    }
+
+    /// Creates volume `name` of `size` bytes with `replicas` on `default`; returns its record.
+    pub async fn create_volume(&self, name: &str, size: u64, replicas: u8) -> Value {
+        let (status, body) = self
+            .post(
+                0,
+                "/v1/volumes",
+                serde_json::json!({"name": name, "size": size, "replicas": replicas}),
+            )
+            .await;
+        assert_eq!(status, 201, "create volume {name}: {body}");
+        body
+    }
+
+    /// Waits until volume `name` shows `status` (by prefix) through server `i`.
+    pub async fn wait_status(&self, i: usize, name: &str, status: &str) -> Value {
+        self.wait_for(i, &format!("/v1/volumes/{name}"), status, |v| {
+            v["status"].as_str().is_some_and(|s| s.starts_with(status))
+        })
+        .await
+    }
+
+    /// Runs `strata volume verify` through server `i`: the report.
+    pub async fn verify(&self, i: usize, target: &str, repair: bool) -> Value {
+        let (volume, snapshot) = match target.split_once('@') {
+            Some((v, s)) => (v, Some(s)),
+            None => (target, None),
+        };
+        let (status, body) = self
+            .post(
+                i,
+                &format!("/v1/volumes/{volume}/verify"),
+                serde_json::json!({"snapshot": snapshot, "repair": repair}),
+            )
+            .await;
+        assert_eq!(status, 200, "verify {target}: {body}");
+        body
     }
 
     /// Stops every running server.

@@ -4,3 +4,6 @@
 mod failover;
 mod harness;
 mod membership;
+#[path = "../../../cli/tests/support/nbd_client.rs"]
+mod nbd_client;
+mod volumes;

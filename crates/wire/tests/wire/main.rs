@@ -126,6 +126,12 @@ impl MemHandler {
                 Ok(Response::Ok)
             }
             Request::Ping => Ok(Response::Pong),
+            Request::GetChunk { .. } | Request::PutChunk { .. } | Request::Digest { .. } => {
+                Err(Response::Error {
+                    code: ErrorCode::BadRequest,
+                    message: "the test handler keeps no chunks".into(),
+                })
+            }
         }
     }
 }

@@ -47,6 +47,7 @@ async fn pipelined_calls_from_many_tasks_each_get_their_own_answer() {
                     offset: (t * CALLS + i) * 4096,
                     data: payload(t, i),
                     fua: i % 2 == 0,
+                    missed: Vec::new(),
                 })
             });
             for resp in futures::future::join_all(writes).await {
@@ -112,6 +113,7 @@ async fn handler_refusals_travel_as_error_responses() {
         offset: 0,
         data: Bytes::from_static(b"late"),
         fua: false,
+        missed: Vec::new(),
     };
     let code = |resp: Response| match resp {
         Response::Error { code, message } => {
@@ -134,6 +136,7 @@ async fn handler_refusals_travel_as_error_responses() {
         layer: LayerId::new_random(),
         offset: 0,
         len: 4096,
+        missed: Vec::new(),
     };
     assert_eq!(
         pool.call(server.addr, trim).await.expect("trim"),
@@ -166,6 +169,7 @@ async fn a_large_write_travels_whole_and_an_oversized_one_is_refused_before_send
         offset: 0,
         data,
         fua: true,
+        missed: Vec::new(),
     };
     let ok = client
         .call(write(chunk.clone()))

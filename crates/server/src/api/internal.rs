@@ -1,0 +1,191 @@
+//! Server-to-server endpoints that are not part of the public API.
+//!
+//! Under `/v1/internal` (forwarded to the leader like any change): marking a replica stale or
+//! in sync. Under `/internal/v1` (answered by the server asked, never forwarded): the snapshot
+//! barrier's steps on this server, and what this server holds of a volume (use, missed marks,
+//! changed ranges), which the leader gathers for `volume show` and `snapshot diff`.
+
+use super::{ApiError, AppState};
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use strata_api_types::{LocalVolume, MarkReplica, MissedSummary, Range};
+use strata_meta::Command;
+use strata_types::{LayerId, VolumeId};
+
+/// The routes under `/internal/v1`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/internal/v1/volumes/{id}/local", get(local_volume))
+        .route("/internal/v1/volumes/{id}/missed", get(missed))
+        .route("/internal/v1/volumes/{id}/delta", get(delta))
+        .route("/internal/v1/barrier/{barrier}/pause", post(pause))
+        .route("/internal/v1/barrier/{barrier}/freeze", post(freeze))
+        .route("/internal/v1/barrier/{barrier}/release", post(release))
+}
+
+/// `POST /v1/internal/volumes/{id}/stale`: a gateway could not write to a replica.
+pub async fn mark_stale(
+    State(app): State<AppState>,
+    Path(id): Path<VolumeId>,
+    Json(req): Json<MarkReplica>,
+) -> Result<Json<()>, ApiError> {
+    let reporter = req
+        .reporter
+        .ok_or_else(|| ApiError::bad_request("a stale mark needs the reporting server"))?;
+    app.meta
+        .write(Command::MarkReplicaStale {
+            volume: id,
+            server: req.server,
+            reporter,
+        })
+        .await?;
+    Ok(Json(()))
+}
+
+/// `POST /v1/internal/volumes/{id}/in-sync`: a replica caught up.
+pub async fn mark_in_sync(
+    State(app): State<AppState>,
+    Path(id): Path<VolumeId>,
+    Json(req): Json<MarkReplica>,
+) -> Result<Json<()>, ApiError> {
+    app.meta
+        .write(Command::MarkReplicaInSync {
+            volume: id,
+            server: req.server,
+        })
+        .await?;
+    Ok(Json(()))
+}
+
+/// The missed marks this server holds for `id`, counted by server, with resync progress.
+fn missed_summary(app: &AppState, id: VolumeId) -> Result<Vec<MissedSummary>, ApiError> {
+    let marks = match app.store.missed(id) {
+        Ok(m) => m,
+        Err(strata_store::StoreError::NoSuchVolume(_)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut counts: BTreeMap<_, u64> = BTreeMap::new();
+    for m in marks {
+        *counts.entry(m.server).or_default() += 1;
+    }
+    Ok(counts
+        .into_iter()
+        .map(|(server, remaining)| {
+            let p = app.engine.resync.get(id, server);
+            MissedSummary {
+                server,
+                remaining,
+                total: p.total.max(remaining),
+            }
+        })
+        .collect())
+}
+
+/// `GET /internal/v1/volumes/{id}/missed`.
+async fn missed(
+    State(app): State<AppState>,
+    Path(id): Path<VolumeId>,
+) -> Result<Json<Vec<MissedSummary>>, ApiError> {
+    Ok(Json(missed_summary(&app, id)?))
+}
+
+/// `GET /internal/v1/volumes/{id}/local`.
+async fn local_volume(
+    State(app): State<AppState>,
+    Path(id): Path<VolumeId>,
+) -> Result<Json<LocalVolume>, ApiError> {
+    let used_bytes = app.store.volume_used_bytes(id).unwrap_or(0);
+    Ok(Json(LocalVolume {
+        used_bytes,
+        missed: missed_summary(&app, id)?,
+    }))
+}
+
+/// Query of the delta endpoint.
+#[derive(Debug, Deserialize)]
+struct DeltaQuery {
+    from: LayerId,
+    to: LayerId,
+}
+
+/// `GET /internal/v1/volumes/{id}/delta?from=&to=`: ranges changed in this server's chunks.
+async fn delta(
+    State(app): State<AppState>,
+    Path(id): Path<VolumeId>,
+    Query(q): Query<DeltaQuery>,
+) -> Result<Json<Vec<Range>>, ApiError> {
+    let store = app.store.clone();
+    let changed = tokio::task::spawn_blocking(move || store.delta(id, Some(q.from), q.to))
+        .await
+        .map_err(|e| ApiError::internal(format!("diff task failed: {e}")))??;
+    Ok(Json(
+        changed
+            .iter()
+            .map(|r| Range {
+                offset: r.offset,
+                len: r.len,
+            })
+            .collect(),
+    ))
+}
+
+/// Query of the barrier steps.
+#[derive(Debug, Deserialize)]
+struct BarrierQuery {
+    volume: VolumeId,
+    #[serde(default)]
+    head: Option<LayerId>,
+}
+
+/// `POST /internal/v1/barrier/{barrier}/pause?volume=`: hold this server's gateway writes.
+async fn pause(
+    State(app): State<AppState>,
+    Path(barrier): Path<u64>,
+    Query(q): Query<BarrierQuery>,
+) -> Result<Json<()>, ApiError> {
+    app.engine
+        .pause(barrier, q.volume, Duration::from_secs(2))
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(Json(()))
+}
+
+/// `POST /internal/v1/barrier/{barrier}/freeze?volume=&head=`: wait for the new head to be
+/// applied here, and the store to have frozen the old one.
+async fn freeze(
+    State(app): State<AppState>,
+    Path(_barrier): Path<u64>,
+    Query(q): Query<BarrierQuery>,
+) -> Result<Json<()>, ApiError> {
+    let head = q
+        .head
+        .ok_or_else(|| ApiError::bad_request("freeze needs the new head layer"))?;
+    let mut applied = app.meta.subscribe();
+    let arrived = async {
+        loop {
+            let has = app
+                .meta
+                .local_state()
+                .volume_by_id(q.volume)
+                .is_none_or(|v| v.layers.contains(&head));
+            if has || applied.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), arrived)
+        .await
+        .map_err(|_| ApiError::unavailable("the snapshot did not reach this server in time"))?;
+    app.apply_to_store().await?;
+    Ok(Json(()))
+}
+
+/// `POST /internal/v1/barrier/{barrier}/release`: let held writes go.
+async fn release(State(app): State<AppState>, Path(barrier): Path<u64>) -> Json<()> {
+    app.engine.release(barrier);
+    Json(())
+}

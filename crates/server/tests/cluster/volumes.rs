@@ -1,0 +1,347 @@
+//! Distributed volumes: chunks on two of three servers, served by every server as gateway;
+//! snapshots that hold a prefix of the writes of two gateways; a replica lost mid-write without
+//! an error to the client, tracked, resynced (only what it missed) and verified identical.
+
+use crate::harness::Group;
+use crate::nbd_client::NbdClient;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+const CHUNK: u64 = 4 * MIB;
+
+/// Connects to `export` on `addr`, retrying while a just-changed export becomes ready.
+fn connect(addr: &str, export: &str) -> NbdClient {
+    for _ in 0..100 {
+        if let Ok(c) = NbdClient::connect(addr, export) {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    NbdClient::connect(addr, export).expect("connect to export")
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 / 512) % 251) as u8)
+        .collect()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// Bytes of the volume's layers on server `i`.
+async fn used_on(g: &Group, i: usize, id: &str) -> u64 {
+    g.get(i, &format!("/internal/v1/volumes/{id}/local")).await["used_bytes"]
+        .as_u64()
+        .expect("used")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_server_serves_a_replicated_volume() {
+    let g = Group::start(3).await;
+    g.one_cluster().await;
+    let vol = g.create_volume("r2", 64 * MIB, 2).await;
+    assert_eq!(vol["servers"].as_array().map(Vec::len), Some(3), "{vol}");
+    let id = vol["id"].as_str().unwrap().to_string();
+    // Write 16 chunks through s1, each a different pattern; read back through s2 and s3.
+    let a = g.nbd(0);
+    blocking(move || {
+        let mut c = connect(&a, "r2");
+        for chunk in 0..16u64 {
+            assert_eq!(
+                c.write(chunk * CHUNK + 4096, &pattern(chunk, 65536), false)
+                    .unwrap(),
+                0
+            );
+        }
+        assert_eq!(c.flush().unwrap(), 0);
+        c.disconnect();
+    })
+    .await;
+    for i in [1, 2] {
+        let addr = g.nbd(i);
+        blocking(move || {
+            let mut c = connect(&addr, "r2");
+            for chunk in 0..16u64 {
+                let got = c.read(chunk * CHUNK + 4096, 65536).unwrap().unwrap();
+                assert!(
+                    got == pattern(chunk, 65536),
+                    "chunk {chunk} through server {i}"
+                );
+            }
+            // A range across a chunk boundary reads zeros and data in the right order.
+            let got = c.read(CHUNK - 4096, 3 * 4096).unwrap().unwrap();
+            assert!(got[..8192].iter().all(|b| *b == 0));
+            assert_eq!(&got[8192..], &pattern(1, 4096)[..]);
+        })
+        .await;
+    }
+    // Two copies of every chunk, spread over all three servers.
+    let used: Vec<u64> = futures::future::join_all((0..3).map(|i| used_on(&g, i, &id))).await;
+    let total: u64 = used.iter().sum();
+    assert!(
+        used.iter().all(|u| *u > 0),
+        "every server holds chunks: {used:?}"
+    );
+    assert!(
+        (2 * 16 * 65536..=2 * 16 * 65536 + 2 * 16 * 4096 * 4).contains(&total),
+        "two copies of 1 MiB, not more: {used:?}"
+    );
+    let report = g.verify(2, "r2", false).await;
+    assert_eq!(report["chunks"], 16, "{report}");
+    assert_eq!(report["mismatches"], json!([]), "{report}");
+    g.stop().await;
+}
+
+/// Which of `n` sequence-numbered blocks a snapshot holds.
+fn present(c: &mut NbdClient, n: u64) -> Vec<bool> {
+    let data = c.read(0, (n * 4096) as u32).unwrap().unwrap();
+    (0..n)
+        .map(|i| {
+            let b = &data[(i * 4096) as usize..((i + 1) * 4096) as usize];
+            let tag = u64::from_le_bytes(b[..8].try_into().unwrap());
+            assert!(tag == 0 || tag == i + 1, "block {i} holds {tag}");
+            tag == i + 1
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshots_hold_a_prefix_of_writes_through_two_gateways() {
+    let g = Group::start(3).await;
+    g.one_cluster().await;
+    // 1 MiB per chunk step: the writes land on every chunk, so on every replica pair.
+    let blocks: u64 = 2048;
+    g.create_volume("seq", blocks * 4096, 2).await;
+    let gateways = [g.nbd(0), g.nbd(1)];
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut clients: Vec<NbdClient> = gateways.iter().map(|a| connect(a, "seq")).collect();
+            // Write n+1 goes out only after write n is acknowledged, alternating gateways and
+            // striding over the chunks so consecutive writes hit different replicas.
+            for i in 0..blocks {
+                let block = (i * 257) % blocks;
+                let mut data = vec![0u8; 4096];
+                data[..8].copy_from_slice(&(block + 1).to_le_bytes());
+                assert_eq!(
+                    clients[(i % 2) as usize]
+                        .write(block * 4096, &data, false)
+                        .unwrap(),
+                    0
+                );
+            }
+            done.store(true, Ordering::SeqCst);
+            let order: Vec<u64> = (0..blocks).map(|i| (i * 257) % blocks).collect();
+            order
+        })
+    };
+    let mut snaps = Vec::new();
+    while !done.load(Ordering::SeqCst) {
+        let name = format!("s{}", snaps.len());
+        let (status, body) = g
+            .post(2, "/v1/volumes/seq/snapshots", json!({"name": name}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        snaps.push(name);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let order = writer.join().expect("writer");
+    assert!(
+        snaps.len() >= 3,
+        "snapshots taken during the writes: {}",
+        snaps.len()
+    );
+    let reader = g.nbd(2);
+    blocking(move || {
+        let mut last = 0;
+        for s in &snaps {
+            let mut c = connect(&reader, &format!("seq@{s}"));
+            let has = present(&mut c, blocks);
+            // The writes present are exactly the first k of the write order.
+            let k = order.iter().take_while(|b| has[**b as usize]).count();
+            let extra: Vec<_> = order[k..].iter().filter(|b| has[**b as usize]).collect();
+            assert!(
+                extra.is_empty(),
+                "snapshot {s} holds writes {extra:?} after a gap at {k}"
+            );
+            assert!(k >= last, "snapshot {s} went back in time: {k} < {last}");
+            last = k;
+        }
+    })
+    .await;
+    g.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_replica_is_tracked_and_resynced_with_only_what_it_missed() {
+    let mut g = Group::start(3).await;
+    g.three_managers().await;
+    g.one_cluster().await;
+    let vol = g.create_volume("dr", 256 * MIB, 2).await;
+    let id = vol["id"].as_str().unwrap().to_string();
+    let a = g.nbd(0);
+    // 64 chunks written before the outage.
+    blocking(move || {
+        let mut c = connect(&a, "dr");
+        for chunk in 0..64u64 {
+            assert_eq!(
+                c.write(chunk * CHUNK, &pattern(chunk, 8192), false)
+                    .unwrap(),
+                0
+            );
+        }
+        assert_eq!(c.flush().unwrap(), 0);
+        c.disconnect();
+    })
+    .await;
+    g.kill(2).await;
+    // Writes through s1 keep working: 8 chunks rewritten, a snapshot, 4 more.
+    let a = g.nbd(0);
+    let client = blocking(move || {
+        let mut c = connect(&a, "dr");
+        for chunk in 0..8u64 {
+            assert_eq!(
+                c.write(chunk * CHUNK, &pattern(chunk + 100, 8192), false)
+                    .unwrap(),
+                0
+            );
+        }
+        assert_eq!(c.flush().unwrap(), 0);
+        c
+    })
+    .await;
+    let shown = g.wait_status(0, "dr", "degraded").await;
+    assert_eq!(shown["stale_servers"], json!(["s3"]), "{shown}");
+    let (status, body) = g
+        .post(1, "/v1/volumes/dr/snapshots", json!({"name": "during"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut client = blocking(move || {
+        let mut c = client;
+        for chunk in 8..12u64 {
+            assert_eq!(
+                c.write(chunk * CHUNK, &pattern(chunk + 200, 8192), true)
+                    .unwrap(),
+                0
+            );
+        }
+        c
+    })
+    .await;
+    // What the outage missed: every chunk-layer written since, on chunks that s3 holds.
+    let missed_marks: u64 = {
+        let mut n = 0;
+        for i in [0, 1] {
+            let m = g.get(i, &format!("/internal/v1/volumes/{id}/missed")).await;
+            n += m
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["remaining"].as_u64().unwrap())
+                .sum::<u64>();
+        }
+        n
+    };
+    assert!(
+        (1..=12).contains(&missed_marks),
+        "marks for at most the 12 chunks written: {missed_marks}"
+    );
+    let used_before = used_on(&g, 0, &id).await + used_on(&g, 1, &id).await;
+    g.restart(2).await;
+    g.wait_status(0, "dr", "healthy").await;
+    // Only the missed chunks moved: s3 holds what it had plus at most the 12 rewritten chunks.
+    let s3 = used_on(&g, 2, &id).await;
+    assert!(
+        s3 <= used_before,
+        "s3 holds no more than the others: {s3} > {used_before}"
+    );
+    for target in ["dr", "dr@during"] {
+        let report = g.verify(1, target, false).await;
+        assert_eq!(report["mismatches"], json!([]), "{target}: {report}");
+    }
+    // Reads through the returned server see the newest data.
+    let c3 = g.nbd(2);
+    blocking(move || {
+        let mut c = connect(&c3, "dr");
+        assert!(c.read(0, 8192).unwrap().unwrap() == pattern(100, 8192));
+        assert!(c.read(9 * CHUNK, 8192).unwrap().unwrap() == pattern(209, 8192));
+        assert!(c.read(20 * CHUNK, 8192).unwrap().unwrap() == pattern(20, 8192));
+        let mut s = connect(&c3, "dr@during");
+        assert!(s.read(9 * CHUNK, 8192).unwrap().unwrap() == pattern(9, 8192));
+        client.disconnect();
+    })
+    .await;
+    g.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_finds_and_repairs_a_damaged_replica() {
+    let g = Group::start(2).await;
+    g.one_cluster().await;
+    let vol = g.create_volume("scrub", 16 * MIB, 2).await;
+    let id: Value = vol["id"].clone();
+    let a = g.nbd(0);
+    blocking(move || {
+        let mut c = connect(&a, "scrub");
+        for chunk in 0..4u64 {
+            assert_eq!(
+                c.write(chunk * CHUNK, &pattern(chunk, 4096), true).unwrap(),
+                0
+            );
+        }
+    })
+    .await;
+    assert_eq!(g.verify(0, "scrub", false).await["mismatches"], json!([]));
+    // Damage s2's copy of chunk 2 behind the gateways' back, as a faulty peer would: a write
+    // straight to its wire port.
+    let servers = g.get(0, "/v1/servers").await;
+    let s2 = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "s2")
+        .unwrap()
+        .clone();
+    let peer: std::net::SocketAddr = s2["peer_addr"].as_str().unwrap().parse().unwrap();
+    let wire = strata_wire::WireClient::connect(peer, strata_types::ServerId::new_random())
+        .await
+        .unwrap();
+    let write = strata_wire::Request::Write {
+        volume: serde_json::from_value(id).unwrap(),
+        layer: serde_json::from_value(vol["head"].clone()).unwrap(),
+        offset: 2 * CHUNK + 8192,
+        data: vec![0xee; 4096].into(),
+        fua: true,
+        missed: Vec::new(),
+    };
+    assert_eq!(wire.call(write).await.unwrap(), strata_wire::Response::Ok);
+    let report = g.verify(0, "scrub", false).await;
+    let bad = report["mismatches"].as_array().unwrap();
+    assert_eq!(bad.len(), 1, "{report}");
+    assert_eq!(bad[0]["chunk"], 2);
+    assert_eq!(bad[0]["repaired"], false);
+    let repaired = g.verify(1, "scrub", true).await;
+    assert_eq!(repaired["mismatches"][0]["repaired"], true, "{repaired}");
+    assert_eq!(g.verify(0, "scrub", false).await["mismatches"], json!([]));
+    // Both gateways now read the same bytes (which copy won is the repair's choice).
+    let (a, b) = (g.nbd(0), g.nbd(1));
+    blocking(move || {
+        let x = connect(&a, "scrub")
+            .read(2 * CHUNK, 16384)
+            .unwrap()
+            .unwrap();
+        let y = connect(&b, "scrub")
+            .read(2 * CHUNK, 16384)
+            .unwrap()
+            .unwrap();
+        assert!(x == y);
+    })
+    .await;
+    g.stop().await;
+}

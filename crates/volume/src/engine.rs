@@ -1,0 +1,262 @@
+//! [`Engine`]: the per-server state of the volume engine, shared by the gateways (NBD devices),
+//! the replica side of the wire protocol, the snapshot barrier, resync and verify.
+//!
+//! The engine holds a [`Topology`] that the server refreshes after every applied change of the
+//! management state, the connection pool to the peers, and one write gate per volume: every
+//! gateway write holds the gate's read side for its whole duration, and a snapshot barrier takes
+//! the write side, which both drains the writes in flight and holds new ones.
+
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_store::Store;
+use strata_types::{ServerId, VolumeId};
+use strata_wire::{ClientConfig, Pool, Request, Response, WireClient, WireError};
+use tokio::sync::{watch, OwnedRwLockWriteGuard, RwLock as AsyncRwLock};
+
+use crate::view::{Topology, VolumeView};
+use crate::Control;
+
+/// How long a held barrier may stay held if the leader never releases it.
+const BARRIER_MAX_HOLD: Duration = Duration::from_secs(10);
+
+/// A peer that failed within this long is tried last for reads.
+const DOWN_MEMORY: Duration = Duration::from_secs(2);
+
+/// The volume engine of one server.
+pub struct Engine {
+    me: ServerId,
+    store: Arc<Store>,
+    pool: Pool,
+    control: Arc<dyn Control>,
+    topology: RwLock<Arc<Topology>>,
+    version: watch::Sender<u64>,
+    gates: Mutex<HashMap<VolumeId, Arc<AsyncRwLock<()>>>>,
+    held: Mutex<HashMap<u64, Vec<OwnedRwLockWriteGuard<()>>>>,
+    down: Mutex<HashMap<ServerId, Instant>>,
+    /// Resync progress of this server's copies to stale replicas.
+    pub resync: crate::resync::Tracker,
+}
+
+impl Engine {
+    /// The engine of server `me` over its `store`; `control` reaches the management group.
+    pub fn new(me: ServerId, store: Arc<Store>, control: Arc<dyn Control>) -> Arc<Self> {
+        let config = ClientConfig {
+            connect_timeout: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(10),
+            ..ClientConfig::default()
+        };
+        Arc::new(Self {
+            me,
+            store,
+            pool: Pool::new(me, config),
+            control,
+            topology: RwLock::new(Arc::new(Topology::default())),
+            version: watch::channel(0).0,
+            gates: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            down: Mutex::new(HashMap::new()),
+            resync: crate::resync::Tracker::default(),
+        })
+    }
+
+    /// This server's id.
+    pub fn me(&self) -> ServerId {
+        self.me
+    }
+
+    /// This server's block store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The management group.
+    pub fn control(&self) -> &Arc<dyn Control> {
+        &self.control
+    }
+
+    /// Takes in a newly applied management state.
+    pub fn update(&self, state: &strata_meta::StateView) {
+        let topology = Arc::new(Topology::of(state));
+        *self.topology.write() = topology;
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// The current topology.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.read().clone()
+    }
+
+    /// The current view of `volume`, if the management state has it.
+    pub fn view(&self, volume: VolumeId) -> Option<Arc<VolumeView>> {
+        self.topology.read().volumes.get(&volume).cloned()
+    }
+
+    /// Waits until the view of `volume` satisfies `pred`, at most `timeout`; returns whether it
+    /// does.
+    pub async fn wait_view(
+        &self,
+        volume: VolumeId,
+        timeout: Duration,
+        pred: impl Fn(Option<&VolumeView>) -> bool,
+    ) -> bool {
+        let mut rx = self.version.subscribe();
+        let wait = async {
+            loop {
+                if pred(self.view(volume).as_deref()) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+        pred(self.view(volume).as_deref())
+    }
+
+    /// Waits for the next topology change, at most `timeout`.
+    pub async fn wait_change(&self, timeout: Duration) {
+        let mut rx = self.version.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.changed()).await;
+    }
+
+    /// The wire address of `server`.
+    pub fn peer_addr(&self, server: ServerId) -> Option<SocketAddr> {
+        self.topology.read().peers.get(&server).copied()
+    }
+
+    /// The pooled connection to `server`.
+    pub async fn client(&self, server: ServerId) -> Result<WireClient, WireError> {
+        let addr = self.peer_addr(server).ok_or_else(|| {
+            WireError::ConnectionLost(format!("server {server} has no known peer address"))
+        })?;
+        match self.pool.get(addr).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                self.note_down(server);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends `req` to `server`, waiting at most `timeout` for the answer.
+    pub async fn call(
+        &self,
+        server: ServerId,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<Response, WireError> {
+        let client = self.client(server).await?;
+        let res = client.call_timeout(req, timeout).await;
+        if res.as_ref().is_err_and(|e| e.is_retryable()) {
+            self.note_down(server);
+        }
+        res
+    }
+
+    /// Remembers that `server` just failed to answer.
+    pub fn note_down(&self, server: ServerId) {
+        self.down.lock().insert(server, Instant::now());
+    }
+
+    /// Whether `server` failed to answer a moment ago.
+    pub fn recently_down(&self, server: ServerId) -> bool {
+        self.down
+            .lock()
+            .get(&server)
+            .is_some_and(|t| t.elapsed() < DOWN_MEMORY)
+    }
+
+    /// Forgets that `server` failed (it answered since).
+    pub fn note_up(&self, server: ServerId) {
+        self.down.lock().remove(&server);
+    }
+
+    /// The write gate of `volume`.
+    pub(crate) fn gate(&self, volume: VolumeId) -> Arc<AsyncRwLock<()>> {
+        self.gates.lock().entry(volume).or_default().clone()
+    }
+
+    /// Snapshot barrier, step 1 on this server: holds new writes of `volume` through this
+    /// server's gateways and waits for the ones in flight to finish, at most `timeout`. The hold
+    /// lasts until [`Engine::release`] with the same `barrier` id, or at most 10 s.
+    pub async fn pause(
+        self: &Arc<Self>,
+        barrier: u64,
+        volume: VolumeId,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let gate = self.gate(volume);
+        let guard = tokio::time::timeout(timeout, gate.write_owned())
+            .await
+            .map_err(|_| format!("writes in flight did not finish within {timeout:?}"))?;
+        self.held.lock().entry(barrier).or_default().push(guard);
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(BARRIER_MAX_HOLD).await;
+            if let Some(engine) = engine.upgrade() {
+                if engine.held.lock().remove(&barrier).is_some() {
+                    tracing::warn!(barrier, "snapshot barrier was never released; released it");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Snapshot barrier, last step: lets the writes held by `barrier` go.
+    pub fn release(&self, barrier: u64) {
+        self.held.lock().remove(&barrier);
+    }
+
+    /// Records through the management group that `server` missed writes to `volume`, and waits
+    /// until this server's view shows it. Fails when the group refuses (the write must then
+    /// fail: acknowledging it could lose it) or cannot be reached (a partitioned minority must
+    /// not acknowledge writes the majority does not have).
+    pub async fn mark_stale(&self, volume: VolumeId, server: ServerId) -> Result<(), String> {
+        if self.view(volume).is_some_and(|v| !v.in_sync(server)) {
+            return Ok(());
+        }
+        tracing::warn!(%volume, %server, "replica missed writes; marking it stale");
+        self.control.mark_stale(volume, server).await?;
+        let shown = self
+            .wait_view(volume, Duration::from_secs(5), |v| {
+                v.is_none_or(|v| !v.in_sync(server))
+            })
+            .await;
+        if shown {
+            Ok(())
+        } else {
+            Err("the stale mark was committed but has not reached this server yet".into())
+        }
+    }
+}
+
+impl Engine {
+    /// Asks `server` (this one included, without the network) to handle `req`; a refusal or a
+    /// failure to reach it is a [`ReplicaError`] (unreachable: `Io`).
+    pub async fn ask(
+        self: &Arc<Self>,
+        server: ServerId,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<Response, crate::replica::ReplicaError> {
+        use crate::replica::ReplicaError;
+        use strata_wire::Handler;
+        let resp = if server == self.me {
+            crate::ReplicaHandler::new(self.clone())
+                .handle(self.me, req)
+                .await
+        } else {
+            self.call(server, req, timeout)
+                .await
+                .map_err(|e| ReplicaError::Io(e.to_string()))?
+        };
+        match resp {
+            Response::Error { code, message } => Err(ReplicaError::from_wire(code, message)),
+            other => Ok(other),
+        }
+    }
+}

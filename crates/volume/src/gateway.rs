@@ -1,0 +1,590 @@
+//! [`GatewayDevice`]: one NBD export of a volume on this server, acting as the volume's gateway.
+//!
+//! Each request is split by chunk. A write goes to every replica of its chunk at once and is
+//! acknowledged when every in-sync replica has it (stale replicas that answer get it too, but
+//! are not waited for). A replica that cannot be written is first marked stale in the
+//! management group, then the write is sent again to the remaining replicas carrying the mark,
+//! so they record the chunk as missed; if marking fails the write fails. Reads go to one in-sync
+//! replica: this server if it holds the chunk, else the first that answers.
+//!
+//! FLUSH goes to every replica written since the last flush. The device remembers, per replica,
+//! which chunks it wrote there since then: if that replica fails, or its connection drops (it
+//! may have restarted and lost unflushed writes), those chunks are recorded as missed by it on
+//! the other replicas before anything else is acknowledged.
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::future::join_all;
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_nbd::{BlockDevice, Extent, IoError};
+use strata_store::ExtentKind;
+use strata_types::{LayerId, ServerId, VolumeId, CHUNK_SIZE};
+use strata_wire::{Request, Response, WireClient};
+use tokio::sync::RwLock as AsyncRwLock;
+
+use crate::engine::Engine;
+use crate::metrics::{DeviceMetrics, Op};
+use crate::replica::{self, ReplicaError};
+use crate::view::VolumeView;
+
+/// How long a request keeps retrying while replicas catch up with a new head layer.
+const RETRY_WINDOW: Duration = Duration::from_secs(10);
+/// How long one replica may take to answer one request.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What was written to one replica since its last flush.
+#[derive(Default)]
+struct Link {
+    /// The connection those writes went over; if it closes, they may be lost.
+    client: Option<WireClient>,
+    /// The (layer, chunk)s written and not yet flushed.
+    unflushed: HashSet<(LayerId, u64)>,
+}
+
+/// A change to a chunk.
+#[derive(Clone)]
+enum Change {
+    Write(Bytes),
+    Zero(u64),
+}
+
+/// One export of a volume: its head (read-write) or a snapshot (read-only).
+pub struct GatewayDevice {
+    engine: Arc<Engine>,
+    volume: VolumeId,
+    /// `None` for the head, the snapshot's layer otherwise.
+    layer: Option<LayerId>,
+    size: u64,
+    read_only: bool,
+    gate: Arc<AsyncRwLock<()>>,
+    links: Mutex<HashMap<ServerId, Link>>,
+    metrics: DeviceMetrics,
+}
+
+/// `[offset, offset+len)` split at chunk boundaries: (chunk, offset, len).
+fn pieces(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+    let end = offset + len;
+    let mut at = offset;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let chunk = at / CHUNK_SIZE;
+        let stop = ((chunk + 1) * CHUNK_SIZE).min(end);
+        let piece = (chunk, at, stop - at);
+        at = stop;
+        Some(piece)
+    })
+}
+
+fn io(e: ReplicaError) -> IoError {
+    match e {
+        ReplicaError::OutOfRange(m) => IoError::InvalidArgument(m),
+        ReplicaError::NoSpace => IoError::NoSpace,
+        other => IoError::Io(other.to_string()),
+    }
+}
+
+impl GatewayDevice {
+    /// An export of `volume` at `layer` (`None`: the writable head) of `size` bytes.
+    pub fn new(
+        engine: Arc<Engine>,
+        volume: VolumeId,
+        name: &str,
+        layer: Option<LayerId>,
+        size: u64,
+        read_only: bool,
+    ) -> Self {
+        Self {
+            gate: engine.gate(volume),
+            engine,
+            volume,
+            layer,
+            size,
+            read_only,
+            links: Mutex::new(HashMap::new()),
+            metrics: DeviceMetrics::new(name),
+        }
+    }
+
+    fn view(&self) -> Result<Arc<VolumeView>, IoError> {
+        self.engine
+            .view(self.volume)
+            .ok_or_else(|| IoError::Io("the volume was deleted".into()))
+    }
+
+    /// The connection to `server`, and the chunks it may have lost if the previous connection
+    /// dropped with unflushed writes on it.
+    async fn remote(
+        &self,
+        server: ServerId,
+    ) -> Result<(WireClient, Vec<(LayerId, u64)>), ReplicaError> {
+        let client = self
+            .engine
+            .client(server)
+            .await
+            .map_err(|e| ReplicaError::Io(e.to_string()))?;
+        let mut links = self.links.lock();
+        let link = links.entry(server).or_default();
+        let dropped = link.client.as_ref().is_some_and(|c| c.is_closed());
+        link.client = Some(client.clone());
+        let lost = if dropped {
+            link.unflushed.drain().collect()
+        } else {
+            Vec::new()
+        };
+        Ok((client, lost))
+    }
+
+    /// Sends `req` to the remote `server`; a connection failure is an `Io` error (the replica
+    /// failed), a refusal is the replica's error.
+    async fn call(&self, server: ServerId, req: Request) -> Result<Response, ReplicaError> {
+        let (client, lost) = self.remote(server).await?;
+        if !lost.is_empty() {
+            let n = lost.len();
+            self.links
+                .lock()
+                .entry(server)
+                .or_default()
+                .unflushed
+                .extend(lost);
+            return Err(ReplicaError::Io(format!(
+                "connection to server {server} dropped with {n} unflushed chunk(s) on it"
+            )));
+        }
+        match client.call_timeout(req, CALL_TIMEOUT).await {
+            Ok(Response::Error { code, message }) => Err(ReplicaError::from_wire(code, message)),
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.engine.note_down(server);
+                Err(ReplicaError::Io(e.to_string()))
+            }
+        }
+    }
+
+    /// Applies `change` at `offset` (within one chunk) on replica `server`.
+    async fn send_change(
+        &self,
+        server: ServerId,
+        layer: LayerId,
+        offset: u64,
+        change: Change,
+        fua: bool,
+        missed: Vec<ServerId>,
+    ) -> Result<(), ReplicaError> {
+        let e = &self.engine;
+        if server == e.me() {
+            return match change {
+                Change::Write(data) => {
+                    replica::write(e, self.volume, layer, offset, data, fua, missed).await
+                }
+                Change::Zero(len) => {
+                    replica::trim(e, self.volume, layer, offset, len, missed).await?;
+                    if fua {
+                        replica::flush(e, self.volume).await?;
+                    }
+                    Ok(())
+                }
+            };
+        }
+        let volume = self.volume;
+        let req = match change {
+            Change::Write(data) => Request::Write {
+                volume,
+                layer,
+                offset,
+                data,
+                fua,
+                missed,
+            },
+            Change::Zero(len) => Request::Trim {
+                volume,
+                layer,
+                offset,
+                len,
+                missed,
+            },
+        };
+        let zero_fua = fua && matches!(req, Request::Trim { .. });
+        self.call(server, req).await?;
+        if zero_fua {
+            self.call(server, Request::Flush { volume }).await?;
+        } else if !fua {
+            self.links
+                .lock()
+                .entry(server)
+                .or_default()
+                .unflushed
+                .insert((layer, offset / CHUNK_SIZE));
+        }
+        Ok(())
+    }
+
+    /// Replica `server` failed: marks it stale in the management group, then has the other
+    /// in-sync replicas record the chunks it may have lost (written to it and not flushed).
+    async fn replica_failed(&self, server: ServerId) -> Result<(), IoError> {
+        self.engine
+            .mark_stale(self.volume, server)
+            .await
+            .map_err(|e| {
+                IoError::Io(format!(
+                    "server {server} did not take a write and could not be marked stale: {e}"
+                ))
+            })?;
+        let lost: Vec<_> = self
+            .links
+            .lock()
+            .get_mut(&server)
+            .map(|l| l.unflushed.drain().collect())
+            .unwrap_or_default();
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let view = self.view()?;
+        let mut marks = Vec::new();
+        for (layer, chunk) in lost {
+            for r in view.replicas_of(chunk) {
+                if r != server && view.in_sync(r) {
+                    marks.push(self.send_change(
+                        r,
+                        layer,
+                        chunk * CHUNK_SIZE,
+                        Change::Write(Bytes::new()),
+                        false,
+                        vec![server],
+                    ));
+                }
+            }
+        }
+        for r in join_all(marks).await {
+            r.map_err(|e| {
+                IoError::Io(format!(
+                    "could not record the writes server {server} may have lost: {e}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to one chunk on all its replicas.
+    async fn change_piece(&self, offset: u64, change: Change, fua: bool) -> Result<(), IoError> {
+        let chunk = offset / CHUNK_SIZE;
+        let deadline = Instant::now() + RETRY_WINDOW;
+        loop {
+            let view = self.view()?;
+            let head = view
+                .head()
+                .ok_or_else(|| IoError::Io("the volume has no head layer".into()))?;
+            let replicas = view.replicas_of(chunk);
+            let stale: Vec<ServerId> = replicas
+                .iter()
+                .copied()
+                .filter(|r| !view.in_sync(*r))
+                .collect();
+            let targets: Vec<ServerId> = replicas
+                .iter()
+                .copied()
+                .filter(|r| view.in_sync(*r) || !self.engine.recently_down(*r))
+                .collect();
+            let sends = targets.iter().map(|r| {
+                let missed = if view.in_sync(*r) {
+                    stale.clone()
+                } else {
+                    Vec::new()
+                };
+                self.send_change(*r, head, offset, change.clone(), fua, missed)
+            });
+            let results = join_all(sends).await;
+            let (mut acked, mut failed, mut retry) = (0, Vec::new(), false);
+            for (r, res) in targets.iter().zip(results) {
+                if !view.in_sync(*r) {
+                    continue; // best effort: resync repairs it either way
+                }
+                match res {
+                    Ok(()) => acked += 1,
+                    Err(ReplicaError::Fenced(_) | ReplicaError::NotReady(_)) => retry = true,
+                    Err(ReplicaError::Io(e)) => {
+                        tracing::warn!(volume = %view.name, server = %r, error = %e, "replica write failed");
+                        failed.push(*r);
+                    }
+                    Err(e) => return Err(io(e)),
+                }
+            }
+            if !failed.is_empty() {
+                for f in failed {
+                    self.replica_failed(f).await?;
+                }
+                continue; // again, now with the failed replicas recorded as missing it
+            }
+            if retry {
+                if Instant::now() > deadline {
+                    return Err(IoError::Io(format!(
+                        "the replicas of chunk {chunk} did not accept head layer {head} within {RETRY_WINDOW:?}"
+                    )));
+                }
+                self.engine.wait_change(Duration::from_millis(20)).await;
+                continue;
+            }
+            if acked == 0 {
+                return Err(IoError::Io(format!(
+                    "no in-sync replica of chunk {chunk} is reachable"
+                )));
+            }
+            return Ok(());
+        }
+    }
+
+    /// Applies `change` to `[offset, offset+len)` on every replica, holding the write gate.
+    async fn change(
+        &self,
+        offset: u64,
+        len: u64,
+        change: Change,
+        fua: bool,
+    ) -> Result<(), IoError> {
+        if self.read_only {
+            return Err(IoError::ReadOnly);
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= self.size)
+            .ok_or_else(|| {
+                IoError::InvalidArgument(format!(
+                    "range offset {offset} length {len} is outside the volume of {} bytes",
+                    self.size
+                ))
+            })?;
+        let _gate = self.gate.read().await;
+        let mut parts = Vec::new();
+        for (_, at, n) in pieces(offset, end - offset) {
+            let part = match &change {
+                Change::Write(data) => {
+                    let s = (at - offset) as usize;
+                    Change::Write(data.slice(s..s + n as usize))
+                }
+                Change::Zero(_) => Change::Zero(n),
+            };
+            parts.push(self.change_piece(at, part, fua));
+        }
+        join_all(parts).await.into_iter().collect()
+    }
+
+    /// Reads one chunk's piece from an in-sync replica.
+    async fn read_piece(&self, offset: u64, len: u64) -> Result<Bytes, IoError> {
+        let chunk = offset / CHUNK_SIZE;
+        let deadline = Instant::now() + RETRY_WINDOW;
+        loop {
+            let view = self.view()?;
+            let mut order: Vec<ServerId> = view
+                .replicas_of(chunk)
+                .into_iter()
+                .filter(|r| view.in_sync(*r))
+                .collect();
+            let me = self.engine.me();
+            order.sort_by_key(|r| (*r != me, self.engine.recently_down(*r)));
+            let mut last = String::from("no in-sync replica");
+            let mut not_ready = false;
+            for r in order {
+                let res = if r == me {
+                    replica::read(&self.engine, self.volume, self.layer, offset, len as u32).await
+                } else {
+                    let req = Request::Read {
+                        volume: self.volume,
+                        layer: self.layer,
+                        offset,
+                        len: len as u32,
+                    };
+                    match self.call(r, req).await {
+                        Ok(Response::Data(d)) if d.len() as u64 == len => Ok(d),
+                        Ok(other) => Err(ReplicaError::Io(format!("unexpected answer {other:?}"))),
+                        Err(e) => Err(e),
+                    }
+                };
+                match res {
+                    Ok(d) => return Ok(d),
+                    Err(ReplicaError::NotReady(m)) => {
+                        not_ready = true;
+                        last = m;
+                    }
+                    Err(ReplicaError::Io(m)) => last = m,
+                    Err(e) => return Err(io(e)),
+                }
+            }
+            if !not_ready || Instant::now() > deadline {
+                return Err(IoError::Io(format!(
+                    "no replica of chunk {chunk} could be read: {last}"
+                )));
+            }
+            self.engine.wait_change(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Flushes every replica written since the last flush, and this server's copy.
+    async fn flush_all(&self) -> Result<(), IoError> {
+        let written: Vec<(ServerId, Vec<(LayerId, u64)>)> = self
+            .links
+            .lock()
+            .iter_mut()
+            .filter(|(_, l)| !l.unflushed.is_empty())
+            .map(|(s, l)| (*s, l.unflushed.iter().copied().collect()))
+            .collect();
+        let volume = self.volume;
+        let flushes = written
+            .iter()
+            .map(|(s, _)| async move { (*s, self.call(*s, Request::Flush { volume }).await) });
+        let local = replica::flush(&self.engine, volume);
+        let (results, local) = tokio::join!(join_all(flushes), local);
+        local.map_err(io)?;
+        for ((server, chunks), (_, res)) in written.iter().zip(results) {
+            match res {
+                Ok(_) => {
+                    if let Some(l) = self.links.lock().get_mut(server) {
+                        for c in chunks {
+                            l.unflushed.remove(c);
+                        }
+                    }
+                }
+                Err(ReplicaError::Io(e)) => {
+                    tracing::warn!(volume = %volume, server = %server, error = %e, "replica flush failed");
+                    if self.view()?.in_sync(*server) {
+                        self.replica_failed(*server).await?;
+                    }
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlockDevice for GatewayDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    async fn read(&self, offset: u64, len: u32) -> Result<Bytes, IoError> {
+        let started = Instant::now();
+        let result = async {
+            let parts = pieces(offset, u64::from(len)).map(|(_, at, n)| self.read_piece(at, n));
+            let mut buf = BytesMut::with_capacity(len as usize);
+            for part in join_all(parts).await {
+                buf.extend_from_slice(&part?);
+            }
+            Ok(buf.freeze())
+        }
+        .await;
+        self.metrics
+            .record(Op::Read, u64::from(len), started, &result);
+        result
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), IoError> {
+        let started = Instant::now();
+        let len = data.len() as u64;
+        let result = self.change(offset, len, Change::Write(data), fua).await;
+        self.metrics.record(Op::Write, len, started, &result);
+        result
+    }
+
+    async fn flush(&self) -> Result<(), IoError> {
+        if self.read_only {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = self.flush_all().await;
+        self.metrics.record(Op::Flush, 0, started, &result);
+        result
+    }
+
+    async fn trim(&self, offset: u64, len: u32) -> Result<(), IoError> {
+        let started = Instant::now();
+        let n = u64::from(len);
+        let result = self.change(offset, n, Change::Zero(n), false).await;
+        self.metrics.record(Op::Trim, n, started, &result);
+        result
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), IoError> {
+        let started = Instant::now();
+        let n = u64::from(len);
+        let result = self.change(offset, n, Change::Zero(n), fua).await;
+        self.metrics.record(Op::WriteZeroes, n, started, &result);
+        result
+    }
+
+    async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, IoError> {
+        let started = Instant::now();
+        let result = self.allocation(offset, u64::from(len)).await;
+        self.metrics.record(Op::BlockStatus, 0, started, &result);
+        result
+    }
+}
+
+impl GatewayDevice {
+    /// Allocation of `[offset, offset+len)`: from this server's copy for chunks it holds in
+    /// sync; other chunks are reported as data (block status is advisory, and data is always a
+    /// correct answer).
+    async fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>, IoError> {
+        let view = self.view()?;
+        let me = self.engine.me();
+        let mut out: Vec<Extent> = Vec::new();
+        for (chunk, at, n) in pieces(offset, len) {
+            let local = view.in_sync(me) && view.replicas_of(chunk).contains(&me);
+            let extents = if local {
+                let (store, vol, layer) = (self.engine.store().clone(), self.volume, self.layer);
+                tokio::task::spawn_blocking(move || store.allocation(vol, layer, at, n))
+                    .await
+                    .map_err(|e| IoError::Io(format!("store task failed: {e}")))?
+                    .map_err(|e| io(e.into()))?
+                    .into_iter()
+                    .map(|e| Extent {
+                        len: e.len as u32,
+                        hole: e.kind != ExtentKind::Data,
+                        zero: e.kind != ExtentKind::Data,
+                    })
+                    .collect()
+            } else {
+                vec![Extent {
+                    len: n as u32,
+                    hole: false,
+                    zero: false,
+                }]
+            };
+            for e in extents {
+                match out.last_mut() {
+                    Some(l) if l.hole == e.hole && l.zero == e.zero => l.len += e.len,
+                    _ => out.push(e),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pieces;
+    use strata_types::CHUNK_SIZE;
+
+    #[test]
+    fn pieces_split_at_chunk_boundaries() {
+        let p: Vec<_> = pieces(CHUNK_SIZE - 512, 1024 + CHUNK_SIZE).collect();
+        assert_eq!(
+            p,
+            vec![
+                (0, CHUNK_SIZE - 512, 512),
+                (1, CHUNK_SIZE, CHUNK_SIZE),
+                (2, 2 * CHUNK_SIZE, 512)
+            ]
+        );
+        assert_eq!(pieces(5, 0).count(), 0);
+    }
+}

@@ -1,0 +1,335 @@
+//! The replica side: what this server does with chunk requests, from its own gateways (direct
+//! calls) and from other servers' gateways (the wire protocol, [`ReplicaHandler`]).
+//!
+//! A write names the layer the gateway believes is the head. The replica answers `Fenced` if
+//! that layer is frozen here, and `NotReady` if it does not know the layer yet (its copy of the
+//! management state lags); the gateway retries either way. Writes carry the replicas the gateway
+//! could not write (`missed`): they are recorded in the store *after* the data, so a resync that
+//! reads a chunk after reading its mark always sees the data (see [`crate::resync`]).
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use strata_store::{ChunkImage, StoreError};
+use strata_types::{LayerId, ServerId, VolumeId, CHUNK_SIZE};
+use strata_wire::{ErrorCode, Handler, Request, Response};
+
+use crate::engine::Engine;
+
+/// Why a replica refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    /// The layer is frozen: the writer must use the new head.
+    #[error("layer {0} is frozen")]
+    Fenced(LayerId),
+    /// The replica has not caught up with the volume or layer yet; retry shortly.
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// The range lies outside the volume.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// The replica's store is full.
+    #[error("no space left on the replica")]
+    NoSpace,
+    /// The replica's storage failed.
+    #[error("{0}")]
+    Io(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl From<StoreError> for ReplicaError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::ReadOnlyLayer(l) => Self::Fenced(l),
+            StoreError::NoSuchVolume(_) | StoreError::NoSuchLayer { .. } => {
+                Self::NotReady(e.to_string())
+            }
+            StoreError::OutOfRange { .. } => Self::OutOfRange(e.to_string()),
+            StoreError::NoSpace => Self::NoSpace,
+            other => Self::Io(other.to_string()),
+        }
+    }
+}
+
+impl ReplicaError {
+    /// The wire form.
+    pub fn to_response(&self) -> Response {
+        let code = match self {
+            Self::Fenced(_) => ErrorCode::Fenced,
+            Self::NotReady(_) => ErrorCode::NotReady,
+            Self::OutOfRange(_) => ErrorCode::OutOfRange,
+            Self::NoSpace => ErrorCode::NoSpace,
+            Self::Io(_) => ErrorCode::Io,
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+        };
+        Response::Error {
+            code,
+            message: self.to_string(),
+        }
+    }
+
+    /// From the wire form.
+    pub fn from_wire(code: ErrorCode, message: String) -> Self {
+        match code {
+            ErrorCode::Fenced => Self::Fenced(LayerId::from_bytes([0; 16])),
+            ErrorCode::NotReady | ErrorCode::UnknownVolume => Self::NotReady(message),
+            ErrorCode::OutOfRange => Self::OutOfRange(message),
+            ErrorCode::NoSpace => Self::NoSpace,
+            ErrorCode::Io => Self::Io(message),
+            ErrorCode::BadRequest => Self::BadRequest(message),
+        }
+    }
+}
+
+/// Runs a blocking store call on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ReplicaError> + Send + 'static,
+) -> Result<T, ReplicaError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ReplicaError::Io(format!("store task failed: {e}")))?
+}
+
+/// Checks that `layer` is the head of `volume` in this server's view.
+fn check_head(engine: &Engine, volume: VolumeId, layer: LayerId) -> Result<(), ReplicaError> {
+    let view = engine
+        .view(volume)
+        .ok_or_else(|| ReplicaError::NotReady(format!("volume {volume} is not known here yet")))?;
+    match view.head() {
+        Some(h) if h == layer => Ok(()),
+        _ if view.layers.contains(&layer) => Err(ReplicaError::Fenced(layer)),
+        _ => Err(ReplicaError::NotReady(format!(
+            "layer {layer} of volume {} is not known here yet",
+            view.name
+        ))),
+    }
+}
+
+/// Records that each of `missed` missed writes to the chunk at `offset` of `layer`.
+fn record_missed(
+    engine: &Engine,
+    volume: VolumeId,
+    layer: LayerId,
+    offset: u64,
+    missed: &[ServerId],
+) -> Result<(), ReplicaError> {
+    for server in missed {
+        engine
+            .store()
+            .record_missed(volume, layer, offset / CHUNK_SIZE, *server)?;
+    }
+    Ok(())
+}
+
+/// Writes `data` at `offset` into `layer` (the head) of this server's copy, then records the
+/// `missed` replicas. A write with no data only records the marks, for any live layer.
+pub async fn write(
+    engine: &Arc<Engine>,
+    volume: VolumeId,
+    layer: LayerId,
+    offset: u64,
+    data: Bytes,
+    fua: bool,
+    missed: Vec<ServerId>,
+) -> Result<(), ReplicaError> {
+    let marks_only = data.is_empty();
+    if !marks_only {
+        check_head(engine, volume, layer)?;
+    }
+    let engine = engine.clone();
+    blocking(move || {
+        let store = engine.store();
+        if !marks_only {
+            store.write_to(volume, layer, offset, &data, fua)?;
+        }
+        if !missed.is_empty() {
+            record_missed(&engine, volume, layer, offset, &missed)?;
+            if fua || marks_only {
+                store.flush(volume)?;
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Zeroes `len` bytes at `offset` of `layer` (the head), then records the `missed` replicas.
+pub async fn trim(
+    engine: &Arc<Engine>,
+    volume: VolumeId,
+    layer: LayerId,
+    offset: u64,
+    len: u64,
+    missed: Vec<ServerId>,
+) -> Result<(), ReplicaError> {
+    check_head(engine, volume, layer)?;
+    let engine = engine.clone();
+    blocking(move || {
+        engine.store().trim(volume, offset, len)?;
+        record_missed(&engine, volume, layer, offset, &missed)
+    })
+    .await
+}
+
+/// Reads `len` bytes at `offset` as of `layer` (`None`: the head).
+pub async fn read(
+    engine: &Arc<Engine>,
+    volume: VolumeId,
+    layer: Option<LayerId>,
+    offset: u64,
+    len: u32,
+) -> Result<Bytes, ReplicaError> {
+    let engine = engine.clone();
+    blocking(move || {
+        let mut buf = BytesMut::zeroed(len as usize);
+        engine.store().read(volume, layer, offset, &mut buf)?;
+        Ok(buf.freeze())
+    })
+    .await
+}
+
+/// Makes every write to this server's copy of `volume` durable.
+pub async fn flush(engine: &Arc<Engine>, volume: VolumeId) -> Result<(), ReplicaError> {
+    let engine = engine.clone();
+    blocking(move || Ok(engine.store().flush(volume)?)).await
+}
+
+/// The digest of `chunk` as read at `layer` (`None`: the head): blake3 of its bytes.
+pub async fn digest(
+    engine: &Arc<Engine>,
+    volume: VolumeId,
+    layer: Option<LayerId>,
+    chunk: u64,
+) -> Result<[u8; 32], ReplicaError> {
+    let engine = engine.clone();
+    blocking(move || {
+        let store = engine.store();
+        let size = store.volume(volume)?.size;
+        let start = chunk * CHUNK_SIZE;
+        if start >= size {
+            return Err(ReplicaError::OutOfRange(format!(
+                "chunk {chunk} is past the end of the volume"
+            )));
+        }
+        let len = CHUNK_SIZE.min(size - start) as usize;
+        let mut buf = vec![0u8; len];
+        store.read(volume, layer, start, &mut buf)?;
+        Ok(*blake3::hash(&buf).as_bytes())
+    })
+    .await
+}
+
+/// This server's image of `chunk` in `layer`.
+pub async fn get_chunk(
+    engine: &Arc<Engine>,
+    volume: VolumeId,
+    layer: LayerId,
+    chunk: u64,
+) -> Result<ChunkImage, ReplicaError> {
+    let engine = engine.clone();
+    blocking(move || Ok(engine.store().chunk_image(volume, layer, chunk)?)).await
+}
+
+/// Replaces this server's image of `chunk` in `layer` (repair; durable on return).
+pub async fn put_chunk(
+    engine: &Arc<Engine>,
+    volume: VolumeId,
+    layer: LayerId,
+    chunk: u64,
+    image: ChunkImage,
+) -> Result<(), ReplicaError> {
+    let engine = engine.clone();
+    blocking(move || {
+        Ok(engine
+            .store()
+            .put_chunk_image(volume, layer, chunk, &image)?)
+    })
+    .await
+}
+
+/// The wire handler: other servers' gateways, resync and verify reach this server's store here.
+pub struct ReplicaHandler {
+    engine: Arc<Engine>,
+}
+
+impl ReplicaHandler {
+    /// A handler over `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+fn answer(r: Result<(), ReplicaError>) -> Response {
+    match r {
+        Ok(()) => Response::Ok,
+        Err(e) => e.to_response(),
+    }
+}
+
+#[async_trait]
+impl Handler for ReplicaHandler {
+    async fn handle(&self, _peer: ServerId, req: Request) -> Response {
+        let e = &self.engine;
+        match req {
+            Request::Write {
+                volume,
+                layer,
+                offset,
+                data,
+                fua,
+                missed,
+            } => answer(write(e, volume, layer, offset, data, fua, missed).await),
+            Request::Trim {
+                volume,
+                layer,
+                offset,
+                len,
+                missed,
+            } => answer(trim(e, volume, layer, offset, len, missed).await),
+            Request::Read {
+                volume,
+                layer,
+                offset,
+                len,
+            } => match read(e, volume, layer, offset, len).await {
+                Ok(data) => Response::Data(data),
+                Err(err) => err.to_response(),
+            },
+            Request::Flush { volume } => answer(flush(e, volume).await),
+            Request::GetChunk {
+                volume,
+                layer,
+                chunk,
+            } => match get_chunk(e, volume, layer, chunk).await {
+                Ok(img) => Response::Chunk {
+                    data: img.data,
+                    zero: img.zero,
+                    blocks: img.blocks,
+                },
+                Err(err) => err.to_response(),
+            },
+            Request::PutChunk {
+                volume,
+                layer,
+                chunk,
+                data,
+                zero,
+                blocks,
+            } => {
+                let image = ChunkImage { data, zero, blocks };
+                answer(put_chunk(e, volume, layer, chunk, image).await)
+            }
+            Request::Digest {
+                volume,
+                layer,
+                chunk,
+            } => match digest(e, volume, layer, chunk).await {
+                Ok(d) => Response::Digest(d),
+                Err(err) => err.to_response(),
+            },
+            Request::Ping => Response::Pong,
+        }
+    }
+}

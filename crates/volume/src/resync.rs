@@ -1,0 +1,249 @@
+//! Resync: copying to a returned replica exactly the chunks it missed.
+//!
+//! Every server runs [`run`]. For each volume with stale replicas, it walks the missed-chunk
+//! marks in its own store; for a stale server that answers, it copies each marked chunk of each
+//! marked layer (a layer merged away since is replaced by every layer of the stack) from its
+//! store to the stale server's, then clears the mark — only if its generation did not change
+//! meanwhile. Gateways keep writing to a stale replica that answers and keep recording marks
+//! *after* the data, so a write that races with the copy bumps the mark, and the chunk is
+//! copied again on the next pass: the copy converges without pausing writes. When no server
+//! holds marks for it any more, the replica is marked in sync in the management group.
+//!
+//! Marks for servers that are in sync (stragglers recorded just as a resync finished) are
+//! dropped after they have stayed unchanged for one pass.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use strata_store::MissedChunk;
+use strata_types::{ServerId, VolumeId, CHUNK_SIZE};
+use strata_wire::{Request, Response};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::replica::ReplicaError;
+use crate::view::VolumeView;
+
+/// How often the resync loop looks for work when nothing changes.
+const PASS_EVERY: Duration = Duration::from_millis(500);
+/// How long one copy request may take.
+const COPY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Progress of the resync of one stale server of a volume, as seen by one source server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Marks still to copy.
+    pub remaining: u64,
+    /// The most marks seen since the server became stale (the amount to copy at the start).
+    pub total: u64,
+    /// Chunk-layers copied so far.
+    pub copied: u64,
+}
+
+/// Resync progress kept by the engine, by (volume, stale server).
+#[derive(Default)]
+pub struct Tracker {
+    progress: parking_lot::Mutex<HashMap<(VolumeId, ServerId), Progress>>,
+}
+
+impl Tracker {
+    /// Progress towards `server` for `volume` on this server.
+    pub fn get(&self, volume: VolumeId, server: ServerId) -> Progress {
+        self.progress
+            .lock()
+            .get(&(volume, server))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn set_remaining(&self, volume: VolumeId, server: ServerId, remaining: u64) {
+        let mut p = self.progress.lock();
+        let e = p.entry((volume, server)).or_default();
+        e.remaining = remaining;
+        e.total = e.total.max(remaining + e.copied);
+    }
+
+    fn copied(&self, volume: VolumeId, server: ServerId) {
+        let mut p = self.progress.lock();
+        let e = p.entry((volume, server)).or_default();
+        e.copied += 1;
+        e.remaining = e.remaining.saturating_sub(1);
+    }
+
+    fn forget(&self, volume: VolumeId, server: ServerId) {
+        self.progress.lock().remove(&(volume, server));
+    }
+}
+
+/// Runs resync passes until `shutdown`.
+pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) {
+    let mut settled: HashSet<(VolumeId, MissedChunk)> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PASS_EVERY) => {}
+        }
+        let topology = engine.topology();
+        let mut seen = HashSet::new();
+        for view in topology.volumes.values() {
+            if !view.layout.contains(&engine.me()) {
+                continue;
+            }
+            if let Err(e) = pass(&engine, view, &settled, &mut seen).await {
+                tracing::warn!(volume = %view.name, error = %e, "resync pass failed; retrying");
+            }
+        }
+        settled = seen;
+    }
+}
+
+/// Missed marks of `volume` in this server's store.
+async fn marks(engine: &Arc<Engine>, volume: VolumeId) -> Result<Vec<MissedChunk>, String> {
+    let store = engine.store().clone();
+    tokio::task::spawn_blocking(move || store.missed(volume))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// One pass over one volume. `settled` holds the in-sync servers' marks seen unchanged in the
+/// previous pass (dropped now); `seen` collects this pass's.
+async fn pass(
+    engine: &Arc<Engine>,
+    view: &VolumeView,
+    settled: &HashSet<(VolumeId, MissedChunk)>,
+    seen: &mut HashSet<(VolumeId, MissedChunk)>,
+) -> Result<(), String> {
+    let all = marks(engine, view.id).await?;
+    let mut by_server: HashMap<ServerId, Vec<MissedChunk>> = HashMap::new();
+    for m in all {
+        if view.in_sync(m.server) {
+            if settled.contains(&(view.id, m)) {
+                clear(engine, view.id, m).await?;
+            } else {
+                seen.insert((view.id, m));
+            }
+        } else {
+            by_server.entry(m.server).or_default().push(m);
+        }
+    }
+    for server in &view.stale {
+        let todo = by_server.remove(server).unwrap_or_default();
+        engine
+            .resync
+            .set_remaining(view.id, *server, todo.len() as u64);
+        if !answers(engine, *server).await {
+            continue;
+        }
+        for mark in todo {
+            copy_mark(engine, view, &mark).await?;
+            clear(engine, view.id, mark).await?;
+            engine.resync.copied(view.id, *server);
+        }
+        finish_if_done(engine, view, *server).await?;
+    }
+    Ok(())
+}
+
+async fn answers(engine: &Arc<Engine>, server: ServerId) -> bool {
+    matches!(
+        engine
+            .call(server, Request::Ping, Duration::from_millis(500))
+            .await,
+        Ok(Response::Pong)
+    )
+}
+
+/// Copies the chunk of one mark to its server.
+async fn copy_mark(
+    engine: &Arc<Engine>,
+    view: &VolumeView,
+    mark: &MissedChunk,
+) -> Result<(), String> {
+    let layers = if view.layers.contains(&mark.layer) {
+        vec![mark.layer]
+    } else {
+        view.layers.clone() // merged away: its blocks are in some layer of the stack now
+    };
+    for layer in layers {
+        let got = engine
+            .ask(
+                engine.me(),
+                Request::GetChunk {
+                    volume: view.id,
+                    layer,
+                    chunk: mark.chunk,
+                },
+                COPY_TIMEOUT,
+            )
+            .await;
+        let (data, zero, blocks) = match got {
+            Ok(Response::Chunk { data, zero, blocks }) => (data, zero, blocks),
+            Ok(other) => return Err(format!("unexpected answer {other:?}")),
+            // The layer was deleted under us: the next pass sees the new stack.
+            Err(ReplicaError::NotReady(m)) => return Err(m),
+            Err(e) => return Err(e.to_string()),
+        };
+        let put = Request::PutChunk {
+            volume: view.id,
+            layer,
+            chunk: mark.chunk,
+            data,
+            zero,
+            blocks,
+        };
+        engine
+            .ask(mark.server, put, COPY_TIMEOUT)
+            .await
+            .map_err(|e| {
+                format!(
+                    "copying chunk {} (offset {}) to server {}: {e}",
+                    mark.chunk,
+                    mark.chunk * CHUNK_SIZE,
+                    mark.server
+                )
+            })?;
+    }
+    Ok(())
+}
+
+async fn clear(engine: &Arc<Engine>, volume: VolumeId, mark: MissedChunk) -> Result<(), String> {
+    let store = engine.store().clone();
+    tokio::task::spawn_blocking(move || store.clear_missed(volume, &mark))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Marks `server` in sync once no server of the layout holds marks for it.
+async fn finish_if_done(
+    engine: &Arc<Engine>,
+    view: &VolumeView,
+    server: ServerId,
+) -> Result<(), String> {
+    let mine = marks(engine, view.id).await?;
+    if mine.iter().any(|m| m.server == server) {
+        return Ok(()); // written again meanwhile: next pass
+    }
+    for other in &view.layout {
+        if *other == server || *other == engine.me() || !view.in_sync(*other) {
+            continue;
+        }
+        let left = engine.control().missed_at(*other, view.id, server).await?;
+        if left > 0 {
+            return Ok(()); // that server is still copying
+        }
+    }
+    // Make this server's clears durable before declaring the replica current.
+    let store = engine.store().clone();
+    let volume = view.id;
+    tokio::task::spawn_blocking(move || store.flush(volume))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    engine.control().mark_in_sync(view.id, server).await?;
+    engine.resync.forget(view.id, server);
+    tracing::info!(volume = %view.name, %server, "replica resynced; in sync again");
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Scrub: compare the replicas of every chunk of a volume (or of one snapshot) by digest, and
+//! optionally repair a differing replica from a good one.
+//!
+//! The digest is blake3 of the chunk's bytes as read at the layer. A replica is *good* when it
+//! is in sync and its digest is the one most in-sync replicas agree on (ties go to the replica
+//! placed first). Repair copies the chunk's image in every layer up to the one verified from the
+//! good replica to each differing one, then digests again to confirm.
+
+use futures::stream::{self, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use strata_types::{LayerId, ServerId, VolumeId};
+use strata_wire::{Request, Response};
+
+use crate::engine::Engine;
+
+/// Chunks verified at once.
+const PARALLEL: usize = 4;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One replica's answer for one chunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaDigest {
+    /// The replica.
+    pub server: ServerId,
+    /// Its digest (hex), or why it could not give one.
+    pub digest: Result<String, String>,
+}
+
+/// A chunk whose replicas disagree or did not all answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkProblem {
+    /// The chunk index.
+    pub chunk: u64,
+    /// Every replica's answer.
+    pub replicas: Vec<ReplicaDigest>,
+    /// Whether a repair made every reachable replica agree.
+    pub repaired: bool,
+}
+
+/// The result of verifying a volume or snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Chunks compared.
+    pub chunks: u64,
+    /// Chunks whose replicas differ or did not all answer.
+    pub problems: Vec<ChunkProblem>,
+}
+
+/// Verifies `volume` as of `layer` (`None`: the head); with `repair`, fixes differing replicas.
+pub async fn verify(
+    engine: &Arc<Engine>,
+    volume: VolumeId,
+    layer: Option<LayerId>,
+    repair: bool,
+) -> Result<Report, String> {
+    let view = engine
+        .view(volume)
+        .ok_or_else(|| format!("volume {volume} does not exist"))?;
+    let chunks = view.chunks();
+    let results: Vec<Option<ChunkProblem>> = stream::iter(0..chunks)
+        .map(|chunk| {
+            let view = view.clone();
+            async move {
+                let mut problem =
+                    check(engine, &view.replicas_of(chunk), volume, layer, chunk).await?;
+                if repair {
+                    problem.repaired = fix(engine, &view, layer, &problem).await;
+                }
+                Some(problem)
+            }
+        })
+        .buffered(PARALLEL)
+        .collect()
+        .await;
+    Ok(Report {
+        chunks,
+        problems: results.into_iter().flatten().collect(),
+    })
+}
+
+async fn digests(
+    engine: &Arc<Engine>,
+    replicas: &[ServerId],
+    volume: VolumeId,
+    layer: Option<LayerId>,
+    chunk: u64,
+) -> Vec<ReplicaDigest> {
+    let asks = replicas.iter().map(|r| async move {
+        let req = Request::Digest {
+            volume,
+            layer,
+            chunk,
+        };
+        let digest = match engine.ask(*r, req, TIMEOUT).await {
+            Ok(Response::Digest(d)) => Ok(hex(&d)),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        ReplicaDigest { server: *r, digest }
+    });
+    futures::future::join_all(asks).await
+}
+
+/// The chunk's problem, or `None` when all replicas agree.
+async fn check(
+    engine: &Arc<Engine>,
+    replicas: &[ServerId],
+    volume: VolumeId,
+    layer: Option<LayerId>,
+    chunk: u64,
+) -> Option<ChunkProblem> {
+    let answers = digests(engine, replicas, volume, layer, chunk).await;
+    let first = answers.first()?.digest.as_ref().ok()?.clone();
+    let agree = answers
+        .iter()
+        .all(|a| a.digest.as_ref().is_ok_and(|d| *d == first));
+    (!agree).then_some(ChunkProblem {
+        chunk,
+        replicas: answers,
+        repaired: false,
+    })
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Repairs one chunk; returns whether the replicas agree afterwards.
+async fn fix(
+    engine: &Arc<Engine>,
+    view: &crate::VolumeView,
+    layer: Option<LayerId>,
+    problem: &ChunkProblem,
+) -> bool {
+    // The digest most in-sync replicas agree on; ties go to the first placed.
+    let in_sync: Vec<&ReplicaDigest> = problem
+        .replicas
+        .iter()
+        .filter(|r| view.in_sync(r.server) && r.digest.is_ok())
+        .collect();
+    let Some(good) = in_sync
+        .iter()
+        .max_by_key(|r| {
+            let votes = in_sync.iter().filter(|o| o.digest == r.digest).count();
+            let rank = problem.replicas.len()
+                - problem
+                    .replicas
+                    .iter()
+                    .position(|x| x.server == r.server)
+                    .unwrap_or(0);
+            (votes, rank)
+        })
+        .copied()
+    else {
+        return false;
+    };
+    let top = layer
+        .and_then(|l| view.layers.iter().position(|x| *x == l))
+        .unwrap_or(view.layers.len().saturating_sub(1));
+    let layers = &view.layers[..=top.min(view.layers.len().saturating_sub(1))];
+    for bad in problem
+        .replicas
+        .iter()
+        .filter(|r| r.digest.is_ok() && r.digest != good.digest)
+    {
+        for l in layers {
+            let get = Request::GetChunk {
+                volume: view.id,
+                layer: *l,
+                chunk: problem.chunk,
+            };
+            let Ok(Response::Chunk { data, zero, blocks }) =
+                engine.ask(good.server, get, TIMEOUT).await
+            else {
+                return false;
+            };
+            let put = Request::PutChunk {
+                volume: view.id,
+                layer: *l,
+                chunk: problem.chunk,
+                data,
+                zero,
+                blocks,
+            };
+            if let Err(e) = engine.ask(bad.server, put, TIMEOUT).await {
+                tracing::warn!(volume = %view.name, chunk = problem.chunk, server = %bad.server, error = %e, "repair failed");
+                return false;
+            }
+        }
+        tracing::info!(volume = %view.name, chunk = problem.chunk, server = %bad.server, from = %good.server, "repaired chunk");
+    }
+    check(
+        engine,
+        &problem
+            .replicas
+            .iter()
+            .map(|r| r.server)
+            .collect::<Vec<_>>(),
+        view.id,
+        layer,
+        problem.chunk,
+    )
+    .await
+    .is_none()
+}

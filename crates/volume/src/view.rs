@@ -1,0 +1,98 @@
+//! What the volume engine needs to know of the management state, kept current by the server
+//! after every applied change ([`crate::Engine::update`]): each volume's size, layers, layout and
+//! stale replicas, and every server's peer address.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use strata_meta::{StateView, VolumeRecord};
+use strata_types::{LayerId, ServerId, VolumeId, CHUNK_SIZE};
+
+use crate::placement::replicas_of;
+
+/// One volume as the engine sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeView {
+    /// The volume's id.
+    pub id: VolumeId,
+    /// Its name (for logs, metrics and errors).
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Replicas per chunk.
+    pub replicas: usize,
+    /// The layer stack, bottom to top.
+    pub layers: Vec<LayerId>,
+    /// The servers its chunks are placed on.
+    pub layout: Vec<ServerId>,
+    /// Servers of the layout that missed writes and are not repaired yet.
+    pub stale: Vec<ServerId>,
+    /// The servers of its cluster: every one of them may act as its gateway.
+    pub cluster: Vec<ServerId>,
+}
+
+impl VolumeView {
+    /// The view of a volume record of `state`.
+    pub fn of(state: &StateView, v: &VolumeRecord) -> Self {
+        Self {
+            id: v.id,
+            name: v.name.to_string(),
+            size: v.size,
+            replicas: usize::from(v.replicas),
+            layers: v.layers.clone(),
+            layout: v.servers.clone(),
+            stale: v.stale.clone(),
+            cluster: state
+                .clusters
+                .get(&v.cluster)
+                .map(|c| c.servers.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The writable head layer.
+    pub fn head(&self) -> Option<LayerId> {
+        self.layers.last().copied()
+    }
+
+    /// The replicas of `chunk`, best first.
+    pub fn replicas_of(&self, chunk: u64) -> Vec<ServerId> {
+        replicas_of(self.id, chunk, &self.layout, self.replicas)
+    }
+
+    /// Whether `server` holds current data (it is not stale).
+    pub fn in_sync(&self, server: ServerId) -> bool {
+        !self.stale.contains(&server)
+    }
+
+    /// How many chunks the volume has.
+    pub fn chunks(&self) -> u64 {
+        self.size.div_ceil(CHUNK_SIZE)
+    }
+}
+
+/// The engine's whole picture: volumes by id, peers by id.
+#[derive(Clone, Debug, Default)]
+pub struct Topology {
+    /// Every volume.
+    pub volumes: HashMap<VolumeId, Arc<VolumeView>>,
+    /// Every server's peer (wire) address; servers whose address does not parse are absent.
+    pub peers: HashMap<ServerId, SocketAddr>,
+}
+
+impl Topology {
+    /// The topology of `state`.
+    pub fn of(state: &StateView) -> Self {
+        let volumes = state
+            .volumes
+            .values()
+            .map(|v| (v.id, Arc::new(VolumeView::of(state, v))))
+            .collect();
+        let peers = state
+            .servers
+            .values()
+            .filter_map(|s| Some((s.id, s.peer_addr.parse().ok()?)))
+            .collect();
+        Self { volumes, peers }
+    }
+}
