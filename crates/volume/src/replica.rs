@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use strata_store::{ChunkImage, StoreError};
 use strata_types::{LayerId, ServerId, VolumeId, CHUNK_SIZE};
-use strata_wire::{ErrorCode, Handler, Request, Response};
+use strata_wire::{ChunkMaps, ErrorCode, Handler, Request, Response};
 
 use crate::engine::Engine;
 
@@ -304,8 +304,10 @@ impl Handler for ReplicaHandler {
                 chunk,
             } => match get_chunk(e, volume, layer, chunk).await {
                 Ok(img) => Response::Chunk {
-                    data: img.data,
-                    zero: img.zero,
+                    maps: Box::new(ChunkMaps {
+                        data: img.data,
+                        zero: img.zero,
+                    }),
                     blocks: img.blocks,
                 },
                 Err(err) => err.to_response(),
@@ -314,11 +316,14 @@ impl Handler for ReplicaHandler {
                 volume,
                 layer,
                 chunk,
-                data,
-                zero,
+                maps,
                 blocks,
             } => {
-                let image = ChunkImage { data, zero, blocks };
+                let image = ChunkImage {
+                    data: maps.data,
+                    zero: maps.zero,
+                    blocks,
+                };
                 answer(put_chunk(e, volume, layer, chunk, image).await)
             }
             Request::Digest {

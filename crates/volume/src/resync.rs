@@ -177,8 +177,8 @@ async fn copy_mark(
                 COPY_TIMEOUT,
             )
             .await;
-        let (data, zero, blocks) = match got {
-            Ok(Response::Chunk { data, zero, blocks }) => (data, zero, blocks),
+        let (maps, blocks) = match got {
+            Ok(Response::Chunk { maps, blocks }) => (maps, blocks),
             Ok(other) => return Err(format!("unexpected answer {other:?}")),
             // The layer was deleted under us: the next pass sees the new stack.
             Err(ReplicaError::NotReady(m)) => return Err(m),
@@ -188,8 +188,7 @@ async fn copy_mark(
             volume: view.id,
             layer,
             chunk: mark.chunk,
-            data,
-            zero,
+            maps,
             blocks,
         };
         engine

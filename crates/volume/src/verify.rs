@@ -170,8 +170,7 @@ async fn fix(
                 layer: *l,
                 chunk: problem.chunk,
             };
-            let Ok(Response::Chunk { data, zero, blocks }) =
-                engine.ask(good.server, get, TIMEOUT).await
+            let Ok(Response::Chunk { maps, blocks }) = engine.ask(good.server, get, TIMEOUT).await
             else {
                 return false;
             };
@@ -179,8 +178,7 @@ async fn fix(
                 volume: view.id,
                 layer: *l,
                 chunk: problem.chunk,
-                data,
-                zero,
+                maps,
                 blocks,
             };
             if let Err(e) = engine.ask(bad.server, put, TIMEOUT).await {

@@ -263,8 +263,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 volume: VolumeId::from_bytes(v),
                 layer: LayerId::from_bytes(l),
                 chunk,
-                data,
-                zero,
+                maps: Box::new(ChunkMaps { data, zero }),
                 blocks,
             }
         ),
@@ -285,7 +284,10 @@ fn arb_response() -> impl Strategy<Value = Response> {
         arb_data().prop_map(Response::Data),
         (prop::sample::select(ErrorCode::ALL.to_vec()), ".{0,80}")
             .prop_map(|(code, message)| Response::Error { code, message }),
-        arb_chunk().prop_map(|(data, zero, blocks)| Response::Chunk { data, zero, blocks }),
+        arb_chunk().prop_map(|(data, zero, blocks)| Response::Chunk {
+            maps: Box::new(ChunkMaps { data, zero }),
+            blocks
+        }),
         any::<[u8; 32]>().prop_map(Response::Digest),
     ]
 }
@@ -341,8 +343,10 @@ proptest! {
 #[test]
 fn bad_chunk_maps_are_refused() {
     let good = Response::Chunk {
-        data: std::array::from_fn(|i| u64::from(i == 0)),
-        zero: [0; 16],
+        maps: Box::new(ChunkMaps {
+            data: std::array::from_fn(|i| u64::from(i == 0)),
+            zero: [0; 16],
+        }),
         blocks: Bytes::from(vec![1; 4096]),
     };
     let mut payload = BytesMut::new();
@@ -354,8 +358,10 @@ fn bad_chunk_maps_are_refused() {
     // A block both data and zero.
     let mut both = BytesMut::new();
     Response::Chunk {
-        data: std::array::from_fn(|i| u64::from(i == 0)),
-        zero: std::array::from_fn(|i| u64::from(i == 0)),
+        maps: Box::new(ChunkMaps {
+            data: std::array::from_fn(|i| u64::from(i == 0)),
+            zero: std::array::from_fn(|i| u64::from(i == 0)),
+        }),
         blocks: Bytes::from(vec![1; 4096]),
     }
     .put_payload(&mut both);

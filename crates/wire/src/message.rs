@@ -106,10 +106,8 @@ pub enum Request {
         layer: LayerId,
         /// The chunk index.
         chunk: u64,
-        /// Blocks holding data.
-        data: [u64; MAP_WORDS],
-        /// Blocks recorded as zeroed.
-        zero: [u64; MAP_WORDS],
+        /// The chunk's block maps.
+        maps: Box<ChunkMaps>,
         /// The data blocks' bytes, in block order.
         blocks: Bytes,
     },
@@ -127,6 +125,15 @@ pub enum Request {
 
 /// 64-bit words in one chunk's block map.
 pub const MAP_WORDS: usize = 16;
+
+/// The two block maps of one chunk of one layer (boxed in messages: they are 256 bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkMaps {
+    /// Blocks holding data: bit i (word i/64, bit i%64) is block i of the chunk.
+    pub data: [u64; MAP_WORDS],
+    /// Blocks recorded as zeroed.
+    pub zero: [u64; MAP_WORDS],
+}
 /// Bytes of one block.
 const BLOCK: usize = 4096;
 /// The most replicas a `missed` list may name.
@@ -188,10 +195,8 @@ pub enum Response {
     Pong,
     /// The answer to [`Request::GetChunk`].
     Chunk {
-        /// Blocks holding data.
-        data: [u64; MAP_WORDS],
-        /// Blocks recorded as zeroed.
-        zero: [u64; MAP_WORDS],
+        /// The chunk's block maps.
+        maps: Box<ChunkMaps>,
         /// The data blocks' bytes, in block order.
         blocks: Bytes,
     },
@@ -238,14 +243,14 @@ fn get_missed(t: u16, p: &mut Bytes) -> Result<Vec<ServerId>, MessageError> {
     Ok((0..n).map(|_| ServerId::from_bytes(get_id(p))).collect())
 }
 
-fn put_maps(dst: &mut BytesMut, data: &[u64; MAP_WORDS], zero: &[u64; MAP_WORDS]) {
-    for w in data.iter().chain(zero) {
+fn put_maps(dst: &mut BytesMut, maps: &ChunkMaps) {
+    for w in maps.data.iter().chain(&maps.zero) {
         dst.put_u64_le(*w);
     }
 }
 
 /// Reads the two maps and checks them against the blocks that follow.
-fn get_maps(t: u16, p: &mut Bytes) -> Result<([u64; MAP_WORDS], [u64; MAP_WORDS]), MessageError> {
+fn get_maps(t: u16, p: &mut Bytes) -> Result<Box<ChunkMaps>, MessageError> {
     if p.remaining() < MAPS {
         return Err(MessageError::BadLength {
             msg_type: t,
@@ -267,7 +272,7 @@ fn get_maps(t: u16, p: &mut Bytes) -> Result<([u64; MAP_WORDS], [u64; MAP_WORDS]
             field: "chunk blocks (length does not match the data map)",
         });
     }
-    Ok((data, zero))
+    Ok(Box::new(ChunkMaps { data, zero }))
 }
 
 const ID: usize = 16;
@@ -391,14 +396,13 @@ impl WireMessage for Request {
                 volume,
                 layer,
                 chunk,
-                data,
-                zero,
+                maps,
                 blocks,
             } => {
                 dst.put_slice(&volume.to_bytes());
                 dst.put_slice(&layer.to_bytes());
                 dst.put_u64(*chunk);
-                put_maps(dst, data, zero);
+                put_maps(dst, maps);
                 dst.put_slice(blocks);
             }
             Self::Digest {
@@ -480,13 +484,12 @@ impl WireMessage for Request {
                 let volume = VolumeId::from_bytes(get_id(&mut p));
                 let layer = LayerId::from_bytes(get_id(&mut p));
                 let chunk = p.get_u64();
-                let (data, zero) = get_maps(t, &mut p)?;
+                let maps = get_maps(t, &mut p)?;
                 Ok(Self::PutChunk {
                     volume,
                     layer,
                     chunk,
-                    data,
-                    zero,
+                    maps,
                     blocks: p,
                 })
             }
@@ -541,8 +544,8 @@ impl WireMessage for Response {
                 dst.put_u16(*code as u16);
                 dst.put_slice(message.as_bytes());
             }
-            Self::Chunk { data, zero, blocks } => {
-                put_maps(dst, data, zero);
+            Self::Chunk { maps, blocks } => {
+                put_maps(dst, maps);
                 dst.put_slice(blocks);
             }
             Self::Digest(d) => dst.put_slice(d),
@@ -568,12 +571,8 @@ impl WireMessage for Response {
                 Ok(Self::Error { code, message })
             }
             T_CHUNK => {
-                let (data, zero) = get_maps(t, &mut p)?;
-                Ok(Self::Chunk {
-                    data,
-                    zero,
-                    blocks: p,
-                })
+                let maps = get_maps(t, &mut p)?;
+                Ok(Self::Chunk { maps, blocks: p })
             }
             T_DIGEST => {
                 need(t, &p, 32, false)?;

@@ -95,11 +95,10 @@ fn health(v: &VolumeRecord, parts: &HashMap<ServerId, LocalVolume>) -> String {
             total += m.total;
         }
     }
-    let done = if total == 0 {
-        99
-    } else {
-        ((total - remaining) * 100 / total).min(99)
-    };
+    // Never 100% while the volume is still marked stale.
+    let done = ((total - remaining.min(total)) * 100)
+        .checked_div(total)
+        .map_or(99, |p| p.min(99));
     format!("resyncing {done}%")
 }
 

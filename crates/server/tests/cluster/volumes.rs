@@ -222,7 +222,7 @@ async fn a_lost_replica_is_tracked_and_resynced_with_only_what_it_missed() {
         .post(1, "/v1/volumes/dr/snapshots", json!({"name": "during"}))
         .await;
     assert_eq!(status, 201, "{body}");
-    let mut client = blocking(move || {
+    let client = blocking(move || {
         let mut c = client;
         for chunk in 8..12u64 {
             assert_eq!(
