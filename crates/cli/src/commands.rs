@@ -35,7 +35,7 @@ pub async fn server(args: ServerArgs, global: GlobalArgs) -> Result<()> {
         peer: args.peer,
         bootstrap: args.bootstrap,
         join: args.join,
-        merge_rate: None,
+        ..Default::default()
     };
     let file = match &args.config {
         Some(path) => ServerConfigFile::load(path)?,

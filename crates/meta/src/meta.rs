@@ -61,6 +61,16 @@ impl Meta {
     /// this server's API base URL (e.g. `http://127.0.0.1:7780`), which peers use for Raft RPCs.
     /// The node starts as an uninitialized follower unless its log says otherwise.
     pub async fn open(dir: &Path, node_id: u64, my_addr: String) -> Result<Meta, MetaError> {
+        Self::open_with(dir, node_id, my_addr, None).await
+    }
+
+    /// Like [`Meta::open`], with Raft connections to peers leaving from `source_ip`.
+    pub async fn open_with(
+        dir: &Path,
+        node_id: u64,
+        my_addr: String,
+        source_ip: Option<std::net::IpAddr>,
+    ) -> Result<Meta, MetaError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             MetaError::Storage(format!(
                 "cannot create metadata directory {}: {e}",
@@ -79,7 +89,8 @@ impl Meta {
             .map_err(|e| MetaError::Storage(format!("cannot load the state machine: {e}")))?;
         let shared = sm.shared();
         let config = Arc::new(raft_config()?);
-        let raft = Raft::new(node_id, config, HttpNetworkFactory::new(), log_store, sm)
+        let network = HttpNetworkFactory::from_ip(source_ip);
+        let raft = Raft::new(node_id, config, network, log_store, sm)
             .await
             .map_err(|e| MetaError::Storage(format!("cannot start the Raft node: {e}")))?;
         tracing::info!(node_id, addr = %my_addr, dir = %dir.display(), "management node open");

@@ -42,9 +42,15 @@ pub struct HttpNetworkFactory {
 impl HttpNetworkFactory {
     /// A factory with its own connection pool.
     pub fn new() -> Self {
+        Self::from_ip(None)
+    }
+
+    /// A factory whose connections leave from `source_ip`, if given.
+    pub fn from_ip(source_ip: Option<std::net::IpAddr>) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
+            .local_address(source_ip)
             .build()
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "custom HTTP client failed; using defaults");

@@ -26,6 +26,14 @@ pub struct ServerConfigFile {
     /// Listen address for server-to-server data traffic (default: the API's IP, port + 1, so
     /// 127.0.0.1:7781; port 0 when the API's port is 0).
     pub peer: Option<String>,
+    /// The API URL other servers and clients should use, when it differs from the listen
+    /// address (NAT, a proxy, listening on 0.0.0.0). Default: `http://` + the API address.
+    pub advertise_api: Option<String>,
+    /// The peer address other servers should use, when it differs from `peer`.
+    pub advertise_peer: Option<String>,
+    /// The local IP outgoing connections to other servers leave from (default: the system's
+    /// choice).
+    pub source_ip: Option<String>,
     /// Start a new management group with this server as its only manager.
     #[serde(default)]
     pub bootstrap: bool,
@@ -56,6 +64,9 @@ impl ServerConfigFile {
             api: self.api.or(file.api),
             nbd: self.nbd.or(file.nbd),
             peer: self.peer.or(file.peer),
+            advertise_api: self.advertise_api.or(file.advertise_api),
+            advertise_peer: self.advertise_peer.or(file.advertise_peer),
+            source_ip: self.source_ip.or(file.source_ip),
             bootstrap: self.bootstrap || file.bootstrap,
             join: self.join.or(file.join),
             merge_rate: self.merge_rate.or(file.merge_rate),
@@ -88,6 +99,16 @@ impl ServerConfigFile {
                 SocketAddr::new(api.ip(), port)
             }
         };
+        let advertise_peer = match self.advertise_peer.as_deref() {
+            Some(p) => Some(parse_addr("advertise_peer", p)?),
+            None => None,
+        };
+        let source_ip = match self.source_ip.as_deref() {
+            Some(ip) => Some(ip.parse().map_err(|_| {
+                ConfigError::Invalid(format!("source_ip {ip:?} is not an IP address"))
+            })?),
+            None => None,
+        };
         if self.bootstrap && self.join.is_some() {
             return Err(ConfigError::Invalid(
                 "--bootstrap and --join exclude each other: bootstrap makes a new group, join enters an existing one".into(),
@@ -106,6 +127,9 @@ impl ServerConfigFile {
             api,
             nbd,
             peer,
+            advertise_api: self.advertise_api,
+            advertise_peer,
+            source_ip,
             bootstrap: self.bootstrap,
             join: self.join,
             merge_rate,
@@ -134,6 +158,12 @@ pub struct ServerConfig {
     pub nbd: SocketAddr,
     /// Listen address for server-to-server data traffic (the wire protocol).
     pub peer: SocketAddr,
+    /// The API URL others use, if not `http://` + the API address.
+    pub advertise_api: Option<String>,
+    /// The peer address others use, if not the peer listen address.
+    pub advertise_peer: Option<SocketAddr>,
+    /// Where outgoing connections to other servers leave from.
+    pub source_ip: Option<std::net::IpAddr>,
     /// Start a new management group.
     pub bootstrap: bool,
     /// Join the group of the server at this URL.
@@ -151,6 +181,9 @@ impl ServerConfig {
             api: SocketAddr::from(([127, 0, 0, 1], 0)),
             nbd: SocketAddr::from(([127, 0, 0, 1], 0)),
             peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_api: None,
+            advertise_peer: None,
+            source_ip: None,
             bootstrap: true,
             join: None,
             merge_rate: None,

@@ -117,27 +117,34 @@ pub async fn start(
     let api_addr = api_listener.local_addr()?;
     let nbd_addr = nbd_listener.local_addr()?;
     let peer_addr = peer_listener.local_addr()?;
-    let api_url = format!("http://{api_addr}");
+    // What others use to reach this server: the listen addresses unless told otherwise.
+    let api_url = config
+        .advertise_api
+        .clone()
+        .unwrap_or_else(|| format!("http://{api_addr}"));
+    let advertised_peer = config.advertise_peer.unwrap_or(peer_addr);
 
-    let meta = Meta::open(
+    let meta = Meta::open_with(
         &config.data_dir.join("meta"),
         identity.raft_node_id,
         api_url.clone(),
+        config.source_ip,
     )
     .await
     .context("cannot open the management state")?;
     let http = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_millis(500))
         .tcp_nodelay(true)
+        .local_address(config.source_ip)
         .build()
         .context("cannot build the HTTP client")?;
     let control = Arc::new(control::ServerControl::new(
         identity.id,
         meta.clone(),
         http.clone(),
-        api_url.clone(),
+        format!("http://{api_addr}"),
     ));
-    let engine = strata_volume::Engine::new(identity.id, store.clone(), control);
+    let engine = strata_volume::Engine::new(identity.id, store.clone(), control, config.source_ip);
     let state = api::AppState {
         engine: engine.clone(),
         meta: meta.clone(),
@@ -165,7 +172,7 @@ pub async fn start(
         name: identity.name.to_string(),
         api_addr: api_url.clone(),
         nbd_addr: nbd_addr.to_string(),
-        peer_addr: peer_addr.to_string(),
+        peer_addr: advertised_peer.to_string(),
         raft_node_id: identity.raft_node_id,
     };
     let ready = async {

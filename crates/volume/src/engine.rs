@@ -41,11 +41,18 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The engine of server `me` over its `store`; `control` reaches the management group.
-    pub fn new(me: ServerId, store: Arc<Store>, control: Arc<dyn Control>) -> Arc<Self> {
+    /// The engine of server `me` over its `store`; `control` reaches the management group;
+    /// connections to peers leave from `source_ip` if given.
+    pub fn new(
+        me: ServerId,
+        store: Arc<Store>,
+        control: Arc<dyn Control>,
+        source_ip: Option<std::net::IpAddr>,
+    ) -> Arc<Self> {
         let config = ClientConfig {
             connect_timeout: Duration::from_secs(1),
             call_timeout: Duration::from_secs(10),
+            local_ip: source_ip,
             ..ClientConfig::default()
         };
         Arc::new(Self {

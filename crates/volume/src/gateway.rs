@@ -269,6 +269,21 @@ impl GatewayDevice {
         Ok(())
     }
 
+    /// A write failed after this server's copy of `chunk` took it: this copy may now differ
+    /// from the others, which did not. Records that this server "missed" the chunk, so resync
+    /// makes it stale and brings the chunk back from an in-sync replica.
+    async fn mark_self(&self, layer: LayerId, chunk: u64) {
+        let (store, volume, me) = (self.engine.store().clone(), self.volume, self.engine.me());
+        let done = tokio::task::spawn_blocking(move || {
+            store.record_missed(volume, layer, chunk, me)?;
+            store.flush(volume)
+        })
+        .await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::error!(%volume, chunk, "could not record that this server's copy of a chunk took a failed write; run `strata volume verify --repair`");
+        }
+    }
+
     /// Applies `change` to one chunk on all its replicas.
     async fn change_piece(&self, offset: u64, change: Change, fua: bool) -> Result<(), IoError> {
         let chunk = offset / CHUNK_SIZE;
@@ -299,12 +314,16 @@ impl GatewayDevice {
             });
             let results = join_all(sends).await;
             let (mut acked, mut failed, mut retry) = (0, Vec::new(), false);
+            let mut written_here = false;
             for (r, res) in targets.iter().zip(results) {
                 if !view.in_sync(*r) {
                     continue; // best effort: resync repairs it either way
                 }
                 match res {
-                    Ok(()) => acked += 1,
+                    Ok(()) => {
+                        acked += 1;
+                        written_here |= *r == self.engine.me();
+                    }
                     Err(ReplicaError::Fenced(_) | ReplicaError::NotReady(_)) => retry = true,
                     Err(ReplicaError::Io(e)) => {
                         tracing::warn!(volume = %view.name, server = %r, error = %e, "replica write failed");
@@ -315,7 +334,12 @@ impl GatewayDevice {
             }
             if !failed.is_empty() {
                 for f in failed {
-                    self.replica_failed(f).await?;
+                    if let Err(e) = self.replica_failed(f).await {
+                        if written_here {
+                            self.mark_self(head, chunk).await;
+                        }
+                        return Err(e);
+                    }
                 }
                 continue; // again, now with the failed replicas recorded as missing it
             }

@@ -9,6 +9,11 @@
 //! copied again on the next pass: the copy converges without pausing writes. When no server
 //! holds marks for it any more, the replica is marked in sync in the management group.
 //!
+//! A server may also hold marks for *itself*: its copy of a chunk took a write that failed on
+//! the other replicas (it could not reach them, nor a quorum to mark them stale). It then marks
+//! itself stale and copies those chunks back from an in-sync replica, so the failed write,
+//! never acknowledged, does not linger in one copy only.
+//!
 //! Marks for servers that are in sync (stragglers recorded just as a resync finished) are
 //! dropped after they have stayed unchanged for one pass.
 
@@ -117,7 +122,7 @@ async fn pass(
     let all = marks(engine, view.id).await?;
     let mut by_server: HashMap<ServerId, Vec<MissedChunk>> = HashMap::new();
     for m in all {
-        if view.in_sync(m.server) {
+        if m.server != engine.me() && view.in_sync(m.server) {
             if settled.contains(&(view.id, m)) {
                 clear(engine, view.id, m).await?;
             } else {
@@ -127,7 +132,13 @@ async fn pass(
             by_server.entry(m.server).or_default().push(m);
         }
     }
+    if let Some(own) = by_server.remove(&engine.me()) {
+        repair_own(engine, view, own).await?;
+    }
     for server in &view.stale {
+        if *server == engine.me() {
+            continue;
+        }
         let todo = by_server.remove(server).unwrap_or_default();
         engine
             .resync
@@ -145,6 +156,34 @@ async fn pass(
     Ok(())
 }
 
+/// This server's own marks: its copy of those chunks took writes that failed elsewhere. It
+/// marks itself stale (so nobody reads from it meanwhile), then copies the chunks back from an
+/// in-sync replica.
+async fn repair_own(
+    engine: &Arc<Engine>,
+    view: &VolumeView,
+    own: Vec<MissedChunk>,
+) -> Result<(), String> {
+    let me = engine.me();
+    if view.in_sync(me) {
+        // The next pass sees this server stale and does the copying.
+        return engine.mark_stale(view.id, me).await;
+    }
+    for mark in own {
+        let Some(source) = view
+            .replicas_of(mark.chunk)
+            .into_iter()
+            .find(|r| *r != me && view.in_sync(*r))
+        else {
+            continue;
+        };
+        copy_between(engine, view, &mark, source, me).await?;
+        clear(engine, view.id, mark).await?;
+        engine.resync.copied(view.id, me);
+    }
+    Ok(())
+}
+
 async fn answers(engine: &Arc<Engine>, server: ServerId) -> bool {
     matches!(
         engine
@@ -154,11 +193,22 @@ async fn answers(engine: &Arc<Engine>, server: ServerId) -> bool {
     )
 }
 
-/// Copies the chunk of one mark to its server.
+/// Copies the chunk of one mark from this server to the mark's server.
 async fn copy_mark(
     engine: &Arc<Engine>,
     view: &VolumeView,
     mark: &MissedChunk,
+) -> Result<(), String> {
+    copy_between(engine, view, mark, engine.me(), mark.server).await
+}
+
+/// Copies the chunk of `mark` (each layer it concerns) from server `from` to server `to`.
+async fn copy_between(
+    engine: &Arc<Engine>,
+    view: &VolumeView,
+    mark: &MissedChunk,
+    from: ServerId,
+    to: ServerId,
 ) -> Result<(), String> {
     let layers = if view.layers.contains(&mark.layer) {
         vec![mark.layer]
@@ -168,7 +218,7 @@ async fn copy_mark(
     for layer in layers {
         let got = engine
             .ask(
-                engine.me(),
+                from,
                 Request::GetChunk {
                     volume: view.id,
                     layer,
@@ -191,17 +241,13 @@ async fn copy_mark(
             maps,
             blocks,
         };
-        engine
-            .ask(mark.server, put, COPY_TIMEOUT)
-            .await
-            .map_err(|e| {
-                format!(
-                    "copying chunk {} (offset {}) to server {}: {e}",
-                    mark.chunk,
-                    mark.chunk * CHUNK_SIZE,
-                    mark.server
-                )
-            })?;
+        engine.ask(to, put, COPY_TIMEOUT).await.map_err(|e| {
+            format!(
+                "copying chunk {} (offset {}) from server {from} to server {to}: {e}",
+                mark.chunk,
+                mark.chunk * CHUNK_SIZE,
+            )
+        })?;
     }
     Ok(())
 }
@@ -225,8 +271,9 @@ async fn finish_if_done(
     if mine.iter().any(|m| m.server == server) {
         return Ok(()); // written again meanwhile: next pass
     }
+    // Every in-sync server may hold marks for it, and it may hold marks for itself.
     for other in &view.layout {
-        if *other == server || *other == engine.me() || !view.in_sync(*other) {
+        if *other == engine.me() || (*other != server && !view.in_sync(*other)) {
             continue;
         }
         let left = engine.control().missed_at(*other, view.id, server).await?;

@@ -45,6 +45,8 @@ pub struct ClientConfig {
     pub queue_depth: usize,
     /// The frame payload bound, in both directions.
     pub max_payload: u32,
+    /// The local IP connections leave from (`None`: the system's choice).
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for ClientConfig {
@@ -54,8 +56,23 @@ impl Default for ClientConfig {
             call_timeout: Duration::from_secs(30),
             queue_depth: 256,
             max_payload: crate::DEFAULT_MAX_PAYLOAD,
+            local_ip: None,
         }
     }
+}
+
+/// Opens a TCP connection to `addr`, from `local_ip` if given.
+async fn dial(addr: SocketAddr, local_ip: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = local_ip else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if ip.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
 }
 
 type Reply = oneshot::Sender<Result<Response, WireError>>;
@@ -131,7 +148,7 @@ impl WireClient {
         my_id: ServerId,
         config: ClientConfig,
     ) -> Result<Self, WireError> {
-        let connect = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr));
+        let connect = tokio::time::timeout(config.connect_timeout, dial(addr, config.local_ip));
         let mut stream = match connect.await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(WireError::Connect { addr, source }),

@@ -1,48 +1,175 @@
-//! An in-process group of `strata server`s on 127.0.0.1 with temporary data directories. A
+//! An in-process group of `strata server`s on loopback with temporary data directories. A
 //! server can be killed (its Raft node stops, then its tasks) and restarted from its directory
-//! on the same ports. Waits poll the servers' state through the API; nothing sleeps for a guess.
+//! on the same ports, and the links between chosen servers can be cut and healed. Waits poll
+//! the servers' state through the API; nothing sleeps for a guess.
+//!
+//! Links: server *i* listens on its own loopback address 127.0.0.(10+i) and its outgoing
+//! connections leave from it (`source_ip`). Other servers reach its API and peer ports only
+//! through two proxies of the harness (its advertised addresses), which see from the source
+//! address who is calling; a cut link refuses new connections and drops open ones, in both
+//! directions. The test's own HTTP and NBD clients (from 127.0.0.1) are never cut.
 
+use parking_lot::Mutex;
 use serde_json::Value;
-use std::net::SocketAddr;
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_server::config::ServerConfig;
 use strata_server::RunningServer;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// How long any wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Which links between servers are cut, and the proxied connections that are open.
+#[derive(Default)]
+pub struct Links {
+    cut: Mutex<HashSet<(IpAddr, IpAddr)>>,
+    open: Mutex<Vec<(IpAddr, IpAddr, CancellationToken)>>,
+}
+
+impl Links {
+    fn is_cut(&self, from: IpAddr, to: IpAddr) -> bool {
+        self.cut.lock().contains(&(from, to))
+    }
+
+    fn cut(&self, a: IpAddr, b: IpAddr) {
+        self.cut.lock().extend([(a, b), (b, a)]);
+        self.open.lock().retain(|(x, y, token)| {
+            let hit = (*x, *y) == (a, b) || (*x, *y) == (b, a);
+            if hit {
+                token.cancel();
+            }
+            !hit && !token.is_cancelled()
+        });
+    }
+
+    fn heal(&self) {
+        self.cut.lock().clear();
+    }
+}
+
+/// Forwards connections to `target`, the real listener of the server at `owner`, unless the
+/// caller's link to it is cut.
+async fn proxy(listener: TcpListener, target: SocketAddr, owner: IpAddr, links: Arc<Links>) {
+    while let Ok((mut inbound, from)) = listener.accept().await {
+        if links.is_cut(from.ip(), owner) {
+            continue; // dropped: the caller sees the connection closed
+        }
+        let token = CancellationToken::new();
+        links.open.lock().push((from.ip(), owner, token.clone()));
+        tokio::spawn(async move {
+            let Ok(mut outbound) = TcpStream::connect(target).await else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                _ = token.cancelled() => {}
+            }
+        });
+    }
+}
+
 /// One server of the group: running or killed.
 pub struct Node {
     pub name: String,
     dir: PathBuf,
+    ip: IpAddr,
     api: SocketAddr,
     pub nbd: SocketAddr,
     peer: SocketAddr,
+    /// The proxied addresses other servers use.
+    public_api: SocketAddr,
+    public_peer: SocketAddr,
+    /// The proxies' tasks; stopped while the server is down, so callers see it refuse.
+    proxies: Vec<tokio::task::JoinHandle<()>>,
     running: Option<RunningServer>,
+}
+
+impl Node {
+    /// Serves the proxies in front of this server's API and peer ports.
+    async fn open_proxies(&mut self, links: &Arc<Links>) {
+        for (public, target) in [(self.public_api, self.api), (self.public_peer, self.peer)] {
+            let deadline = Instant::now() + WAIT;
+            let listener = loop {
+                match TcpListener::bind(public).await {
+                    Ok(l) => break l,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("proxy port {public}: {e}"),
+                }
+            };
+            self.proxies.push(tokio::spawn(proxy(
+                listener,
+                target,
+                self.ip,
+                links.clone(),
+            )));
+        }
+    }
+
+    fn addrs(&self) -> Addrs {
+        Addrs {
+            api: self.api,
+            nbd: self.nbd,
+            peer: self.peer,
+            public_api: self.public_api,
+            public_peer: self.public_peer,
+        }
+    }
+
+    fn close_proxies(&mut self) {
+        for p in self.proxies.drain(..) {
+            p.abort();
+        }
+    }
 }
 
 /// The servers of one management group.
 pub struct Group {
     pub nodes: Vec<Node>,
     http: reqwest::Client,
+    links: Arc<Links>,
     _tmp: tempfile::TempDir,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.close_proxies();
+        }
+    }
+}
+
+/// The addresses a server listens on and advertises.
+#[derive(Clone, Copy)]
+struct Addrs {
+    api: SocketAddr,
+    nbd: SocketAddr,
+    peer: SocketAddr,
+    public_api: SocketAddr,
+    public_peer: SocketAddr,
 }
 
 async fn start(
     dir: &std::path::Path,
     name: &str,
-    api: SocketAddr,
-    nbd: SocketAddr,
-    peer: SocketAddr,
+    addrs: Addrs,
     join: Option<String>,
 ) -> RunningServer {
     let mut config = ServerConfig::local(dir);
     config.name = Some(strata_types::Name::new(name).expect("name"));
-    config.api = api;
-    config.nbd = nbd;
-    config.peer = peer;
+    config.api = addrs.api;
+    config.nbd = addrs.nbd;
+    config.peer = addrs.peer;
+    config.advertise_api = Some(format!("http://{}", addrs.public_api));
+    config.advertise_peer = Some(addrs.public_peer);
+    config.source_ip = Some(addrs.api.ip());
     config.bootstrap = join.is_none() && !dir.join("meta").exists();
     config.join = join;
     // A restart may find its old port still held for a moment.
@@ -63,21 +190,35 @@ impl Group {
     /// it (so joins are forwarded to the leader).
     pub async fn start(n: usize) -> Group {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let links = Arc::new(Links::default());
         let mut nodes: Vec<Node> = Vec::new();
         for i in 0..n {
             let name = format!("s{}", i + 1);
             let dir = tmp.path().join(&name);
-            let join = nodes.last().map(|p: &Node| format!("http://{}", p.api));
-            let running = start(&dir, &name, any, any, any, join).await;
-            nodes.push(Node {
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + i as u8));
+            // Listeners on fixed ports: the proxies must know where to forward before the
+            // server starts, and a restart uses the same ports.
+            let port = || {
+                std::net::TcpListener::bind((ip, 0))
+                    .and_then(|l| l.local_addr())
+                    .expect("free port")
+            };
+            let mut node = Node {
                 name,
                 dir,
-                api: running.api_addr,
-                nbd: running.nbd_addr,
-                peer: running.peer_addr,
-                running: Some(running),
-            });
+                ip,
+                api: port(),
+                nbd: port(),
+                peer: port(),
+                public_api: port(),
+                public_peer: port(),
+                proxies: Vec::new(),
+                running: None,
+            };
+            node.open_proxies(&links).await;
+            let join = nodes.last().map(|p: &Node| format!("http://{}", p.api));
+            node.running = Some(start(&node.dir, &node.name, node.addrs(), join).await);
+            nodes.push(node);
         }
         Group {
             nodes,
@@ -85,8 +226,21 @@ impl Group {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client"),
+            links,
             _tmp: tmp,
         }
+    }
+
+    /// Cuts the links between server `a` and each of `others`, both ways.
+    pub fn cut(&self, a: usize, others: &[usize]) {
+        for b in others {
+            self.links.cut(self.nodes[a].ip, self.nodes[*b].ip);
+        }
+    }
+
+    /// Restores every cut link.
+    pub fn heal(&self) {
+        self.links.heal();
     }
 
     /// The API base URL of server `i`.
@@ -97,13 +251,16 @@ impl Group {
     /// Kills server `i`.
     pub async fn kill(&mut self, i: usize) {
         let running = self.nodes[i].running.take().expect("server is running");
+        self.nodes[i].close_proxies();
         running.kill().await;
     }
 
     /// Starts server `i` again from its directory on its old ports.
     pub async fn restart(&mut self, i: usize) {
-        let node = &self.nodes[i];
-        let running = start(&node.dir, &node.name, node.api, node.nbd, node.peer, None).await;
+        let links = self.links.clone();
+        let node = &mut self.nodes[i];
+        node.open_proxies(&links).await;
+        let running = start(&node.dir, &node.name, node.addrs(), None).await;
         self.nodes[i].running = Some(running);
     }
 

@@ -345,3 +345,61 @@ async fn verify_finds_and_repairs_a_damaged_replica() {
     .await;
     g.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_minority_cannot_acknowledge_writes() {
+    let g = Group::start(3).await;
+    g.three_managers().await;
+    g.one_cluster().await;
+    g.create_volume("split", 64 * MIB, 2).await;
+    let (a, c) = (g.nbd(0), g.nbd(2));
+    // s3 is cut off from s1 and s2; clients still reach both sides.
+    g.cut(2, &[0, 1]);
+    // Through s3 no write can be acknowledged: every chunk has a replica on the other side,
+    // and s3 cannot reach a quorum to declare it stale.
+    let minority = blocking(move || {
+        let mut c = connect(&c, "split");
+        let mut acked = Vec::new();
+        for chunk in 0..4u64 {
+            if c.write(chunk * CHUNK, &pattern(chunk + 50, 4096), true)
+                .unwrap()
+                == 0
+            {
+                acked.push(chunk);
+            }
+        }
+        acked
+    })
+    .await;
+    assert_eq!(
+        minority,
+        Vec::<u64>::new(),
+        "the minority acknowledged writes"
+    );
+    // The majority side keeps writing without errors (it marks s3 stale).
+    blocking(move || {
+        let mut c = connect(&a, "split");
+        for chunk in 0..16u64 {
+            assert_eq!(
+                c.write(chunk * CHUNK, &pattern(chunk, 4096), true).unwrap(),
+                0
+            );
+        }
+    })
+    .await;
+    let shown = g.wait_status(0, "split", "degraded").await;
+    assert_eq!(shown["stale_servers"], json!(["s3"]), "{shown}");
+    // Healed: s3 catches up, drops what it took from the refused writes, and all copies agree.
+    g.heal();
+    g.wait_status(0, "split", "healthy").await;
+    assert_eq!(g.verify(1, "split", false).await["mismatches"], json!([]));
+    let c = g.nbd(2);
+    blocking(move || {
+        let mut c = connect(&c, "split");
+        for chunk in 0..16u64 {
+            assert!(c.read(chunk * CHUNK, 4096).unwrap().unwrap() == pattern(chunk, 4096));
+        }
+    })
+    .await;
+    g.stop().await;
+}
