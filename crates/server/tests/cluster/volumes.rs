@@ -403,3 +403,63 @@ async fn a_partitioned_minority_cannot_acknowledge_writes() {
     .await;
     g.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fio_verify_passes_while_a_replica_is_killed_and_restarted() {
+    if std::process::Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("fio is not installed; run .ci/run or apt-get install fio");
+    }
+    let mut g = Group::start(3).await;
+    g.three_managers().await;
+    g.one_cluster().await;
+    g.create_volume("fio", 128 * MIB, 2).await;
+    let uri = format!("nbd://{}/fio", g.nbd(0));
+    // fio writes 64 MiB at random through s1, in a rate that keeps it busy for a few seconds,
+    // then reads it all back and checks every block's checksum.
+    let fio = tokio::process::Command::new("fio")
+        .args([
+            "--name=verify",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=16k",
+            "--iodepth=8",
+            "--size=64M",
+            "--rate=16m",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--verify_state_save=0",
+            "--do_verify=1",
+            "--output-format=json",
+        ])
+        .output();
+    let fio = tokio::spawn(fio);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    g.kill(1).await;
+    // The writes that s2 misses are noticed, and tracked.
+    g.wait_status(0, "fio", "degraded").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    g.restart(1).await;
+    let out = fio.await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fio failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+    let job = &report["jobs"][0];
+    assert_eq!(job["error"].as_u64(), Some(0), "{text}");
+    assert!(
+        job["read"]["io_bytes"].as_u64().unwrap() >= 64 << 20,
+        "fio read back all it wrote"
+    );
+    g.wait_status(0, "fio", "healthy").await;
+    let report = g.verify(2, "fio", false).await;
+    assert_eq!(report["mismatches"], json!([]), "{report}");
+    g.stop().await;
+}
