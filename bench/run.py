@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Strata benchmarks: run Strata and its peer side by side in one run and print ratios.
 
-    cargo build --release && python3 bench/run.py [fio|snapshots|deep|all] [--size 2G] [--runtime 20]
+    cargo build --release && python3 bench/run.py [fio|snapshots|deep|cluster|pause|resync|all] [--size 2G] [--runtime 20]
 
 Each section starts its own `strata server` (release build) on loopback ports in a temporary
 directory on the filesystem holding --dir (default: bench/results/tmp), and tears it down after.
@@ -16,6 +16,17 @@ directory on the filesystem holding --dir (default: bench/results/tmp), and tear
   a FLUSH). For scale, the same client's latency for `GET /healthz` is printed too.
 - deep: random-read 4 KiB QD32 IOPS on a preconditioned volume with 0 snapshots, then again with
   64 snapshots in the stack (each layer holding 4 MiB of scattered 4 KiB writes).
+- cluster: the fio jobs on a 3-server cluster (three `strata server` processes, one `default`
+  cluster; the client talks to the first server) with a replicas=1 and a replicas=2 volume, next to
+  qemu-nbd on one raw file and a single-server Strata, all in one run.
+- pause: the write latency a client sees while snapshots are taken: fio random write 4 KiB QD4
+  on a replicas=2 volume of the 3-server cluster for a fixed time, once alone and once while 100
+  snapshots are taken; max and p99 completion latency of both runs.
+- resync: a replicas=2 volume of the 3-server cluster, fully written, loses its third server
+  (SIGKILL) for 30 s while fio writes at a fixed rate; then the server returns. Prints the chunks
+  written during the outage (missed-chunk marks), the chunk-layers the resync copied (from the
+  servers' `strata_resync_chunk_layers_total`), and the time until the volume is healthy again,
+  for two volume sizes.
 Machines here are noisy: compare the ratios, not the absolute numbers.
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
@@ -43,17 +54,47 @@ def wait_port(port, timeout=30):
 
 
 class Strata:
-    def __init__(self, base):
+    def __init__(self, base, join=None, name=None):
         self.dir = tempfile.mkdtemp(prefix="strata-", dir=base)
-        self.api_port, self.nbd_port = free_port(), free_port()
+        self.api_port, self.nbd_port, self.peer_port = free_port(), free_port(), free_port()
         self.api = f"http://127.0.0.1:{self.api_port}"
+        self.join = join
+        self.name = name
+        self.start()
+
+    def start(self):
+        args = [STRATA, "server", "--data-dir", os.path.join(self.dir, "data"),
+                "--api", f"127.0.0.1:{self.api_port}", "--nbd", f"127.0.0.1:{self.nbd_port}",
+                "--peer", f"127.0.0.1:{self.peer_port}"]
+        if self.name:
+            args += ["--name", self.name]
+        args += ["--join", self.join] if self.join else ["--bootstrap"]
         self.proc = subprocess.Popen(
-            [STRATA, "server", "--data-dir", os.path.join(self.dir, "data"), "--bootstrap",
-             "--api", f"127.0.0.1:{self.api_port}", "--nbd", f"127.0.0.1:{self.nbd_port}"],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "server.log"), "w"),
+            args, stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(self.dir, "server.log"), "a"),
             env={**os.environ, "RUST_LOG": "warn"})
         wait_port(self.api_port)
         wait_port(self.nbd_port)
+        # A joining server answers on its API before its join completes.
+        end = time.time() + 60
+        while time.time() < end:
+            try:
+                self.call("GET", "/v1/servers/self")
+                break
+            except Exception:
+                time.sleep(0.1)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def metric(self, name):
+        with urllib.request.urlopen(self.api + "/metrics") as r:
+            total = 0.0
+            for line in r.read().decode().splitlines():
+                if line.startswith(name):
+                    total += float(line.split()[-1])
+            return total
 
     def call(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -63,8 +104,8 @@ class Strata:
             text = r.read()
             return json.loads(text) if text else None
 
-    def create(self, name, size):
-        self.call("POST", "/v1/volumes", {"name": name, "size": size})
+    def create(self, name, size, replicas=1):
+        self.call("POST", "/v1/volumes", {"name": name, "size": size, "replicas": replicas})
         return f"nbd://127.0.0.1:{self.nbd_port}/{name}"
 
     def snapshot(self, volume, name):
@@ -213,9 +254,138 @@ def bench_deep(base, size, runtime, rounds=3):
         strata.stop()
 
 
+class Cluster:
+    """Three `strata server` processes in one group and one `default` cluster."""
+
+    def __init__(self, base):
+        first = Strata(base, name="b1")
+        self.servers = [first] + [Strata(base, join=first.api, name=f"b{i}") for i in (2, 3)]
+        for s in self.servers[1:]:
+            first.call("POST", "/v1/clusters/default/servers", {"server": s.name})
+        self.api = first
+
+    def stop(self):
+        for s in reversed(self.servers):
+            s.stop()
+
+    def wait_status(self, volume, prefix, timeout=600):
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                v = self.api.call("GET", f"/v1/volumes/{volume}")
+                if v["status"].startswith(prefix):
+                    return v
+            except Exception:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"volume {volume} never became {prefix}")
+
+
+def bench_cluster(base, size, runtime):
+    print(f"## fio on a 3-server cluster vs qemu-nbd and single-server Strata "
+          f"({size >> 20} MiB, {runtime}s per job; client on the first server)\n")
+    cluster, single, qemu = Cluster(base), Strata(base), QemuNbd(base, size)
+    try:
+        targets = {"r1": cluster.api.create("r1", size, 1), "r2": cluster.api.create("r2", size, 2),
+                   "single": single.create("bench", size), "qemu": qemu.uri}
+        for uri in targets.values():
+            fio(uri, "precondition", "write", "1M", 16, size)
+        print("| job | 3 servers r=1 IOPS | 3 servers r=2 IOPS | 1 server IOPS | qemu-nbd IOPS | "
+              "r=2 / qemu-nbd | r=1 / 1 server |")
+        print("|---|---|---|---|---|---|---|")
+        for label, rw, bs, depth in JOBS:
+            r = {k: fio(uri, label.replace(" ", "-"), rw, bs, depth, size, runtime)
+                 for k, uri in targets.items()}
+            print(f"| {label} | {r['r1']['iops']:.0f} | {r['r2']['iops']:.0f} | "
+                  f"{r['single']['iops']:.0f} | {r['qemu']['iops']:.0f} | "
+                  f"{r['r2']['iops'] / r['qemu']['iops']:.2f} | "
+                  f"{r['r1']['iops'] / r['single']['iops']:.2f} |")
+        print()
+    finally:
+        cluster.stop()
+        single.stop()
+        qemu.stop()
+
+
+def fio_lat(uri, name, runtime):
+    """Random 4K writes QD4 for `runtime` s: p99 and max completion latency in ms, and IOPS."""
+    args = ["fio", f"--name={name}", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite",
+            "--bs=4k", "--iodepth=4", "--size=256M", "--time_based", f"--runtime={runtime}",
+            "--output-format=json", "--randrepeat=0", "--norandommap"]
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    w = json.loads(out[out.index("{"):])["jobs"][0]["write"]
+    return {"p99": w["clat_ns"]["percentile"]["99.000000"] / 1e6,
+            "max": w["clat_ns"]["max"] / 1e6, "iops": w["iops"]}
+
+
+def bench_pause(base, runtime=20, count=100):
+    print(f"## Write latency while snapshots are taken (3 servers, replicas=2, fio randwrite 4K "
+          f"QD4, {runtime}s; {count} snapshots in the second run)\n")
+    cluster = Cluster(base)
+    try:
+        uri = cluster.api.create("pause", 1 << 30, 2)
+        fio(uri, "fill", "write", "1M", 16, 256 << 20, extra=["--end_fsync=1"])
+        alone = fio_lat(uri, "alone", runtime)
+        import threading
+        took = []
+
+        def snapshots():
+            time.sleep(1)
+            gap = (runtime - 2) / count
+            for i in range(count):
+                took.append(cluster.api.snapshot("pause", f"p{i}") * 1000)
+                time.sleep(max(0, gap - took[-1] / 1000))
+
+        t = threading.Thread(target=snapshots)
+        t.start()
+        during = fio_lat(uri, "during", runtime)
+        t.join()
+        took.sort()
+        print("| run | IOPS | p99 write ms | max write ms |\n|---|---|---|---|")
+        print(f"| no snapshots | {alone['iops']:.0f} | {alone['p99']:.2f} | {alone['max']:.2f} |")
+        print(f"| {len(took)} snapshots | {during['iops']:.0f} | {during['p99']:.2f} | {during['max']:.2f} |")
+        print(f"\np99 ratio (during / alone): {during['p99'] / alone['p99']:.2f}; snapshot create "
+              f"p50 {statistics.median(took):.1f} ms, p99 {pct(took, 99):.1f} ms\n")
+    finally:
+        cluster.stop()
+
+
+def bench_resync(base, sizes=(1 << 30, 4 << 30), outage=30, rate="2m"):
+    print(f"## Resync after a {outage}s outage of one of 3 servers (replicas=2, fio randwrite 4K "
+          f"at {rate}/s into the first 64 MiB during the outage)\n")
+    print("| volume | chunks written in outage (marks) | chunk-layers copied | copied / marks | "
+          "resync time s |\n|---|---|---|---|---|")
+    for size in sizes:
+        cluster = Cluster(base)
+        try:
+            uri = cluster.api.create("rs", size, 2)
+            vid = cluster.api.call("GET", "/v1/volumes/rs")["id"]
+            fio(uri, "fill", "write", "1M", 16, size, extra=["--end_fsync=1"])
+            victim = cluster.servers[2]
+            victim.kill()
+            # The outage writes stay in the first 64 MiB whatever the volume size.
+            fio(uri, "outage", "randwrite", "4k", 4, 64 << 20, outage, extra=[f"--rate={rate}"])
+            marks = 0
+            for s in cluster.servers[:2]:
+                for m in s.call("GET", f"/internal/v1/volumes/{vid}/missed"):
+                    marks += m["remaining"]
+            before = sum(s.metric("strata_resync_chunk_layers_total") for s in cluster.servers[:2])
+            t = time.perf_counter()
+            victim.start()
+            cluster.wait_status("rs", "healthy")
+            took = time.perf_counter() - t
+            after = sum(s.metric("strata_resync_chunk_layers_total") for s in cluster.servers[:2])
+            copied = after - before
+            print(f"| {size >> 30} GiB | {marks} | {copied:.0f} | {copied / max(marks, 1):.2f} | {took:.1f} |")
+        finally:
+            cluster.stop()
+    print()
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", nargs="?", default="all", choices=["fio", "snapshots", "deep", "all"])
+    p.add_argument("what", nargs="?", default="all",
+                   choices=["fio", "snapshots", "deep", "cluster", "pause", "resync", "all"])
     p.add_argument("--size", default="2G", help="volume size for fio and deep (e.g. 2G)")
     p.add_argument("--runtime", type=int, default=20)
     p.add_argument("--dir", default=os.path.join(ROOT, "bench", "results", "tmp"))
@@ -232,6 +402,12 @@ def main():
         bench_snapshots(a.dir)
     if a.what in ("deep", "all"):
         bench_deep(a.dir, size, min(a.runtime, 15))
+    if a.what in ("cluster", "all"):
+        bench_cluster(a.dir, size, a.runtime)
+    if a.what in ("pause", "all"):
+        bench_pause(a.dir, a.runtime)
+    if a.what in ("resync", "all"):
+        bench_resync(a.dir)
 
 
 if __name__ == "__main__":

@@ -208,10 +208,18 @@ impl Volume {
         }
         let base = chunk * BLOCKS_PER_CHUNK;
         let full = Bits::range((first_full - base) as u32, (end_full - base) as u32);
-        let below = match head.rank.checked_sub(1) {
-            Some(r) => self.effective(st, chunk, r).data,
-            None => Bits::default(),
-        };
+        // A block held by any layer below, deleted ones included, is recorded as zero here; only
+        // a block no layer below holds can be dropped. Judging by what reads see now is not
+        // enough: a deleted layer may be merging into the head, and the blocks of it already
+        // copied up would be lost with the dropped bits once the merge removes the layer.
+        let mut below = Bits::default();
+        if let Some(r) = head.rank.checked_sub(1) {
+            let mut cands = Vec::new();
+            self.candidates(st, chunk, r, &mut cands);
+            for (_, bits) in &cands {
+                below = below.or(&bits.held());
+            }
+        }
         let shadow = full.and(&below);
         let drop = full.and_not(&below);
         let had_data = head

@@ -234,6 +234,7 @@ async fn copy_between(
             Err(ReplicaError::NotReady(m)) => return Err(m),
             Err(e) => return Err(e.to_string()),
         };
+        let bytes = blocks.len() as u64;
         let put = Request::PutChunk {
             volume: view.id,
             layer,
@@ -248,6 +249,8 @@ async fn copy_between(
                 mark.chunk * CHUNK_SIZE,
             )
         })?;
+        metrics::counter!("strata_resync_chunk_layers_total").increment(1);
+        metrics::counter!("strata_resync_bytes_total").increment(bytes);
     }
     Ok(())
 }
