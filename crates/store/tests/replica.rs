@@ -1,0 +1,170 @@
+//! Chunk images and missed-write marks: what replicas exchange to repair each other.
+
+#![allow(clippy::unwrap_used)]
+
+use strata_store::{ChunkImage, LayerId, Store, StoreError, StoreOptions, VolumeId};
+use strata_types::{ServerId, CHUNK_SIZE};
+
+const SIZE: u64 = 3 * CHUNK_SIZE;
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(dir, StoreOptions::default()).unwrap()
+}
+
+fn chunk(store: &Store, vol: VolumeId, layer: Option<LayerId>, c: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; CHUNK_SIZE as usize];
+    store.read(vol, layer, c * CHUNK_SIZE, &mut buf).unwrap();
+    buf
+}
+
+/// Two stores holding the same volume and layers; `a` gets writes that `b` misses.
+fn pair() -> (tempfile::TempDir, Store, Store, VolumeId, [LayerId; 2]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (open(&tmp.path().join("a")), open(&tmp.path().join("b")));
+    let vol = VolumeId::new_random();
+    let layers = [LayerId::new_random(), LayerId::new_random()];
+    for s in [&a, &b] {
+        s.create_volume(vol, SIZE, layers[0]).unwrap();
+    }
+    (tmp, a, b, vol, layers)
+}
+
+#[test]
+fn images_repair_every_layer_of_a_stale_replica() {
+    let (_tmp, a, b, vol, [l0, l1]) = pair();
+    // Both have some common data; b then has its own divergent write, a the real history.
+    for s in [&a, &b] {
+        s.write(vol, CHUNK_SIZE, &[1u8; 8192], false).unwrap();
+    }
+    b.write(vol, CHUNK_SIZE + 65536, &[9u8; 4096], false)
+        .unwrap();
+    a.write(vol, CHUNK_SIZE + 4096, &[2u8; 4096], false)
+        .unwrap();
+    a.write_zeroes(vol, CHUNK_SIZE, 4096, false).unwrap();
+    for s in [&a, &b] {
+        s.snapshot(vol, l1).unwrap();
+    }
+    a.write(vol, CHUNK_SIZE + 12288, &[3u8; 512], false)
+        .unwrap();
+    a.write_zeroes(vol, CHUNK_SIZE + 4096, 4096, false).unwrap();
+    // Repair b: the frozen layer first (a repair may write a snapshot), then the head.
+    for layer in [l0, l1] {
+        let img = a.chunk_image(vol, layer, 1).unwrap();
+        b.put_chunk_image(vol, layer, 1, &img).unwrap();
+        assert_eq!(b.chunk_image(vol, layer, 1).unwrap(), img);
+    }
+    for layer in [Some(l0), None] {
+        assert!(
+            chunk(&a, vol, layer, 1) == chunk(&b, vol, layer, 1),
+            "{layer:?}"
+        );
+    }
+    // b's divergent block is gone, a's zeros shadow the snapshot's data in the head.
+    assert!(chunk(&b, vol, Some(l0), 1)[65536..69632]
+        .iter()
+        .all(|x| *x == 0));
+    assert!(chunk(&b, vol, None, 1)[4096..8192].iter().all(|x| *x == 0));
+    assert!(chunk(&b, vol, Some(l0), 1)[4096..8192]
+        .iter()
+        .all(|x| *x == 2));
+    // Durable: a crash right after the repair keeps it.
+    let dir = _tmp.path().join("b");
+    b.crash();
+    let b = open(&dir);
+    assert!(chunk(&a, vol, Some(l0), 1) == chunk(&b, vol, Some(l0), 1));
+    assert!(chunk(&a, vol, None, 1) == chunk(&b, vol, None, 1));
+}
+
+#[test]
+fn bad_images_are_refused() {
+    let (_tmp, a, _b, vol, [l0, _]) = pair();
+    let mut data = [0u64; 16];
+    data[0] = 1;
+    let short = ChunkImage {
+        data,
+        zero: [0; 16],
+        blocks: vec![0u8; 100].into(),
+    };
+    assert!(matches!(
+        a.put_chunk_image(vol, l0, 0, &short),
+        Err(StoreError::BadChunkImage(_))
+    ));
+    let both = ChunkImage {
+        data,
+        zero: data,
+        blocks: vec![0u8; 4096].into(),
+    };
+    assert!(matches!(
+        a.put_chunk_image(vol, l0, 0, &both),
+        Err(StoreError::BadChunkImage(_))
+    ));
+    let past = ChunkImage {
+        data,
+        zero: [0; 16],
+        blocks: vec![0u8; 4096].into(),
+    };
+    assert!(matches!(
+        a.put_chunk_image(vol, l0, 3, &past),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        a.chunk_image(vol, LayerId::new_random(), 0),
+        Err(StoreError::NoSuchLayer { .. })
+    ));
+}
+
+#[test]
+fn missed_marks_bump_clear_persist_and_follow_merges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    let s = open(&dir);
+    let vol = VolumeId::new_random();
+    let (l0, l1) = (LayerId::new_random(), LayerId::new_random());
+    let server = ServerId::new_random();
+    s.create_volume(vol, SIZE, l0).unwrap();
+    s.record_missed(vol, l0, 2, server).unwrap();
+    let first = s.missed(vol).unwrap();
+    assert_eq!(first.len(), 1);
+    s.record_missed(vol, l0, 2, server).unwrap();
+    let second = s.missed(vol).unwrap();
+    assert!(
+        second[0].generation > first[0].generation,
+        "recording again bumps"
+    );
+    assert!(
+        !s.clear_missed(vol, &first[0]).unwrap(),
+        "an old generation does not clear"
+    );
+    // Unflushed marks are lost in a crash; flushed ones are not.
+    s.crash();
+    let s = open(&dir);
+    assert!(s.missed(vol).unwrap().is_empty());
+    s.record_missed(vol, l0, 2, server).unwrap();
+    s.record_missed(vol, l0, 1, server).unwrap();
+    s.flush(vol).unwrap();
+    s.crash();
+    let s = open(&dir);
+    let marks = s.missed(vol).unwrap();
+    assert_eq!(marks.len(), 2);
+    // A cleared mark stays cleared after a flush and a reopen.
+    assert!(s.clear_missed(vol, &marks[0]).unwrap());
+    s.flush(vol).unwrap();
+    drop(s);
+    let s = open(&dir);
+    assert_eq!(s.missed(vol).unwrap().len(), 1);
+    // Deleting a snapshot moves its marks to the layer above, which now holds its blocks.
+    s.write(vol, 0, &[5u8; 4096], false).unwrap();
+    s.snapshot(vol, l1).unwrap();
+    s.delete_layer(vol, l0).unwrap();
+    s.wait_merges_idle();
+    let moved = s.missed(vol).unwrap();
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].layer, l1);
+    // The volume takes its marks with it.
+    s.delete_volume(vol).unwrap();
+    assert!(s.missed(vol).is_err());
+    drop(s);
+    let s = open(&dir);
+    s.create_volume(vol, SIZE, LayerId::new_random()).unwrap();
+    assert!(s.missed(vol).unwrap().is_empty());
+}
