@@ -241,20 +241,14 @@ impl Store {
         Ok(())
     }
 
-    /// Flushes the volume, freezes its head (which becomes the returned snapshot) and puts a
-    /// new empty head `new_head` on top. Costs one flush (one metadata commit); copies no data.
+    /// Freezes the volume's head (which becomes the returned snapshot) and puts a new empty head
+    /// `new_head` on top. Metadata only, in memory: no data is copied and nothing is synced,
+    /// so writers wait only for the stack's lock. The new stack is persisted by the volume's
+    /// next flush, in the same transaction as the map rows; until then a crash loses the
+    /// snapshot together with the unflushed writes, and the caller (which keeps the layer stack
+    /// in its own durable state) takes it again.
     pub fn snapshot(&self, vol: VolumeId, new_head: LayerId) -> Result<LayerId> {
         let v = self.inner.volume(vol)?;
-        {
-            // Sync the bulk of unflushed data while writes still flow; the commit below, under
-            // the write lock, then syncs only what arrived meanwhile.
-            let st = v.stack.read();
-            if st.gone {
-                return Err(StoreError::NoSuchVolume(vol));
-            }
-            v.check_writable()?;
-            v.sync_dirty_data()?;
-        }
         let mut st = v.stack.write();
         if st.gone {
             return Err(StoreError::NoSuchVolume(vol));
@@ -265,26 +259,6 @@ impl Store {
         }
         let fid = self.inner.next_fid.fetch_add(1, Ordering::Relaxed);
         let data = Arc::new(LayerData::create(&v.dir, fid)?);
-        let mut rec = st.record(*v.merge.lock());
-        if let Some(h) = rec.layers.last_mut() {
-            h.frozen = true;
-        }
-        rec.layers.push(meta::LayerRecord {
-            id: new_head,
-            rank: st.next_rank,
-            fid,
-            frozen: false,
-            deleted: false,
-        });
-        rec.next_rank += 1;
-        let r = v.flush_with(&self.inner.db, &st, |txn| {
-            meta::put_volume(txn, vol, &rec)?;
-            meta::bump_next_fid(txn, fid + 1)
-        });
-        if let Err(e) = r {
-            let _ = std::fs::remove_file(&data.path);
-            return Err(e);
-        }
         let rank = st.next_rank;
         st.next_rank += 1;
         let old = st.head_pos();
@@ -297,6 +271,7 @@ impl Store {
             deleted: false,
             data,
         });
+        v.stack_dirty.store(true, Ordering::Release);
         Ok(frozen)
     }
 
@@ -472,8 +447,9 @@ mod tests {
 
     #[test]
     fn an_empty_head_whose_file_was_lost_in_a_crash_is_recreated() {
-        // A snapshot creates the new head's file without syncing it; if a crash loses that (empty)
-        // file, opening the store makes a new empty one instead of reporting corruption.
+        // A snapshot creates the new head's file without syncing it, and the flush that persists
+        // the snapshot syncs only files with data; if a crash loses that (empty) file, opening
+        // the store makes a new empty one instead of reporting corruption.
         let tmp = tempfile::tempdir().unwrap();
         let (vol, base, head) = (
             VolumeId::new_random(),
@@ -486,6 +462,7 @@ mod tests {
             s.create_volume(vol, 8 * MIB, base).unwrap();
             s.write(vol, 0, &data, false).unwrap();
             s.snapshot(vol, head).unwrap();
+            s.flush(vol).unwrap();
             s.crash();
         }
         let vdir = tmp.path().join("volumes").join(vol.to_string());

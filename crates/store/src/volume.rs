@@ -129,6 +129,9 @@ pub(crate) struct Volume {
     pub merge_stalled: AtomicBool,
     /// Missed-write marks kept for other replicas; persisted by flushes.
     pub missed: Mutex<Missed>,
+    /// The layer stack changed (a snapshot) and its record is not persisted yet: the next flush
+    /// writes it, in the same transaction as the map rows.
+    pub stack_dirty: AtomicBool,
 }
 
 impl Volume {
@@ -152,6 +155,7 @@ impl Volume {
             merge: Mutex::new(merge),
             merge_stalled: AtomicBool::new(false),
             missed: Mutex::new(Missed::default()),
+            stack_dirty: AtomicBool::new(false),
         }
     }
 
@@ -220,7 +224,7 @@ impl Volume {
         }
         self.check_writable()?;
         let _serial = self.flush_lock.lock();
-        self.flush_locked(db, extra)
+        self.flush_locked(db, st, extra)
     }
 
     /// Makes every write so far durable, like [`Volume::flush_with`] with nothing extra, but
@@ -235,40 +239,20 @@ impl Volume {
         let _serial = self.flush_lock.lock();
         // A flush that failed while we waited leaves the volume failed: report it.
         self.check_writable()?;
-        if self.dirty.lock().is_empty() && self.missed.lock().is_clean() {
+        if self.dirty.lock().is_empty()
+            && self.missed.lock().is_clean()
+            && !self.stack_dirty.load(Ordering::Acquire)
+        {
             return Ok(());
         }
-        self.flush_locked(db, |_| Ok(()))
-    }
-
-    /// `fdatasync`s the files that hold unflushed writes, without committing anything: a
-    /// snapshot does this before it blocks writes, so the commit under the stack's write lock
-    /// has little data left to sync.
-    pub fn sync_dirty_data(&self) -> Result<()> {
-        // Under the flush lock: after a failed fdatasync the kernel reports the error once per
-        // file, so two concurrent syncs of one file could let the second pass unknowingly.
-        let _serial = self.flush_lock.lock();
-        self.check_writable()?;
-        let files: Vec<Arc<LayerData>> = self
-            .dirty
-            .lock()
-            .values()
-            .map(|(ld, _)| ld.clone())
-            .collect();
-        for ld in files {
-            if let Err(e) = ld.sync_data() {
-                // After a failed fdatasync the kernel may have dropped the dirty pages.
-                self.fail(&e);
-                return Err(e);
-            }
-        }
-        Ok(())
+        self.flush_locked(db, st, |_| Ok(()))
     }
 
     /// The body of a flush; the caller holds `flush_lock`.
     fn flush_locked(
         &self,
         db: &Database,
+        st: &Stack,
         extra: impl FnOnce(&WriteTransaction) -> Result<()>,
     ) -> Result<()> {
         // A flush that failed while this one waited for the lock took (and dropped) rows this
@@ -276,6 +260,10 @@ impl Volume {
         self.check_writable()?;
         let dirty = std::mem::take(&mut *self.dirty.lock());
         let marks = self.missed.lock().take_dirty();
+        let record = self
+            .stack_dirty
+            .swap(false, Ordering::AcqRel)
+            .then(|| st.record(*self.merge.lock()));
         let mut rows = Vec::new();
         for (fid, (ld, chunks)) in &dirty {
             let maps = ld.maps.read();
@@ -296,11 +284,19 @@ impl Volume {
                     meta::put_mark(&mut m, self.id, *key, *generation)?;
                 }
             }
+            if let Some(rec) = &record {
+                meta::put_volume(&txn, self.id, rec)?;
+                let top_fid = rec.layers.iter().map(|l| l.fid).max().unwrap_or(0);
+                meta::bump_next_fid(&txn, top_fid + 1)?;
+            }
             extra(&txn)?;
             txn.commit()?;
             Ok(())
         })();
         if let Err(e) = &result {
+            if record.is_some() {
+                self.stack_dirty.store(true, Ordering::Release);
+            }
             self.fail(e);
         }
         result

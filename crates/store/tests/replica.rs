@@ -168,3 +168,41 @@ fn missed_marks_bump_clear_persist_and_follow_merges() {
     s.create_volume(vol, SIZE, LayerId::new_random()).unwrap();
     assert!(s.missed(vol).unwrap().is_empty());
 }
+
+/// A snapshot is metadata in memory until the next flush persists it with the map rows: a crash
+/// before that loses it together with the unflushed writes; a flush keeps both.
+#[test]
+fn a_snapshot_is_durable_with_the_next_flush() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    let vol = VolumeId::new_random();
+    let (l0, l1, l2) = (
+        LayerId::new_random(),
+        LayerId::new_random(),
+        LayerId::new_random(),
+    );
+    let s = open(&dir);
+    s.create_volume(vol, SIZE, l0).unwrap();
+    s.write(vol, 0, &[1u8; 4096], true).unwrap();
+    s.snapshot(vol, l1).unwrap();
+    s.write(vol, 4096, &[2u8; 4096], false).unwrap();
+    s.crash();
+    let s = open(&dir);
+    let info = s.volume(vol).unwrap();
+    assert_eq!(info.head, l0, "the unflushed snapshot is gone");
+    assert_eq!(chunk(&s, vol, None, 0)[..4096], [1u8; 4096]);
+    assert!(chunk(&s, vol, None, 0)[4096..8192].iter().all(|x| *x == 0));
+    // Taken again (as the server's reconcile does), then flushed: both survive a crash.
+    s.snapshot(vol, l1).unwrap();
+    s.write(vol, 4096, &[2u8; 4096], false).unwrap();
+    s.flush(vol).unwrap();
+    s.snapshot(vol, l2).unwrap();
+    s.crash();
+    let s = open(&dir);
+    let info = s.volume(vol).unwrap();
+    assert_eq!(info.head, l1);
+    assert_eq!(chunk(&s, vol, None, 0)[4096..8192], [2u8; 4096]);
+    assert!(chunk(&s, vol, Some(l0), 0)[4096..8192]
+        .iter()
+        .all(|x| *x == 0));
+}

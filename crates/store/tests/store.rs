@@ -181,7 +181,7 @@ fn crash_keeps_flushed_writes_and_never_shows_garbage() {
 }
 
 #[test]
-fn snapshot_is_durable_without_explicit_flush() {
+fn a_flushed_snapshot_survives_a_crash_and_later_unflushed_writes_do_not() {
     let tmp = tempfile::tempdir().unwrap();
     let (vol, head, head2) = (
         VolumeId::new_random(),
@@ -194,11 +194,13 @@ fn snapshot_is_durable_without_explicit_flush() {
         s.create_volume(vol, 8 * MIB, head).unwrap();
         s.write(vol, 4096 * 3, &a, false).unwrap();
         s.snapshot(vol, head2).unwrap();
+        s.flush(vol).unwrap();
         s.write(vol, 4096 * 3, &fill(9, 4096), false).unwrap();
         s.crash();
     }
     let s = open(tmp.path());
     assert_eq!(read(&s, vol, Some(head), 4096 * 3, a.len()), a);
+    assert_eq!(read(&s, vol, None, 4096 * 3, a.len()), a);
     assert_eq!(s.volume(vol).unwrap().head, head2);
     let d = s.delta(vol, None, head).unwrap();
     assert_eq!(

@@ -22,6 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/internal/v1/volumes/{id}/local", get(local_volume))
         .route("/internal/v1/volumes/{id}/missed", get(missed))
         .route("/internal/v1/volumes/{id}/delta", get(delta))
+        .route("/internal/v1/barrier/{barrier}/persist", post(persist))
         .route("/internal/v1/barrier/{barrier}/pause", post(pause))
         .route("/internal/v1/barrier/{barrier}/freeze", post(freeze))
         .route("/internal/v1/barrier/{barrier}/release", post(release))
@@ -139,6 +140,22 @@ struct BarrierQuery {
     volume: VolumeId,
     #[serde(default)]
     head: Option<LayerId>,
+}
+
+/// `POST /internal/v1/barrier/{barrier}/persist?volume=`: after the release, flush this
+/// server's copy, which makes the snapshot (frozen in memory during the pause) durable with
+/// every write acknowledged before it, before the snapshot is acknowledged.
+async fn persist(
+    State(app): State<AppState>,
+    Path(_barrier): Path<u64>,
+    Query(q): Query<BarrierQuery>,
+) -> Result<Json<()>, ApiError> {
+    let store = app.store.clone();
+    match tokio::task::spawn_blocking(move || store.flush(q.volume)).await {
+        Ok(Ok(())) | Ok(Err(strata_store::StoreError::NoSuchVolume(_))) => Ok(Json(())),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::internal(format!("flush task failed: {e}"))),
+    }
 }
 
 /// `POST /internal/v1/barrier/{barrier}/pause?volume=`: hold this server's gateway writes.

@@ -272,10 +272,12 @@ pub async fn create_snapshot(
     barrier.pause().await;
     let taken = commit_snapshot(&app, &volume, &snap).await;
     if let Ok(head) = &taken {
+        app.meta.announce_commits().await;
         barrier.freeze(*head).await;
     }
     barrier.release().await;
     taken?;
+    barrier.persist().await?;
     app.apply_to_store().await?;
     let state = app.meta.local_state();
     let v = find_volume(&state, volume.as_str())?;
@@ -323,8 +325,10 @@ async fn commit_snapshot(app: &AppState, volume: &Name, snap: &Name) -> Result<L
 }
 
 /// The snapshot barrier over the servers of one volume (SPEC F5; see `strata_volume`): every
-/// gateway holds new writes and drains its writes in flight, the snapshot commits, every
-/// replica freezes the old head, and only then are the gateways released. A server that does
+/// gateway holds new writes and drains its writes in flight, the snapshot commits, every replica freezes the old head (in
+/// memory: no sync while writes are held), and only then are the gateways released. Last, the
+/// replicas flush again, which makes the frozen layer and the new stack durable, before the
+/// snapshot is acknowledged. A server that does
 /// not answer in time is not waited for: its writes carry the old head and are fenced.
 struct Barrier {
     http: reqwest::Client,
@@ -335,6 +339,8 @@ struct Barrier {
     /// API URLs of its replicas.
     replicas: Vec<String>,
     paused: std::sync::Mutex<Vec<String>>,
+    /// The replicas that froze the old head.
+    froze: std::sync::Mutex<Vec<String>>,
 }
 
 /// How long one server may take for one barrier step.
@@ -362,6 +368,7 @@ impl Barrier {
             servers: ids.iter().filter_map(api).collect(),
             replicas: v.servers.iter().filter_map(api).collect(),
             paused: std::sync::Mutex::new(Vec::new()),
+            froze: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -389,6 +396,25 @@ impl Barrier {
         join_all(calls).await.into_iter().flatten().collect()
     }
 
+    /// Makes the snapshot durable on every replica; a replica that cannot is an error (the
+    /// snapshot exists, but this request cannot promise its content survives a crash there).
+    /// Only the replicas that froze are asked: one that was unreachable takes the snapshot
+    /// from the management state when it returns, and is resynced.
+    async fn persist(&self) -> Result<(), ApiError> {
+        let froze = std::mem::take(&mut *self.froze.lock().unwrap_or_else(|e| e.into_inner()));
+        let done = self
+            .step(&froze, "persist", format!("volume={}", self.volume))
+            .await;
+        if done.len() < froze.len() {
+            return Err(ApiError::unavailable(format!(
+                "the snapshot was taken but {} of {} servers holding the volume could not make it durable yet; they will when they next flush",
+                froze.len() - done.len(),
+                froze.len()
+            )));
+        }
+        Ok(())
+    }
+
     async fn pause(&self) {
         let done = self
             .step(&self.servers, "pause", format!("volume={}", self.volume))
@@ -398,7 +424,8 @@ impl Barrier {
 
     async fn freeze(&self, head: LayerId) {
         let query = format!("volume={}&head={head}", self.volume);
-        self.step(&self.replicas, "freeze", query).await;
+        let done = self.step(&self.replicas, "freeze", query).await;
+        *self.froze.lock().unwrap_or_else(|e| e.into_inner()) = done;
     }
 
     async fn release(&self) {
