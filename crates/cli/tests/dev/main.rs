@@ -12,23 +12,37 @@ use std::sync::mpsc;
 use std::time::Duration;
 use support::{run_ok, strata_bin};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port `p` such that `p..p+count` are all free right now: `strata dev` uses consecutive
+/// ports for its three servers (API and peer: `p..p+6`; NBD: `p..p+3`).
+fn free_ports(count: u16) -> u16 {
+    loop {
+        let base = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let Some(last) = base.checked_add(count) else {
+            continue;
+        };
+        let held: Vec<_> = (base..last)
+            .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == count as usize {
+            return base;
+        }
+    }
 }
 
 /// Runs `strata dev` until it has printed its instructions; returns the child and what it printed.
 fn start_dev(dir: &std::path::Path, api: u16, nbd: u16) -> (std::process::Child, String) {
+    let log = std::fs::File::create(dir.with_extension("log")).unwrap();
     let mut child = Command::new(strata_bin())
         .args(["--api", &format!("127.0.0.1:{api}"), "dev", "--dir"])
         .arg(dir)
         .args(["--nbd", &format!("127.0.0.1:{nbd}")])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -45,7 +59,10 @@ fn start_dev(dir: &std::path::Path, api: u16, nbd: u16) -> (std::process::Child,
     });
     let printed = rx
         .recv_timeout(Duration::from_secs(60))
-        .expect("strata dev printed its instructions");
+        .unwrap_or_else(|_| {
+            let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
+            panic!("strata dev did not print its instructions within 60 s; its log:\n{log}")
+        });
     (child, printed)
 }
 
@@ -64,7 +81,8 @@ fn strata_dev_serves_the_demo_volume_and_keeps_it() {
     support::require("qemu-io");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("strata-dev");
-    let (api, nbd) = (free_port(), free_port());
+    let base = free_ports(9);
+    let (api, nbd) = (base, base + 6);
     let url = format!("nbd://127.0.0.1:{nbd}/demo");
 
     let (child, printed) = start_dev(&dir, api, nbd);
