@@ -34,6 +34,8 @@ use crate::view::VolumeView;
 const RETRY_WINDOW: Duration = Duration::from_secs(10);
 /// How long one replica may take to answer one request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write waits for a stale replica (best effort) before it is acknowledged anyway.
+const STALE_WAIT: Duration = Duration::from_millis(50);
 
 /// What was written to one replica since its last flush.
 #[derive(Default)]
@@ -305,12 +307,19 @@ impl GatewayDevice {
                 .filter(|r| view.in_sync(*r) || !self.engine.recently_down(*r))
                 .collect();
             let sends = targets.iter().map(|r| {
-                let missed = if view.in_sync(*r) {
-                    stale.clone()
-                } else {
-                    Vec::new()
-                };
-                self.send_change(*r, head, offset, change.clone(), fua, missed)
+                let in_sync = view.in_sync(*r);
+                let missed = if in_sync { stale.clone() } else { Vec::new() };
+                let send = self.send_change(*r, head, offset, change.clone(), fua, missed);
+                async move {
+                    if in_sync {
+                        return send.await;
+                    }
+                    // A stale replica gets the write if it answers at once; it is repaired
+                    // from the marks either way, so it never slows the client down.
+                    tokio::time::timeout(STALE_WAIT, send)
+                        .await
+                        .unwrap_or_else(|_| Err(ReplicaError::Io("stale replica is slow".into())))
+                }
             });
             let results = join_all(sends).await;
             let (mut acked, mut failed, mut retry) = (0, Vec::new(), false);

@@ -172,13 +172,15 @@ async fn start(
     config.source_ip = Some(addrs.api.ip());
     config.bootstrap = join.is_none() && !dir.join("meta").exists();
     config.join = join;
-    // A restart may find its old port still held for a moment.
+    // A restart may find its old ports, or its databases, still held for a moment by the tasks
+    // of the killed server that are finishing.
     let deadline = Instant::now() + WAIT;
     loop {
         match strata_server::start(config.clone(), CancellationToken::new()).await {
             Ok(s) => return s,
-            Err(e) if Instant::now() < deadline && format!("{e:#}").contains("cannot listen") => {
-                tokio::time::sleep(Duration::from_millis(50)).await
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("server {name} did not start yet ({e:#}); retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await
             }
             Err(e) => panic!("server {name} did not start: {e:#}"),
         }
