@@ -52,6 +52,8 @@ pub fn apply_command(state: &mut StateView, cmd: Command) -> Result<CommandOutpu
                 size,
                 replicas,
                 servers: Vec::new(),
+                target: None,
+                seeded: Vec::new(),
                 stale: Vec::new(),
                 layers: vec![head],
                 snapshots: Vec::new(),
@@ -85,7 +87,49 @@ pub fn apply_command(state: &mut StateView, cmd: Command) -> Result<CommandOutpu
             vol.stale.retain(|s| *s != server);
             Ok(CommandOutput::Volume(vol.clone()))
         }
+        Command::MigrationSeeded {
+            volume,
+            server,
+            target,
+        } => {
+            let vol = migrating_to(state, volume, &target)?;
+            if !vol.seeded.contains(&server) {
+                vol.seeded.push(server);
+            }
+            Ok(CommandOutput::Volume(vol.clone()))
+        }
+        Command::FinishMigration { volume, target } => finish_migration(state, volume, &target),
     }
+}
+
+/// The volume `id`, if it is migrating to exactly `target`.
+fn migrating_to<'a>(
+    state: &'a mut StateView,
+    id: VolumeId,
+    target: &[ServerId],
+) -> Result<&'a mut VolumeRecord, CommandError> {
+    let vol = volume_by_id_mut(state, id)?;
+    if vol.target.as_deref() != Some(target) {
+        return Err(CommandError::NotMigrating {
+            volume: vol.name.clone(),
+        });
+    }
+    Ok(vol)
+}
+
+fn finish_migration(
+    state: &mut StateView,
+    volume: VolumeId,
+    target: &[ServerId],
+) -> Result<CommandOutput, CommandError> {
+    let vol = migrating_to(state, volume, target)?;
+    vol.servers = target.to_vec();
+    vol.target = None;
+    vol.seeded.clear();
+    vol.stale.retain(|s| target.contains(s));
+    let out = vol.clone();
+    servers::drop_departed(state);
+    Ok(CommandOutput::Volume(out))
 }
 
 /// Volume sizes are whole 512-byte sectors, as block devices and qemu-img sizes are.
@@ -136,7 +180,7 @@ fn mark_stale(
     if vol.stale.contains(&server) {
         return Ok(CommandOutput::Volume(vol.clone()));
     }
-    if !vol.servers.contains(&server) {
+    if !vol.holds(server) {
         return Err(CommandError::NotInLayout {
             volume: vol.name.clone(),
             server,
@@ -171,16 +215,17 @@ fn create_volume(
         .get(&vol.cluster)
         .ok_or_else(|| CommandError::UnknownCluster(vol.cluster.clone()))?;
     check_size(vol.size)?;
-    let max = cluster.servers.len().min(usize::from(MAX_REPLICAS));
+    let layout = cluster.placeable();
+    let max = layout.len().min(usize::from(MAX_REPLICAS));
     if vol.replicas == 0 || usize::from(vol.replicas) > max {
         return Err(CommandError::BadReplicas {
             replicas: vol.replicas,
             cluster: vol.cluster,
-            servers: cluster.servers.len(),
+            servers: layout.len(),
             max,
         });
     }
-    vol.servers = cluster.servers.clone();
+    vol.servers = layout;
     for layer in &vol.layers {
         check_fresh_layer(state, *layer)?;
     }

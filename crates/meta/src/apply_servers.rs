@@ -3,11 +3,10 @@
 //!
 //! A server belongs to at most one cluster. The cluster `default` (made at bootstrap) is where
 //! servers start; creating a cluster or adding a server to one may take servers out of
-//! `default`. Taking a server out of any cluster is refused while a volume of that cluster
-//! needs it: today a cluster must keep at least as many servers as each of its volumes has
-//! replicas (and at least one while it has volumes). Moving a server's data away first arrives
-//! with distributed volumes. Like the rest of `apply`, everything here is deterministic and
-//! checks completely before it changes anything.
+//! `default`, but only servers that hold no volume's data. Taking a server out of a cluster
+//! whose volumes hold data on it starts a migration of each such volume to a layout without
+//! it; the server stays a (leaving) member until the last migration finishes. Like the rest of
+//! `apply`, everything here is deterministic and checks completely before it changes anything.
 
 use crate::error::CommandError;
 use crate::meta::DEFAULT_CLUSTER;
@@ -95,7 +94,11 @@ pub(crate) fn create_cluster(
         check_can_lose(state, &default, &moved)?;
         retain_servers(state, &default, &moved);
     }
-    let rec = ClusterRecord { name, servers };
+    let rec = ClusterRecord {
+        name,
+        servers,
+        leaving: Vec::new(),
+    };
     state.clusters.insert(rec.name.clone(), rec.clone());
     Ok(CommandOutput::Cluster(rec))
 }
@@ -143,13 +146,58 @@ pub(crate) fn remove_cluster_server(
             cluster,
         });
     }
-    check_can_lose(state, &cluster, &[server])?;
-    retain_servers(state, &cluster, &[server]);
+    if rec.leaving.contains(&server) {
+        return Err(CommandError::AlreadyLeaving {
+            server: server_rec.name.clone(),
+            cluster,
+        });
+    }
+    // Every volume holding data on the server moves to a layout without it.
+    let mut moves = Vec::new();
+    for v in state.volumes.values().filter(|v| v.holds(server)) {
+        let from = v.target.as_ref().unwrap_or(&v.servers);
+        let to: Vec<ServerId> = from.iter().filter(|s| **s != server).copied().collect();
+        if to.len() < usize::from(v.replicas) {
+            return Err(CommandError::TooFewServers {
+                volume: v.name.clone(),
+                replicas: v.replicas,
+                left: to.len(),
+            });
+        }
+        moves.push((v.name.clone(), to));
+    }
+    for (name, to) in moves {
+        if let Some(v) = state.volumes.get_mut(&name) {
+            v.target = Some(to);
+            v.seeded.clear();
+        }
+    }
+    if let Some(rec) = state.clusters.get_mut(&cluster) {
+        rec.leaving.push(server);
+    }
+    drop_departed(state);
     let rec = state
         .clusters
         .get(&cluster)
         .ok_or(CommandError::UnknownCluster(cluster))?;
     Ok(CommandOutput::Cluster(rec.clone()))
+}
+
+/// Takes leaving servers that no volume holds data on any more out of their clusters.
+pub(crate) fn drop_departed(state: &mut StateView) {
+    let held = |s: &ServerId| state.volumes.values().any(|v| v.holds(*s));
+    let gone: Vec<(Name, ServerId)> = state
+        .clusters
+        .values()
+        .flat_map(|c| c.leaving.iter().map(|s| (c.name.clone(), *s)))
+        .filter(|(_, s)| !held(s))
+        .collect();
+    for (cluster, server) in gone {
+        if let Some(rec) = state.clusters.get_mut(&cluster) {
+            rec.servers.retain(|s| *s != server);
+            rec.leaving.retain(|s| *s != server);
+        }
+    }
 }
 
 /// Checks that every server in `servers` exists and is in no cluster — or, with
@@ -183,8 +231,8 @@ fn moved_out_of_default(state: &StateView, moved: &[ServerId]) -> Option<Name> {
     state.cluster_of(*first).map(|c| c.name.clone())
 }
 
-/// Refuses to take `leaving` out of `cluster` while a volume's layout holds one of them: its
-/// chunks live there, and moving them away (migration) is not built yet.
+/// Refuses to move `leaving` out of `cluster` (to another cluster) while a volume's layout
+/// holds one of them: its chunks live there; `remove-server` moves them away first.
 fn check_can_lose(
     state: &StateView,
     cluster: &Name,
@@ -194,7 +242,7 @@ fn check_can_lose(
         return Err(CommandError::UnknownCluster(cluster.clone()));
     }
     for v in state.volumes.values() {
-        if let Some(id) = v.servers.iter().find(|s| leaving.contains(s)) {
+        if let Some(id) = leaving.iter().find(|s| v.holds(**s)) {
             let server = state
                 .servers
                 .get(id)

@@ -123,7 +123,7 @@ fn create_cluster_takes_servers_from_default_only_when_asked() {
 }
 
 #[test]
-fn servers_holding_volume_chunks_stay() {
+fn servers_holding_volume_chunks_do_not_move_to_another_cluster() {
     let (mut st, ids) = base();
     volume(&mut st, "v", "default", 2);
     // The volume's layout is the three servers of `default` at creation.
@@ -140,10 +140,6 @@ fn servers_holding_volume_chunks_stay() {
         cluster: name("default"),
         server,
     };
-    for id in &ids[..3] {
-        let err = refused(&mut st, remove(*id));
-        assert!(matches!(err, CommandError::ServerHoldsData { .. }), "{err}");
-    }
     assert_eq!(
         refused(&mut st, remove(ids[3])),
         CommandError::NotInCluster {
@@ -151,7 +147,7 @@ fn servers_holding_volume_chunks_stay() {
             cluster: name("default")
         }
     );
-    // A server added later is not in the layout and may leave again.
+    // A server added later is not in the layout and leaves at once.
     apply_command(
         &mut st,
         Command::AddClusterServer {
@@ -160,7 +156,109 @@ fn servers_holding_volume_chunks_stay() {
         },
     )
     .expect("add");
-    apply_command(&mut st, remove(ids[3])).expect("not in any layout");
+    let out = apply_command(&mut st, remove(ids[3])).expect("not in any layout");
+    assert!(matches!(out, CommandOutput::Cluster(c) if c.leaving.is_empty() && c.servers.len() == 3));
+}
+
+#[test]
+fn removing_a_server_migrates_its_volumes_then_it_leaves() {
+    let (mut st, ids) = base();
+    volume(&mut st, "v", "default", 2);
+    volume(&mut st, "w", "default", 3);
+    let remove = |server| Command::RemoveClusterServer {
+        cluster: name("default"),
+        server,
+    };
+    // `w` has 3 replicas and would keep 2 servers.
+    assert!(matches!(
+        refused(&mut st, remove(ids[0])),
+        CommandError::TooFewServers { replicas: 3, left: 2, .. }
+    ));
+    apply_command(&mut st, Command::DeleteVolume { name: name("w") }).expect("delete");
+    apply_command(&mut st, remove(ids[0])).expect("starts the migration");
+    let v = st.volumes[&name("v")].clone();
+    assert_eq!(v.servers, ids[..3].to_vec());
+    assert_eq!(v.target, Some(vec![ids[1], ids[2]]));
+    assert_eq!(st.clusters[&name("default")].leaving, vec![ids[0]]);
+    assert!(matches!(
+        refused(&mut st, remove(ids[0])),
+        CommandError::AlreadyLeaving { .. }
+    ));
+    // New volumes avoid the leaving server.
+    volume(&mut st, "new", "default", 2);
+    assert_eq!(st.volumes[&name("new")].servers, vec![ids[1], ids[2]]);
+    // All three are in sync; the leaving one is excused from seeding (each of its chunks has
+    // another replica).
+    assert_eq!(v.seeders(), vec![ids[1], ids[2]]);
+    let seeded = |server, target: &[ServerId]| Command::MigrationSeeded {
+        volume: v.id,
+        server,
+        target: target.to_vec(),
+    };
+    assert!(matches!(
+        refused(&mut st, seeded(ids[1], &ids[..2])),
+        CommandError::NotMigrating { .. }
+    ));
+    apply_command(&mut st, seeded(ids[1], &ids[1..3])).expect("seeded");
+    assert_eq!(st.volumes[&name("v")].seeded, vec![ids[1]]);
+    let finish = |target: &[ServerId]| Command::FinishMigration {
+        volume: v.id,
+        target: target.to_vec(),
+    };
+    assert!(matches!(
+        refused(&mut st, finish(&ids[..2])),
+        CommandError::NotMigrating { .. }
+    ));
+    apply_command(&mut st, finish(&ids[1..3])).expect("finish");
+    let v = &st.volumes[&name("v")];
+    assert_eq!((v.servers.clone(), v.target.clone()), (ids[1..3].to_vec(), None));
+    assert!(v.seeded.is_empty());
+    // No volume holds the server any more: it has left the cluster.
+    assert_eq!(servers_of(&st, "default"), vec![ids[1], ids[2]]);
+    assert!(st.clusters[&name("default")].leaving.is_empty());
+}
+
+#[test]
+fn a_second_removal_retargets_the_running_migration() {
+    let (mut st, ids) = base();
+    apply_command(
+        &mut st,
+        Command::AddClusterServer {
+            cluster: name("default"),
+            server: ids[3],
+        },
+    )
+    .expect("add");
+    volume(&mut st, "v", "default", 2);
+    let remove = |server| Command::RemoveClusterServer {
+        cluster: name("default"),
+        server,
+    };
+    apply_command(&mut st, remove(ids[0])).expect("first");
+    let vid = st.volumes[&name("v")].id;
+    let seeded = Command::MigrationSeeded {
+        volume: vid,
+        server: ids[1],
+        target: ids[1..4].to_vec(),
+    };
+    apply_command(&mut st, seeded).expect("seeded");
+    apply_command(&mut st, remove(ids[1])).expect("second");
+    let v = &st.volumes[&name("v")];
+    assert_eq!(v.target, Some(vec![ids[2], ids[3]]));
+    assert!(v.seeded.is_empty(), "a new target needs seeding again");
+    // A stale server that stays makes every in-sync server, the leaving ones too, a seeder.
+    let stale = Command::MarkReplicaStale {
+        volume: vid,
+        server: ids[2],
+        reporter: ids[3],
+    };
+    apply_command(&mut st, stale).expect("stale");
+    assert_eq!(st.volumes[&name("v")].seeders(), vec![ids[0], ids[1], ids[3]]);
+    // Two servers left for two replicas: a third removal is refused.
+    assert!(matches!(
+        refused(&mut st, remove(ids[2])),
+        CommandError::TooFewServers { .. }
+    ));
 }
 
 #[test]
@@ -200,7 +298,7 @@ fn add_and_remove_cluster_servers() {
     volume(&mut st, "v", "x", 1);
     assert!(matches!(
         refused(&mut st, remove(ids[3])),
-        CommandError::ServerHoldsData { .. }
+        CommandError::TooFewServers { left: 0, .. }
     ));
     apply_command(&mut st, add("default", ids[0])).expect("back into default");
     assert_eq!(servers_of(&st, "default"), vec![ids[1], ids[2], ids[0]]);

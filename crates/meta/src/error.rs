@@ -66,8 +66,8 @@ pub enum CommandError {
     },
     /// The server is in the layout of a volume: its chunks live there.
     #[error(
-        "server {server:?} holds chunks of volume {volume:?}; moving a volume's data to other \
-         servers is not supported yet, so delete the volume first"
+        "server {server:?} holds chunks of volume {volume:?}; take it out of its cluster first \
+         with `strata cluster remove-server`, which moves its data away"
     )]
     ServerHoldsData {
         /// The server's name.
@@ -105,6 +105,33 @@ pub enum CommandError {
         volume: Name,
         /// Its replica count.
         replicas: u8,
+    },
+    /// Taking the server out would leave a volume with fewer servers than replicas.
+    #[error(
+        "volume {volume:?} has {replicas} replicas and would be left with {left} server(s); add \
+         a server to the cluster first"
+    )]
+    TooFewServers {
+        /// The volume.
+        volume: Name,
+        /// Its replica count.
+        replicas: u8,
+        /// Servers its layout would keep.
+        left: usize,
+    },
+    /// The volume is not migrating to the layout named (the migration finished or changed).
+    #[error("volume {volume:?} is not migrating to that layout any more")]
+    NotMigrating {
+        /// The volume.
+        volume: Name,
+    },
+    /// The server is already being taken out of its cluster.
+    #[error("server {server:?} is already leaving cluster {cluster:?}; its data is moving away")]
+    AlreadyLeaving {
+        /// The server's name.
+        server: Name,
+        /// The cluster.
+        cluster: Name,
     },
     /// A volume with this name exists.
     #[error("volume {0:?} already exists; pick another name or delete it first")]

@@ -40,6 +40,21 @@ pub struct ClusterRecord {
     pub name: Name,
     /// Its servers, in the order given at creation.
     pub servers: Vec<ServerId>,
+    /// Servers being taken out (`cluster remove-server`): they stay members until every
+    /// volume's data has moved off them, and new volumes are not placed on them.
+    #[serde(default)]
+    pub leaving: Vec<ServerId>,
+}
+
+impl ClusterRecord {
+    /// The servers new volumes are placed on: the members that are not leaving.
+    pub fn placeable(&self) -> Vec<ServerId> {
+        self.servers
+            .iter()
+            .filter(|s| !self.leaving.contains(s))
+            .copied()
+            .collect()
+    }
 }
 
 /// A snapshot: a frozen layer of a volume.
@@ -69,9 +84,18 @@ pub struct VolumeRecord {
     /// Replicas per chunk, 1–3.
     pub replicas: u8,
     /// The volume's layout: the servers its chunks are placed on (by rendezvous hash over this
-    /// list), fixed when it is created. Adding a server to the cluster does not move data.
+    /// list), set when it is created and changed only by a migration.
     #[serde(default)]
     pub servers: Vec<ServerId>,
+    /// The layout the volume is moving to, while a migration runs. Meanwhile each chunk lives on
+    /// its replicas under both layouts: writes go to all of them, and a server that gains the
+    /// chunk is not read from until the copy is done.
+    #[serde(default)]
+    pub target: Option<Vec<ServerId>>,
+    /// Servers of the current layout that have recorded, for the running migration, every
+    /// chunk they hold that another server gains (so the copy cannot miss one).
+    #[serde(default)]
+    pub seeded: Vec<ServerId>,
     /// Servers of the layout that missed writes and are not yet repaired: gateways neither read
     /// from them nor count them as holding current data until a resync marks them in sync.
     #[serde(default)]
@@ -88,6 +112,28 @@ impl VolumeRecord {
     /// The writable top layer, if the stack is not empty (it never is for a valid record).
     pub fn head(&self) -> Option<LayerId> {
         self.layers.last().copied()
+    }
+
+    /// Whether `server` is in the layout or in the layout being moved to.
+    pub fn holds(&self, server: ServerId) -> bool {
+        self.servers.contains(&server) || self.target.as_ref().is_some_and(|t| t.contains(&server))
+    }
+
+    /// The servers whose seeding the running migration waits for: every in-sync server of the
+    /// current layout. A leaving server is excused when every other server is in sync and
+    /// each chunk has another replica, which seeds in its place (so a dead server can be
+    /// replaced).
+    pub fn seeders(&self) -> Vec<ServerId> {
+        let Some(target) = &self.target else {
+            return Vec::new();
+        };
+        let others_in_sync = self.stale.iter().all(|s| !target.contains(s));
+        self.servers
+            .iter()
+            .filter(|s| !self.stale.contains(s))
+            .filter(|s| target.contains(s) || !(others_in_sync && self.replicas >= 2))
+            .copied()
+            .collect()
     }
 
     /// The snapshot called `name`, if any.
@@ -237,6 +283,25 @@ pub enum Command {
         volume: VolumeId,
         /// The repaired server.
         server: ServerId,
+    },
+    /// Record that `server` has recorded, as missed, every chunk it holds that a server gains
+    /// in the migration to `target`. Ignored (refused) if the migration changed meanwhile.
+    MigrationSeeded {
+        /// The volume.
+        volume: VolumeId,
+        /// The server that seeded.
+        server: ServerId,
+        /// The migration's target layout, as the server saw it.
+        target: Vec<ServerId>,
+    },
+    /// End the migration to `target`: every chunk has been copied to the servers that gain it.
+    /// The target becomes the layout; servers that left it drop their copies, and leaving
+    /// servers that no volume holds any more leave their cluster.
+    FinishMigration {
+        /// The volume.
+        volume: VolumeId,
+        /// The migration's target layout (refused if it changed).
+        target: Vec<ServerId>,
     },
 }
 

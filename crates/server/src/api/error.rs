@@ -116,6 +116,9 @@ fn command_status(e: &CommandError) -> StatusCode {
         | C::ClusterExists(_)
         | C::ServerInCluster { .. }
         | C::ServerHoldsData { .. }
+        | C::TooFewServers { .. }
+        | C::NotMigrating { .. }
+        | C::AlreadyLeaving { .. }
         | C::ReporterStale { .. }
         | C::NoReplicaLeft { .. }
         | C::VolumeExists(_)
