@@ -121,6 +121,9 @@ pub struct ClusterInfo {
     pub name: String,
     /// Names of its servers.
     pub servers: Vec<String>,
+    /// Names of its servers that are being taken out: their data is moving away.
+    #[serde(default)]
+    pub leaving: Vec<String>,
     /// Names of the volumes that live on it.
     pub volumes: Vec<String>,
 }
@@ -162,7 +165,7 @@ pub struct VolumeInfo {
     pub replicas: u8,
     /// `primary` (writable) or `remote` (read-only, fed by remote copy).
     pub role: String,
-    /// `healthy`, `degraded` or `resyncing N%`.
+    /// `healthy`, `degraded`, `resyncing N%` or `migrating N%`.
     pub status: String,
     /// Bytes of disk the volume's layers (snapshots included) use, summed over every server
     /// holding its chunks (replicas counted each); absent when a server did not answer.
@@ -174,6 +177,9 @@ pub struct VolumeInfo {
     /// Names of the servers that missed writes and are not repaired yet.
     #[serde(default)]
     pub stale_servers: Vec<String>,
+    /// While the volume migrates: names of the servers of the layout it is moving to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_servers: Option<Vec<String>>,
     /// The id of the writable head layer.
     pub head: LayerId,
     /// Snapshots, oldest first.
@@ -251,6 +257,16 @@ pub struct MarkReplica {
     /// The server whose gateway saw the failure (for `stale`).
     #[serde(default)]
     pub reporter: Option<ServerId>,
+}
+
+/// Internal: a step of a volume's migration to `target` (seeded by `server`, or finish).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrationStep {
+    /// The server that seeded (for `seeded`).
+    #[serde(default)]
+    pub server: Option<ServerId>,
+    /// The migration's target layout.
+    pub target: Vec<ServerId>,
 }
 
 /// Internal: how many chunks one server records as missed by another, and the resync progress.

@@ -122,8 +122,15 @@ pub enum ClusterCommand {
     Show { name: String },
     /// Add a server to a cluster (it may come from `default`).
     AddServer { name: String, server: String },
-    /// Take a server out of a cluster.
-    RemoveServer { name: String, server: String },
+    /// Take a server out of a cluster, first moving every volume's data off it (online).
+    /// Waits until it is done unless `--no-wait`; interrupting the wait does not stop the move.
+    RemoveServer {
+        name: String,
+        server: String,
+        /// Return as soon as the move has started.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

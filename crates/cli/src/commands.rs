@@ -172,6 +172,9 @@ fn volume_details(v: &VolumeInfo) -> String {
         time(v.created_unix_ms),
         v.nbd_url
     );
+    if let Some(target) = &v.target_servers {
+        out.push_str(&format!("moving to: {}\n", target.join(", ")));
+    }
     if v.snapshots.is_empty() {
         out.push_str("snapshots: none\n");
     } else {

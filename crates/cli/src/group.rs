@@ -9,6 +9,7 @@ use crate::table;
 use anyhow::Result;
 use strata_api_types::{
     AddClusterServer, ChangeManagers, ClusterInfo, CreateCluster, ManagerInfo, ServerInfo,
+    VolumeInfo,
 };
 use strata_types::format_size;
 
@@ -80,12 +81,49 @@ pub async fn manager(api: &Client, out: Output, cmd: ManagerCommand) -> Result<(
 }
 
 fn cluster_details(c: &ClusterInfo) -> String {
+    let leaving = if c.leaving.is_empty() {
+        "-".to_string()
+    } else {
+        c.leaving.join(", ")
+    };
     format!(
-        "name:     {}\nservers:  {}\nvolumes:  {}\n",
+        "name:     {}\nservers:  {}\nleaving:  {leaving}\nvolumes:  {}\n",
         c.name,
         c.servers.join(", "),
         c.volumes.join(", ")
     )
+}
+
+/// How often `cluster remove-server` checks whether the server has left.
+const LEAVE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often it reports the volumes still moving.
+const LEAVE_REPORT_EVERY: u32 = 10;
+
+/// Waits until `server` is no longer a member of cluster `name` (its data has moved away),
+/// reporting the volumes still migrating on standard error now and then.
+async fn wait_until_left(api: &Client, name: &str, server: &str) -> Result<ClusterInfo> {
+    let path = format!("/v1/clusters/{}", segment(name));
+    let mut polls = 0u32;
+    loop {
+        let c: ClusterInfo = api.get(&path).await?;
+        if !c.servers.iter().any(|s| s == server) {
+            return Ok(c);
+        }
+        if polls % LEAVE_REPORT_EVERY == 0 {
+            let volumes: Vec<VolumeInfo> = api.get("/v1/volumes").await?;
+            let moving: Vec<String> = volumes
+                .iter()
+                .filter(|v| v.cluster == c.name && v.target_servers.is_some())
+                .map(|v| format!("{} ({})", v.name, v.status))
+                .collect();
+            eprintln!(
+                "moving data off {server}: {}; interrupting this wait does not stop the move",
+                moving.join(", ")
+            );
+        }
+        polls += 1;
+        tokio::time::sleep(LEAVE_POLL).await;
+    }
 }
 
 /// `strata cluster ...`.
@@ -130,7 +168,11 @@ pub async fn cluster(api: &Client, out: Output, cmd: ClusterCommand) -> Result<(
             let c: ClusterInfo = api.post(&path, &AddClusterServer { server }).await?;
             print(out, &c, cluster_details)
         }
-        ClusterCommand::RemoveServer { name, server } => {
+        ClusterCommand::RemoveServer {
+            name,
+            server,
+            no_wait,
+        } => {
             check_name("cluster", &name)?;
             check_name("server", &server)?;
             let path = format!(
@@ -138,7 +180,10 @@ pub async fn cluster(api: &Client, out: Output, cmd: ClusterCommand) -> Result<(
                 segment(&name),
                 segment(&server)
             );
-            let c: ClusterInfo = api.delete_json(&path).await?;
+            let mut c: ClusterInfo = api.delete_json(&path).await?;
+            if !no_wait && c.servers.contains(&server) {
+                c = wait_until_left(api, &name, &server).await?;
+            }
             print(out, &c, cluster_details)
         }
     }

@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use std::time::Duration;
-use strata_api_types::{MarkReplica, MissedSummary};
-use strata_meta::Meta;
+use strata_api_types::{MarkReplica, MigrationStep, MissedSummary};
+use strata_meta::{Meta, StateView};
 use strata_types::{ServerId, VolumeId};
 
 /// How long a change may take to commit.
@@ -32,7 +32,7 @@ impl ServerControl {
         }
     }
 
-    async fn post(&self, path: String, body: &MarkReplica) -> Result<(), String> {
+    async fn post(&self, path: String, body: &impl serde::Serialize) -> Result<(), String> {
         let url = format!("{}{path}", self.own_api);
         let resp = self
             .http
@@ -74,33 +74,58 @@ impl strata_volume::Control for ServerControl {
             .await
     }
 
+    async fn migration_seeded(&self, volume: VolumeId, target: &[ServerId]) -> Result<(), String> {
+        let body = MigrationStep {
+            server: Some(self.me),
+            target: target.to_vec(),
+        };
+        self.post(format!("/v1/internal/volumes/{volume}/seeded"), &body)
+            .await
+    }
+
+    async fn finish_migration(&self, volume: VolumeId, target: &[ServerId]) -> Result<(), String> {
+        let body = MigrationStep {
+            server: None,
+            target: target.to_vec(),
+        };
+        self.post(format!("/v1/internal/volumes/{volume}/finish"), &body)
+            .await
+    }
+
     async fn missed_at(
         &self,
         at: ServerId,
         volume: VolumeId,
         server: ServerId,
     ) -> Result<u64, String> {
-        let state = self.meta.local_state();
-        let api = state
-            .servers
-            .get(&at)
-            .map(|s| s.api_addr.clone())
-            .ok_or_else(|| format!("server {at} is unknown"))?;
-        let url = format!("{api}/internal/v1/volumes/{volume}/missed");
-        let list: Vec<MissedSummary> = self
-            .http
-            .get(&url)
-            .timeout(ASK_TIMEOUT)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("cannot ask server {at}: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("bad answer from server {at}: {e}"))?;
+        let list = missed_at(&self.http, &self.meta.local_state(), at, volume).await?;
         Ok(list
             .iter()
             .find(|m| m.server == server)
             .map_or(0, |m| m.remaining))
     }
+}
+
+/// The missed marks server `at` holds for `volume`, counted by the server that missed them.
+pub async fn missed_at(
+    http: &reqwest::Client,
+    state: &StateView,
+    at: ServerId,
+    volume: VolumeId,
+) -> Result<Vec<MissedSummary>, String> {
+    let api = state
+        .servers
+        .get(&at)
+        .map(|s| s.api_addr.clone())
+        .ok_or_else(|| format!("server {at} is unknown"))?;
+    let url = format!("{api}/internal/v1/volumes/{volume}/missed");
+    http.get(&url)
+        .timeout(ASK_TIMEOUT)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("cannot ask server {at}: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("bad answer from server {at}: {e}"))
 }

@@ -213,6 +213,10 @@ pub async fn start(
         engine.clone(),
         shutdown.child_token(),
     ));
+    tasks.spawn(strata_volume::migrate::run(
+        engine.clone(),
+        shutdown.child_token(),
+    ));
     let exports = Arc::new(exports::Exports::new(meta.clone(), engine));
     let nbd_shutdown = shutdown.child_token();
     tasks.spawn(async move {

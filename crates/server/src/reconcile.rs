@@ -7,10 +7,11 @@
 //! the two the next reconcile (run at start and after every applied change) finishes the job.
 //! Every step is idempotent: running reconcile twice does nothing the second time.
 //!
-//! A server holds (in its store) every volume whose layout names it — the whole layer stack,
-//! with data only for the chunks placed on it. A volume is deleted from the store only when
-//! the management state no longer has it at all — never because it seems to belong elsewhere —
-//! so no change of cluster membership can drop data.
+//! A server holds (in its store) every volume whose layout, or the layout it migrates to, names
+//! it — the whole layer stack, with data only for the chunks placed on it. A volume is deleted
+//! from the store when the management state no longer has it, or when a finished migration took
+//! this server out of its layout (its chunks were copied to the new layout first); never
+//! because of a cluster membership change alone.
 
 use std::collections::HashSet;
 use strata_meta::StateView;
@@ -21,19 +22,25 @@ use strata_types::ServerId;
 /// changes it made.
 pub fn reconcile(state: &StateView, store: &Store, me: ServerId) -> Result<usize, StoreError> {
     let mut changes = 0;
-    let wanted: HashSet<_> = state.volumes.values().map(|v| v.id).collect();
+    // A record without a layout predates placement: its data stays wherever it is.
+    let wanted: HashSet<_> = state
+        .volumes
+        .values()
+        .filter(|v| v.servers.is_empty() || v.holds(me))
+        .map(|v| v.id)
+        .collect();
     for stored in store.volumes() {
         if !wanted.contains(&stored.id) {
-            tracing::info!(volume = %stored.id, "deleting volume removed from the management state");
+            tracing::info!(volume = %stored.id, "deleting this server's copy of a volume that was deleted or moved off it");
             store.delete_volume(stored.id)?;
             changes += 1;
         }
     }
-    for v in state.volumes.values() {
+    for v in state.volumes.values().filter(|v| wanted.contains(&v.id)) {
         let stored = match store.volume(v.id) {
             Ok(s) => s,
             Err(StoreError::NoSuchVolume(_)) => {
-                if !v.servers.contains(&me) {
+                if !v.holds(me) {
                     continue; // none of its chunks live here
                 }
                 let Some(bottom) = v.layers.first() else {

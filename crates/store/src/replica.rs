@@ -226,6 +226,22 @@ impl Store {
         Ok(())
     }
 
+    /// Every (layer, chunk) of the volume that some layer's maps touch (data or zero bits),
+    /// layers being merged away included: the chunks a full copy of this server's data must
+    /// send.
+    pub fn touched_chunks(&self, vol: VolumeId) -> Result<Vec<(LayerId, u64)>> {
+        let v = self.inner.volume(vol)?;
+        let st = v.stack.read();
+        if st.gone {
+            return Err(StoreError::NoSuchVolume(vol));
+        }
+        let mut out = Vec::new();
+        for l in &st.layers {
+            out.extend(l.data.maps.read().keys().map(|c| (l.id, *c)));
+        }
+        Ok(out)
+    }
+
     /// Every missed-write mark of the volume.
     pub fn missed(&self, vol: VolumeId) -> Result<Vec<MissedChunk>> {
         let v = self.inner.volume(vol)?;

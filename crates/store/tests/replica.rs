@@ -206,3 +206,20 @@ fn a_snapshot_is_durable_with_the_next_flush() {
         .iter()
         .all(|x| *x == 0));
 }
+
+#[test]
+fn touched_chunks_lists_every_layer_that_holds_a_chunk() {
+    let (_tmp, a, _b, vol, [l0, l1]) = pair();
+    assert!(a.touched_chunks(vol).unwrap().is_empty());
+    a.write(vol, 0, &[1u8; 4096], false).unwrap();
+    a.snapshot(vol, l1).unwrap();
+    // Zeroes over data below are recorded (they shadow it); over nothing, they are not.
+    a.write_zeroes(vol, 0, 4096, false).unwrap();
+    a.write_zeroes(vol, CHUNK_SIZE, 4096, false).unwrap();
+    a.write(vol, 2 * CHUNK_SIZE, &[2u8; 512], false).unwrap();
+    let mut got = a.touched_chunks(vol).unwrap();
+    got.sort();
+    let mut want = vec![(l0, 0), (l1, 0), (l1, 2)];
+    want.sort();
+    assert_eq!(got, want);
+}

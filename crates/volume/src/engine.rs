@@ -34,6 +34,7 @@ pub struct Engine {
     topology: RwLock<Arc<Topology>>,
     version: watch::Sender<u64>,
     gates: Mutex<HashMap<VolumeId, Arc<AsyncRwLock<()>>>>,
+    replica_gates: Mutex<HashMap<VolumeId, Arc<RwLock<()>>>>,
     held: Mutex<HashMap<u64, Vec<OwnedRwLockWriteGuard<()>>>>,
     down: Mutex<HashMap<ServerId, Instant>>,
     /// Resync progress of this server's copies to stale replicas.
@@ -63,6 +64,7 @@ impl Engine {
             topology: RwLock::new(Arc::new(Topology::default())),
             version: watch::channel(0).0,
             gates: Mutex::new(HashMap::new()),
+            replica_gates: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
             resync: crate::resync::Tracker::default(),
@@ -185,6 +187,13 @@ impl Engine {
     /// The write gate of `volume`.
     pub(crate) fn gate(&self, volume: VolumeId) -> Arc<AsyncRwLock<()>> {
         self.gates.lock().entry(volume).or_default().clone()
+    }
+
+    /// The replica-side gate of `volume`: writes to this server's copy hold its read side
+    /// (from reading the view to recording their marks), and seeding a migration takes the
+    /// write side, so every write is either seen by the seeding or sees the migration.
+    pub(crate) fn replica_gate(&self, volume: VolumeId) -> Arc<RwLock<()>> {
+        self.replica_gates.lock().entry(volume).or_default().clone()
     }
 
     /// Snapshot barrier, step 1 on this server: holds new writes of `volume` through this

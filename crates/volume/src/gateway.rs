@@ -1,10 +1,10 @@
 //! [`GatewayDevice`]: one NBD export of a volume on this server, acting as the volume's gateway.
 //!
 //! Each request is split by chunk. A write goes to every replica of its chunk at once and is
-//! acknowledged when every in-sync replica has it (stale replicas that answer get it too, but
-//! are not waited for). A replica that cannot be written is first marked stale in the
+//! acknowledged when every current replica has it (stale replicas, and those a migration is
+//! copying the chunk to, get it too if they answer, but are not waited for). A replica that cannot be written is first marked stale in the
 //! management group, then the write is sent again to the remaining replicas carrying the mark,
-//! so they record the chunk as missed; if marking fails the write fails. Reads go to one in-sync
+//! so they record the chunk as missed; if marking fails the write fails. Reads go to one current
 //! replica: this server if it holds the chunk, else the first that answers.
 //!
 //! FLUSH goes to every replica written since the last flush. The device remembers, per replica,
@@ -249,7 +249,7 @@ impl GatewayDevice {
         let mut marks = Vec::new();
         for (layer, chunk) in lost {
             for r in view.replicas_of(chunk) {
-                if r != server && view.in_sync(r) {
+                if r != server && view.current(r, chunk) {
                     marks.push(self.send_change(
                         r,
                         layer,
@@ -299,15 +299,15 @@ impl GatewayDevice {
             let stale: Vec<ServerId> = replicas
                 .iter()
                 .copied()
-                .filter(|r| !view.in_sync(*r))
+                .filter(|r| !view.current(*r, chunk))
                 .collect();
             let targets: Vec<ServerId> = replicas
                 .iter()
                 .copied()
-                .filter(|r| view.in_sync(*r) || !self.engine.recently_down(*r))
+                .filter(|r| view.current(*r, chunk) || !self.engine.recently_down(*r))
                 .collect();
             let sends = targets.iter().map(|r| {
-                let in_sync = view.in_sync(*r);
+                let in_sync = view.current(*r, chunk);
                 let missed = if in_sync { stale.clone() } else { Vec::new() };
                 let send = self.send_change(*r, head, offset, change.clone(), fua, missed);
                 async move {
@@ -325,7 +325,7 @@ impl GatewayDevice {
             let (mut acked, mut failed, mut retry) = (0, Vec::new(), false);
             let mut written_here = false;
             for (r, res) in targets.iter().zip(results) {
-                if !view.in_sync(*r) {
+                if !view.current(*r, chunk) {
                     continue; // best effort: resync repairs it either way
                 }
                 match res {
@@ -414,7 +414,7 @@ impl GatewayDevice {
             let mut order: Vec<ServerId> = view
                 .replicas_of(chunk)
                 .into_iter()
-                .filter(|r| view.in_sync(*r))
+                .filter(|r| view.current(*r, chunk))
                 .collect();
             let me = self.engine.me();
             order.sort_by_key(|r| (*r != me, self.engine.recently_down(*r)));
@@ -482,7 +482,10 @@ impl GatewayDevice {
                 }
                 Err(ReplicaError::Io(e)) => {
                     tracing::warn!(volume = %volume, server = %server, error = %e, "replica flush failed");
-                    if self.view()?.in_sync(*server) {
+                    // Only a replica that was current for a chunk it lost matters: the others
+                    // are repaired from the marks either way.
+                    let view = self.view()?;
+                    if chunks.iter().any(|(_, c)| view.current(*server, *c)) {
                         self.replica_failed(*server).await?;
                     }
                 }
@@ -570,7 +573,7 @@ impl GatewayDevice {
         let me = self.engine.me();
         let mut out: Vec<Extent> = Vec::new();
         for (chunk, at, n) in pieces(offset, len) {
-            let local = view.in_sync(me) && view.replicas_of(chunk).contains(&me);
+            let local = view.current(me, chunk) && view.replicas_of(chunk).contains(&me);
             let extents = if local {
                 let (store, vol, layer) = (self.engine.store().clone(), self.volume, self.layer);
                 tokio::task::spawn_blocking(move || store.allocation(vol, layer, at, n))

@@ -18,12 +18,16 @@
 //!   writes), then has the surviving replicas record the chunk as *missed* by it in their stores.
 //!   Stale replicas are not read from. [`resync`] copies exactly the missed chunks (layer by
 //!   layer) when the server is back, then marks it in sync.
+//! - **Migration** ([`migrate`]): a new layout; writes go to the replicas under both layouts,
+//!   the chunks each server gains are copied by the resync path, then the new layout takes over
+//!   under a barrier.
 //! - **Verify** ([`verify`]) compares the replicas' digests of every chunk and can repair a
 //!   chunk from a good replica.
 
 mod engine;
 mod gateway;
 mod metrics;
+pub mod migrate;
 pub mod placement;
 mod replica;
 pub mod resync;
@@ -45,6 +49,11 @@ pub trait Control: Send + Sync + 'static {
     async fn mark_stale(&self, volume: VolumeId, server: ServerId) -> Result<(), String>;
     /// Commits that `server` has caught up with every write of `volume` it missed.
     async fn mark_in_sync(&self, volume: VolumeId, server: ServerId) -> Result<(), String>;
+    /// Commits that this server has seeded the migration of `volume` to `target`.
+    async fn migration_seeded(&self, volume: VolumeId, target: &[ServerId]) -> Result<(), String>;
+    /// Asks the leader to finish the migration of `volume` to `target` (under a barrier).
+    async fn finish_migration(&self, volume: VolumeId, target: &[ServerId])
+        -> Result<(), String>;
     /// How many chunks of `volume` server `at` records as missed by `server`.
     async fn missed_at(
         &self,

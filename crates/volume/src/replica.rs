@@ -107,20 +107,31 @@ fn check_head(engine: &Engine, volume: VolumeId, layer: LayerId) -> Result<(), R
     }
 }
 
-/// Records that each of `missed` missed writes to the chunk at `offset` of `layer`.
+/// Records that each of `missed` missed writes to the chunk at `offset` of `layer`, and so did
+/// every server that a running migration is copying the chunk to, if this server holds a
+/// current copy of it (whatever the gateway's view: it may not know of the migration yet).
+/// Called with the replica gate held. Returns whether it recorded any mark.
 fn record_missed(
     engine: &Engine,
     volume: VolumeId,
     layer: LayerId,
     offset: u64,
     missed: &[ServerId],
-) -> Result<(), ReplicaError> {
-    for server in missed {
+) -> Result<bool, ReplicaError> {
+    let chunk = offset / CHUNK_SIZE;
+    let mut all = missed.to_vec();
+    if let Some(view) = engine.view(volume) {
+        let me = engine.me();
+        if view.current(me, chunk) && view.replicas_of(chunk).contains(&me) {
+            all.extend(view.gaining(chunk).into_iter().filter(|g| !missed.contains(g)));
+        }
+    }
+    for server in &all {
         engine
             .store()
-            .record_missed(volume, layer, offset / CHUNK_SIZE, *server)?;
+            .record_missed(volume, layer, chunk, *server)?;
     }
-    Ok(())
+    Ok(!all.is_empty())
 }
 
 /// Writes `data` at `offset` into `layer` (the head) of this server's copy, then records the
@@ -141,14 +152,16 @@ pub async fn write(
     let engine = engine.clone();
     blocking(move || {
         let store = engine.store();
-        if !marks_only {
-            store.write_to(volume, layer, offset, &data, fua)?;
-        }
-        if !missed.is_empty() {
+        if marks_only {
             record_missed(&engine, volume, layer, offset, &missed)?;
-            if fua || marks_only {
-                store.flush(volume)?;
-            }
+            return Ok(store.flush(volume)?);
+        }
+        let gate = engine.replica_gate(volume);
+        let _held = gate.read();
+        store.write_to(volume, layer, offset, &data, fua)?;
+        if record_missed(&engine, volume, layer, offset, &missed)? && fua {
+            // The marks recorded after the data must be as durable as it.
+            store.flush(volume)?;
         }
         Ok(())
     })
@@ -167,8 +180,10 @@ pub async fn trim(
     check_head(engine, volume, layer)?;
     let engine = engine.clone();
     blocking(move || {
+        let gate = engine.replica_gate(volume);
+        let _held = gate.read();
         engine.store().trim(volume, offset, len)?;
-        record_missed(&engine, volume, layer, offset, &missed)
+        record_missed(&engine, volume, layer, offset, &missed).map(|_| ())
     })
     .await
 }

@@ -14,8 +14,14 @@
 //! itself stale and copies those chunks back from an in-sync replica, so the failed write,
 //! never acknowledged, does not linger in one copy only.
 //!
-//! Marks for servers that are in sync (stragglers recorded just as a resync finished) are
-//! dropped after they have stayed unchanged for one pass.
+//! While a volume migrates, the servers that gain a chunk are repaired the same way: the
+//! current replicas hold marks for them (see [`crate::migrate`]), and this loop copies those
+//! chunks, every layer of them; only a stale server is ever marked in sync by it.
+//!
+//! Marks nobody needs any more (for servers in sync that gain nothing, stragglers recorded
+//! just as a resync finished, or servers that left the layout) are dropped after they have
+//! stayed unchanged for one pass. A stale server copies nothing to others: its data may be
+//! out of date, and the in-sync replicas hold the same marks.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -91,7 +97,7 @@ pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) {
         let topology = engine.topology();
         let mut seen = HashSet::new();
         for view in topology.volumes.values() {
-            if !view.layout.contains(&engine.me()) {
+            if !view.holds(engine.me()) {
                 continue;
             }
             if let Err(e) = pass(&engine, view, &settled, &mut seen).await {
@@ -120,9 +126,13 @@ async fn pass(
     seen: &mut HashSet<(VolumeId, MissedChunk)>,
 ) -> Result<(), String> {
     let all = marks(engine, view.id).await?;
+    let me = engine.me();
     let mut by_server: HashMap<ServerId, Vec<MissedChunk>> = HashMap::new();
     for m in all {
-        if m.server != engine.me() && view.in_sync(m.server) {
+        let needed = m.server == me
+            || (view.holds(m.server)
+                && (!view.in_sync(m.server) || view.gaining(m.chunk).contains(&m.server)));
+        if !needed {
             if settled.contains(&(view.id, m)) {
                 clear(engine, view.id, m).await?;
             } else {
@@ -132,26 +142,38 @@ async fn pass(
             by_server.entry(m.server).or_default().push(m);
         }
     }
-    if let Some(own) = by_server.remove(&engine.me()) {
+    if let Some(own) = by_server.remove(&me) {
         repair_own(engine, view, own).await?;
     }
-    for server in &view.stale {
-        if *server == engine.me() {
+    if !view.in_sync(me) {
+        return Ok(());
+    }
+    let mut targets: Vec<ServerId> = view.stale.clone();
+    let gaining: Vec<ServerId> = by_server
+        .keys()
+        .filter(|s| !view.stale.contains(s))
+        .copied()
+        .collect();
+    targets.extend(gaining);
+    for server in targets {
+        if server == me {
             continue;
         }
-        let todo = by_server.remove(server).unwrap_or_default();
+        let todo = by_server.remove(&server).unwrap_or_default();
         engine
             .resync
-            .set_remaining(view.id, *server, todo.len() as u64);
-        if !answers(engine, *server).await {
+            .set_remaining(view.id, server, todo.len() as u64);
+        if !answers(engine, server).await {
             continue;
         }
         for mark in todo {
             copy_mark(engine, view, &mark).await?;
             clear(engine, view.id, mark).await?;
-            engine.resync.copied(view.id, *server);
+            engine.resync.copied(view.id, server);
         }
-        finish_if_done(engine, view, *server).await?;
+        if !view.in_sync(server) {
+            finish_if_done(engine, view, server).await?;
+        }
     }
     Ok(())
 }
@@ -173,7 +195,7 @@ async fn repair_own(
         let Some(source) = view
             .replicas_of(mark.chunk)
             .into_iter()
-            .find(|r| *r != me && view.in_sync(*r))
+            .find(|r| *r != me && view.current(*r, mark.chunk))
         else {
             continue;
         };
@@ -275,7 +297,8 @@ async fn finish_if_done(
         return Ok(()); // written again meanwhile: next pass
     }
     // Every in-sync server may hold marks for it, and it may hold marks for itself.
-    for other in &view.layout {
+    let holders = view.layout.iter().chain(view.target.iter().flatten());
+    for other in holders {
         if *other == engine.me() || (*other != server && !view.in_sync(*other)) {
             continue;
         }

@@ -1,6 +1,11 @@
 //! What the volume engine needs to know of the management state, kept current by the server
-//! after every applied change ([`crate::Engine::update`]): each volume's size, layers, layout and
-//! stale replicas, and every server's peer address.
+//! after every applied change ([`crate::Engine::update`]): each volume's size, layers, layout
+//! (and the layout it migrates to), stale replicas, and every server's peer address.
+//!
+//! While a volume migrates, a chunk's replicas are its replicas under the current layout
+//! followed by those the target layout adds (the chunk's *gaining* servers). Writes go to all
+//! of them; a gaining server is not *current* for the chunk (not read from, repaired from the
+//! missed marks) until the migration finishes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +30,12 @@ pub struct VolumeView {
     pub layers: Vec<LayerId>,
     /// The servers its chunks are placed on.
     pub layout: Vec<ServerId>,
+    /// The layout the volume is moving to, while a migration runs.
+    pub target: Option<Vec<ServerId>>,
+    /// Servers that seeded the running migration's marks.
+    pub seeded: Vec<ServerId>,
+    /// Servers that must seed before the migration may finish.
+    pub seeders: Vec<ServerId>,
     /// Servers of the layout that missed writes and are not repaired yet.
     pub stale: Vec<ServerId>,
     /// The servers of its cluster: every one of them may act as its gateway.
@@ -41,6 +52,9 @@ impl VolumeView {
             replicas: usize::from(v.replicas),
             layers: v.layers.clone(),
             layout: v.servers.clone(),
+            target: v.target.clone(),
+            seeded: v.seeded.clone(),
+            seeders: v.seeders(),
             stale: v.stale.clone(),
             cluster: state
                 .clusters
@@ -55,14 +69,40 @@ impl VolumeView {
         self.layers.last().copied()
     }
 
-    /// The replicas of `chunk`, best first.
+    /// The replicas of `chunk`, best first: under the current layout, then those a running
+    /// migration adds.
     pub fn replicas_of(&self, chunk: u64) -> Vec<ServerId> {
-        replicas_of(self.id, chunk, &self.layout, self.replicas)
+        let mut all = replicas_of(self.id, chunk, &self.layout, self.replicas);
+        all.extend(self.gaining(chunk));
+        all
+    }
+
+    /// The servers a running migration adds to `chunk`'s replicas.
+    pub fn gaining(&self, chunk: u64) -> Vec<ServerId> {
+        let Some(target) = &self.target else {
+            return Vec::new();
+        };
+        let now = replicas_of(self.id, chunk, &self.layout, self.replicas);
+        replicas_of(self.id, chunk, target, self.replicas)
+            .into_iter()
+            .filter(|s| !now.contains(s))
+            .collect()
     }
 
     /// Whether `server` holds current data (it is not stale).
     pub fn in_sync(&self, server: ServerId) -> bool {
         !self.stale.contains(&server)
+    }
+
+    /// Whether `server`'s copy of `chunk` is current: it is in sync and does not gain the
+    /// chunk in a running migration.
+    pub fn current(&self, server: ServerId, chunk: u64) -> bool {
+        self.in_sync(server) && !self.gaining(chunk).contains(&server)
+    }
+
+    /// Whether `server` is in the layout or in the layout being moved to.
+    pub fn holds(&self, server: ServerId) -> bool {
+        self.layout.contains(&server) || self.target.as_ref().is_some_and(|t| t.contains(&server))
     }
 
     /// How many chunks the volume has.

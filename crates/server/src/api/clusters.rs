@@ -10,17 +10,19 @@ use axum::http::StatusCode;
 use axum::Json;
 use strata_api_types::{AddClusterServer, ClusterInfo, CreateCluster};
 use strata_meta::{ClusterRecord, Command, CommandOutput, StateView};
-use strata_types::Name;
+use strata_types::{Name, ServerId};
 
 fn cluster_info(state: &StateView, c: &ClusterRecord) -> ClusterInfo {
-    ClusterInfo {
-        name: c.name.to_string(),
-        servers: c
-            .servers
-            .iter()
+    let names = |ids: &[ServerId]| {
+        ids.iter()
             .filter_map(|id| state.servers.get(id))
             .map(|s| s.name.to_string())
-            .collect(),
+            .collect()
+    };
+    ClusterInfo {
+        name: c.name.to_string(),
+        servers: names(&c.servers),
+        leaving: names(&c.leaving),
         volumes: state
             .volumes
             .values()

@@ -1,10 +1,12 @@
 //! Server-to-server endpoints that are not part of the public API.
 //!
 //! Under `/v1/internal` (forwarded to the leader like any change): marking a replica stale or
-//! in sync. Under `/internal/v1` (answered by the server asked, never forwarded): the snapshot
-//! barrier's steps on this server, and what this server holds of a volume (use, missed marks,
+//! in sync, and a migration's steps (seeded; finish, which the leader runs under a barrier).
+//! Under `/internal/v1` (answered by the server asked, never forwarded): the barrier's steps
+//! on this server, and what this server holds of a volume (use, missed marks,
 //! changed ranges), which the leader gathers for `volume show` and `snapshot diff`.
 
+use super::barrier::Barrier;
 use super::{ApiError, AppState};
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
@@ -12,7 +14,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use strata_api_types::{LocalVolume, MarkReplica, MissedSummary, Range};
+use strata_api_types::{LocalVolume, MarkReplica, MigrationStep, MissedSummary, Range};
 use strata_meta::Command;
 use strata_types::{LayerId, VolumeId};
 
@@ -26,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/internal/v1/barrier/{barrier}/pause", post(pause))
         .route("/internal/v1/barrier/{barrier}/freeze", post(freeze))
         .route("/internal/v1/barrier/{barrier}/release", post(release))
+        .route("/internal/v1/barrier/{barrier}/settle", post(settle))
 }
 
 /// `POST /v1/internal/volumes/{id}/stale`: a gateway could not write to a replica.
@@ -59,6 +62,85 @@ pub async fn mark_in_sync(
             server: req.server,
         })
         .await?;
+    Ok(Json(()))
+}
+
+/// `POST /v1/internal/volumes/{id}/seeded`: a server recorded the chunks a migration must copy.
+pub async fn migration_seeded(
+    State(app): State<AppState>,
+    Path(id): Path<VolumeId>,
+    Json(req): Json<MigrationStep>,
+) -> Result<Json<()>, ApiError> {
+    let server = req
+        .server
+        .ok_or_else(|| ApiError::bad_request("a seeded step needs the seeding server"))?;
+    app.meta
+        .write(Command::MigrationSeeded {
+            volume: id,
+            server,
+            target: req.target,
+        })
+        .await?;
+    Ok(Json(()))
+}
+
+/// `POST /v1/internal/volumes/{id}/finish` (on the leader): every chunk has been copied to the
+/// servers that gain it; make the target the layout. Under a barrier: every gateway that is
+/// not leaving must hold its writes, the marks are counted again with no write in flight, and
+/// the gateways are released only once they apply the new layout.
+pub async fn finish_migration(
+    State(app): State<AppState>,
+    Path(id): Path<VolumeId>,
+    Json(req): Json<MigrationStep>,
+) -> Result<Json<()>, ApiError> {
+    let state = app.meta.read().await?;
+    let v = state
+        .volume_by_id(id)
+        .ok_or_else(|| ApiError::not_found(format!("no volume with id {id}")))?;
+    let leaving: Vec<String> = state
+        .clusters
+        .get(&v.cluster)
+        .into_iter()
+        .flat_map(|c| c.leaving.iter())
+        .filter_map(|s| state.servers.get(s).map(|r| r.api_addr.clone()))
+        .collect();
+    let barrier = Barrier::new(&app, &state, v);
+    let missing = barrier.pause().await;
+    let finished = async {
+        if let Some(m) = missing.iter().find(|m| !leaving.contains(m)) {
+            return Err(ApiError::unavailable(format!(
+                "the gateway at {m} did not hold its writes; the migration finishes once it does"
+            )));
+        }
+        let holders = v
+            .servers
+            .iter()
+            .chain(&req.target)
+            .filter(|s| !v.stale.contains(s));
+        for at in holders {
+            let marks = crate::control::missed_at(&app.http, &state, *at, id)
+                .await
+                .map_err(ApiError::unavailable)?;
+            if marks.iter().any(|m| req.target.contains(&m.server) && m.remaining > 0) {
+                return Err(ApiError::unavailable(
+                    "chunks are still being copied; the migration finishes once they are",
+                ));
+            }
+        }
+        app.meta
+            .write(Command::FinishMigration {
+                volume: id,
+                target: req.target.clone(),
+            })
+            .await?;
+        app.meta.announce_commits().await;
+        barrier.settle().await;
+        Ok(())
+    }
+    .await;
+    barrier.release().await;
+    finished?;
+    app.apply_to_store().await?;
     Ok(Json(()))
 }
 
@@ -197,6 +279,33 @@ async fn freeze(
     tokio::time::timeout(Duration::from_secs(5), arrived)
         .await
         .map_err(|_| ApiError::unavailable("the snapshot did not reach this server in time"))?;
+    app.apply_to_store().await?;
+    Ok(Json(()))
+}
+
+/// `POST /internal/v1/barrier/{barrier}/settle?volume=`: wait for the end of the volume's
+/// migration to be applied here (and the store to follow).
+async fn settle(
+    State(app): State<AppState>,
+    Path(_barrier): Path<u64>,
+    Query(q): Query<BarrierQuery>,
+) -> Result<Json<()>, ApiError> {
+    let mut applied = app.meta.subscribe();
+    let arrived = async {
+        loop {
+            let done = app
+                .meta
+                .local_state()
+                .volume_by_id(q.volume)
+                .is_none_or(|v| v.target.is_none());
+            if done || applied.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), arrived)
+        .await
+        .map_err(|_| ApiError::unavailable("the new layout did not reach this server in time"))?;
     app.apply_to_store().await?;
     Ok(Json(()))
 }

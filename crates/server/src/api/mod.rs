@@ -11,6 +11,7 @@
 
 mod clusters;
 mod error;
+mod barrier;
 mod internal;
 mod managers;
 mod servers;
@@ -176,6 +177,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/internal/volumes/{id}/in-sync",
             post(internal::mark_in_sync),
+        )
+        .route(
+            "/v1/internal/volumes/{id}/seeded",
+            post(internal::migration_seeded),
+        )
+        .route(
+            "/v1/internal/volumes/{id}/finish",
+            post(internal::finish_migration),
         )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -1,5 +1,6 @@
 //! Handlers for volumes and their snapshots.
 
+use super::barrier::Barrier;
 use super::{parse_name, ApiError, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -60,16 +61,24 @@ fn snapshot_info(v: &VolumeRecord, s: &strata_meta::SnapshotRecord) -> SnapshotI
 /// How long the leader waits for another server's part of an answer.
 const ASK_TIMEOUT: Duration = Duration::from_millis(800);
 
-/// Asks every server of `v`'s layout what it holds of it; servers that do not answer in time
-/// are missing from the result.
+/// The servers holding `v`'s chunks: its layout, then those a running migration adds.
+fn holders(v: &VolumeRecord) -> Vec<ServerId> {
+    let mut all = v.servers.clone();
+    let added = v.target.iter().flatten().filter(|s| !v.servers.contains(s));
+    all.extend(added.copied().collect::<Vec<_>>());
+    all
+}
+
+/// Asks every server holding `v` what it holds of it; servers that do not answer in time are
+/// missing from the result.
 async fn local_parts(
     app: &AppState,
     state: &StateView,
     v: &VolumeRecord,
 ) -> HashMap<ServerId, LocalVolume> {
-    let asks = v.servers.iter().filter_map(|id| {
-        let api = state.servers.get(id)?.api_addr.clone();
-        let (http, vid, id) = (app.http.clone(), v.id, *id);
+    let asks = holders(v).into_iter().filter_map(|id| {
+        let api = state.servers.get(&id)?.api_addr.clone();
+        let (http, vid) = (app.http.clone(), v.id);
         Some(async move {
             let url = format!("{api}/internal/v1/volumes/{vid}/local");
             let resp = http.get(&url).timeout(ASK_TIMEOUT).send().await.ok()?;
@@ -80,32 +89,35 @@ async fn local_parts(
     join_all(asks).await.into_iter().flatten().collect()
 }
 
-/// `healthy`; `degraded` while a stale server is unreachable; else `resyncing N%`.
+/// `degraded` while a stale server is unreachable; `resyncing N%` while stale servers catch
+/// up; `migrating N%` while chunks are copied to a new layout; else `healthy`.
 fn health(v: &VolumeRecord, parts: &HashMap<ServerId, LocalVolume>) -> String {
-    if v.stale.is_empty() {
-        return "healthy".into();
-    }
+    let (word, copying_to) = match &v.target {
+        _ if !v.stale.is_empty() => ("resyncing", &v.stale),
+        Some(target) => ("migrating", target),
+        None => return "healthy".into(),
+    };
     if v.stale.iter().any(|s| !parts.contains_key(s)) {
         return "degraded".into();
     }
     let (mut remaining, mut total) = (0u64, 0u64);
     for part in parts.values() {
-        for m in part.missed.iter().filter(|m| v.stale.contains(&m.server)) {
+        for m in part.missed.iter().filter(|m| copying_to.contains(&m.server)) {
             remaining += m.remaining;
             total += m.total;
         }
     }
-    // Never 100% while the volume is still marked stale.
+    // Never 100% until the management group records the end.
     let done = ((total - remaining.min(total)) * 100)
         .checked_div(total)
-        .map_or(99, |p| p.min(99));
-    format!("resyncing {done}%")
+        .map_or(0, |p| p.min(99));
+    format!("{word} {done}%")
 }
 
 async fn volume_info(app: &AppState, state: &StateView, v: &VolumeRecord) -> VolumeInfo {
     let parts = local_parts(app, state, v).await;
     let used_bytes =
-        (parts.len() == v.servers.len()).then(|| parts.values().map(|p| p.used_bytes).sum());
+        (parts.len() == holders(v).len()).then(|| parts.values().map(|p| p.used_bytes).sum());
     let names = |ids: &[ServerId]| {
         ids.iter()
             .map(|id| {
@@ -136,6 +148,7 @@ async fn volume_info(app: &AppState, state: &StateView, v: &VolumeRecord) -> Vol
         used_bytes,
         servers: names(&v.servers),
         stale_servers: names(&v.stale),
+        target_servers: v.target.as_deref().map(names),
         head: v
             .layers
             .last()
@@ -321,116 +334,6 @@ async fn commit_snapshot(app: &AppState, volume: &Name, snap: &Name) -> Result<L
                 return Ok(new_head);
             }
         }
-    }
-}
-
-/// The snapshot barrier over the servers of one volume (SPEC F5; see `strata_volume`): every
-/// gateway holds new writes and drains its writes in flight, the snapshot commits, every replica freezes the old head (in
-/// memory: no sync while writes are held), and only then are the gateways released. Last, the
-/// replicas flush again, which makes the frozen layer and the new stack durable, before the
-/// snapshot is acknowledged. A server that does
-/// not answer in time is not waited for: its writes carry the old head and are fenced.
-struct Barrier {
-    http: reqwest::Client,
-    id: u64,
-    volume: VolumeId,
-    /// API URLs of the volume's possible gateways (its cluster) and replicas (its layout).
-    servers: Vec<String>,
-    /// API URLs of its replicas.
-    replicas: Vec<String>,
-    paused: std::sync::Mutex<Vec<String>>,
-    /// The replicas that froze the old head.
-    froze: std::sync::Mutex<Vec<String>>,
-}
-
-/// How long one server may take for one barrier step.
-const BARRIER_STEP_TIMEOUT: Duration = Duration::from_secs(3);
-
-impl Barrier {
-    fn new(app: &AppState, state: &StateView, v: &VolumeRecord) -> Self {
-        let api = |id: &ServerId| state.servers.get(id).map(|s| s.api_addr.clone());
-        let mut ids: Vec<ServerId> = state
-            .clusters
-            .get(&v.cluster)
-            .map(|c| c.servers.clone())
-            .unwrap_or_default();
-        ids.extend(
-            v.servers
-                .iter()
-                .filter(|s| !ids.contains(s))
-                .copied()
-                .collect::<Vec<_>>(),
-        );
-        Self {
-            http: app.http.clone(),
-            id: rand::random(),
-            volume: v.id,
-            servers: ids.iter().filter_map(api).collect(),
-            replicas: v.servers.iter().filter_map(api).collect(),
-            paused: std::sync::Mutex::new(Vec::new()),
-            froze: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Runs `step` on every server of `urls` at once; returns the ones that did it.
-    async fn step(&self, urls: &[String], step: &str, query: String) -> Vec<String> {
-        let calls = urls.iter().map(|base| {
-            let url = format!("{base}/internal/v1/barrier/{}/{step}?{query}", self.id);
-            let http = self.http.clone();
-            async move {
-                let res = http
-                    .post(&url)
-                    .timeout(BARRIER_STEP_TIMEOUT)
-                    .send()
-                    .await
-                    .and_then(|r| r.error_for_status());
-                match res {
-                    Ok(_) => Some(base.clone()),
-                    Err(e) => {
-                        tracing::warn!(server = %base, step, error = %e, "snapshot barrier step failed; that server is fenced instead");
-                        None
-                    }
-                }
-            }
-        });
-        join_all(calls).await.into_iter().flatten().collect()
-    }
-
-    /// Makes the snapshot durable on every replica; a replica that cannot is an error (the
-    /// snapshot exists, but this request cannot promise its content survives a crash there).
-    /// Only the replicas that froze are asked: one that was unreachable takes the snapshot
-    /// from the management state when it returns, and is resynced.
-    async fn persist(&self) -> Result<(), ApiError> {
-        let froze = std::mem::take(&mut *self.froze.lock().unwrap_or_else(|e| e.into_inner()));
-        let done = self
-            .step(&froze, "persist", format!("volume={}", self.volume))
-            .await;
-        if done.len() < froze.len() {
-            return Err(ApiError::unavailable(format!(
-                "the snapshot was taken but {} of {} servers holding the volume could not make it durable yet; they will when they next flush",
-                froze.len() - done.len(),
-                froze.len()
-            )));
-        }
-        Ok(())
-    }
-
-    async fn pause(&self) {
-        let done = self
-            .step(&self.servers, "pause", format!("volume={}", self.volume))
-            .await;
-        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = done;
-    }
-
-    async fn freeze(&self, head: LayerId) {
-        let query = format!("volume={}&head={head}", self.volume);
-        let done = self.step(&self.replicas, "freeze", query).await;
-        *self.froze.lock().unwrap_or_else(|e| e.into_inner()) = done;
-    }
-
-    async fn release(&self) {
-        let paused = std::mem::take(&mut *self.paused.lock().unwrap_or_else(|e| e.into_inner()));
-        self.step(&paused, "release", String::new()).await;
     }
 }
 

@@ -1,0 +1,114 @@
+//! Migration: moving a volume to a new layout (its `target`) online, e.g. off a server that is
+//! being removed from its cluster.
+//!
+//! While a migration runs, each chunk's replicas are those of both layouts
+//! ([`crate::VolumeView::replicas_of`]); a server that gains a chunk gets its writes but is not
+//! read from. The copying is the resync path's: missed marks, held by the current replicas.
+//!
+//! 1. **Seeding.** Every in-sync server of the current layout records, under its replica gate,
+//!    a mark for each (layer, chunk) it holds and each server that gains the chunk, flushes the
+//!    marks, and reports it in the management group ([`crate::Control::migration_seeded`]). From
+//!    the moment it applied the migration, its replica side also marks every write it takes for
+//!    the gaining servers, whatever the gateway knew; so no chunk is missed.
+//! 2. **Copying.** [`crate::resync`] copies marked chunks to the gaining servers.
+//! 3. **Finishing.** One server of the target layout (the lowest id) watches: once every seeder
+//!    has seeded, no server of the target is stale and no in-sync server holds marks for a
+//!    target server, it asks the leader to finish ([`crate::Control::finish_migration`]). The
+//!    leader does so under a barrier (gateways paused, marks counted again), so no write is in
+//!    flight when the target becomes the layout; servers that left it then drop their copies.
+
+use std::sync::Arc;
+use std::time::Duration;
+use strata_types::ServerId;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::view::VolumeView;
+
+/// How often the loop looks for work.
+const PASS_EVERY: Duration = Duration::from_millis(500);
+
+/// Runs migration passes until `shutdown`.
+pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PASS_EVERY) => {}
+        }
+        let topology = engine.topology();
+        for view in topology.volumes.values() {
+            let Some(target) = &view.target else {
+                continue;
+            };
+            if let Err(e) = step(&engine, view, target).await {
+                tracing::warn!(volume = %view.name, error = %e, "migration step failed; retrying");
+            }
+        }
+    }
+}
+
+async fn step(engine: &Arc<Engine>, view: &VolumeView, target: &[ServerId]) -> Result<(), String> {
+    let me = engine.me();
+    if view.seeders.contains(&me) && !view.seeded.contains(&me) {
+        let marked = seed(engine, view).await?;
+        engine.control().migration_seeded(view.id, target).await?;
+        tracing::info!(volume = %view.name, marked, "migration seeded: chunks to copy recorded");
+    }
+    if target.iter().min() == Some(&me) && ready(engine, view, target).await? {
+        engine.control().finish_migration(view.id, target).await?;
+        tracing::info!(volume = %view.name, "migration finished");
+    }
+    Ok(())
+}
+
+/// Records a mark for every (layer, chunk) this server holds a current copy of and each server
+/// that gains the chunk; returns how many.
+pub async fn seed(engine: &Arc<Engine>, view: &VolumeView) -> Result<u64, String> {
+    let (engine, volume) = (engine.clone(), view.id);
+    tokio::task::spawn_blocking(move || {
+        let gate = engine.replica_gate(volume);
+        let held = gate.write();
+        // The view under the gate: writes from now on see it and mark for themselves.
+        let view = engine
+            .view(volume)
+            .ok_or_else(|| "the volume was deleted".to_string())?;
+        let me = engine.me();
+        let store = engine.store();
+        let mut marked = 0;
+        for (layer, chunk) in store.touched_chunks(volume).map_err(|e| e.to_string())? {
+            if !view.current(me, chunk) || !view.replicas_of(chunk).contains(&me) {
+                continue;
+            }
+            for server in view.gaining(chunk) {
+                store
+                    .record_missed(volume, layer, chunk, server)
+                    .map_err(|e| e.to_string())?;
+                marked += 1;
+            }
+        }
+        drop(held);
+        store.flush(volume).map_err(|e| e.to_string())?;
+        Ok(marked)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Whether the migration to `target` may finish: every seeder seeded, no target server is
+/// stale, and no in-sync server holds marks for a target server.
+async fn ready(engine: &Arc<Engine>, view: &VolumeView, target: &[ServerId]) -> Result<bool, String> {
+    if view.seeders.iter().any(|s| !view.seeded.contains(s))
+        || target.iter().any(|s| !view.in_sync(*s))
+    {
+        return Ok(false);
+    }
+    let holders = view.layout.iter().chain(target).filter(|s| view.in_sync(**s));
+    for at in holders {
+        for server in target {
+            if engine.control().missed_at(*at, view.id, *server).await? > 0 {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
