@@ -472,6 +472,12 @@ impl GatewayDevice {
         let (results, local) = tokio::join!(join_all(flushes), local);
         local.map_err(io)?;
         for ((server, chunks), (_, res)) in written.iter().zip(results) {
+            if res.is_err() && !self.view()?.holds(*server) {
+                // A migration took the server out of the layout after these writes: the new
+                // layout's replicas got them too, or copies of them, under the final barrier.
+                self.links.lock().remove(server);
+                continue;
+            }
             match res {
                 Ok(_) => {
                     if let Some(l) = self.links.lock().get_mut(server) {

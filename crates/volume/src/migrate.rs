@@ -12,10 +12,12 @@
 //!    the gaining servers, whatever the gateway knew; so no chunk is missed.
 //! 2. **Copying.** [`crate::resync`] copies marked chunks to the gaining servers.
 //! 3. **Finishing.** One server of the target layout (the lowest id) watches: once every seeder
-//!    has seeded, no server of the target is stale and no in-sync server holds marks for a
-//!    target server, it asks the leader to finish ([`crate::Control::finish_migration`]). The
-//!    leader does so under a barrier (gateways paused, marks counted again), so no write is in
-//!    flight when the target becomes the layout; servers that left it then drop their copies.
+//!    has seeded, no server of the target is stale and the in-sync servers hold at most
+//!    [`FINISH_BELOW`] marks for target servers (writes keep recording new ones while clients
+//!    write), it asks the leader to finish ([`crate::Control::finish_migration`]). The leader
+//!    does so under a barrier: the gateways hold their writes, the holders copy the last marked
+//!    chunks ([`crate::resync::drain`]), the target becomes the layout, and only then are the
+//!    writes let go. Servers that left the layout drop their copies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,9 @@ use crate::view::VolumeView;
 
 /// How often the loop looks for work.
 const PASS_EVERY: Duration = Duration::from_millis(500);
+/// The most chunk-layers left to copy when the end of a migration is asked for: they are
+/// copied while writes are held, so this bounds that pause.
+pub const FINISH_BELOW: u64 = 16;
 
 /// Runs migration passes until `shutdown`.
 pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) {
@@ -95,20 +100,21 @@ pub async fn seed(engine: &Arc<Engine>, view: &VolumeView) -> Result<u64, String
 }
 
 /// Whether the migration to `target` may finish: every seeder seeded, no target server is
-/// stale, and no in-sync server holds marks for a target server.
+/// stale, and the in-sync servers hold at most [`FINISH_BELOW`] marks for target servers.
 async fn ready(engine: &Arc<Engine>, view: &VolumeView, target: &[ServerId]) -> Result<bool, String> {
     if view.seeders.iter().any(|s| !view.seeded.contains(s))
         || target.iter().any(|s| !view.in_sync(*s))
     {
+        tracing::debug!(volume = %view.name, seeders = ?view.seeders, seeded = ?view.seeded, stale = ?view.stale, "migration waits for seeding or resync");
         return Ok(false);
     }
     let holders = view.layout.iter().chain(target).filter(|s| view.in_sync(**s));
+    let mut left = 0;
     for at in holders {
         for server in target {
-            if engine.control().missed_at(*at, view.id, *server).await? > 0 {
-                return Ok(false);
-            }
+            left += engine.control().missed_at(*at, view.id, *server).await?;
         }
     }
-    Ok(true)
+    tracing::debug!(volume = %view.name, left, "migration: chunk-layers left to copy");
+    Ok(left <= FINISH_BELOW)
 }

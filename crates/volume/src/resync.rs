@@ -178,6 +178,28 @@ async fn pass(
     Ok(())
 }
 
+/// Copies now every chunk this server holds marks for towards one of `servers`, and returns
+/// how many such marks are left (some may have been recorded again meanwhile). The end of a
+/// migration runs this while the gateways hold their writes, so nothing is left then.
+pub async fn drain(
+    engine: &Arc<Engine>,
+    view: &VolumeView,
+    servers: &[ServerId],
+) -> Result<u64, String> {
+    if !view.in_sync(engine.me()) {
+        return Ok(0); // a stale server's marks are not copied; the in-sync ones hold the same
+    }
+    for mark in marks(engine, view.id).await? {
+        if servers.contains(&mark.server) {
+            copy_mark(engine, view, &mark).await?;
+            clear(engine, view.id, mark).await?;
+            engine.resync.copied(view.id, mark.server);
+        }
+    }
+    let left = marks(engine, view.id).await?;
+    Ok(left.iter().filter(|m| servers.contains(&m.server)).count() as u64)
+}
+
 /// This server's own marks: its copy of those chunks took writes that failed elsewhere. It
 /// marks itself stale (so nobody reads from it meanwhile), then copies the chunks back from an
 /// in-sync replica.

@@ -121,6 +121,24 @@ impl Barrier {
         missing
     }
 
+    /// Has each of `holders` copy the chunks it holds marks for towards `servers`, with writes
+    /// held; returns whether all of them did and none is left.
+    pub(crate) async fn drain(
+        &self,
+        state: &StateView,
+        holders: &[ServerId],
+        servers: &[ServerId],
+    ) -> bool {
+        let urls: Vec<String> = holders
+            .iter()
+            .filter_map(|s| state.servers.get(s).map(|r| r.api_addr.clone()))
+            .collect();
+        let ids: Vec<String> = servers.iter().map(ToString::to_string).collect();
+        let query = format!("volume={}&servers={}", self.volume, ids.join(","));
+        let done = self.step(&urls, "drain", query).await;
+        done.len() == urls.len() && urls.len() == holders.len()
+    }
+
     /// Waits until every paused server has applied the end of the volume's migration.
     pub(crate) async fn settle(&self) {
         let paused = self.paused.lock().unwrap_or_else(|e| e.into_inner()).clone();

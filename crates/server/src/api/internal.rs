@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use strata_api_types::{LocalVolume, MarkReplica, MigrationStep, MissedSummary, Range};
 use strata_meta::Command;
-use strata_types::{LayerId, VolumeId};
+use strata_types::{LayerId, ServerId, VolumeId};
 
 /// The routes under `/internal/v1`.
 pub fn router() -> Router<AppState> {
@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/internal/v1/barrier/{barrier}/freeze", post(freeze))
         .route("/internal/v1/barrier/{barrier}/release", post(release))
         .route("/internal/v1/barrier/{barrier}/settle", post(settle))
+        .route("/internal/v1/barrier/{barrier}/drain", post(drain))
 }
 
 /// `POST /v1/internal/volumes/{id}/stale`: a gateway could not write to a replica.
@@ -112,20 +113,17 @@ pub async fn finish_migration(
                 "the gateway at {m} did not hold its writes; the migration finishes once it does"
             )));
         }
-        let holders = v
+        let holders: Vec<ServerId> = v
             .servers
             .iter()
             .chain(&req.target)
-            .filter(|s| !v.stale.contains(s));
-        for at in holders {
-            let marks = crate::control::missed_at(&app.http, &state, *at, id)
-                .await
-                .map_err(ApiError::unavailable)?;
-            if marks.iter().any(|m| req.target.contains(&m.server) && m.remaining > 0) {
-                return Err(ApiError::unavailable(
-                    "chunks are still being copied; the migration finishes once they are",
-                ));
-            }
+            .filter(|s| !v.stale.contains(s))
+            .copied()
+            .collect();
+        if !barrier.drain(&state, &holders, &req.target).await {
+            return Err(ApiError::unavailable(
+                "some chunks could not be copied while writes were held; the migration finishes on a later try",
+            ));
         }
         app.meta
             .write(Command::FinishMigration {
@@ -307,6 +305,41 @@ async fn settle(
         .await
         .map_err(|_| ApiError::unavailable("the new layout did not reach this server in time"))?;
     app.apply_to_store().await?;
+    Ok(Json(()))
+}
+
+/// Query of the drain step: the volume and the servers whose marks to copy.
+#[derive(Debug, Deserialize)]
+struct DrainQuery {
+    volume: VolumeId,
+    /// Comma-separated server ids.
+    servers: String,
+}
+
+/// `POST /internal/v1/barrier/{barrier}/drain?volume=&servers=`: with writes held, copy every
+/// chunk this server holds marks for towards those servers; fails if some are left.
+async fn drain(
+    State(app): State<AppState>,
+    Path(_barrier): Path<u64>,
+    Query(q): Query<DrainQuery>,
+) -> Result<Json<()>, ApiError> {
+    let servers = q
+        .servers
+        .split(',')
+        .map(|s| s.parse::<ServerId>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request(format!("bad server id: {e}")))?;
+    let Some(view) = app.engine.view(q.volume) else {
+        return Ok(Json(()));
+    };
+    let left = strata_volume::resync::drain(&app.engine, &view, &servers)
+        .await
+        .map_err(ApiError::unavailable)?;
+    if left > 0 {
+        return Err(ApiError::unavailable(format!(
+            "{left} chunk-layer(s) were written again while being copied"
+        )));
+    }
     Ok(Json(()))
 }
 

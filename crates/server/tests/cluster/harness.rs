@@ -191,6 +191,14 @@ impl Group {
     /// Starts `n` servers `s1..sn`: `s1` bootstraps, each later one joins through the one before
     /// it (so joins are forwarded to the leader).
     pub async fn start(n: usize) -> Group {
+        // Server logs, shown for a failed test; `RUST_LOG` picks the level (default: warnings).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let tmp = tempfile::tempdir().expect("temp dir");
         let links = Arc::new(Links::default());
         let mut nodes: Vec<Node> = Vec::new();

@@ -1,0 +1,205 @@
+//! Taking a server out of a cluster moves its data away online: the volume migrates to a layout
+//! without it while clients keep writing, every chunk ends up on its new replicas, and the
+//! server leaves the cluster and drops its copy. A dead server is replaced the same way, its
+//! chunks rebuilt from the surviving replicas.
+
+use crate::harness::Group;
+use crate::nbd_client::NbdClient;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+const CHUNK: u64 = 4 * MIB;
+/// Chunks written in each test.
+const CHUNKS: u64 = 32;
+/// Bytes written at the start of each chunk.
+const PIECE: usize = 16384;
+
+fn connect(addr: &str, export: &str) -> NbdClient {
+    for _ in 0..100 {
+        if let Ok(c) = NbdClient::connect(addr, export) {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    NbdClient::connect(addr, export).expect("connect to export")
+}
+
+/// The content of chunk `chunk` after its `version`th write.
+fn content(chunk: u64, version: u64) -> Vec<u8> {
+    let mut v = vec![(chunk * 7 + version * 13) as u8 + 1; PIECE];
+    v[..8].copy_from_slice(&version.to_le_bytes());
+    v
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// Writes version 0 of every chunk through server `i`.
+async fn fill(g: &Group, i: usize, volume: &'static str) {
+    let addr = g.nbd(i);
+    blocking(move || {
+        let mut c = connect(&addr, volume);
+        for chunk in 0..CHUNKS {
+            assert_eq!(c.write(chunk * CHUNK, &content(chunk, 0), false).unwrap(), 0);
+        }
+        assert_eq!(c.flush().unwrap(), 0);
+        c.disconnect();
+    })
+    .await;
+}
+
+/// Rewrites chunks round-robin through server `i` until `stop`, each write acknowledged
+/// before the next; returns the last version of each chunk.
+fn keep_writing(addr: String, volume: &'static str, stop: Arc<AtomicBool>) -> Vec<u64> {
+    let mut c = connect(&addr, volume);
+    let mut versions = vec![0u64; CHUNKS as usize];
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let chunk = n % CHUNKS;
+        let version = versions[chunk as usize] + 1;
+        let errno = c.write(chunk * CHUNK, &content(chunk, version), false).unwrap();
+        assert_eq!(errno, 0, "write {n} (chunk {chunk}) failed during the migration");
+        versions[chunk as usize] = version;
+        n += 1;
+        if n % 16 == 0 {
+            assert_eq!(c.flush().unwrap(), 0, "flush during the migration");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert_eq!(c.flush().unwrap(), 0);
+    c.disconnect();
+    assert!(n > CHUNKS, "the writer made progress during the migration: {n} writes");
+    versions
+}
+
+/// Reads every chunk through server `i` and checks it holds its last version.
+async fn check_content(g: &Group, i: usize, volume: &'static str, versions: Vec<u64>) {
+    let addr = g.nbd(i);
+    blocking(move || {
+        let mut c = connect(&addr, volume);
+        for chunk in 0..CHUNKS {
+            let got = c.read(chunk * CHUNK, PIECE as u32).unwrap().unwrap();
+            let version = versions[chunk as usize];
+            assert!(
+                got == content(chunk, version),
+                "chunk {chunk}: expected version {version}, read version {:?}",
+                u64::from_le_bytes(got[..8].try_into().unwrap())
+            );
+        }
+    })
+    .await;
+}
+
+/// Starts removing server `name` from `default` through server 0; returns the cluster record.
+async fn remove(g: &Group, name: &str) -> Value {
+    let path = format!("/v1/clusters/default/servers/{name}");
+    let (status, body) = g.call(0, Method::DELETE, &path, None).await;
+    assert_eq!(status, 200, "remove {name}: {body}");
+    body
+}
+
+/// Waits until server `name` has left `default` (its data has moved away).
+async fn wait_left(g: &Group, name: &str) -> Value {
+    g.wait_for(0, "/v1/clusters/default", "the server leaves", |c| {
+        !c["servers"].as_array().unwrap().iter().any(|s| s == name)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_a_server_moves_its_data_away_while_clients_write() {
+    let g = Group::start(4).await;
+    g.three_managers().await;
+    g.one_cluster().await;
+    let vol = g.create_volume("mv", CHUNKS * CHUNK, 2).await;
+    let id = vol["id"].as_str().unwrap().to_string();
+    fill(&g, 0, "mv").await;
+    let local = format!("/internal/v1/volumes/{id}/local");
+    let used = |i: usize| {
+        let (g, local) = (&g, &local);
+        async move { g.get(i, local).await["used_bytes"].as_u64().unwrap() }
+    };
+    assert!(used(3).await > 0, "s4 holds chunks before it leaves");
+    let snap = g
+        .post(1, "/v1/volumes/mv/snapshots", json!({"name": "before"}))
+        .await;
+    assert_eq!(snap.0, 201, "{}", snap.1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (addr, stop) = (g.nbd(1), stop.clone());
+        tokio::task::spawn_blocking(move || keep_writing(addr, "mv", stop))
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = remove(&g, "s4").await;
+    assert_eq!(started["leaving"], json!(["s4"]), "{started}");
+    let moving = g.get(2, "/v1/volumes/mv").await;
+    assert_eq!(moving["target_servers"], json!(["s1", "s2", "s3"]), "{moving}");
+    // New volumes avoid a leaving server.
+    let other = g.create_volume("other", 8 * MIB, 2).await;
+    assert_eq!(other["servers"], json!(["s1", "s2", "s3"]), "{other}");
+    let left = wait_left(&g, "s4").await;
+    assert!(left["leaving"].as_array().unwrap().is_empty(), "{left}");
+    stop.store(true, Ordering::Relaxed);
+    let versions = writer.await.expect("writer");
+
+    let shown = g.wait_status(0, "mv", "healthy").await;
+    assert_eq!(shown["servers"], json!(["s1", "s2", "s3"]), "{shown}");
+    assert!(shown.get("target_servers").is_none(), "{shown}");
+    check_content(&g, 2, "mv", versions).await;
+    for target in ["mv", "mv@before"] {
+        let report = g.verify(0, target, false).await;
+        assert_eq!(report["chunks"], CHUNKS, "{target}: {report}");
+        assert_eq!(report["mismatches"], json!([]), "{target}: {report}");
+    }
+    let addr = g.nbd(2);
+    blocking(move || {
+        let mut c = connect(&addr, "mv@before");
+        for chunk in 0..CHUNKS {
+            let got = c.read(chunk * CHUNK, PIECE as u32).unwrap().unwrap();
+            assert!(got == content(chunk, 0), "snapshot chunk {chunk}");
+        }
+    })
+    .await;
+    // s4 dropped its copy once the others held every chunk.
+    assert_eq!(used(3).await, 0, "s4 still holds data of the volume");
+    g.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_server_is_replaced_by_rebuilding_its_chunks_on_the_others() {
+    let mut g = Group::start(4).await;
+    g.three_managers().await;
+    g.one_cluster().await;
+    g.create_volume("rb", CHUNKS * CHUNK, 2).await;
+    fill(&g, 0, "rb").await;
+    g.kill(3).await;
+    // Writes go on without s4 (it becomes stale), then it is taken out for good.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (addr, stop) = (g.nbd(0), stop.clone());
+        tokio::task::spawn_blocking(move || keep_writing(addr, "rb", stop))
+    };
+    g.wait_status(1, "rb", "degraded").await;
+    remove(&g, "s4").await;
+    wait_left(&g, "s4").await;
+    stop.store(true, Ordering::Relaxed);
+    let versions = writer.await.expect("writer");
+
+    let shown = g.wait_status(1, "rb", "healthy").await;
+    assert_eq!(shown["servers"], json!(["s1", "s2", "s3"]), "{shown}");
+    assert_eq!(shown["stale_servers"], json!([]), "{shown}");
+    check_content(&g, 2, "rb", versions.clone()).await;
+    let report = g.verify(1, "rb", false).await;
+    assert_eq!(report["chunks"], CHUNKS, "{report}");
+    assert_eq!(report["mismatches"], json!([]), "{report}");
+    // Every chunk has two copies again: killing any one more server loses nothing.
+    g.kill(2).await;
+    check_content(&g, 0, "rb", versions).await;
+    g.stop().await;
+}
