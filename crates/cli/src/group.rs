@@ -109,7 +109,7 @@ async fn wait_until_left(api: &Client, name: &str, server: &str) -> Result<Clust
         if !c.servers.iter().any(|s| s == server) {
             return Ok(c);
         }
-        if polls % LEAVE_REPORT_EVERY == 0 {
+        if polls.is_multiple_of(LEAVE_REPORT_EVERY) {
             let volumes: Vec<VolumeInfo> = api.get("/v1/volumes").await?;
             let moving: Vec<String> = volumes
                 .iter()

@@ -157,7 +157,9 @@ fn servers_holding_volume_chunks_do_not_move_to_another_cluster() {
     )
     .expect("add");
     let out = apply_command(&mut st, remove(ids[3])).expect("not in any layout");
-    assert!(matches!(out, CommandOutput::Cluster(c) if c.leaving.is_empty() && c.servers.len() == 3));
+    assert!(
+        matches!(out, CommandOutput::Cluster(c) if c.leaving.is_empty() && c.servers.len() == 3)
+    );
 }
 
 #[test]
@@ -172,7 +174,11 @@ fn removing_a_server_migrates_its_volumes_then_it_leaves() {
     // `w` has 3 replicas and would keep 2 servers.
     assert!(matches!(
         refused(&mut st, remove(ids[0])),
-        CommandError::TooFewServers { replicas: 3, left: 2, .. }
+        CommandError::TooFewServers {
+            replicas: 3,
+            left: 2,
+            ..
+        }
     ));
     apply_command(&mut st, Command::DeleteVolume { name: name("w") }).expect("delete");
     apply_command(&mut st, remove(ids[0])).expect("starts the migration");
@@ -211,7 +217,10 @@ fn removing_a_server_migrates_its_volumes_then_it_leaves() {
     ));
     apply_command(&mut st, finish(&ids[1..3])).expect("finish");
     let v = &st.volumes[&name("v")];
-    assert_eq!((v.servers.clone(), v.target.clone()), (ids[1..3].to_vec(), None));
+    assert_eq!(
+        (v.servers.clone(), v.target.clone()),
+        (ids[1..3].to_vec(), None)
+    );
     assert!(v.seeded.is_empty());
     // No volume holds the server any more: it has left the cluster.
     assert_eq!(servers_of(&st, "default"), vec![ids[1], ids[2]]);
@@ -253,7 +262,10 @@ fn a_second_removal_retargets_the_running_migration() {
         reporter: ids[3],
     };
     apply_command(&mut st, stale).expect("stale");
-    assert_eq!(st.volumes[&name("v")].seeders(), vec![ids[0], ids[1], ids[3]]);
+    assert_eq!(
+        st.volumes[&name("v")].seeders(),
+        vec![ids[0], ids[1], ids[3]]
+    );
     // Two servers left for two replicas: a third removal is refused.
     assert!(matches!(
         refused(&mut st, remove(ids[2])),

@@ -22,6 +22,9 @@ use crate::Control;
 /// How long a held barrier may stay held if the leader never releases it.
 const BARRIER_MAX_HOLD: Duration = Duration::from_secs(10);
 
+/// Stripes of the per-chunk locks used while volumes migrate.
+const CHUNK_LOCKS: usize = 1024;
+
 /// A peer that failed within this long is tried last for reads.
 const DOWN_MEMORY: Duration = Duration::from_secs(2);
 
@@ -34,7 +37,7 @@ pub struct Engine {
     topology: RwLock<Arc<Topology>>,
     version: watch::Sender<u64>,
     gates: Mutex<HashMap<VolumeId, Arc<AsyncRwLock<()>>>>,
-    replica_gates: Mutex<HashMap<VolumeId, Arc<RwLock<()>>>>,
+    chunk_locks: Box<[tokio::sync::Mutex<()>]>,
     held: Mutex<HashMap<u64, Vec<OwnedRwLockWriteGuard<()>>>>,
     down: Mutex<HashMap<ServerId, Instant>>,
     /// Resync progress of this server's copies to stale replicas.
@@ -64,7 +67,9 @@ impl Engine {
             topology: RwLock::new(Arc::new(Topology::default())),
             version: watch::channel(0).0,
             gates: Mutex::new(HashMap::new()),
-            replica_gates: Mutex::new(HashMap::new()),
+            chunk_locks: (0..CHUNK_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             held: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
             resync: crate::resync::Tracker::default(),
@@ -189,11 +194,17 @@ impl Engine {
         self.gates.lock().entry(volume).or_default().clone()
     }
 
-    /// The replica-side gate of `volume`: writes to this server's copy hold its read side
-    /// (from reading the view to recording their marks), and seeding a migration takes the
-    /// write side, so every write is either seen by the seeding or sees the migration.
-    pub(crate) fn replica_gate(&self, volume: VolumeId) -> Arc<RwLock<()>> {
-        self.replica_gates.lock().entry(volume).or_default().clone()
+    /// The lock of `chunk` of `volume` on this server (one of a fixed set of stripes): held by
+    /// a migration's copy of the chunk and by writes to it while the volume migrates.
+    pub(crate) async fn lock_chunk(
+        &self,
+        volume: VolumeId,
+        chunk: u64,
+    ) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&(volume, chunk), &mut h);
+        let stripe = std::hash::Hasher::finish(&h) as usize % self.chunk_locks.len();
+        self.chunk_locks[stripe].lock().await
     }
 
     /// Snapshot barrier, step 1 on this server: holds new writes of `volume` through this

@@ -286,6 +286,41 @@ impl GatewayDevice {
         }
     }
 
+    /// Applies `change`, already on the `current` replicas, to `server`, which a migration is
+    /// copying the chunk to. Only after the current replicas: a copy of the chunk to `server`
+    /// holds the chunk's lock on the copying replica, so a write reaches `server` either after
+    /// the copy or in its image, never before it to be overwritten. If `server` does not take
+    /// it, the current replicas record the chunk as missed by it, and it is copied again.
+    async fn copy_to_gaining(
+        &self,
+        server: ServerId,
+        current: &[ServerId],
+        head: LayerId,
+        offset: u64,
+        change: Change,
+        fua: bool,
+    ) -> Result<(), IoError> {
+        let Err(e) = self
+            .send_change(server, head, offset, change, fua, Vec::new())
+            .await
+        else {
+            return Ok(());
+        };
+        tracing::debug!(volume = %self.volume, %server, error = %e, "write to a server gaining the chunk failed; marking it");
+        let marks = current.iter().map(|r| {
+            let mark = Change::Write(Bytes::new());
+            self.send_change(*r, head, offset, mark, false, vec![server])
+        });
+        for r in join_all(marks).await {
+            r.map_err(|e| {
+                IoError::Io(format!(
+                    "could not record that server {server} missed a write during the migration: {e}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Applies `change` to one chunk on all its replicas.
     async fn change_piece(&self, offset: u64, change: Change, fua: bool) -> Result<(), IoError> {
         let chunk = offset / CHUNK_SIZE;
@@ -295,7 +330,18 @@ impl GatewayDevice {
             let head = view
                 .head()
                 .ok_or_else(|| IoError::Io("the volume has no head layer".into()))?;
-            let replicas = view.replicas_of(chunk);
+            // Servers a migration is copying the chunk to get the write after the current
+            // replicas (see `copy_to_gaining`); stale ones at once, best effort.
+            let gaining: Vec<ServerId> = view
+                .gaining(chunk)
+                .into_iter()
+                .filter(|g| view.in_sync(*g))
+                .collect();
+            let replicas: Vec<ServerId> = view
+                .replicas_of(chunk)
+                .into_iter()
+                .filter(|r| !gaining.contains(r))
+                .collect();
             let stale: Vec<ServerId> = replicas
                 .iter()
                 .copied()
@@ -365,6 +411,15 @@ impl GatewayDevice {
                 return Err(IoError::Io(format!(
                     "no in-sync replica of chunk {chunk} is reachable"
                 )));
+            }
+            let current: Vec<ServerId> = targets
+                .iter()
+                .copied()
+                .filter(|r| view.current(*r, chunk))
+                .collect();
+            for g in gaining {
+                self.copy_to_gaining(g, &current, head, offset, change.clone(), fua)
+                    .await?;
             }
             return Ok(());
         }

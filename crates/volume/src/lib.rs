@@ -52,8 +52,7 @@ pub trait Control: Send + Sync + 'static {
     /// Commits that this server has seeded the migration of `volume` to `target`.
     async fn migration_seeded(&self, volume: VolumeId, target: &[ServerId]) -> Result<(), String>;
     /// Asks the leader to finish the migration of `volume` to `target` (under a barrier).
-    async fn finish_migration(&self, volume: VolumeId, target: &[ServerId])
-        -> Result<(), String>;
+    async fn finish_migration(&self, volume: VolumeId, target: &[ServerId]) -> Result<(), String>;
     /// How many chunks of `volume` server `at` records as missed by `server`.
     async fn missed_at(
         &self,

@@ -5,12 +5,17 @@
 //! ([`crate::VolumeView::replicas_of`]); a server that gains a chunk gets its writes but is not
 //! read from. The copying is the resync path's: missed marks, held by the current replicas.
 //!
-//! 1. **Seeding.** Every in-sync server of the current layout records, under its replica gate,
-//!    a mark for each (layer, chunk) it holds and each server that gains the chunk, flushes the
-//!    marks, and reports it in the management group ([`crate::Control::migration_seeded`]). From
-//!    the moment it applied the migration, its replica side also marks every write it takes for
-//!    the gaining servers, whatever the gateway knew; so no chunk is missed.
-//! 2. **Copying.** [`crate::resync`] copies marked chunks to the gaining servers.
+//! 0. **Start.** The migration is committed under a barrier (every gateway holds its writes
+//!    and applies it before going on), so from then on every write reaches the gaining
+//!    servers too: after the current replicas, and if a gaining server does not take it, the
+//!    current replicas record it as missed.
+//! 1. **Seeding.** Every in-sync server of the current layout records a mark for each (layer,
+//!    chunk) it holds and each server that gains the chunk, flushes the marks, and reports it in
+//!    the management group ([`crate::Control::migration_seeded`]).
+//! 2. **Copying.** [`crate::resync`] copies marked chunks to the gaining servers, each under
+//!    the chunk's lock on the copying server, which writes to the chunk also take: a write
+//!    reaches a gaining server after the copy or is in its image. So a copied chunk stays
+//!    current without further marks, and the copying converges while clients write.
 //! 3. **Finishing.** One server of the target layout (the lowest id) watches: once every seeder
 //!    has seeded, no server of the target is stale and the in-sync servers hold at most
 //!    [`FINISH_BELOW`] marks for target servers (writes keep recording new ones while clients
@@ -71,9 +76,6 @@ async fn step(engine: &Arc<Engine>, view: &VolumeView, target: &[ServerId]) -> R
 pub async fn seed(engine: &Arc<Engine>, view: &VolumeView) -> Result<u64, String> {
     let (engine, volume) = (engine.clone(), view.id);
     tokio::task::spawn_blocking(move || {
-        let gate = engine.replica_gate(volume);
-        let held = gate.write();
-        // The view under the gate: writes from now on see it and mark for themselves.
         let view = engine
             .view(volume)
             .ok_or_else(|| "the volume was deleted".to_string())?;
@@ -91,7 +93,6 @@ pub async fn seed(engine: &Arc<Engine>, view: &VolumeView) -> Result<u64, String
                 marked += 1;
             }
         }
-        drop(held);
         store.flush(volume).map_err(|e| e.to_string())?;
         Ok(marked)
     })
@@ -101,14 +102,22 @@ pub async fn seed(engine: &Arc<Engine>, view: &VolumeView) -> Result<u64, String
 
 /// Whether the migration to `target` may finish: every seeder seeded, no target server is
 /// stale, and the in-sync servers hold at most [`FINISH_BELOW`] marks for target servers.
-async fn ready(engine: &Arc<Engine>, view: &VolumeView, target: &[ServerId]) -> Result<bool, String> {
+async fn ready(
+    engine: &Arc<Engine>,
+    view: &VolumeView,
+    target: &[ServerId],
+) -> Result<bool, String> {
     if view.seeders.iter().any(|s| !view.seeded.contains(s))
         || target.iter().any(|s| !view.in_sync(*s))
     {
         tracing::debug!(volume = %view.name, seeders = ?view.seeders, seeded = ?view.seeded, stale = ?view.stale, "migration waits for seeding or resync");
         return Ok(false);
     }
-    let holders = view.layout.iter().chain(target).filter(|s| view.in_sync(**s));
+    let holders = view
+        .layout
+        .iter()
+        .chain(target)
+        .filter(|s| view.in_sync(**s));
     let mut left = 0;
     for at in holders {
         for server in target {

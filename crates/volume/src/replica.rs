@@ -107,10 +107,8 @@ fn check_head(engine: &Engine, volume: VolumeId, layer: LayerId) -> Result<(), R
     }
 }
 
-/// Records that each of `missed` missed writes to the chunk at `offset` of `layer`, and so did
-/// every server that a running migration is copying the chunk to, if this server holds a
-/// current copy of it (whatever the gateway's view: it may not know of the migration yet).
-/// Called with the replica gate held. Returns whether it recorded any mark.
+/// Records that each of `missed` missed writes to the chunk at `offset` of `layer`; returns
+/// whether there were any.
 fn record_missed(
     engine: &Engine,
     volume: VolumeId,
@@ -118,20 +116,28 @@ fn record_missed(
     offset: u64,
     missed: &[ServerId],
 ) -> Result<bool, ReplicaError> {
-    let chunk = offset / CHUNK_SIZE;
-    let mut all = missed.to_vec();
-    if let Some(view) = engine.view(volume) {
-        let me = engine.me();
-        if view.current(me, chunk) && view.replicas_of(chunk).contains(&me) {
-            all.extend(view.gaining(chunk).into_iter().filter(|g| !missed.contains(g)));
-        }
-    }
-    for server in &all {
+    for server in missed {
         engine
             .store()
-            .record_missed(volume, layer, chunk, *server)?;
+            .record_missed(volume, layer, offset / CHUNK_SIZE, *server)?;
     }
-    Ok(!all.is_empty())
+    Ok(!missed.is_empty())
+}
+
+/// While `volume` migrates, the lock of the chunk at `offset`: a copy of the chunk to a server
+/// that gains it holds it (see [`crate::resync`]), so a write lands here before or after the
+/// copy, never during it.
+async fn migrating_chunk_lock(
+    engine: &Engine,
+    volume: VolumeId,
+    offset: u64,
+) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    let migrating = engine.view(volume).is_some_and(|v| v.target.is_some());
+    if migrating {
+        Some(engine.lock_chunk(volume, offset / CHUNK_SIZE).await)
+    } else {
+        None
+    }
 }
 
 /// Writes `data` at `offset` into `layer` (the head) of this server's copy, then records the
@@ -149,6 +155,7 @@ pub async fn write(
     if !marks_only {
         check_head(engine, volume, layer)?;
     }
+    let _copy = migrating_chunk_lock(engine, volume, offset).await;
     let engine = engine.clone();
     blocking(move || {
         let store = engine.store();
@@ -156,8 +163,6 @@ pub async fn write(
             record_missed(&engine, volume, layer, offset, &missed)?;
             return Ok(store.flush(volume)?);
         }
-        let gate = engine.replica_gate(volume);
-        let _held = gate.read();
         store.write_to(volume, layer, offset, &data, fua)?;
         if record_missed(&engine, volume, layer, offset, &missed)? && fua {
             // The marks recorded after the data must be as durable as it.
@@ -178,10 +183,9 @@ pub async fn trim(
     missed: Vec<ServerId>,
 ) -> Result<(), ReplicaError> {
     check_head(engine, volume, layer)?;
+    let _copy = migrating_chunk_lock(engine, volume, offset).await;
     let engine = engine.clone();
     blocking(move || {
-        let gate = engine.replica_gate(volume);
-        let _held = gate.read();
         engine.store().trim(volume, offset, len)?;
         record_missed(&engine, volume, layer, offset, &missed).map(|_| ())
     })

@@ -237,12 +237,18 @@ async fn answers(engine: &Arc<Engine>, server: ServerId) -> bool {
     )
 }
 
-/// Copies the chunk of one mark from this server to the mark's server.
+/// Copies the chunk of one mark from this server to the mark's server. To a server that
+/// gains the chunk in a migration, under the chunk's lock (see [`crate::migrate`]).
 async fn copy_mark(
     engine: &Arc<Engine>,
     view: &VolumeView,
     mark: &MissedChunk,
 ) -> Result<(), String> {
+    let _copy = if view.gaining(mark.chunk).contains(&mark.server) {
+        Some(engine.lock_chunk(view.id, mark.chunk).await)
+    } else {
+        None
+    };
     copy_between(engine, view, mark, engine.me(), mark.server).await
 }
 

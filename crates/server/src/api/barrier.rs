@@ -139,11 +139,16 @@ impl Barrier {
         done.len() == urls.len() && urls.len() == holders.len()
     }
 
-    /// Waits until every paused server has applied the end of the volume's migration.
-    pub(crate) async fn settle(&self) {
-        let paused = self.paused.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        self.step(&paused, "settle", format!("volume={}", self.volume))
-            .await;
+    /// Waits until every paused server has applied the start (`migrating`: true) or the end
+    /// of the volume's migration.
+    pub(crate) async fn settle(&self, migrating: bool) {
+        let paused = self
+            .paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let query = format!("volume={}&migrating={migrating}", self.volume);
+        self.step(&paused, "settle", query).await;
     }
 
     pub(crate) async fn freeze(&self, head: LayerId) {
@@ -157,4 +162,3 @@ impl Barrier {
         self.step(&paused, "release", String::new()).await;
     }
 }
-

@@ -4,10 +4,12 @@
 //! `strata_meta`'s `apply_servers.rs`): moving data off a server arrives with distributed
 //! volumes.
 
+use super::barrier::Barrier;
 use super::{find_server, parse_name, ApiError, AppState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use futures::future::join_all;
 use strata_api_types::{AddClusterServer, ClusterInfo, CreateCluster};
 use strata_meta::{ClusterRecord, Command, CommandOutput, StateView};
 use strata_types::{Name, ServerId};
@@ -119,7 +121,11 @@ pub async fn add_server(
     Ok(Json(changed(&app, out)?))
 }
 
-/// `DELETE /v1/clusters/{name}/servers/{server}`: take a server out of a cluster.
+/// `DELETE /v1/clusters/{name}/servers/{server}`: take a server out of a cluster. Each volume
+/// holding data on it starts migrating to a layout without it, under a barrier: every gateway
+/// of the volume (but the leaving servers, which may be dead) holds its writes until it has
+/// applied the migration, so every later write reaches the servers that gain chunks. The
+/// server stays a leaving member until the last migration finishes.
 #[utoipa::path(delete, path = "/v1/clusters/{name}/servers/{server}",
     responses((status = 200, body = ClusterInfo), (status = 404, body = strata_api_types::ErrorBody),
               (status = 409, body = strata_api_types::ErrorBody)))]
@@ -130,9 +136,43 @@ pub async fn remove_server(
     let cluster = parse_name("cluster", &name)?;
     let state = app.meta.read().await?;
     let server = find_server(&state, &server)?.id;
-    let out = app
-        .meta
-        .write(Command::RemoveClusterServer { cluster, server })
-        .await?;
-    Ok(Json(changed(&app, out)?))
+    let barriers: Vec<Barrier> = state
+        .volumes
+        .values()
+        .filter(|v| v.holds(server))
+        .map(|v| Barrier::new(&app, &state, v))
+        .collect();
+    let mut excused: Vec<String> = state
+        .clusters
+        .get(&cluster)
+        .into_iter()
+        .flat_map(|c| c.leaving.iter())
+        .chain([&server])
+        .filter_map(|s| state.servers.get(s).map(|r| r.api_addr.clone()))
+        .collect();
+    excused.sort();
+    let missing: Vec<String> = join_all(barriers.iter().map(|b| b.pause()))
+        .await
+        .into_iter()
+        .flatten()
+        .filter(|m| excused.binary_search(m).is_err())
+        .collect();
+    let removed = async {
+        if let Some(m) = missing.first() {
+            return Err(ApiError::unavailable(format!(
+                "the server at {m} did not hold its writes, so the move of the data cannot start \
+                 safely; bring it back (or take it out first) and try again"
+            )));
+        }
+        let out = app
+            .meta
+            .write(Command::RemoveClusterServer { cluster, server })
+            .await?;
+        app.meta.announce_commits().await;
+        join_all(barriers.iter().map(|b| b.settle(true))).await;
+        Ok(out)
+    }
+    .await;
+    join_all(barriers.iter().map(|b| b.release())).await;
+    Ok(Json(changed(&app, removed?)?))
 }

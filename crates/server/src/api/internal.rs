@@ -132,7 +132,7 @@ pub async fn finish_migration(
             })
             .await?;
         app.meta.announce_commits().await;
-        barrier.settle().await;
+        barrier.settle(false).await;
         Ok(())
     }
     .await;
@@ -281,12 +281,20 @@ async fn freeze(
     Ok(Json(()))
 }
 
-/// `POST /internal/v1/barrier/{barrier}/settle?volume=`: wait for the end of the volume's
-/// migration to be applied here (and the store to follow).
+/// Query of the settle step.
+#[derive(Debug, Deserialize)]
+struct SettleQuery {
+    volume: VolumeId,
+    /// Wait for the start of a migration (true) or for its end (false).
+    migrating: bool,
+}
+
+/// `POST /internal/v1/barrier/{barrier}/settle?volume=&migrating=`: wait for the start or the
+/// end of the volume's migration to be applied here (and the store to follow).
 async fn settle(
     State(app): State<AppState>,
     Path(_barrier): Path<u64>,
-    Query(q): Query<BarrierQuery>,
+    Query(q): Query<SettleQuery>,
 ) -> Result<Json<()>, ApiError> {
     let mut applied = app.meta.subscribe();
     let arrived = async {
@@ -295,7 +303,7 @@ async fn settle(
                 .meta
                 .local_state()
                 .volume_by_id(q.volume)
-                .is_none_or(|v| v.target.is_none());
+                .is_none_or(|v| v.target.is_some() == q.migrating);
             if done || applied.changed().await.is_err() {
                 return;
             }
@@ -303,7 +311,9 @@ async fn settle(
     };
     tokio::time::timeout(Duration::from_secs(5), arrived)
         .await
-        .map_err(|_| ApiError::unavailable("the new layout did not reach this server in time"))?;
+        .map_err(|_| {
+            ApiError::unavailable("the layout change did not reach this server in time")
+        })?;
     app.apply_to_store().await?;
     Ok(Json(()))
 }

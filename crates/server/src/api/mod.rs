@@ -9,9 +9,9 @@
 //! in line with it ([`AppState::apply_to_store`]), so a request returns only once its effect is
 //! both committed and visible on the NBD exports of this server.
 
+mod barrier;
 mod clusters;
 mod error;
-mod barrier;
 mod internal;
 mod managers;
 mod servers;

@@ -102,7 +102,11 @@ fn health(v: &VolumeRecord, parts: &HashMap<ServerId, LocalVolume>) -> String {
     }
     let (mut remaining, mut total) = (0u64, 0u64);
     for part in parts.values() {
-        for m in part.missed.iter().filter(|m| copying_to.contains(&m.server)) {
+        for m in part
+            .missed
+            .iter()
+            .filter(|m| copying_to.contains(&m.server))
+        {
             remaining += m.remaining;
             total += m.total;
         }

@@ -3,8 +3,8 @@
 //! on the same ports, and the links between chosen servers can be cut and healed. Waits poll
 //! the servers' state through the API; nothing sleeps for a guess.
 //!
-//! Links: server *i* listens on its own loopback address 127.0.0.(10+i) and its outgoing
-//! connections leave from it (`source_ip`). Other servers reach its API and peer ports only
+//! Links: server *i* of group *g* listens on its own loopback address 127.g.0.(10+i) and its
+//! outgoing connections leave from it (`source_ip`). Other servers reach its API and peer ports only
 //! through two proxies of the harness (its advertised addresses), which see from the source
 //! address who is calling; a cut link refuses new connections and drops open ones, in both
 //! directions. The test's own HTTP and NBD clients (from 127.0.0.1) are never cut.
@@ -201,11 +201,16 @@ impl Group {
             .try_init();
         let tmp = tempfile::tempdir().expect("temp dir");
         let links = Arc::new(Links::default());
+        // Each group of the test process gets its own loopback addresses: servers of other
+        // groups, running at the same time, then cannot take a port (for an outgoing
+        // connection) that this group picked but has not bound yet.
+        static GROUPS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let group = 1 + GROUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250;
         let mut nodes: Vec<Node> = Vec::new();
         for i in 0..n {
             let name = format!("s{}", i + 1);
             let dir = tmp.path().join(&name);
-            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + i as u8));
+            let ip = IpAddr::V4(Ipv4Addr::new(127, group, 0, 10 + i as u8));
             // Listeners on fixed ports: the proxies must know where to forward before the
             // server starts, and a restart uses the same ports.
             let port = || {
