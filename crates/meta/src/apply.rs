@@ -67,6 +67,8 @@ pub fn apply_command(state: &mut StateView, cmd: Command) -> Result<CommandOutpu
                 .volumes
                 .remove(&name)
                 .ok_or(CommandError::UnknownVolume(name))?;
+            // A leaving server whose last volume this was leaves now.
+            servers::drop_departed(state);
             Ok(CommandOutput::Volume(vol))
         }
         Command::CreateSnapshot {

@@ -271,6 +271,10 @@ fn a_second_removal_retargets_the_running_migration() {
         refused(&mut st, remove(ids[2])),
         CommandError::TooFewServers { .. }
     ));
+    // Deleting the migrating volume lets the leaving servers go at once.
+    apply_command(&mut st, Command::DeleteVolume { name: name("v") }).expect("delete");
+    assert_eq!(servers_of(&st, "default"), vec![ids[2], ids[3]]);
+    assert!(st.clusters[&name("default")].leaving.is_empty());
 }
 
 #[test]

@@ -63,7 +63,8 @@ pub async fn verify(
             let view = view.clone();
             async move {
                 let mut problem =
-                    check(engine, &view.replicas_of(chunk), volume, layer, chunk).await?;
+                    // Servers a migration is still copying the chunk to are not compared.
+                    check(engine, &view.placed(chunk), volume, layer, chunk).await?;
                 if repair {
                     problem.repaired = fix(engine, &view, layer, &problem).await;
                 }

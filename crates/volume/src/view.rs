@@ -72,9 +72,14 @@ impl VolumeView {
     /// The replicas of `chunk`, best first: under the current layout, then those a running
     /// migration adds.
     pub fn replicas_of(&self, chunk: u64) -> Vec<ServerId> {
-        let mut all = replicas_of(self.id, chunk, &self.layout, self.replicas);
+        let mut all = self.placed(chunk);
         all.extend(self.gaining(chunk));
         all
+    }
+
+    /// The replicas of `chunk` under the current layout only, best first.
+    pub fn placed(&self, chunk: u64) -> Vec<ServerId> {
+        replicas_of(self.id, chunk, &self.layout, self.replicas)
     }
 
     /// The servers a running migration adds to `chunk`'s replicas.
@@ -82,7 +87,7 @@ impl VolumeView {
         let Some(target) = &self.target else {
             return Vec::new();
         };
-        let now = replicas_of(self.id, chunk, &self.layout, self.replicas);
+        let now = self.placed(chunk);
         replicas_of(self.id, chunk, target, self.replicas)
             .into_iter()
             .filter(|s| !now.contains(s))

@@ -116,5 +116,34 @@ fn strata_dev_serves_the_demo_volume_and_keeps_it() {
         "one demo volume, not two: {volumes}"
     );
     assert_eq!(volumes[0]["size"], 1u64 << 30);
+    // Taking a server out moves its chunks to the other two; the command waits for it.
+    let cli = |args: &[&str]| {
+        let api = format!("http://127.0.0.1:{api}");
+        let mut all = vec!["--api", api.as_str(), "--output", "json"];
+        all.extend_from_slice(args);
+        let out = Command::new(strata_bin()).args(&all).output().unwrap();
+        assert!(
+            out.status.success(),
+            "strata {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let cluster = cli(&["cluster", "remove-server", "default", "dev-3"]);
+    assert_eq!(
+        cluster["servers"],
+        serde_json::json!(["dev-1", "dev-2"]),
+        "{cluster}"
+    );
+    let demo = cli(&["volume", "show", "demo"]);
+    assert_eq!(
+        demo["servers"],
+        serde_json::json!(["dev-1", "dev-2"]),
+        "{demo}"
+    );
+    let out = run_ok("qemu-io", &["-f", "raw", "-c", "read -P 0xab 0 1M", &url]);
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    let report = cli(&["volume", "verify", "demo"]);
+    assert_eq!(report["mismatches"], serde_json::json!([]), "{report}");
     stop(child);
 }

@@ -169,6 +169,11 @@ async fn removing_a_server_moves_its_data_away_while_clients_write() {
         json!(["s1", "s2", "s3"]),
         "{moving}"
     );
+    // A snapshot taken while the data moves is copied too.
+    let snap = g
+        .post(2, "/v1/volumes/mv/snapshots", json!({"name": "during"}))
+        .await;
+    assert_eq!(snap.0, 201, "{}", snap.1);
     // New volumes avoid a leaving server.
     let other = g.create_volume("other", 8 * MIB, 2).await;
     assert_eq!(other["servers"], json!(["s1", "s2", "s3"]), "{other}");
@@ -183,7 +188,7 @@ async fn removing_a_server_moves_its_data_away_while_clients_write() {
     assert_eq!(shown["servers"], json!(["s1", "s2", "s3"]), "{shown}");
     assert!(shown.get("target_servers").is_none(), "{shown}");
     check_content(&g, 2, "mv", versions).await;
-    for target in ["mv", "mv@before"] {
+    for target in ["mv", "mv@before", "mv@during"] {
         let report = g.verify(0, target, false).await;
         assert_eq!(report["chunks"], CHUNKS, "{target}: {report}");
         assert_eq!(report["mismatches"], json!([]), "{target}: {report}");
