@@ -214,6 +214,10 @@ async fn a_dead_server_is_replaced_by_rebuilding_its_chunks_on_the_others() {
     g.one_cluster().await;
     g.create_volume("rb", CHUNKS * CHUNK, 2).await;
     fill(&g, 0, "rb").await;
+    let snap = g
+        .post(1, "/v1/volumes/rb/snapshots", json!({"name": "old"}))
+        .await;
+    assert_eq!(snap.0, 201, "{}", snap.1);
     g.kill(3).await;
     // Writes go on without s4 (it becomes stale), then it is taken out for good.
     let w = Writer::default();
@@ -233,9 +237,11 @@ async fn a_dead_server_is_replaced_by_rebuilding_its_chunks_on_the_others() {
     assert_eq!(shown["servers"], json!(["s1", "s2", "s3"]), "{shown}");
     assert_eq!(shown["stale_servers"], json!([]), "{shown}");
     check_content(&g, 2, "rb", versions.clone()).await;
-    let report = g.verify(1, "rb", false).await;
-    assert_eq!(report["chunks"], CHUNKS, "{report}");
-    assert_eq!(report["mismatches"], json!([]), "{report}");
+    for target in ["rb", "rb@old"] {
+        let report = g.verify(1, target, false).await;
+        assert_eq!(report["chunks"], CHUNKS, "{target}: {report}");
+        assert_eq!(report["mismatches"], json!([]), "{target}: {report}");
+    }
     // Every chunk has two copies again: killing any one more server loses nothing.
     g.kill(2).await;
     check_content(&g, 0, "rb", versions).await;
