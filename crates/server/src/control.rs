@@ -74,6 +74,10 @@ impl strata_volume::Control for ServerControl {
             .await
     }
 
+    fn is_leader(&self) -> bool {
+        self.meta.raft_metrics().current_leader == Some(self.meta.node_id())
+    }
+
     async fn migration_seeded(&self, volume: VolumeId, target: &[ServerId]) -> Result<(), String> {
         let body = MigrationStep {
             server: Some(self.me),

@@ -49,6 +49,9 @@ pub trait Control: Send + Sync + 'static {
     async fn mark_stale(&self, volume: VolumeId, server: ServerId) -> Result<(), String>;
     /// Commits that `server` has caught up with every write of `volume` it missed.
     async fn mark_in_sync(&self, volume: VolumeId, server: ServerId) -> Result<(), String>;
+    /// Whether this server is the management leader, which drives group-wide background work
+    /// (the end of migrations).
+    fn is_leader(&self) -> bool;
     /// Commits that this server has seeded the migration of `volume` to `target`.
     async fn migration_seeded(&self, volume: VolumeId, target: &[ServerId]) -> Result<(), String>;
     /// Asks the leader to finish the migration of `volume` to `target` (under a barrier).

@@ -16,7 +16,7 @@
 //!    the chunk's lock on the copying server, which writes to the chunk also take: a write
 //!    reaches a gaining server after the copy or is in its image. So a copied chunk stays
 //!    current without further marks, and the copying converges while clients write.
-//! 3. **Finishing.** One server of the target layout (the lowest id) watches: once every seeder
+//! 3. **Finishing.** The management leader watches: once every seeder
 //!    has seeded, no server of the target is stale and the in-sync servers hold at most
 //!    [`FINISH_BELOW`] marks for target servers (writes keep recording new ones while clients
 //!    write), it asks the leader to finish ([`crate::Control::finish_migration`]). The leader
@@ -64,7 +64,7 @@ async fn step(engine: &Arc<Engine>, view: &VolumeView, target: &[ServerId]) -> R
         engine.control().migration_seeded(view.id, target).await?;
         tracing::info!(volume = %view.name, marked, "migration seeded: chunks to copy recorded");
     }
-    if target.iter().min() == Some(&me) && ready(engine, view, target).await? {
+    if engine.control().is_leader() && ready(engine, view, target).await? {
         engine.control().finish_migration(view.id, target).await?;
         tracing::info!(volume = %view.name, "migration finished");
     }
