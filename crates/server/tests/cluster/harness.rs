@@ -187,6 +187,23 @@ async fn start(
     }
 }
 
+/// Connects an NBD client to `export` on `addr`, retrying while a just-changed export becomes
+/// ready.
+pub fn connect(addr: &str, export: &str) -> crate::nbd_client::NbdClient {
+    for _ in 0..100 {
+        if let Ok(c) = crate::nbd_client::NbdClient::connect(addr, export) {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    crate::nbd_client::NbdClient::connect(addr, export).expect("connect to export")
+}
+
+/// Runs blocking client code (the NBD client) off the async runtime.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
 impl Group {
     /// Starts `n` servers `s1..sn`: `s1` bootstraps, each later one joins through the one before
     /// it (so joins are forwarded to the leader).

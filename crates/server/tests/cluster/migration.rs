@@ -3,8 +3,7 @@
 //! server leaves the cluster and drops its copy. A dead server is replaced the same way, its
 //! chunks rebuilt from the surviving replicas.
 
-use crate::harness::Group;
-use crate::nbd_client::NbdClient;
+use crate::harness::{blocking, connect, Group};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,25 +17,11 @@ const CHUNKS: u64 = 32;
 /// Bytes written at the start of each chunk.
 const PIECE: usize = 16384;
 
-fn connect(addr: &str, export: &str) -> NbdClient {
-    for _ in 0..100 {
-        if let Ok(c) = NbdClient::connect(addr, export) {
-            return c;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    NbdClient::connect(addr, export).expect("connect to export")
-}
-
 /// The content of chunk `chunk` after its `version`th write.
 fn content(chunk: u64, version: u64) -> Vec<u8> {
     let mut v = vec![(chunk * 7 + version * 13) as u8 + 1; PIECE];
     v[..8].copy_from_slice(&version.to_le_bytes());
     v
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
 /// Writes version 0 of every chunk through server `i`.

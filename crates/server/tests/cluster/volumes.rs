@@ -2,7 +2,7 @@
 //! snapshots that hold a prefix of the writes of two gateways; a replica lost mid-write without
 //! an error to the client, tracked, resynced (only what it missed) and verified identical.
 
-use crate::harness::Group;
+use crate::harness::{blocking, connect, Group};
 use crate::nbd_client::NbdClient;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,25 +12,10 @@ use std::time::Duration;
 const MIB: u64 = 1 << 20;
 const CHUNK: u64 = 4 * MIB;
 
-/// Connects to `export` on `addr`, retrying while a just-changed export becomes ready.
-fn connect(addr: &str, export: &str) -> NbdClient {
-    for _ in 0..100 {
-        if let Ok(c) = NbdClient::connect(addr, export) {
-            return c;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    NbdClient::connect(addr, export).expect("connect to export")
-}
-
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 / 512) % 251) as u8)
         .collect()
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
 /// Bytes of the volume's layers on server `i`.
