@@ -1,8 +1,9 @@
 //! [`GatewayDevice`]: one NBD export of a volume on this server, acting as the volume's gateway.
 //!
 //! Each request is split by chunk. A write goes to every replica of its chunk at once and is
-//! acknowledged when every current replica has it (stale replicas, and those a migration is
-//! copying the chunk to, get it too if they answer, but are not waited for). A replica that cannot be written is first marked stale in the
+//! acknowledged when every current replica has it; then stale replicas, and servers a
+//! migration copies the chunk to, get it too if they answer (else they are recorded as missing
+//! it). A replica that cannot be written is first marked stale in the
 //! management group, then the write is sent again to the remaining replicas carrying the mark,
 //! so they record the chunk as missed; if marking fails the write fails. Reads go to one current
 //! replica: this server if it holds the chunk, else the first that answers.
@@ -34,8 +35,6 @@ use crate::view::VolumeView;
 const RETRY_WINDOW: Duration = Duration::from_secs(10);
 /// How long one replica may take to answer one request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a write waits for a stale replica (best effort) before it is acknowledged anyway.
-const STALE_WAIT: Duration = Duration::from_millis(50);
 
 /// What was written to one replica since its last flush.
 #[derive(Default)]
@@ -286,12 +285,14 @@ impl GatewayDevice {
         }
     }
 
-    /// Applies `change`, already on the `current` replicas, to `server`, which a migration is
-    /// copying the chunk to. Only after the current replicas: a copy of the chunk to `server`
-    /// holds the chunk's lock on the copying replica, so a write reaches `server` either after
-    /// the copy or in its image, never before it to be overwritten. If `server` does not take
-    /// it, the current replicas record the chunk as missed by it, and it is copied again.
-    async fn copy_to_gaining(
+    /// Applies `change`, already on the `current` replicas, to `server`, whose copy of the chunk
+    /// is not current (it is stale, or a migration copies the chunk to it). Only after the
+    /// current replicas: a copy of the chunk to `server` holds the chunk's lock on the copying
+    /// replica, so a write reaches `server` either after the copy or in its image, never before
+    /// it to be overwritten. So a write it takes needs no mark, and copying converges while
+    /// clients write. If `server` does not take it, the current replicas record the chunk as
+    /// missed by it, and it is copied again.
+    async fn write_lagging(
         &self,
         server: ServerId,
         current: &[ServerId],
@@ -306,7 +307,7 @@ impl GatewayDevice {
         else {
             return Ok(());
         };
-        tracing::debug!(volume = %self.volume, %server, error = %e, "write to a server gaining the chunk failed; marking it");
+        tracing::debug!(volume = %self.volume, %server, error = %e, "write to a lagging replica failed; marking it");
         let marks = current.iter().map(|r| {
             let mark = Change::Write(Bytes::new());
             self.send_change(*r, head, offset, mark, false, vec![server])
@@ -314,7 +315,7 @@ impl GatewayDevice {
         for r in join_all(marks).await {
             r.map_err(|e| {
                 IoError::Io(format!(
-                    "could not record that server {server} missed a write during the migration: {e}"
+                    "could not record that server {server} missed a write: {e}"
                 ))
             })?;
         }
@@ -330,50 +331,28 @@ impl GatewayDevice {
             let head = view
                 .head()
                 .ok_or_else(|| IoError::Io("the volume has no head layer".into()))?;
-            // Servers a migration is copying the chunk to get the write after the current
-            // replicas (see `copy_to_gaining`); stale ones at once, best effort.
-            let gaining: Vec<ServerId> = view
-                .gaining(chunk)
-                .into_iter()
-                .filter(|g| view.in_sync(*g))
+            let replicas = view.replicas_of(chunk);
+            let current: Vec<ServerId> = replicas
+                .iter()
+                .copied()
+                .filter(|r| view.current(*r, chunk))
                 .collect();
-            let replicas: Vec<ServerId> = view
-                .replicas_of(chunk)
-                .into_iter()
-                .filter(|r| !gaining.contains(r))
-                .collect();
-            let stale: Vec<ServerId> = replicas
+            // The others (stale replicas, and servers a migration copies the chunk to): one
+            // that answers gets the write after the current replicas (`write_lagging`); one
+            // that failed a moment ago is recorded by them as missing it, at once.
+            let (late, down): (Vec<ServerId>, Vec<ServerId>) = replicas
                 .iter()
                 .copied()
                 .filter(|r| !view.current(*r, chunk))
-                .collect();
-            let targets: Vec<ServerId> = replicas
+                .partition(|r| !self.engine.recently_down(*r));
+            let sends = current
                 .iter()
-                .copied()
-                .filter(|r| view.current(*r, chunk) || !self.engine.recently_down(*r))
-                .collect();
-            let sends = targets.iter().map(|r| {
-                let in_sync = view.current(*r, chunk);
-                let missed = if in_sync { stale.clone() } else { Vec::new() };
-                let send = self.send_change(*r, head, offset, change.clone(), fua, missed);
-                async move {
-                    if in_sync {
-                        return send.await;
-                    }
-                    // A stale replica gets the write if it answers at once; it is repaired
-                    // from the marks either way, so it never slows the client down.
-                    tokio::time::timeout(STALE_WAIT, send)
-                        .await
-                        .unwrap_or_else(|_| Err(ReplicaError::Io("stale replica is slow".into())))
-                }
-            });
+                .map(|r| self.send_change(*r, head, offset, change.clone(), fua, down.clone()));
             let results = join_all(sends).await;
+            let targets = &current;
             let (mut acked, mut failed, mut retry) = (0, Vec::new(), false);
             let mut written_here = false;
             for (r, res) in targets.iter().zip(results) {
-                if !view.current(*r, chunk) {
-                    continue; // best effort: resync repairs it either way
-                }
                 match res {
                     Ok(()) => {
                         acked += 1;
@@ -412,13 +391,8 @@ impl GatewayDevice {
                     "no in-sync replica of chunk {chunk} is reachable"
                 )));
             }
-            let current: Vec<ServerId> = targets
-                .iter()
-                .copied()
-                .filter(|r| view.current(*r, chunk))
-                .collect();
-            for g in gaining {
-                self.copy_to_gaining(g, &current, head, offset, change.clone(), fua)
+            for s in late {
+                self.write_lagging(s, &current, head, offset, change.clone(), fua)
                     .await?;
             }
             return Ok(());

@@ -124,16 +124,18 @@ fn record_missed(
     Ok(!missed.is_empty())
 }
 
-/// While `volume` migrates, the lock of the chunk at `offset`: a copy of the chunk to a server
-/// that gains it holds it (see [`crate::resync`]), so a write lands here before or after the
-/// copy, never during it.
-async fn migrating_chunk_lock(
+/// While some replica of `volume` lags (a stale one, or a migration), the lock of the chunk at
+/// `offset`: a copy of the chunk from here to a lagging replica holds it (see
+/// [`crate::resync`]), so a write lands here before or after the copy, never during it.
+async fn copy_lock(
     engine: &Engine,
     volume: VolumeId,
     offset: u64,
 ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-    let migrating = engine.view(volume).is_some_and(|v| v.target.is_some());
-    if migrating {
+    let lagging = engine
+        .view(volume)
+        .is_some_and(|v| v.target.is_some() || !v.stale.is_empty());
+    if lagging {
         Some(engine.lock_chunk(volume, offset / CHUNK_SIZE).await)
     } else {
         None
@@ -155,7 +157,7 @@ pub async fn write(
     if !marks_only {
         check_head(engine, volume, layer)?;
     }
-    let _copy = migrating_chunk_lock(engine, volume, offset).await;
+    let _copy = copy_lock(engine, volume, offset).await;
     let engine = engine.clone();
     blocking(move || {
         let store = engine.store();
@@ -183,7 +185,7 @@ pub async fn trim(
     missed: Vec<ServerId>,
 ) -> Result<(), ReplicaError> {
     check_head(engine, volume, layer)?;
-    let _copy = migrating_chunk_lock(engine, volume, offset).await;
+    let _copy = copy_lock(engine, volume, offset).await;
     let engine = engine.clone();
     blocking(move || {
         engine.store().trim(volume, offset, len)?;

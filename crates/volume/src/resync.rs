@@ -4,15 +4,18 @@
 //! marks in its own store; for a stale server that answers, it copies each marked chunk of each
 //! marked layer (a layer merged away since is replaced by every layer of the stack) from its
 //! store to the stale server's, then clears the mark — only if its generation did not change
-//! meanwhile. Gateways keep writing to a stale replica that answers and keep recording marks
-//! *after* the data, so a write that races with the copy bumps the mark, and the chunk is
-//! copied again on the next pass: the copy converges without pausing writes. When no server
-//! holds marks for it any more, the replica is marked in sync in the management group.
+//! meanwhile (a write the stale server did not take records it again). Each copy holds the
+//! chunk's lock on the copying server, which writes take while a replica lags, and gateways
+//! write to a lagging replica only after the current ones: a write reaches it after the copy
+//! or is in the copied image. So the writes it takes need no marks, and the copy converges
+//! while clients keep writing. When no server holds marks for it any more, the replica is
+//! marked in sync in the management group.
 //!
 //! A server may also hold marks for *itself*: its copy of a chunk took a write that failed on
 //! the other replicas (it could not reach them, nor a quorum to mark them stale). It then marks
-//! itself stale and copies those chunks back from an in-sync replica, so the failed write,
-//! never acknowledged, does not linger in one copy only.
+//! itself stale and has an in-sync replica record those chunks as missed by it, so they are
+//! copied back like any other, and the failed write, never acknowledged, does not linger in
+//! one copy only.
 //!
 //! While a volume migrates, the servers that gain a chunk are repaired the same way: the
 //! current replicas hold marks for them (see [`crate::migrate`]), and this loop copies those
@@ -164,8 +167,10 @@ async fn pass(
             .resync
             .set_remaining(view.id, server, todo.len() as u64);
         if !answers(engine, server).await {
+            tracing::debug!(volume = %view.name, %server, "resync: server does not answer");
             continue;
         }
+        tracing::debug!(volume = %view.name, %server, marks = todo.len(), "resync: copying");
         for mark in todo {
             copy_mark(engine, view, &mark).await?;
             clear(engine, view.id, mark).await?;
@@ -201,8 +206,9 @@ pub async fn drain(
 }
 
 /// This server's own marks: its copy of those chunks took writes that failed elsewhere. It
-/// marks itself stale (so nobody reads from it meanwhile), then copies the chunks back from an
-/// in-sync replica.
+/// marks itself stale (so nobody reads from it meanwhile), then has an in-sync replica of each
+/// chunk record it as missed by this server (a marks-only write, for every layer of the stack),
+/// so that replica copies it here under its chunk lock like any other mark.
 async fn repair_own(
     engine: &Arc<Engine>,
     view: &VolumeView,
@@ -210,7 +216,7 @@ async fn repair_own(
 ) -> Result<(), String> {
     let me = engine.me();
     if view.in_sync(me) {
-        // The next pass sees this server stale and does the copying.
+        // The next pass sees this server stale and does the rest.
         return engine.mark_stale(view.id, me).await;
     }
     for mark in own {
@@ -221,9 +227,26 @@ async fn repair_own(
         else {
             continue;
         };
-        copy_between(engine, view, &mark, source, me).await?;
+        for layer in &view.layers {
+            let record = Request::Write {
+                volume: view.id,
+                layer: *layer,
+                offset: mark.chunk * CHUNK_SIZE,
+                data: bytes::Bytes::new(),
+                fua: false,
+                missed: vec![me],
+            };
+            engine
+                .ask(source, record, COPY_TIMEOUT)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "asking server {source} to copy chunk {} back here: {e}",
+                        mark.chunk
+                    )
+                })?;
+        }
         clear(engine, view.id, mark).await?;
-        engine.resync.copied(view.id, me);
     }
     Ok(())
 }
@@ -237,18 +260,15 @@ async fn answers(engine: &Arc<Engine>, server: ServerId) -> bool {
     )
 }
 
-/// Copies the chunk of one mark from this server to the mark's server. To a server that
-/// gains the chunk in a migration, under the chunk's lock (see [`crate::migrate`]).
+/// Copies the chunk of one mark from this server to the mark's server, under the chunk's lock
+/// (which writes take while a replica lags): a write reaches the lagging server after the copy
+/// or is in the copied image, so the writes it takes need no marks.
 async fn copy_mark(
     engine: &Arc<Engine>,
     view: &VolumeView,
     mark: &MissedChunk,
 ) -> Result<(), String> {
-    let _copy = if view.gaining(mark.chunk).contains(&mark.server) {
-        Some(engine.lock_chunk(view.id, mark.chunk).await)
-    } else {
-        None
-    };
+    let _copy = engine.lock_chunk(view.id, mark.chunk).await;
     copy_between(engine, view, mark, engine.me(), mark.server).await
 }
 

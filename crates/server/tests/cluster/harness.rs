@@ -230,20 +230,25 @@ impl Group {
             let ip = IpAddr::V4(Ipv4Addr::new(127, group, 0, 10 + i as u8));
             // Listeners on fixed ports: the proxies must know where to forward before the
             // server starts, and a restart uses the same ports.
-            let port = || {
-                std::net::TcpListener::bind((ip, 0))
-                    .and_then(|l| l.local_addr())
-                    .expect("free port")
-            };
+            // Five distinct ports: the probe listeners stay open until all are picked, so the
+            // kernel cannot hand out the same port twice.
+            let probes: Vec<std::net::TcpListener> = (0..5)
+                .map(|_| std::net::TcpListener::bind((ip, 0)).expect("free port"))
+                .collect();
+            let ports: Vec<SocketAddr> = probes
+                .iter()
+                .map(|l| l.local_addr().expect("port"))
+                .collect();
+            drop(probes);
             let mut node = Node {
                 name,
                 dir,
                 ip,
-                api: port(),
-                nbd: port(),
-                peer: port(),
-                public_api: port(),
-                public_peer: port(),
+                api: ports[0],
+                nbd: ports[1],
+                peer: ports[2],
+                public_api: ports[3],
+                public_peer: ports[4],
                 proxies: Vec::new(),
                 running: None,
             };

@@ -1,7 +1,8 @@
 //! Taking a server out of a cluster moves its data away online: the volume migrates to a layout
 //! without it while clients keep writing, every chunk ends up on its new replicas, and the
 //! server leaves the cluster and drops its copy. A dead server is replaced the same way, its
-//! chunks rebuilt from the surviving replicas.
+//! chunks rebuilt from the surviving replicas; a server that dies while the data moves catches
+//! up when it returns, and the move finishes after it.
 
 use crate::harness::{blocking, connect, Group};
 use reqwest::Method;
@@ -230,5 +231,45 @@ async fn a_dead_server_is_replaced_by_rebuilding_its_chunks_on_the_others() {
     // Every chunk has two copies again: killing any one more server loses nothing.
     g.kill(2).await;
     check_content(&g, 0, "rb", versions).await;
+    g.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_killed_during_a_migration_catches_up_and_the_migration_finishes() {
+    let mut g = Group::start(4).await;
+    g.three_managers().await;
+    g.one_cluster().await;
+    g.create_volume("kd", CHUNKS * CHUNK, 2).await;
+    fill(&g, 0, "kd").await;
+    let w = Writer::default();
+    let writer = {
+        let (addr, w) = (g.nbd(0), w.clone());
+        tokio::task::spawn_blocking(move || keep_writing(addr, "kd", w))
+    };
+    w.wait_writes(CHUNKS).await;
+    remove(&g, "s4").await;
+    // s3 stays in the layout and gains chunks from s4; it dies while the data moves.
+    g.kill(2).await;
+    w.wait_writes(CHUNKS).await;
+    let shown = g.wait_status(0, "kd", "degraded").await;
+    assert_eq!(shown["stale_servers"], json!(["s3"]), "{shown}");
+    let cluster = g.get(0, "/v1/clusters/default").await;
+    assert_eq!(
+        cluster["leaving"],
+        json!(["s4"]),
+        "the move waits for s3: {cluster}"
+    );
+    g.restart(2).await;
+    wait_left(&g, "s4").await;
+    w.wait_writes(CHUNKS).await;
+    w.stop.store(true, Ordering::Relaxed);
+    let versions = writer.await.expect("writer");
+
+    let shown = g.wait_status(0, "kd", "healthy").await;
+    assert_eq!(shown["servers"], json!(["s1", "s2", "s3"]), "{shown}");
+    check_content(&g, 2, "kd", versions).await;
+    let report = g.verify(1, "kd", false).await;
+    assert_eq!(report["chunks"], CHUNKS, "{report}");
+    assert_eq!(report["mismatches"], json!([]), "{report}");
     g.stop().await;
 }
