@@ -29,7 +29,7 @@ directory on the filesystem holding --dir (default: bench/results/tmp), and tear
   for two volume sizes.
 Machines here are noisy: compare the ratios, not the absolute numbers.
 """
-import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -255,11 +255,11 @@ def bench_deep(base, size, runtime, rounds=3):
 
 
 class Cluster:
-    """Three `strata server` processes in one group and one `default` cluster."""
+    """`n` (default 3) `strata server` processes in one group and one `default` cluster."""
 
-    def __init__(self, base):
+    def __init__(self, base, n=3):
         first = Strata(base, name="b1")
-        self.servers = [first] + [Strata(base, join=first.api, name=f"b{i}") for i in (2, 3)]
+        self.servers = [first] + [Strata(base, join=first.api, name=f"b{i}") for i in range(2, n + 1)]
         for s in self.servers[1:]:
             first.call("POST", "/v1/clusters/default/servers", {"server": s.name})
         self.api = first
@@ -382,10 +382,49 @@ def bench_resync(base, sizes=(1 << 30, 4 << 30), outage=30, rate="2m"):
     print()
 
 
+def bench_migrate(base, sizes=(512 << 20, 2 << 30), runtime=30):
+    print(f"## Removing a server: its data moves to the others while a client writes (4 servers, "
+          f"replicas=2, volume written in full first; fio randwrite 4K QD4 over 256 MiB for "
+          f"{runtime}s around the move)\n")
+    print("| volume | chunks on the leaving server | chunk-layers copied | copied / chunks | "
+          "move time s | MiB/s | write p99 ms | write max ms | write p99 ms, no move |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    chunk = 4 << 20
+    for size in sizes:
+        cluster = Cluster(base, n=4)
+        try:
+            uri = cluster.api.create("mv", size, 2)
+            vid = cluster.api.call("GET", "/v1/volumes/mv")["id"]
+            fio(uri, "fill", "write", "1M", 16, size, extra=["--end_fsync=1"])
+            quiet = fio_lat(uri, "no-move", 10)
+            leaving = cluster.servers[3]
+            held = leaving.call("GET", f"/internal/v1/volumes/{vid}/local")["used_bytes"] // chunk
+            before = sum(s.metric("strata_resync_chunk_layers_total") for s in cluster.servers[:3])
+            during = {}
+            writer = threading.Thread(target=lambda: during.update(fio_lat(uri, "move", runtime)))
+            writer.start()
+            time.sleep(2)
+            t = time.perf_counter()
+            cluster.api.call("DELETE", f"/v1/clusters/default/servers/{leaving.name}")
+            while leaving.name in cluster.api.call("GET", "/v1/clusters/default")["servers"]:
+                time.sleep(0.05)
+            took = time.perf_counter() - t
+            writer.join()
+            after = sum(s.metric("strata_resync_chunk_layers_total") for s in cluster.servers[:3])
+            copied = after - before
+            print(f"| {size >> 20} MiB | {held} | {copied:.0f} | {copied / max(held, 1):.2f} | "
+                  f"{took:.1f} | {held * chunk / (1 << 20) / took:.0f} | {during['p99']:.2f} | "
+                  f"{during['max']:.1f} | {quiet['p99']:.2f} |")
+        finally:
+            cluster.stop()
+    print()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("what", nargs="?", default="all",
-                   choices=["fio", "snapshots", "deep", "cluster", "pause", "resync", "all"])
+                   choices=["fio", "snapshots", "deep", "cluster", "pause", "resync", "migrate",
+                            "all"])
     p.add_argument("--size", default="2G", help="volume size for fio and deep (e.g. 2G)")
     p.add_argument("--runtime", type=int, default=20)
     p.add_argument("--dir", default=os.path.join(ROOT, "bench", "results", "tmp"))
@@ -408,6 +447,8 @@ def main():
         bench_pause(a.dir, a.runtime)
     if a.what in ("resync", "all"):
         bench_resync(a.dir)
+    if a.what in ("migrate", "all"):
+        bench_migrate(a.dir)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,23 @@ use strata_meta::StateView;
 use strata_store::{Store, StoreError};
 use strata_types::ServerId;
 
-/// Makes `store` (the store of server `me`) hold what `state` says it should. Returns how many
-/// changes it made.
-pub fn reconcile(state: &StateView, store: &Store, me: ServerId) -> Result<usize, StoreError> {
-    let mut changes = 0;
-    // A record without a layout predates placement: its data stays wherever it is.
-    let wanted: HashSet<_> = state
+/// The volumes server `me` holds according to `state`. A record without a layout predates
+/// placement: its data stays wherever it is.
+fn wanted(state: &StateView, me: ServerId) -> HashSet<strata_types::VolumeId> {
+    state
         .volumes
         .values()
         .filter(|v| v.servers.is_empty() || v.holds(me))
         .map(|v| v.id)
-        .collect();
+        .collect()
+}
+
+/// Deletes from `store` (the store of server `me`) every volume that `state` no longer places
+/// on it. Separate from [`reconcile`] so that the volume engine can take in the new state
+/// before the (possibly slow) deletion of files. Returns how many it deleted.
+pub fn drop_unwanted(state: &StateView, store: &Store, me: ServerId) -> Result<usize, StoreError> {
+    let wanted = wanted(state, me);
+    let mut changes = 0;
     for stored in store.volumes() {
         if !wanted.contains(&stored.id) {
             tracing::info!(volume = %stored.id, "deleting this server's copy of a volume that was deleted or moved off it");
@@ -36,6 +42,14 @@ pub fn reconcile(state: &StateView, store: &Store, me: ServerId) -> Result<usize
             changes += 1;
         }
     }
+    Ok(changes)
+}
+
+/// Makes `store` (the store of server `me`) hold every volume and layer `state` places on it
+/// (deletions are [`drop_unwanted`]). Returns how many changes it made.
+pub fn reconcile(state: &StateView, store: &Store, me: ServerId) -> Result<usize, StoreError> {
+    let mut changes = 0;
+    let wanted = wanted(state, me);
     for v in state.volumes.values().filter(|v| wanted.contains(&v.id)) {
         let stored = match store.volume(v.id) {
             Ok(s) => s,

@@ -16,13 +16,13 @@
 //!    the chunk's lock on the copying server, which writes to the chunk also take: a write
 //!    reaches a gaining server after the copy or is in its image. So a copied chunk stays
 //!    current without further marks, and the copying converges while clients write.
-//! 3. **Finishing.** The management leader watches: once every seeder
-//!    has seeded, no server of the target is stale and the in-sync servers hold at most
-//!    [`FINISH_BELOW`] marks for target servers (writes keep recording new ones while clients
-//!    write), it asks the leader to finish ([`crate::Control::finish_migration`]). The leader
-//!    does so under a barrier: the gateways hold their writes, the holders copy the last marked
-//!    chunks ([`crate::resync::drain`]), the target becomes the layout, and only then are the
-//!    writes let go. Servers that left the layout drop their copies.
+//! 3. **Finishing.** The management leader watches. It finishes
+//!    ([`crate::Control::finish_migration`]) once every seeder has seeded, no server of the
+//!    target is stale and the in-sync servers hold no marks for target servers (only writes a
+//!    target server refused record new ones, so this comes soon). It does so under a barrier:
+//!    the gateways hold their writes, the holders copy any mark recorded meanwhile
+//!    ([`crate::resync::drain`]), the target becomes the layout, and the writes go on once
+//!    every gateway sees it. Servers that left the layout then drop their copies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +34,6 @@ use crate::view::VolumeView;
 
 /// How often the loop looks for work.
 const PASS_EVERY: Duration = Duration::from_millis(500);
-/// The most chunk-layers left to copy when the end of a migration is asked for: they are
-/// copied while writes are held, so this bounds that pause.
-pub const FINISH_BELOW: u64 = 16;
 
 /// Runs migration passes until `shutdown`.
 pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) {
@@ -101,7 +98,7 @@ pub async fn seed(engine: &Arc<Engine>, view: &VolumeView) -> Result<u64, String
 }
 
 /// Whether the migration to `target` may finish: every seeder seeded, no target server is
-/// stale, and the in-sync servers hold at most [`FINISH_BELOW`] marks for target servers.
+/// stale, and the in-sync servers hold no marks for target servers.
 async fn ready(
     engine: &Arc<Engine>,
     view: &VolumeView,
@@ -125,5 +122,5 @@ async fn ready(
         }
     }
     tracing::debug!(volume = %view.name, left, "migration: chunk-layers left to copy");
-    Ok(left <= FINISH_BELOW)
+    Ok(left == 0)
 }

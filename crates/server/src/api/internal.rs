@@ -289,32 +289,25 @@ struct SettleQuery {
     migrating: bool,
 }
 
-/// `POST /internal/v1/barrier/{barrier}/settle?volume=&migrating=`: wait for the start or the
-/// end of the volume's migration to be applied here (and the store to follow).
+/// `POST /internal/v1/barrier/{barrier}/settle?volume=&migrating=`: wait until this server's
+/// volume engine sees the start or the end of the volume's migration (the store follows; a
+/// copy to drop is deleted after the engine has let go of it).
 async fn settle(
     State(app): State<AppState>,
     Path(_barrier): Path<u64>,
     Query(q): Query<SettleQuery>,
 ) -> Result<Json<()>, ApiError> {
-    let mut applied = app.meta.subscribe();
-    let arrived = async {
-        loop {
-            let done = app
-                .meta
-                .local_state()
-                .volume_by_id(q.volume)
-                .is_none_or(|v| v.target.is_some() == q.migrating);
-            if done || applied.changed().await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), arrived)
-        .await
-        .map_err(|_| {
-            ApiError::unavailable("the layout change did not reach this server in time")
-        })?;
-    app.apply_to_store().await?;
+    let seen = app
+        .engine
+        .wait_view(q.volume, Duration::from_secs(5), |v| {
+            v.is_none_or(|v| v.target.is_some() == q.migrating)
+        })
+        .await;
+    if !seen {
+        return Err(ApiError::unavailable(
+            "the layout change did not reach this server in time",
+        ));
+    }
     Ok(Json(()))
 }
 

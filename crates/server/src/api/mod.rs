@@ -83,9 +83,11 @@ impl AppState {
             let _guard = guard;
             let done = reconcile(&state, &store, me);
             // The engine sees a layer only once the store has it: a replica must not accept
-            // writes for a head whose predecessor it has not frozen yet.
+            // writes for a head whose predecessor it has not frozen yet. It sees a volume gone
+            // from this server before its files are: the copy is not current any more.
             engine.update(&state);
-            done
+            done?;
+            crate::reconcile::drop_unwanted(&state, &store, me)
         })
         .await
         .map_err(|e| ApiError::internal(format!("reconcile task failed: {e}")))??;
