@@ -53,15 +53,18 @@ impl Links {
 }
 
 /// Forwards connections to `target`, the real listener of the server at `owner`, unless the
-/// caller's link to it is cut.
+/// caller's link to it is cut. The connections' tasks belong to this task: stopping it (the
+/// server is killed) closes them all at once, as the death of a server closes its sockets.
 async fn proxy(listener: TcpListener, target: SocketAddr, owner: IpAddr, links: Arc<Links>) {
+    let mut connections = tokio::task::JoinSet::new();
     while let Ok((mut inbound, from)) = listener.accept().await {
+        while connections.try_join_next().is_some() {}
         if links.is_cut(from.ip(), owner) {
             continue; // dropped: the caller sees the connection closed
         }
         let token = CancellationToken::new();
         links.open.lock().push((from.ip(), owner, token.clone()));
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let Ok(mut outbound) = TcpStream::connect(target).await else {
                 return;
             };
