@@ -72,7 +72,7 @@ class Strata:
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL,
             stderr=open(os.path.join(self.dir, "server.log"), "a"),
-            env={**os.environ, "RUST_LOG": "warn"})
+            env={"RUST_LOG": "warn", **os.environ})
         wait_port(self.api_port)
         wait_port(self.nbd_port)
         # A joining server answers on its API before its join completes.
@@ -132,6 +132,8 @@ class Strata:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        if os.environ.get("BENCH_KEEP"):  # keep the data and server.log for a look
+            return
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -3,6 +3,7 @@
 use crate::bits::Bits;
 use crate::error::{Result, StoreError};
 use crate::io::pieces;
+use crate::layer::Wait;
 use crate::store::Store;
 use crate::volume::{Stack, Volume};
 use crate::{ChangedRange, Extent, ExtentKind};
@@ -30,7 +31,27 @@ impl Store {
         live(&v, &st)?;
         let pos = st.live_pos(vol, at)?;
         st.check_range(offset, buf.len() as u64)?;
-        v.read_at_pos(&st, pos, offset, buf)
+        v.read_at_pos(&st, pos, offset, buf, Wait::Yes).map(|_| ())
+    }
+
+    /// Like [`Store::read`] without waiting for the disk, for callers that must not block:
+    /// returns false, with `buf` partly filled, when some of the data is not in memory.
+    pub fn read_cached(
+        &self,
+        vol: VolumeId,
+        at: Option<LayerId>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<bool> {
+        let v = self.inner.volume(vol)?;
+        // A snapshot or a merge holding the stack would make this wait.
+        let Some(st) = v.stack.try_read() else {
+            return Ok(false);
+        };
+        live(&v, &st)?;
+        let pos = st.live_pos(vol, at)?;
+        st.check_range(offset, buf.len() as u64)?;
+        v.read_at_pos(&st, pos, offset, buf, Wait::No)
     }
 
     /// Writes `data` at `offset` into the volume's head; with `fua`, durable on return.

@@ -12,6 +12,7 @@
 use crate::bits::{Bits, ChunkBits};
 use crate::error::Result;
 use crate::index::groups;
+use crate::layer::Wait;
 use crate::volume::{Layer, Stack, Volume};
 use strata_types::{BLOCKS_PER_CHUNK, BLOCK_SIZE, CHUNK_SIZE};
 
@@ -73,7 +74,8 @@ impl Volume {
         eff
     }
 
-    /// Reads `buf.len()` bytes at `offset` as seen from the layer at position `top`.
+    /// Reads `buf.len()` bytes at `offset` as seen from the layer at position `top`; with
+    /// [`Wait::No`], returns false (the buffer partly filled) when some of it is not in memory.
     /// No range check: the caller has done it.
     ///
     /// Per chunk, the layers the index names are checked top-down, each only for the blocks of
@@ -85,10 +87,11 @@ impl Volume {
         top: usize,
         offset: u64,
         buf: &mut [u8],
-    ) -> Result<()> {
+        wait: Wait,
+    ) -> Result<bool> {
         let Some(top_layer) = st.layers.get(top) else {
             buf.fill(0);
-            return Ok(());
+            return Ok(true);
         };
         let mut ranks = Vec::new();
         // The layers that supply data to this piece, with the blocks each supplies.
@@ -137,13 +140,17 @@ impl Volume {
                 let re = (b2 * BS).min(e);
                 let out = &mut buf[(rs - offset) as usize..(re - offset) as usize];
                 match src {
-                    Some(l) => l.data.read_at(out, rs)?,
+                    Some(l) => {
+                        if !l.data.read_at_with(out, rs, wait)? {
+                            return Ok(false);
+                        }
+                    }
                     None => out.fill(0),
                 }
                 b = b2;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Writes `data` at `start` into the head; the range lies inside chunk `chunk`.
@@ -166,11 +173,11 @@ impl Volume {
             let mut buf = vec![0u8; (aend - astart) as usize];
             let bs = BS as usize;
             if start != astart {
-                self.read_at_pos(st, head_pos, astart, &mut buf[..bs])?;
+                self.read_at_pos(st, head_pos, astart, &mut buf[..bs], Wait::Yes)?;
             }
             if end != aend && (lb != fb || start == astart) {
                 let off = buf.len() - bs;
-                self.read_at_pos(st, head_pos, lb * BS, &mut buf[off..])?;
+                self.read_at_pos(st, head_pos, lb * BS, &mut buf[off..], Wait::Yes)?;
             }
             buf[(start - astart) as usize..(end - astart) as usize].copy_from_slice(data);
             head.data.write_at(&buf, astart)?;

@@ -17,6 +17,15 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Whether a read may wait for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Read from the disk when needed (the caller may block).
+    Yes,
+    /// Read only what is in memory (the caller must not block: an async task).
+    No,
+}
+
 /// The file name of a layer file.
 pub(crate) fn file_name(fid: u64) -> String {
     format!("{fid:016x}.layer")
@@ -92,18 +101,41 @@ impl LayerData {
     }
 
     /// Reads `buf.len()` bytes at `off`; bytes past the end of the file read as zeros.
-    pub fn read_at(&self, mut buf: &mut [u8], mut off: u64) -> Result<()> {
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.read_at_with(buf, off, Wait::Yes).map(|_| ())
+    }
+
+    /// Like [`LayerData::read_at`]; with [`Wait::No`] it reads only what is in the page cache
+    /// and returns false (the buffer partly filled) as soon as some of it is not.
+    pub(crate) fn read_at_with(
+        &self,
+        mut buf: &mut [u8],
+        mut off: u64,
+        wait: Wait,
+    ) -> Result<bool> {
         while !buf.is_empty() {
-            match self.file.read_at(buf, off) {
+            let read = match wait {
+                Wait::Yes => self.file.read_at(buf, off),
+                Wait::No => rustix::io::preadv2(
+                    &self.file,
+                    &mut [std::io::IoSliceMut::new(buf)],
+                    off,
+                    rustix::io::ReadWriteFlags::NOWAIT,
+                )
+                .map_err(std::io::Error::from),
+            };
+            match read {
                 Ok(0) => {
                     buf.fill(0);
-                    return Ok(());
+                    return Ok(true);
                 }
                 Ok(n) => {
                     buf = &mut buf[n..];
                     off += n as u64;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // Not in the page cache (EAGAIN), or a kernel without RWF_NOWAIT.
+                Err(_) if wait == Wait::No => return Ok(false),
                 Err(e) => {
                     return Err(StoreError::io(
                         format!("reading {}", self.path.display()),
@@ -112,7 +144,7 @@ impl LayerData {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Writes all of `buf` at `off`.

@@ -209,6 +209,11 @@ fn check_layer(store: &Store, vol: VolumeId, m: &Model, pos: usize, full: bool) 
             let i = buf.iter().zip(&want).position(|(a, b)| a != b).unwrap();
             panic!("layer {pos} differs at byte {}", off + i as u64);
         }
+        // The page-cache-only read, when it answers (tmpfs never does), answers the same.
+        let mut cached = vec![0x55u8; len as usize];
+        if store.read_cached(vol, Some(id), off, &mut cached).unwrap() {
+            assert!(cached == want, "layer {pos}: the cached read differs");
+        }
     }
     // allocation over the whole volume, block by block
     let ext = store.allocation(vol, Some(id), 0, m.size).unwrap();

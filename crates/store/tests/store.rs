@@ -338,3 +338,66 @@ fn concurrent_partial_writes_to_one_block_lose_nothing() {
         .iter()
         .all(|x| *x == 0xEE));
 }
+
+/// Evicts the volume's layer files from the page cache (they must be synced: dirty pages stay).
+fn evict(dir: &std::path::Path, vol: VolumeId) {
+    for e in std::fs::read_dir(dir.join("volumes").join(vol.to_string())).unwrap() {
+        let f = std::fs::File::open(e.unwrap().path()).unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    }
+}
+
+#[test]
+fn a_cached_read_answers_from_memory_only_and_agrees_with_a_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path());
+    let vol = VolumeId::new_random();
+    s.create_volume(vol, 16 * MIB, LayerId::new_random())
+        .unwrap();
+    s.write(vol, 0, &fill(1, MIB as usize), false).unwrap();
+    let snap = s.snapshot(vol, LayerId::new_random()).unwrap();
+    s.write(vol, MIB / 2, &fill(2, MIB as usize), false)
+        .unwrap();
+    s.flush(vol).unwrap();
+    evict(tmp.path(), vol);
+    // Holes need no file at all; data that was evicted must not be waited for.
+    let mut buf = vec![0x55; MIB as usize];
+    assert!(s.read_cached(vol, None, 8 * MIB, &mut buf).unwrap());
+    assert_eq!(buf, vec![0; MIB as usize]);
+    let probe = s.read_cached(vol, None, 0, &mut buf).unwrap();
+    assert!(
+        !probe,
+        "data evicted from the page cache must not be read in memory-only mode"
+    );
+    // Once read, the data is in memory, and both reads agree, at the head and at the snapshot
+    // (unless the filesystem cannot say what is cached: tmpfs; then it always falls back).
+    for at in [None, Some(snap)] {
+        let want = read(&s, vol, at, 0, 2 * MIB as usize);
+        let mut got = vec![0x55; want.len()];
+        if s.read_cached(vol, at, 0, &mut got).unwrap() {
+            assert_eq!(got, want);
+        } else {
+            assert!(
+                !nowait_reads_work(tmp.path()),
+                "data just read must be readable from memory"
+            );
+        }
+    }
+}
+
+/// Whether the filesystem of `dir` answers `RWF_NOWAIT` reads (tmpfs does not).
+fn nowait_reads_work(dir: &std::path::Path) -> bool {
+    let path = dir.join("nowait-probe");
+    std::fs::write(&path, [1u8; 4096]).unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    let mut b = [0u8; 4096];
+    let ok = rustix::io::preadv2(
+        &f,
+        &mut [std::io::IoSliceMut::new(&mut b)],
+        0,
+        rustix::io::ReadWriteFlags::NOWAIT,
+    )
+    .is_ok();
+    let _ = std::fs::remove_file(&path);
+    ok
+}

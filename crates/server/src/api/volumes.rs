@@ -286,15 +286,23 @@ pub async fn create_snapshot(
     let state = app.meta.read().await?;
     let v = find_volume(&state, volume.as_str())?;
     let barrier = Barrier::new(&app, &state, v);
+    // Times since the start of the barrier, for `RUST_LOG=strata_server::api::volumes=debug`.
+    let start = std::time::Instant::now();
     barrier.pause().await;
+    let paused = start.elapsed();
     let taken = commit_snapshot(&app, &volume, &snap).await;
+    let committed = start.elapsed();
     if let Ok(head) = &taken {
         app.meta.announce_commits().await;
         barrier.freeze(*head).await;
     }
+    let frozen = start.elapsed();
     barrier.release().await;
+    let released = start.elapsed();
     taken?;
     barrier.persist().await?;
+    tracing::debug!(volume = %volume, ?paused, ?committed, ?frozen, ?released,
+        persisted = ?start.elapsed(), "snapshot barrier steps");
     app.apply_to_store().await?;
     let state = app.meta.local_state();
     let v = find_volume(&state, volume.as_str())?;
