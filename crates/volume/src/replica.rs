@@ -261,21 +261,19 @@ pub async fn get_chunk(
     blocking(move || Ok(engine.store().chunk_image(volume, layer, chunk)?)).await
 }
 
-/// Replaces this server's image of `chunk` in `layer` (repair or resync; with `durable`,
-/// durable on return, otherwise with the next flush).
+/// Replaces this server's image of `chunk` in `layer` (repair; durable on return).
 pub async fn put_chunk(
     engine: &Arc<Engine>,
     volume: VolumeId,
     layer: LayerId,
     chunk: u64,
     image: ChunkImage,
-    durable: bool,
 ) -> Result<(), ReplicaError> {
     let engine = engine.clone();
     blocking(move || {
         Ok(engine
             .store()
-            .put_chunk_image(volume, layer, chunk, &image, durable)?)
+            .put_chunk_image(volume, layer, chunk, &image)?)
     })
     .await
 }
@@ -347,7 +345,6 @@ impl Handler for ReplicaHandler {
                 volume,
                 layer,
                 chunk,
-                durable,
                 maps,
                 blocks,
             } => {
@@ -356,7 +353,7 @@ impl Handler for ReplicaHandler {
                     zero: maps.zero,
                     blocks,
                 };
-                answer(put_chunk(e, volume, layer, chunk, image, durable).await)
+                answer(put_chunk(e, volume, layer, chunk, image).await)
             }
             Request::Digest {
                 volume,

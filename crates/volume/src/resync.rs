@@ -262,32 +262,17 @@ async fn answers(engine: &Arc<Engine>, server: ServerId) -> bool {
 
 /// Copies the chunk of one mark from this server to the mark's server, under the chunk's lock
 /// (which writes take while a replica lags): a write reaches the lagging server after the copy
-/// or is in the copied image, so the writes it takes need no marks. The lock covers only the
-/// reading and the sending of the image; the copy is made durable after the lock is let go
-/// (writes to the chunk wait for the copy, not for a sync of the receiving server), and
-/// before the caller clears the mark.
+/// or is in the copied image, so the writes it takes need no marks.
 async fn copy_mark(
     engine: &Arc<Engine>,
     view: &VolumeView,
     mark: &MissedChunk,
 ) -> Result<(), String> {
-    {
-        let _copy = engine.lock_chunk(view.id, mark.chunk).await;
-        copy_between(engine, view, mark, engine.me(), mark.server).await?;
-    }
-    engine
-        .ask(
-            mark.server,
-            Request::Flush { volume: view.id },
-            COPY_TIMEOUT,
-        )
-        .await
-        .map_err(|e| format!("making the copy on server {} durable: {e}", mark.server))?;
-    Ok(())
+    let _copy = engine.lock_chunk(view.id, mark.chunk).await;
+    copy_between(engine, view, mark, engine.me(), mark.server).await
 }
 
-/// Copies the chunk of `mark` (each layer it concerns) from server `from` to server `to`; the
-/// copy is durable on `to` after its next flush.
+/// Copies the chunk of `mark` (each layer it concerns) from server `from` to server `to`.
 async fn copy_between(
     engine: &Arc<Engine>,
     view: &VolumeView,
@@ -324,7 +309,6 @@ async fn copy_between(
             volume: view.id,
             layer,
             chunk: mark.chunk,
-            durable: false,
             maps,
             blocks,
         };

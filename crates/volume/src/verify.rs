@@ -179,7 +179,6 @@ async fn fix(
                 volume: view.id,
                 layer: *l,
                 chunk: problem.chunk,
-                durable: true,
                 maps,
                 blocks,
             };

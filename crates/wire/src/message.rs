@@ -13,7 +13,7 @@
 //! 0x0004 Trim     volume 16 | layer 16 | offset u64 | len u64 | missed
 //! 0x0005 Ping     (empty)
 //! 0x0006 GetChunk volume 16 | layer 16 | chunk u64
-//! 0x0007 PutChunk volume 16 | layer 16 | chunk u64 | durable u8 | maps | blocks ..
+//! 0x0007 PutChunk volume 16 | layer 16 | chunk u64 | maps | blocks ..
 //! 0x0008 Digest   volume 16 | has_layer u8 | layer 16 (zero if none) | chunk u64
 //! 0x8001 Ok       (empty)
 //! 0x8002 Data     data ..
@@ -27,7 +27,6 @@
 //! in both, and `blocks` holds exactly 4096 bytes per `data` bit, in block order.
 //!
 //! Version 2 added `missed`, GetChunk, PutChunk, Digest, Chunk, Digest and `NotReady`.
-//! Version 3 added `durable` to PutChunk.
 //!
 //! A new field or message means a new protocol version (negotiated in the handshake), never a
 //! silent reinterpretation of these bytes.
@@ -99,7 +98,7 @@ pub enum Request {
         /// The chunk index.
         chunk: u64,
     },
-    /// Replace one chunk of one layer with the given content (repair or a resync copy).
+    /// Replace one chunk of one layer with the given content (repair; durable on the answer).
     PutChunk {
         /// The volume.
         volume: VolumeId,
@@ -107,8 +106,6 @@ pub enum Request {
         layer: LayerId,
         /// The chunk index.
         chunk: u64,
-        /// Durable on the answer (synced); otherwise it is made durable by the next `Flush`.
-        durable: bool,
         /// The chunk's block maps.
         maps: Box<ChunkMaps>,
         /// The data blocks' bytes, in block order.
@@ -337,7 +334,7 @@ impl WireMessage for Request {
             Self::Trim { missed, .. } => ID + ID + 8 + 8 + 1 + missed.len() * ID,
             Self::Ping => 0,
             Self::GetChunk { .. } => ID + ID + 8,
-            Self::PutChunk { blocks, .. } => ID + ID + 8 + 1 + MAPS + blocks.len(),
+            Self::PutChunk { blocks, .. } => ID + ID + 8 + MAPS + blocks.len(),
             Self::Digest { .. } => ID + 1 + ID + 8,
         }
     }
@@ -399,14 +396,12 @@ impl WireMessage for Request {
                 volume,
                 layer,
                 chunk,
-                durable,
                 maps,
                 blocks,
             } => {
                 dst.put_slice(&volume.to_bytes());
                 dst.put_slice(&layer.to_bytes());
                 dst.put_u64(*chunk);
-                dst.put_u8(u8::from(*durable));
                 put_maps(dst, maps);
                 dst.put_slice(blocks);
             }
@@ -485,17 +480,15 @@ impl WireMessage for Request {
                 })
             }
             T_PUT_CHUNK => {
-                need(t, &p, ID + ID + 8 + 1 + MAPS, true)?;
+                need(t, &p, ID + ID + 8 + MAPS, true)?;
                 let volume = VolumeId::from_bytes(get_id(&mut p));
                 let layer = LayerId::from_bytes(get_id(&mut p));
                 let chunk = p.get_u64();
-                let durable = flag(t, p.get_u8(), "durable flag")?;
                 let maps = get_maps(t, &mut p)?;
                 Ok(Self::PutChunk {
                     volume,
                     layer,
                     chunk,
-                    durable,
                     maps,
                     blocks: p,
                 })
