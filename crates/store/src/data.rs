@@ -43,8 +43,12 @@ impl Store {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<bool> {
-        let v = self.inner.volume(vol)?;
-        // A snapshot or a merge holding the stack would make this wait.
+        // A volume being created or deleted, or a snapshot or merge holding the stack, would
+        // make this wait.
+        let Some(v) = self.inner.try_volume(vol) else {
+            return Ok(false);
+        };
+        let v = v?;
         let Some(st) = v.stack.try_read() else {
             return Ok(false);
         };

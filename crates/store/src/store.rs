@@ -48,6 +48,18 @@ impl Inner {
             .cloned()
             .ok_or(StoreError::NoSuchVolume(vol))
     }
+
+    /// Like [`Inner::volume`], but `None` instead of waiting while the volume map is being
+    /// changed (a create or delete holds it across syncs).
+    pub(crate) fn try_volume(&self, vol: VolumeId) -> Option<Result<Arc<Volume>>> {
+        let volumes = self.volumes.try_read()?;
+        Some(
+            volumes
+                .get(&vol)
+                .cloned()
+                .ok_or(StoreError::NoSuchVolume(vol)),
+        )
+    }
 }
 
 fn check_size(size: u64) -> Result<()> {
