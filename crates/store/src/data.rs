@@ -17,6 +17,21 @@ fn live(v: &Volume, st: &Stack) -> Result<()> {
     Ok(())
 }
 
+/// The checks and the read shared by [`Store::read`] and [`Store::read_cached`].
+fn read_from(
+    v: &Volume,
+    st: &Stack,
+    at: Option<LayerId>,
+    offset: u64,
+    buf: &mut [u8],
+    wait: Wait,
+) -> Result<bool> {
+    live(v, st)?;
+    let pos = st.live_pos(v.id, at)?;
+    st.check_range(offset, buf.len() as u64)?;
+    v.read_at_pos(st, pos, offset, buf, wait)
+}
+
 impl Store {
     /// Reads `buf.len()` bytes at `offset` from layer `at` (`None` = the head).
     pub fn read(
@@ -28,10 +43,7 @@ impl Store {
     ) -> Result<()> {
         let v = self.inner.volume(vol)?;
         let st = v.stack.read();
-        live(&v, &st)?;
-        let pos = st.live_pos(vol, at)?;
-        st.check_range(offset, buf.len() as u64)?;
-        v.read_at_pos(&st, pos, offset, buf, Wait::Yes).map(|_| ())
+        read_from(&v, &st, at, offset, buf, Wait::Yes).map(|_| ())
     }
 
     /// Like [`Store::read`] without waiting for the disk, for callers that must not block:
@@ -52,10 +64,7 @@ impl Store {
         let Some(st) = v.stack.try_read() else {
             return Ok(false);
         };
-        live(&v, &st)?;
-        let pos = st.live_pos(vol, at)?;
-        st.check_range(offset, buf.len() as u64)?;
-        v.read_at_pos(&st, pos, offset, buf, Wait::No)
+        read_from(&v, &st, at, offset, buf, Wait::No)
     }
 
     /// Writes `data` at `offset` into the volume's head; with `fua`, durable on return.

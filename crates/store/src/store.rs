@@ -42,24 +42,22 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn volume(&self, vol: VolumeId) -> Result<Arc<Volume>> {
-        self.volumes
-            .read()
-            .get(&vol)
-            .cloned()
-            .ok_or(StoreError::NoSuchVolume(vol))
+        find(&self.volumes.read(), vol)
     }
 
     /// Like [`Inner::volume`], but `None` instead of waiting while the volume map is being
     /// changed (a create or delete holds it across syncs).
     pub(crate) fn try_volume(&self, vol: VolumeId) -> Option<Result<Arc<Volume>>> {
-        let volumes = self.volumes.try_read()?;
-        Some(
-            volumes
-                .get(&vol)
-                .cloned()
-                .ok_or(StoreError::NoSuchVolume(vol)),
-        )
+        Some(find(&*self.volumes.try_read()?, vol))
     }
+}
+
+/// Volume `vol` of the map `volumes`.
+fn find(volumes: &HashMap<VolumeId, Arc<Volume>>, vol: VolumeId) -> Result<Arc<Volume>> {
+    volumes
+        .get(&vol)
+        .cloned()
+        .ok_or(StoreError::NoSuchVolume(vol))
 }
 
 fn check_size(size: u64) -> Result<()> {
