@@ -147,14 +147,16 @@ impl Store {
     }
 
     /// Replaces `chunk` of `layer` with `image`, also in a frozen layer (this is repair, not a
-    /// client write): afterwards [`Store::chunk_image`] returns exactly `image`. Durable when it
-    /// returns (data synced, then the rows committed).
+    /// client write): afterwards [`Store::chunk_image`] returns exactly `image`. With `durable`,
+    /// durable when it returns (data synced, then the rows committed); otherwise made durable by
+    /// the volume's next flush, like a write.
     pub fn put_chunk_image(
         &self,
         vol: VolumeId,
         layer: LayerId,
         chunk: u64,
         image: &ChunkImage,
+        durable: bool,
     ) -> Result<()> {
         let data = Bits(image.data);
         let zero = Bits(image.zero);
@@ -208,7 +210,10 @@ impl Store {
             }
             v.update_bits(l, chunk, |cb| *cb = ChunkBits { data, zero });
         }
-        v.flush_with(&self.inner.db, &st, |_| Ok(()))
+        if durable {
+            v.flush_with(&self.inner.db, &st, |_| Ok(()))?;
+        }
+        Ok(())
     }
 
     /// Records that `server` missed writes to `chunk` of `layer`. Visible to

@@ -50,7 +50,7 @@ fn images_repair_every_layer_of_a_stale_replica() {
     // Repair b: the frozen layer first (a repair may write a snapshot), then the head.
     for layer in [l0, l1] {
         let img = a.chunk_image(vol, layer, 1).unwrap();
-        b.put_chunk_image(vol, layer, 1, &img).unwrap();
+        b.put_chunk_image(vol, layer, 1, &img, true).unwrap();
         assert_eq!(b.chunk_image(vol, layer, 1).unwrap(), img);
     }
     for layer in [Some(l0), None] {
@@ -86,7 +86,7 @@ fn bad_images_are_refused() {
         blocks: vec![0u8; 100].into(),
     };
     assert!(matches!(
-        a.put_chunk_image(vol, l0, 0, &short),
+        a.put_chunk_image(vol, l0, 0, &short, true),
         Err(StoreError::BadChunkImage(_))
     ));
     let both = ChunkImage {
@@ -95,7 +95,7 @@ fn bad_images_are_refused() {
         blocks: vec![0u8; 4096].into(),
     };
     assert!(matches!(
-        a.put_chunk_image(vol, l0, 0, &both),
+        a.put_chunk_image(vol, l0, 0, &both, true),
         Err(StoreError::BadChunkImage(_))
     ));
     let past = ChunkImage {
@@ -104,7 +104,7 @@ fn bad_images_are_refused() {
         blocks: vec![0u8; 4096].into(),
     };
     assert!(matches!(
-        a.put_chunk_image(vol, l0, 3, &past),
+        a.put_chunk_image(vol, l0, 3, &past, true),
         Err(StoreError::OutOfRange { .. })
     ));
     assert!(matches!(
@@ -222,4 +222,24 @@ fn touched_chunks_lists_every_layer_that_holds_a_chunk() {
     let mut want = vec![(l0, 0), (l1, 0), (l1, 2)];
     want.sort();
     assert_eq!(got, want);
+}
+
+#[test]
+fn a_copy_that_is_not_durable_becomes_durable_with_the_next_flush() {
+    let (tmp, a, b, vol, [l0, _]) = pair();
+    a.write(vol, 0, &[7u8; 65536], false).unwrap();
+    let img = a.chunk_image(vol, l0, 0).unwrap();
+    // Not durable: a crash right after loses it (b's chunk reads as before the copy).
+    b.put_chunk_image(vol, l0, 0, &img, false).unwrap();
+    assert_eq!(b.chunk_image(vol, l0, 0).unwrap(), img, "visible at once");
+    b.crash();
+    let b = open(&tmp.path().join("b"));
+    assert!(chunk(&b, vol, None, 0).iter().all(|x| *x == 0));
+    // Then flushed: a crash keeps it.
+    b.put_chunk_image(vol, l0, 0, &img, false).unwrap();
+    b.flush(vol).unwrap();
+    b.crash();
+    let b = open(&tmp.path().join("b"));
+    assert_eq!(b.chunk_image(vol, l0, 0).unwrap(), img);
+    assert!(chunk(&a, vol, None, 0) == chunk(&b, vol, None, 0));
 }

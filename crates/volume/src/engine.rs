@@ -42,6 +42,20 @@ pub struct Engine {
     down: Mutex<HashMap<ServerId, Instant>>,
     /// Resync progress of this server's copies to stale replicas.
     pub resync: crate::resync::Tracker,
+    /// Names this run of the server (see [`Engine::run`]).
+    run: u64,
+}
+
+/// A value that differs between runs of a server, even in one process (tests restart servers
+/// in-process): the hash of the time under a per-call random key.
+fn new_run_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.write_u128(since_epoch.as_nanos());
+    h.finish()
 }
 
 impl Engine {
@@ -73,7 +87,15 @@ impl Engine {
             held: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
             resync: crate::resync::Tracker::default(),
+            run: new_run_id(),
         })
+    }
+
+    /// Names this run of the server: a new value at each start, answered to pings, so that a
+    /// peer can tell whether this server restarted (and lost what it had not synced) between
+    /// two of its requests.
+    pub fn run(&self) -> u64 {
+        self.run
     }
 
     /// This server's id.

@@ -261,19 +261,21 @@ pub async fn get_chunk(
     blocking(move || Ok(engine.store().chunk_image(volume, layer, chunk)?)).await
 }
 
-/// Replaces this server's image of `chunk` in `layer` (repair; durable on return).
+/// Replaces this server's image of `chunk` in `layer` (repair or resync; with `durable`,
+/// durable on return, otherwise with the next flush).
 pub async fn put_chunk(
     engine: &Arc<Engine>,
     volume: VolumeId,
     layer: LayerId,
     chunk: u64,
     image: ChunkImage,
+    durable: bool,
 ) -> Result<(), ReplicaError> {
     let engine = engine.clone();
     blocking(move || {
         Ok(engine
             .store()
-            .put_chunk_image(volume, layer, chunk, &image)?)
+            .put_chunk_image(volume, layer, chunk, &image, durable)?)
     })
     .await
 }
@@ -345,6 +347,7 @@ impl Handler for ReplicaHandler {
                 volume,
                 layer,
                 chunk,
+                durable,
                 maps,
                 blocks,
             } => {
@@ -353,7 +356,7 @@ impl Handler for ReplicaHandler {
                     zero: maps.zero,
                     blocks,
                 };
-                answer(put_chunk(e, volume, layer, chunk, image).await)
+                answer(put_chunk(e, volume, layer, chunk, image, durable).await)
             }
             Request::Digest {
                 volume,
@@ -363,7 +366,7 @@ impl Handler for ReplicaHandler {
                 Ok(d) => Response::Digest(d),
                 Err(err) => err.to_response(),
             },
-            Request::Ping => Response::Pong,
+            Request::Ping => Response::Pong { run: e.run() },
         }
     }
 }

@@ -256,23 +256,53 @@ async fn answers(engine: &Arc<Engine>, server: ServerId) -> bool {
         engine
             .call(server, Request::Ping, Duration::from_millis(500))
             .await,
-        Ok(Response::Pong)
+        Ok(Response::Pong { .. })
     )
 }
 
 /// Copies the chunk of one mark from this server to the mark's server, under the chunk's lock
 /// (which writes take while a replica lags): a write reaches the lagging server after the copy
-/// or is in the copied image, so the writes it takes need no marks.
+/// or is in the copied image, so the writes it takes need no marks. The lock covers only the
+/// reading and the sending of the image; the copy is made durable after the lock is let go
+/// (writes to the chunk wait for the copy, not for a sync of the receiving server), and
+/// before the caller clears the mark. A receiver that restarted between the copy and its
+/// flush lost the copy although the flush succeeds, so its run is compared before and after:
+/// the mark stays when it changed.
 async fn copy_mark(
     engine: &Arc<Engine>,
     view: &VolumeView,
     mark: &MissedChunk,
 ) -> Result<(), String> {
-    let _copy = engine.lock_chunk(view.id, mark.chunk).await;
-    copy_between(engine, view, mark, engine.me(), mark.server).await
+    let to = mark.server;
+    let run = run_of(engine, to).await?;
+    {
+        let _copy = engine.lock_chunk(view.id, mark.chunk).await;
+        copy_between(engine, view, mark, engine.me(), to).await?;
+    }
+    engine
+        .ask(to, Request::Flush { volume: view.id }, COPY_TIMEOUT)
+        .await
+        .map_err(|e| format!("making the copy on server {to} durable: {e}"))?;
+    if run_of(engine, to).await? != run {
+        return Err(format!(
+            "server {to} restarted while chunk {} was copied to it; it is copied again",
+            mark.chunk
+        ));
+    }
+    Ok(())
 }
 
-/// Copies the chunk of `mark` (each layer it concerns) from server `from` to server `to`.
+/// The run of server `server` (see [`Engine::run`]).
+async fn run_of(engine: &Arc<Engine>, server: ServerId) -> Result<u64, String> {
+    match engine.ask(server, Request::Ping, COPY_TIMEOUT).await {
+        Ok(Response::Pong { run }) => Ok(run),
+        Ok(other) => Err(format!("server {server} answered a ping with {other:?}")),
+        Err(e) => Err(format!("asking server {server} whether it restarted: {e}")),
+    }
+}
+
+/// Copies the chunk of `mark` (each layer it concerns) from server `from` to server `to`; the
+/// copy is durable on `to` after its next flush.
 async fn copy_between(
     engine: &Arc<Engine>,
     view: &VolumeView,
@@ -309,6 +339,7 @@ async fn copy_between(
             volume: view.id,
             layer,
             chunk: mark.chunk,
+            durable: false,
             maps,
             blocks,
         };

@@ -179,6 +179,7 @@ async fn fix(
                 volume: view.id,
                 layer: *l,
                 chunk: problem.chunk,
+                durable: true,
                 maps,
                 blocks,
             };

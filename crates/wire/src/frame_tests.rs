@@ -62,7 +62,7 @@ fn every_prefix_is_incomplete_then_the_frame_decodes() {
 fn back_to_back_frames_decode_in_order() {
     let mut buf = encode(1, Request::Ping);
     buf.extend_from_slice(&encode(2, Response::Data(Bytes::from_static(b"xyz"))));
-    buf.extend_from_slice(&encode(3, Response::Pong)[..10]);
+    buf.extend_from_slice(&encode(3, Response::Pong { run: 9 })[..10]);
     let mut codec = FrameCodec::default();
     let a = codec.decode(&mut buf).ok().flatten().expect("first");
     let b = codec.decode(&mut buf).ok().flatten().expect("second");
@@ -93,8 +93,8 @@ fn corrupt_frames_give_typed_errors() {
             BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]),
             |e| matches!(e, FrameError::BadMagic(_)),
         ),
-        ("version 3", with(5, 3), |e| {
-            matches!(e, FrameError::UnsupportedVersion(3))
+        ("version 4", with(5, 4), |e| {
+            matches!(e, FrameError::UnsupportedVersion(4))
         }),
         ("kind 7", with(6, 7), |e| {
             matches!(e, FrameError::BadKind(7))
@@ -263,6 +263,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 volume: VolumeId::from_bytes(v),
                 layer: LayerId::from_bytes(l),
                 chunk,
+                durable: chunk % 2 == 0,
                 maps: Box::new(ChunkMaps { data, zero }),
                 blocks,
             }
@@ -280,7 +281,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
 fn arb_response() -> impl Strategy<Value = Response> {
     prop_oneof![
         Just(Response::Ok),
-        Just(Response::Pong),
+        any::<u64>().prop_map(|run| Response::Pong { run }),
         arb_data().prop_map(Response::Data),
         (prop::sample::select(ErrorCode::ALL.to_vec()), ".{0,80}")
             .prop_map(|(code, message)| Response::Error { code, message }),

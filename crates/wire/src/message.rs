@@ -13,12 +13,12 @@
 //! 0x0004 Trim     volume 16 | layer 16 | offset u64 | len u64 | missed
 //! 0x0005 Ping     (empty)
 //! 0x0006 GetChunk volume 16 | layer 16 | chunk u64
-//! 0x0007 PutChunk volume 16 | layer 16 | chunk u64 | maps | blocks ..
+//! 0x0007 PutChunk volume 16 | layer 16 | chunk u64 | durable u8 | maps | blocks ..
 //! 0x0008 Digest   volume 16 | has_layer u8 | layer 16 (zero if none) | chunk u64
 //! 0x8001 Ok       (empty)
 //! 0x8002 Data     data ..
 //! 0x8003 Error    code u16 | UTF-8 message ..
-//! 0x8004 Pong     (empty)
+//! 0x8004 Pong     run u64
 //! 0x8005 Chunk    maps | blocks ..
 //! 0x8006 Digest   digest 32
 //! ```
@@ -27,6 +27,7 @@
 //! in both, and `blocks` holds exactly 4096 bytes per `data` bit, in block order.
 //!
 //! Version 2 added `missed`, GetChunk, PutChunk, Digest, Chunk, Digest and `NotReady`.
+//! Version 3 added `durable` to PutChunk and `run` to Pong.
 //!
 //! A new field or message means a new protocol version (negotiated in the handshake), never a
 //! silent reinterpretation of these bytes.
@@ -98,7 +99,7 @@ pub enum Request {
         /// The chunk index.
         chunk: u64,
     },
-    /// Replace one chunk of one layer with the given content (repair; durable on the answer).
+    /// Replace one chunk of one layer with the given content (repair or a resync copy).
     PutChunk {
         /// The volume.
         volume: VolumeId,
@@ -106,6 +107,8 @@ pub enum Request {
         layer: LayerId,
         /// The chunk index.
         chunk: u64,
+        /// Durable on the answer (synced); otherwise it is made durable by the next `Flush`.
+        durable: bool,
         /// The chunk's block maps.
         maps: Box<ChunkMaps>,
         /// The data blocks' bytes, in block order.
@@ -192,7 +195,12 @@ pub enum Response {
         message: String,
     },
     /// The answer to [`Request::Ping`].
-    Pong,
+    Pong {
+        /// Names this run of the answering server: a new value after each start. A caller that
+        /// sees the same value before and after some requests knows the server did not restart
+        /// (and lose what it had not synced) in between.
+        run: u64,
+    },
     /// The answer to [`Request::GetChunk`].
     Chunk {
         /// The chunk's block maps.
@@ -334,7 +342,7 @@ impl WireMessage for Request {
             Self::Trim { missed, .. } => ID + ID + 8 + 8 + 1 + missed.len() * ID,
             Self::Ping => 0,
             Self::GetChunk { .. } => ID + ID + 8,
-            Self::PutChunk { blocks, .. } => ID + ID + 8 + MAPS + blocks.len(),
+            Self::PutChunk { blocks, .. } => ID + ID + 8 + 1 + MAPS + blocks.len(),
             Self::Digest { .. } => ID + 1 + ID + 8,
         }
     }
@@ -396,12 +404,14 @@ impl WireMessage for Request {
                 volume,
                 layer,
                 chunk,
+                durable,
                 maps,
                 blocks,
             } => {
                 dst.put_slice(&volume.to_bytes());
                 dst.put_slice(&layer.to_bytes());
                 dst.put_u64(*chunk);
+                dst.put_u8(u8::from(*durable));
                 put_maps(dst, maps);
                 dst.put_slice(blocks);
             }
@@ -480,15 +490,17 @@ impl WireMessage for Request {
                 })
             }
             T_PUT_CHUNK => {
-                need(t, &p, ID + ID + 8 + MAPS, true)?;
+                need(t, &p, ID + ID + 8 + 1 + MAPS, true)?;
                 let volume = VolumeId::from_bytes(get_id(&mut p));
                 let layer = LayerId::from_bytes(get_id(&mut p));
                 let chunk = p.get_u64();
+                let durable = flag(t, p.get_u8(), "durable flag")?;
                 let maps = get_maps(t, &mut p)?;
                 Ok(Self::PutChunk {
                     volume,
                     layer,
                     chunk,
+                    durable,
                     maps,
                     blocks: p,
                 })
@@ -520,7 +532,7 @@ impl WireMessage for Response {
             Self::Ok => T_OK,
             Self::Data(_) => T_DATA,
             Self::Error { .. } => T_ERROR,
-            Self::Pong => T_PONG,
+            Self::Pong { .. } => T_PONG,
             Self::Chunk { .. } => T_CHUNK,
             Self::Digest(_) => T_DIGEST,
         }
@@ -528,7 +540,8 @@ impl WireMessage for Response {
 
     fn payload_len(&self) -> usize {
         match self {
-            Self::Ok | Self::Pong => 0,
+            Self::Ok => 0,
+            Self::Pong { .. } => 8,
             Self::Data(d) => d.len(),
             Self::Error { message, .. } => 2 + message.len(),
             Self::Chunk { blocks, .. } => MAPS + blocks.len(),
@@ -538,7 +551,8 @@ impl WireMessage for Response {
 
     fn put_payload(&self, dst: &mut BytesMut) {
         match self {
-            Self::Ok | Self::Pong => {}
+            Self::Ok => {}
+            Self::Pong { run } => dst.put_u64(*run),
             Self::Data(d) => dst.put_slice(d),
             Self::Error { code, message } => {
                 dst.put_u16(*code as u16);
@@ -555,7 +569,7 @@ impl WireMessage for Response {
     fn decode(t: u16, mut p: Bytes) -> Result<Self, MessageError> {
         match t {
             T_OK => need(t, &p, 0, false).map(|()| Self::Ok),
-            T_PONG => need(t, &p, 0, false).map(|()| Self::Pong),
+            T_PONG => need(t, &p, 8, false).map(|()| Self::Pong { run: p.get_u64() }),
             T_DATA => Ok(Self::Data(p)),
             T_ERROR => {
                 need(t, &p, 2, true)?;

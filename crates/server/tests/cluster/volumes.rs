@@ -25,6 +25,36 @@ async fn used_on(g: &Group, i: usize, id: &str) -> u64 {
         .expect("used")
 }
 
+/// A wire client to server `name`'s peer port, as another server (or a faulty peer) would talk
+/// to it.
+async fn wire_to(g: &Group, name: &str) -> strata_wire::WireClient {
+    let servers = g.get(0, "/v1/servers").await;
+    let server = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()
+        .clone();
+    let peer: std::net::SocketAddr = server["peer_addr"].as_str().unwrap().parse().unwrap();
+    strata_wire::WireClient::connect(peer, strata_types::ServerId::new_random())
+        .await
+        .unwrap()
+}
+
+/// The run server `name` answers a ping with: resync compares it before and after a copy to
+/// know that the receiver did not restart (losing the unsynced copy) in between.
+async fn run_of(g: &Group, name: &str) -> u64 {
+    match wire_to(g, name)
+        .await
+        .call(strata_wire::Request::Ping)
+        .await
+    {
+        Ok(strata_wire::Response::Pong { run }) => run,
+        other => panic!("ping {name}: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_server_serves_a_replicated_volume() {
     let g = Group::start(3).await;
@@ -185,6 +215,12 @@ async fn a_lost_replica_is_tracked_and_resynced_with_only_what_it_missed() {
         c.disconnect();
     })
     .await;
+    let run_before = run_of(&g, "s3").await;
+    assert_eq!(
+        run_of(&g, "s3").await,
+        run_before,
+        "the same run answers twice"
+    );
     g.kill(2).await;
     // Writes through s1 keep working: 8 chunks rewritten, a snapshot, 4 more.
     let a = g.nbd(0);
@@ -239,6 +275,11 @@ async fn a_lost_replica_is_tracked_and_resynced_with_only_what_it_missed() {
     );
     let used_before = used_on(&g, 0, &id).await + used_on(&g, 1, &id).await;
     g.restart(2).await;
+    assert_ne!(
+        run_of(&g, "s3").await,
+        run_before,
+        "a restarted server names a new run"
+    );
     g.wait_status(0, "dr", "healthy").await;
     // Only the missed chunks moved: s3 holds what it had plus at most the 12 rewritten chunks.
     let s3 = used_on(&g, 2, &id).await;
@@ -285,18 +326,7 @@ async fn verify_finds_and_repairs_a_damaged_replica() {
     assert_eq!(g.verify(0, "scrub", false).await["mismatches"], json!([]));
     // Damage s2's copy of chunk 2 behind the gateways' back, as a faulty peer would: a write
     // straight to its wire port.
-    let servers = g.get(0, "/v1/servers").await;
-    let s2 = servers
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "s2")
-        .unwrap()
-        .clone();
-    let peer: std::net::SocketAddr = s2["peer_addr"].as_str().unwrap().parse().unwrap();
-    let wire = strata_wire::WireClient::connect(peer, strata_types::ServerId::new_random())
-        .await
-        .unwrap();
+    let wire = wire_to(&g, "s2").await;
     let write = strata_wire::Request::Write {
         volume: serde_json::from_value(id).unwrap(),
         layer: serde_json::from_value(vol["head"].clone()).unwrap(),

@@ -60,7 +60,7 @@ async fn server_killed_mid_call_fails_the_call_retryably_and_the_pool_reconnects
     // The server comes back on the same address; the pool dials again on its own.
     let server = TestServer::start(addr, server_id, handler).await;
     let pong = pool.call(addr, Request::Ping).await.expect("reconnected");
-    assert_eq!(pong, Response::Pong);
+    assert_eq!(pong, Response::Pong { run: 1 });
     assert_eq!(pool.get(addr).await.expect("get").peer_id(), server_id);
     server.kill().await;
 }
@@ -83,7 +83,7 @@ async fn a_call_times_out_without_harming_the_connection() {
     );
     assert_eq!(
         client.call(Request::Ping).await.expect("ping"),
-        Response::Pong
+        Response::Pong { run: 1 }
     );
     assert!(!client.is_closed());
     server.kill().await;
@@ -185,7 +185,7 @@ async fn a_corrupt_frame_closes_only_its_own_connection() {
     );
     assert_eq!(
         good.call(Request::Ping).await.expect("ping"),
-        Response::Pong
+        Response::Pong { run: 1 }
     );
     server.kill().await;
 }
@@ -219,7 +219,7 @@ async fn an_unparsable_request_is_answered_with_bad_request_and_the_connection_l
     let pong = conn.next().await.expect("answer").expect("frame");
     assert_eq!(
         (pong.request_id, pong.into_message::<Response>()),
-        (78, Ok(Response::Pong))
+        (78, Ok(Response::Pong { run: 1 }))
     );
     server.kill().await;
 }

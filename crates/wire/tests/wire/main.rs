@@ -125,7 +125,7 @@ impl MemHandler {
                 self.blocks.lock().expect("lock").remove(&(volume, offset));
                 Ok(Response::Ok)
             }
-            Request::Ping => Ok(Response::Pong),
+            Request::Ping => Ok(Response::Pong { run: 1 }),
             Request::GetChunk { .. } | Request::PutChunk { .. } | Request::Digest { .. } => {
                 Err(Response::Error {
                     code: ErrorCode::BadRequest,

@@ -145,7 +145,7 @@ async fn handler_refusals_travel_as_error_responses() {
     let flush = pool.call(server.addr, Request::Flush { volume }).await;
     assert_eq!(flush.expect("flush"), Response::Ok);
     let ping = pool.call(server.addr, Request::Ping).await;
-    assert_eq!(ping.expect("ping"), Response::Pong);
+    assert_eq!(ping.expect("ping"), Response::Pong { run: 1 });
     assert_eq!(pool.connected(), vec![server.addr], "one pooled connection");
     server.kill().await;
 }
@@ -195,7 +195,7 @@ async fn a_large_write_travels_whole_and_an_oversized_one_is_refused_before_send
     assert!(err.to_string().contains("exceeds the limit"), "{err}");
     assert_eq!(
         client.call(Request::Ping).await.expect("still open"),
-        Response::Pong
+        Response::Pong { run: 1 }
     );
     server.kill().await;
 }
