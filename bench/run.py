@@ -313,7 +313,7 @@ def fio_lat(uri, name, runtime):
     """Random 4K writes QD4 for `runtime` s: p99 and max completion latency in ms, and IOPS."""
     args = ["fio", f"--name={name}", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite",
             "--bs=4k", "--iodepth=4", "--size=256M", "--time_based", f"--runtime={runtime}",
-            "--output-format=json", "--randrepeat=0", "--norandommap"]
+            "--output-format=json", "--randrepeat=0", "--norandommap", "--end_fsync=1"]
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     w = json.loads(out[out.index("{"):])["jobs"][0]["write"]
     return {"p99": w["clat_ns"]["percentile"]["99.000000"] / 1e6,

@@ -7,6 +7,7 @@
 //! [`RunningServer::stop`] cancels the token and waits for every task to end.
 
 pub mod api;
+mod background;
 pub mod config;
 mod control;
 mod exports;
@@ -154,6 +155,9 @@ pub async fn start(
         nbd_addr: nbd_addr.to_string(),
         reconcile_lock: Arc::new(tokio::sync::Mutex::new(())),
         http: http.clone(),
+        background: Arc::new(
+            background::Background::start(2).context("cannot start the background threads")?,
+        ),
     };
     // Serve the API and the Raft RPCs first: a joining server must answer the leader.
     let mut tasks = JoinSet::new();

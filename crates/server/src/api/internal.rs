@@ -231,7 +231,8 @@ async fn persist(
     Query(q): Query<BarrierQuery>,
 ) -> Result<Json<()>, ApiError> {
     let store = app.store.clone();
-    match tokio::task::spawn_blocking(move || store.flush(q.volume)).await {
+    // At low priority: the gateways are released, and this sync must not slow their writes.
+    match app.background.run(move || store.flush(q.volume)).await {
         Ok(Ok(())) | Ok(Err(strata_store::StoreError::NoSuchVolume(_))) => Ok(Json(())),
         Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(ApiError::internal(format!("flush task failed: {e}"))),

@@ -51,6 +51,8 @@ pub struct AppState {
     pub reconcile_lock: Arc<tokio::sync::Mutex<()>>,
     /// The HTTP client for other servers' APIs (forwarding, status probes).
     pub http: reqwest::Client,
+    /// Low-priority threads for syncs that clients do not wait for.
+    pub(crate) background: Arc<crate::background::Background>,
 }
 
 /// Parses a user-given name, or answers 400 saying what kind of name was bad.
