@@ -37,7 +37,7 @@ mod volume;
 pub use error::{Result, StoreError};
 pub use replica::{ChunkImage, MissedChunk};
 pub use store::{Store, MAX_VOLUME_SIZE};
-pub use strata_types::{LayerId, VolumeId};
+pub use strata_types::{ExtentKind, LayerId, VolumeId};
 
 /// Options for [`Store::open`].
 #[derive(Clone, Debug, Default)]
@@ -66,17 +66,6 @@ pub struct LayerInfo {
     pub id: LayerId,
     /// True for snapshots; false for the head.
     pub frozen: bool,
-}
-
-/// What a byte range of a layer holds, as reported by [`Store::allocation`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExtentKind {
-    /// Written data (it may happen to be zeros).
-    Data,
-    /// Trimmed or zeroed: reads as zeros, shadowing lower layers.
-    Zero,
-    /// Nothing in any layer at or below: reads as zeros.
-    Hole,
 }
 
 /// A run of bytes of one [`ExtentKind`].

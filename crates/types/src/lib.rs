@@ -20,3 +20,15 @@ pub const CHUNK_SIZE: u64 = 4 * 1024 * 1024;
 
 /// Blocks in one chunk.
 pub const BLOCKS_PER_CHUNK: u64 = CHUNK_SIZE / BLOCK_SIZE;
+
+/// What a byte range of a layer holds (block status): the store reports it, replicas send it
+/// to gateways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtentKind {
+    /// Written data (it may happen to be zeros).
+    Data,
+    /// Trimmed or zeroed: reads as zeros, shadowing lower layers.
+    Zero,
+    /// Nothing in any layer at or below: reads as zeros.
+    Hole,
+}

@@ -21,9 +21,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_nbd::{BlockDevice, Extent, IoError};
-use strata_store::ExtentKind;
-use strata_types::{LayerId, ServerId, VolumeId, CHUNK_SIZE};
-use strata_wire::{Request, Response, WireClient};
+use strata_types::{ExtentKind, LayerId, ServerId, VolumeId, CHUNK_SIZE};
+use strata_wire::{Request, Response, Run, WireClient};
 use tokio::sync::RwLock as AsyncRwLock;
 
 use crate::engine::Engine;
@@ -600,36 +599,19 @@ impl BlockDevice for GatewayDevice {
 }
 
 impl GatewayDevice {
-    /// Allocation of `[offset, offset+len)`: from this server's copy for chunks it holds in
-    /// sync; other chunks are reported as data (block status is advisory, and data is always a
-    /// correct answer).
+    /// Allocation of `[offset, offset+len)`, chunk by chunk from an in-sync replica: this
+    /// server's copy first, else another's over the wire. A chunk that no replica describes is
+    /// reported as data: block status is advisory, and data is always a correct answer.
     async fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>, IoError> {
-        let view = self.view()?;
-        let me = self.engine.me();
         let mut out: Vec<Extent> = Vec::new();
         for (chunk, at, n) in pieces(offset, len) {
-            let local = view.current(me, chunk) && view.replicas_of(chunk).contains(&me);
-            let extents = if local {
-                let (store, vol, layer) = (self.engine.store().clone(), self.volume, self.layer);
-                tokio::task::spawn_blocking(move || store.allocation(vol, layer, at, n))
-                    .await
-                    .map_err(|e| IoError::Io(format!("store task failed: {e}")))?
-                    .map_err(|e| io(e.into()))?
-                    .into_iter()
-                    .map(|e| Extent {
-                        len: e.len as u32,
-                        hole: e.kind != ExtentKind::Data,
-                        zero: e.kind != ExtentKind::Data,
-                    })
-                    .collect()
-            } else {
-                vec![Extent {
-                    len: n as u32,
-                    hole: false,
-                    zero: false,
-                }]
-            };
-            for e in extents {
+            let runs = self.chunk_allocation(chunk, at, n as u32).await?;
+            for r in runs {
+                let e = Extent {
+                    len: r.len,
+                    hole: r.kind != ExtentKind::Data,
+                    zero: r.kind != ExtentKind::Data,
+                };
                 match out.last_mut() {
                     Some(l) if l.hole == e.hole && l.zero == e.zero => l.len += e.len,
                     _ => out.push(e),
@@ -637,6 +619,57 @@ impl GatewayDevice {
             }
         }
         Ok(out)
+    }
+
+    /// The runs of `[offset, offset+len)` within one chunk (see [`GatewayDevice::allocation`]).
+    async fn chunk_allocation(
+        &self,
+        chunk: u64,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<Run>, IoError> {
+        let view = self.view()?;
+        let me = self.engine.me();
+        let mut order: Vec<ServerId> = view
+            .replicas_of(chunk)
+            .into_iter()
+            .filter(|r| view.current(*r, chunk))
+            .collect();
+        order.sort_by_key(|r| (*r != me, self.engine.recently_down(*r)));
+        for r in order {
+            let res = if r == me {
+                replica::allocation(&self.engine, self.volume, self.layer, offset, len).await
+            } else {
+                let req = Request::Allocation {
+                    volume: self.volume,
+                    layer: self.layer,
+                    offset,
+                    len,
+                };
+                match self.call(r, req).await {
+                    Ok(Response::Allocation(runs))
+                        if runs.iter().map(|r| u64::from(r.len)).sum::<u64>() == u64::from(len) =>
+                    {
+                        Ok(runs)
+                    }
+                    Ok(other) => Err(ReplicaError::Io(format!("unexpected answer {other:?}"))),
+                    Err(e) => Err(e),
+                }
+            };
+            match res {
+                Ok(runs) => return Ok(runs),
+                Err(e @ (ReplicaError::OutOfRange(_) | ReplicaError::BadRequest(_))) => {
+                    return Err(io(e))
+                }
+                Err(e) => {
+                    tracing::debug!(server = %r, chunk, error = %e, "block status from a replica failed");
+                }
+            }
+        }
+        Ok(vec![Run {
+            len,
+            kind: ExtentKind::Data,
+        }])
     }
 }
 

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use strata_store::{ChunkImage, StoreError};
 use strata_types::{LayerId, ServerId, VolumeId, CHUNK_SIZE};
-use strata_wire::{ChunkMaps, ErrorCode, Handler, Request, Response};
+use strata_wire::{ChunkMaps, ErrorCode, Handler, Request, Response, Run};
 
 use crate::engine::Engine;
 
@@ -225,6 +225,28 @@ pub async fn flush(engine: &Arc<Engine>, volume: VolumeId) -> Result<(), Replica
     blocking(move || Ok(engine.store().flush(volume)?)).await
 }
 
+/// What `len` bytes at `offset` hold as seen from `layer` (`None`: the head), as runs that
+/// cover the range exactly (block status).
+pub async fn allocation(
+    engine: &Arc<Engine>,
+    volume: VolumeId,
+    layer: Option<LayerId>,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<Run>, ReplicaError> {
+    let store = engine.store().clone();
+    let extents =
+        blocking(move || Ok(store.allocation(volume, layer, offset, u64::from(len))?)).await?;
+    Ok(extents
+        .into_iter()
+        .map(|e| Run {
+            // Within `len`, so it fits.
+            len: e.len as u32,
+            kind: e.kind,
+        })
+        .collect())
+}
+
 /// The digest of `chunk` as read at `layer` (`None`: the head): blake3 of its bytes.
 pub async fn digest(
     engine: &Arc<Engine>,
@@ -326,6 +348,15 @@ impl Handler for ReplicaHandler {
                 len,
             } => match read(e, volume, layer, offset, len).await {
                 Ok(data) => Response::Data(data),
+                Err(err) => err.to_response(),
+            },
+            Request::Allocation {
+                volume,
+                layer,
+                offset,
+                len,
+            } => match allocation(e, volume, layer, offset, len).await {
+                Ok(runs) => Response::Allocation(runs),
                 Err(err) => err.to_response(),
             },
             Request::Flush { volume } => answer(flush(e, volume).await),

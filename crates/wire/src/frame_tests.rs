@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
-use strata_types::{LayerId, ServerId, VolumeId};
+use strata_types::{ExtentKind, LayerId, ServerId, VolumeId};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::*;
@@ -168,6 +168,26 @@ fn bad_payloads_give_message_errors() {
         Request::decode(0x0001, bad_fua.freeze()),
         Err(MessageError::BadField { .. })
     ));
+    // Allocation runs: 5 bytes each, a known kind, never empty.
+    assert_eq!(
+        Response::decode(0x8007, Bytes::from_static(&[0, 0, 0, 1, 0, 9])),
+        Err(MessageError::BadLength {
+            msg_type: 0x8007,
+            len: 6
+        })
+    );
+    for (run, field) in [
+        ([0u8, 0, 16, 0, 3], "run kind"),
+        ([0u8, 0, 0, 0, 1], "run length (zero)"),
+    ] {
+        assert_eq!(
+            Response::decode(0x8007, Bytes::copy_from_slice(&run)),
+            Err(MessageError::BadField {
+                msg_type: 0x8007,
+                field
+            })
+        );
+    }
     let mut bad_code = BytesMut::new();
     bad_code.put_u16(999);
     assert!(matches!(
@@ -275,7 +295,24 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 chunk,
             }
         }),
+        (
+            arb_id(),
+            prop::option::of(arb_id()),
+            any::<u64>(),
+            any::<u32>()
+        )
+            .prop_map(|(v, l, offset, len)| Request::Allocation {
+                volume: VolumeId::from_bytes(v),
+                layer: l.map(LayerId::from_bytes),
+                offset,
+                len,
+            }),
     ]
+}
+
+fn arb_run() -> impl Strategy<Value = Run> {
+    let kinds = [ExtentKind::Data, ExtentKind::Zero, ExtentKind::Hole];
+    (1..=u32::MAX, prop::sample::select(kinds.to_vec())).prop_map(|(len, kind)| Run { len, kind })
 }
 
 fn arb_response() -> impl Strategy<Value = Response> {
@@ -290,6 +327,7 @@ fn arb_response() -> impl Strategy<Value = Response> {
             blocks
         }),
         any::<[u8; 32]>().prop_map(Response::Digest),
+        prop::collection::vec(arb_run(), 0..40).prop_map(Response::Allocation),
     ]
 }
 

@@ -47,7 +47,7 @@ pub use frame::{
     Frame, FrameCodec, FrameKind, WireMessage, DEFAULT_MAX_PAYLOAD, HEADER_LEN, MAGIC,
     PROTOCOL_VERSION,
 };
-pub use message::{ChunkMaps, ErrorCode, Request, Response};
+pub use message::{ChunkMaps, ErrorCode, Request, Response, Run};
 pub use pool::Pool;
 pub use server::{serve, Handler, ServerConfig};
 

@@ -15,25 +15,27 @@
 //! 0x0006 GetChunk volume 16 | layer 16 | chunk u64
 //! 0x0007 PutChunk volume 16 | layer 16 | chunk u64 | durable u8 | maps | blocks ..
 //! 0x0008 Digest   volume 16 | has_layer u8 | layer 16 (zero if none) | chunk u64
+//! 0x0009 Allocation volume 16 | has_layer u8 | layer 16 (zero if none) | offset u64 | len u32
 //! 0x8001 Ok       (empty)
 //! 0x8002 Data     data ..
 //! 0x8003 Error    code u16 | UTF-8 message ..
 //! 0x8004 Pong     run u64
 //! 0x8005 Chunk    maps | blocks ..
 //! 0x8006 Digest   digest 32
+//! 0x8007 Allocation runs ..: each len u32 (> 0) | kind u8 (0 data, 1 zero, 2 hole)
 //! ```
 //! `missed` is a count u8 (at most 3) and that many server ids. `maps` is two 1024-bit block
 //! maps of one 4 MiB chunk, 16 little-endian u64 words each: `data` then `zero`; no block may be
 //! in both, and `blocks` holds exactly 4096 bytes per `data` bit, in block order.
 //!
 //! Version 2 added `missed`, GetChunk, PutChunk, Digest, Chunk, Digest and `NotReady`.
-//! Version 3 added `durable` to PutChunk and `run` to Pong.
+//! Version 3 added `durable` to PutChunk, `run` to Pong, and Allocation.
 //!
 //! A new field or message means a new protocol version (negotiated in the handshake), never a
 //! silent reinterpretation of these bytes.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use strata_types::{LayerId, ServerId, VolumeId};
+use strata_types::{ExtentKind, LayerId, ServerId, VolumeId};
 
 use crate::error::MessageError;
 use crate::frame::{FrameKind, WireMessage};
@@ -124,7 +126,32 @@ pub enum Request {
         /// The chunk index.
         chunk: u64,
     },
+    /// What `len` bytes at `offset` hold as seen from `layer` (the head when `None`): block
+    /// status for a gateway that does not hold the chunk; answered with
+    /// [`Response::Allocation`].
+    Allocation {
+        /// The volume.
+        volume: VolumeId,
+        /// The layer to look as of; `None` looks at the current head.
+        layer: Option<LayerId>,
+        /// Byte offset in the volume.
+        offset: u64,
+        /// Bytes to describe.
+        len: u32,
+    },
 }
+
+/// One run of a [`Response::Allocation`]: `len` bytes of one kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// Bytes in the run (never zero).
+    pub len: u32,
+    /// What they hold.
+    pub kind: ExtentKind,
+}
+
+/// Bytes of one encoded [`Run`].
+const RUN: usize = 5;
 
 /// 64-bit words in one chunk's block map.
 pub const MAP_WORDS: usize = 16;
@@ -210,6 +237,8 @@ pub enum Response {
     },
     /// The answer to [`Request::Digest`].
     Digest([u8; 32]),
+    /// The answer to [`Request::Allocation`]: consecutive runs covering the range asked for.
+    Allocation(Vec<Run>),
 }
 
 const T_WRITE: u16 = 0x0001;
@@ -220,12 +249,14 @@ const T_PING: u16 = 0x0005;
 const T_GET_CHUNK: u16 = 0x0006;
 const T_PUT_CHUNK: u16 = 0x0007;
 const T_DIGEST_REQ: u16 = 0x0008;
+const T_ALLOCATION_REQ: u16 = 0x0009;
 const T_OK: u16 = 0x8001;
 const T_DATA: u16 = 0x8002;
 const T_ERROR: u16 = 0x8003;
 const T_PONG: u16 = 0x8004;
 const T_CHUNK: u16 = 0x8005;
 const T_DIGEST: u16 = 0x8006;
+const T_ALLOCATION: u16 = 0x8007;
 
 const MAPS: usize = 2 * MAP_WORDS * 8;
 
@@ -329,6 +360,7 @@ impl WireMessage for Request {
             Self::GetChunk { .. } => T_GET_CHUNK,
             Self::PutChunk { .. } => T_PUT_CHUNK,
             Self::Digest { .. } => T_DIGEST_REQ,
+            Self::Allocation { .. } => T_ALLOCATION_REQ,
         }
     }
 
@@ -337,7 +369,7 @@ impl WireMessage for Request {
             Self::Write { data, missed, .. } => {
                 ID + ID + 8 + 1 + 1 + missed.len() * ID + data.len()
             }
-            Self::Read { .. } => ID + 1 + ID + 8 + 4,
+            Self::Read { .. } | Self::Allocation { .. } => ID + 1 + ID + 8 + 4,
             Self::Flush { .. } => ID,
             Self::Trim { missed, .. } => ID + ID + 8 + 8 + 1 + missed.len() * ID,
             Self::Ping => 0,
@@ -365,6 +397,12 @@ impl WireMessage for Request {
                 dst.put_slice(data);
             }
             Self::Read {
+                volume,
+                layer,
+                offset,
+                len,
+            }
+            | Self::Allocation {
                 volume,
                 layer,
                 offset,
@@ -446,16 +484,27 @@ impl WireMessage for Request {
                     missed,
                 })
             }
-            T_READ => {
+            T_READ | T_ALLOCATION_REQ => {
                 need(t, &p, ID + 1 + ID + 8 + 4, false)?;
                 let volume = VolumeId::from_bytes(get_id(&mut p));
                 let has_layer = flag(t, p.get_u8(), "has_layer flag")?;
-                let layer = LayerId::from_bytes(get_id(&mut p));
-                Ok(Self::Read {
-                    volume,
-                    layer: has_layer.then_some(layer),
-                    offset: p.get_u64(),
-                    len: p.get_u32(),
+                let layer = LayerId::from_bytes(get_id(&mut p)); // present either way
+                let layer = has_layer.then_some(layer);
+                let (offset, len) = (p.get_u64(), p.get_u32());
+                Ok(if t == T_READ {
+                    Self::Read {
+                        volume,
+                        layer,
+                        offset,
+                        len,
+                    }
+                } else {
+                    Self::Allocation {
+                        volume,
+                        layer,
+                        offset,
+                        len,
+                    }
                 })
             }
             T_FLUSH => {
@@ -516,7 +565,7 @@ impl WireMessage for Request {
                     chunk: p.get_u64(),
                 })
             }
-            T_OK | T_DATA | T_ERROR | T_PONG | T_CHUNK | T_DIGEST => {
+            T_OK | T_DATA | T_ERROR | T_PONG | T_CHUNK | T_DIGEST | T_ALLOCATION => {
                 Err(MessageError::WrongKind(t))
             }
             _ => Err(MessageError::UnknownType(t)),
@@ -535,6 +584,7 @@ impl WireMessage for Response {
             Self::Pong { .. } => T_PONG,
             Self::Chunk { .. } => T_CHUNK,
             Self::Digest(_) => T_DIGEST,
+            Self::Allocation(_) => T_ALLOCATION,
         }
     }
 
@@ -546,6 +596,7 @@ impl WireMessage for Response {
             Self::Error { message, .. } => 2 + message.len(),
             Self::Chunk { blocks, .. } => MAPS + blocks.len(),
             Self::Digest(_) => 32,
+            Self::Allocation(runs) => runs.len() * RUN,
         }
     }
 
@@ -563,6 +614,16 @@ impl WireMessage for Response {
                 dst.put_slice(blocks);
             }
             Self::Digest(d) => dst.put_slice(d),
+            Self::Allocation(runs) => {
+                for r in runs {
+                    dst.put_u32(r.len);
+                    dst.put_u8(match r.kind {
+                        ExtentKind::Data => 0,
+                        ExtentKind::Zero => 1,
+                        ExtentKind::Hole => 2,
+                    });
+                }
+            }
         }
     }
 
@@ -594,8 +655,39 @@ impl WireMessage for Response {
                 p.copy_to_slice(&mut d);
                 Ok(Self::Digest(d))
             }
+            T_ALLOCATION => {
+                if !p.len().is_multiple_of(RUN) {
+                    return Err(MessageError::BadLength {
+                        msg_type: t,
+                        len: p.len(),
+                    });
+                }
+                let mut runs = Vec::with_capacity(p.len() / RUN);
+                while p.has_remaining() {
+                    let len = p.get_u32();
+                    let kind = match p.get_u8() {
+                        0 => ExtentKind::Data,
+                        1 => ExtentKind::Zero,
+                        2 => ExtentKind::Hole,
+                        _ => {
+                            return Err(MessageError::BadField {
+                                msg_type: t,
+                                field: "run kind",
+                            })
+                        }
+                    };
+                    if len == 0 {
+                        return Err(MessageError::BadField {
+                            msg_type: t,
+                            field: "run length (zero)",
+                        });
+                    }
+                    runs.push(Run { len, kind });
+                }
+                Ok(Self::Allocation(runs))
+            }
             T_WRITE | T_READ | T_FLUSH | T_TRIM | T_PING | T_GET_CHUNK | T_PUT_CHUNK
-            | T_DIGEST_REQ => Err(MessageError::WrongKind(t)),
+            | T_DIGEST_REQ | T_ALLOCATION_REQ => Err(MessageError::WrongKind(t)),
             _ => Err(MessageError::UnknownType(t)),
         }
     }

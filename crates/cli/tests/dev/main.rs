@@ -116,6 +116,7 @@ fn strata_dev_serves_the_demo_volume_and_keeps_it() {
         "one demo volume, not two: {volumes}"
     );
     assert_eq!(volumes[0]["size"], 1u64 << 30);
+    block_status_through_one_gateway_covers_every_server(&url);
     // Taking a server out moves its chunks to the other two; the command waits for it.
     let cli = |args: &[&str]| {
         let api = format!("http://127.0.0.1:{api}");
@@ -146,4 +147,40 @@ fn strata_dev_serves_the_demo_volume_and_keeps_it() {
     let report = cli(&["volume", "verify", "demo"]);
     assert_eq!(report["mismatches"], serde_json::json!([]), "{report}");
     stop(child);
+}
+
+/// Block status through one server reports data exactly where it was written, also in chunks
+/// that only the other servers hold (replicas=2 of 3: a third of the chunks are elsewhere).
+fn block_status_through_one_gateway_covers_every_server(url: &str) {
+    support::require("nbdinfo");
+    const MIB: u64 = 1 << 20;
+    let chunks = 8..40u64;
+    let mut args = vec!["-f".to_string(), "raw".to_string()];
+    for c in chunks.clone() {
+        args.push("-c".into());
+        args.push(format!("write -P 0x5a {} 64k", c * 4 * MIB + MIB));
+    }
+    args.push(url.to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_ok("qemu-io", &args);
+    let map = run_ok("nbdinfo", &["--map", "--json", url]);
+    let extents: serde_json::Value = serde_json::from_str(&map).unwrap();
+    let mut data = Vec::new();
+    let mut covered = 0u64;
+    for e in extents.as_array().unwrap() {
+        let (off, len, ty) = (
+            e["offset"].as_u64().unwrap(),
+            e["length"].as_u64().unwrap(),
+            e["type"].as_u64().unwrap(),
+        );
+        assert_eq!(off, covered, "extents are contiguous: {map}");
+        covered += len;
+        if ty & 1 == 0 {
+            data.push((off, len));
+        }
+    }
+    assert_eq!(covered, 1 << 30);
+    let mut written = vec![(0, MIB)];
+    written.extend(chunks.map(|c| (c * 4 * MIB + MIB, 64 << 10)));
+    assert_eq!(data, written, "only what was written is data: {map}");
 }

@@ -126,12 +126,13 @@ impl MemHandler {
                 Ok(Response::Ok)
             }
             Request::Ping => Ok(Response::Pong { run: 1 }),
-            Request::GetChunk { .. } | Request::PutChunk { .. } | Request::Digest { .. } => {
-                Err(Response::Error {
-                    code: ErrorCode::BadRequest,
-                    message: "the test handler keeps no chunks".into(),
-                })
-            }
+            Request::GetChunk { .. }
+            | Request::PutChunk { .. }
+            | Request::Digest { .. }
+            | Request::Allocation { .. } => Err(Response::Error {
+                code: ErrorCode::BadRequest,
+                message: "the test handler keeps no chunks".into(),
+            }),
         }
     }
 }
