@@ -124,7 +124,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.data.last_membership.clone(),
             snapshot_id,
         };
-        save_snapshot(&self.db, &meta, &bytes).map_err(|e| {
+        save_snapshot(&self.db, &meta, &bytes, None).map_err(|e| {
             io_err(
                 |a| StorageIOError::write_snapshot(Some(meta.signature()), a),
                 e,
@@ -139,13 +139,25 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 /// Stores `meta` and `bytes` as the current snapshot, durably.
-fn save_snapshot(db: &Database, meta: &SnapshotMeta<u64, BasicNode>, bytes: &[u8]) -> DbResult<()> {
+/// Stores a snapshot; with `state`, also replaces the state blob with it in the same
+/// transaction (installing a snapshot: a crash leaves either the old pair or the new one).
+fn save_snapshot(
+    db: &Database,
+    meta: &SnapshotMeta<u64, BasicNode>,
+    bytes: &[u8],
+    state: Option<&SmData>,
+) -> DbResult<()> {
     let meta_bytes = db::to_json(meta)?;
+    let state_bytes = state.map(db::to_json).transpose()?;
     let tx = db.begin_write()?;
     {
         let mut t = tx.open_table(SNAPSHOT)?;
         t.insert(KEY_SNAP_META, meta_bytes.as_slice())?;
         t.insert(KEY_SNAP_DATA, bytes)?;
+    }
+    if let Some(state_bytes) = state_bytes {
+        tx.open_table(SM)?
+            .insert(KEY_STATE, state_bytes.as_slice())?;
     }
     tx.commit()?;
     Ok(())
@@ -225,15 +237,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The meta is authoritative for what the snapshot covers.
         data.last_applied = meta.last_log_id;
         data.last_membership = meta.last_membership.clone();
-        save_snapshot(&self.db, meta, &bytes).map_err(|e| {
+        save_snapshot(&self.db, meta, &bytes, Some(&data)).map_err(|e| {
             io_err(
                 |a| StorageIOError::write_snapshot(Some(meta.signature()), a),
                 e,
             )
         })?;
         self.data = data;
-        self.persist()
-            .map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
         self.shared.publish(&self.data);
         tracing::info!(snapshot = %meta, "installed a metadata snapshot");
         Ok(())
