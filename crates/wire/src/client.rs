@@ -1,8 +1,9 @@
 //! The client side of one connection: many calls in flight, matched by request id.
 //!
 //! A [`WireClient`] owns two tasks. The *writer* takes `(id, request)` pairs from a bounded
-//! channel and encodes them into the socket, flushing only when the channel is momentarily
-//! empty, so a burst of calls becomes one large write. The *reader* decodes response frames
+//! channel and queues them for the socket (block data without a copy, `writer.rs`), sending
+//! when the channel is momentarily empty or much is queued, so a burst of calls becomes one
+//! vectored write. The *reader* decodes response frames
 //! and completes the matching call through the oneshot sender stored under its id in the
 //! `pending` map. Responses may arrive in any order.
 //!
@@ -21,18 +22,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use strata_types::ServerId;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::WireError;
 use crate::frame::{FrameCodec, WireMessage};
 use crate::handshake::{exchange, Hello};
 use crate::message::{Request, Response};
+use crate::writer::{FrameWriter, FLUSH_AT};
 
 /// Tunables of a client connection.
 #[derive(Clone, Debug)]
@@ -168,7 +170,7 @@ impl WireClient {
         let stop = CancellationToken::new();
         let codec = FrameCodec::new(config.max_payload);
         tokio::spawn(write_loop(
-            FramedWrite::new(wr, codec.clone()),
+            FrameWriter::new(wr, config.max_payload),
             rx,
             shared.clone(),
             stop.clone(),
@@ -254,7 +256,7 @@ fn lost(why: &str) -> WireError {
 }
 
 async fn write_loop(
-    mut sink: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    mut sink: FrameWriter<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<(u64, Request)>,
     shared: Arc<Shared>,
     stop: CancellationToken,
@@ -267,9 +269,9 @@ async fn write_loop(
         let Some((id, req)) = next else {
             break "client dropped".to_string();
         };
-        // Encode without flushing while more requests are queued; flush when the queue is empty.
-        let result = match sink.feed((id, req)).await {
-            Ok(()) if rx.is_empty() => SinkExt::<(u64, Request)>::flush(&mut sink).await,
+        // Queue without sending while more requests wait; send when none does or much is queued.
+        let result = match sink.queue(id, &req) {
+            Ok(()) if rx.is_empty() || sink.queued_bytes() >= FLUSH_AT => sink.flush().await,
             other => other,
         };
         if let Err(e) = result {

@@ -25,7 +25,8 @@
 //!
 //! Encoding writes the header and the payload straight into the output buffer:
 //! [`WireMessage::put_payload`] copies block data once, from the caller's `Bytes` to the socket
-//! buffer. On decode the payload is split off the read buffer without copying, so a `Write`'s
+//! buffer. The connections' writers skip even that copy: they queue a message's block data
+//! ([`WireMessage::tail`]) as it is and send it with vectored writes (`writer.rs`). On decode the payload is split off the read buffer without copying, so a `Write`'s
 //! data is a slice of the bytes that came off the socket.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -82,8 +83,20 @@ pub trait WireMessage: Sized {
     fn msg_type(&self) -> u16;
     /// The exact number of payload bytes [`Self::put_payload`] writes.
     fn payload_len(&self) -> usize;
-    /// Appends the payload to `dst`.
-    fn put_payload(&self, dst: &mut BytesMut);
+    /// Appends the payload to `dst`, except its [`Self::tail`].
+    fn put_head(&self, dst: &mut BytesMut);
+    /// The raw block data that ends the payload, if the message carries any: a writer may send
+    /// it from the caller's buffer instead of copying it.
+    fn tail(&self) -> Option<&Bytes> {
+        None
+    }
+    /// Appends the whole payload to `dst`.
+    fn put_payload(&self, dst: &mut BytesMut) {
+        self.put_head(dst);
+        if let Some(t) = self.tail() {
+            dst.put_slice(t);
+        }
+    }
     /// Parses a payload of type `msg_type`.
     fn decode(msg_type: u16, payload: Bytes) -> Result<Self, crate::MessageError>;
 }
@@ -110,16 +123,46 @@ impl FrameCodec {
     pub fn max_payload(&self) -> u32 {
         self.max_payload
     }
+}
 
-    fn check_len(&self, len: usize) -> Result<u32, FrameError> {
-        match u32::try_from(len) {
-            Ok(l) if l <= self.max_payload => Ok(l),
-            _ => Err(FrameError::TooLarge {
-                len: len as u64,
-                max: self.max_payload,
-            }),
-        }
+/// `len` as a header's payload length, if it is at most `max`.
+pub(crate) fn check_len(len: usize, max: u32) -> Result<u32, FrameError> {
+    match u32::try_from(len) {
+        Ok(l) if l <= max => Ok(l),
+        _ => Err(FrameError::TooLarge {
+            len: len as u64,
+            max,
+        }),
     }
+}
+
+/// Appends the frame of `msg` (payload length `len`) to `dst`, except the tail given as
+/// `separate`, which the caller sends right after; the checksum covers it either way.
+pub(crate) fn encode_head<M: WireMessage>(
+    dst: &mut BytesMut,
+    request_id: u64,
+    msg: &M,
+    len: u32,
+    separate: Option<&Bytes>,
+) {
+    let start = dst.len();
+    dst.reserve(HEADER_LEN + len as usize - separate.map_or(0, Bytes::len));
+    put_header(dst, M::KIND, request_id, msg.msg_type(), len);
+    if separate.is_some() {
+        msg.put_head(dst);
+    } else {
+        msg.put_payload(dst);
+    }
+    let crc = crc32c::crc32c(&dst[start..start + 22]);
+    let mut crc = crc32c::crc32c_append(crc, &dst[start + HEADER_LEN..]);
+    if let Some(t) = separate {
+        crc = crc32c::crc32c_append(crc, t);
+    }
+    debug_assert_eq!(
+        dst.len() - start + separate.map_or(0, Bytes::len),
+        HEADER_LEN + len as usize
+    );
+    dst[start + 22..start + HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Writes a header with the checksum left as zero; returns the header's start in `dst`.
@@ -145,7 +188,7 @@ impl Encoder<Frame> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let len = self.check_len(frame.payload.len())?;
+        let len = check_len(frame.payload.len(), self.max_payload)?;
         dst.reserve(HEADER_LEN + frame.payload.len());
         let start = dst.len();
         put_header(dst, frame.kind, frame.request_id, frame.msg_type, len);
@@ -163,14 +206,8 @@ impl<M: WireMessage> Encoder<(u64, M)> for FrameCodec {
         (request_id, msg): (u64, M),
         dst: &mut BytesMut,
     ) -> Result<(), FrameError> {
-        let payload_len = msg.payload_len();
-        let len = self.check_len(payload_len)?;
-        dst.reserve(HEADER_LEN + payload_len);
-        let start = dst.len();
-        put_header(dst, M::KIND, request_id, msg.msg_type(), len);
-        msg.put_payload(dst);
-        debug_assert_eq!(dst.len() - start, HEADER_LEN + payload_len);
-        seal(dst, start);
+        let len = check_len(msg.payload_len(), self.max_payload)?;
+        encode_head(dst, request_id, &msg, len, None);
         Ok(())
     }
 }

@@ -40,6 +40,7 @@ pub mod handshake;
 pub mod message;
 mod pool;
 mod server;
+mod writer;
 
 pub use client::{ClientConfig, WireClient};
 pub use error::{FrameError, MessageError, WireError};

@@ -379,22 +379,29 @@ impl WireMessage for Request {
         }
     }
 
-    fn put_payload(&self, dst: &mut BytesMut) {
+    fn tail(&self) -> Option<&Bytes> {
+        match self {
+            Self::Write { data, .. } => Some(data),
+            Self::PutChunk { blocks, .. } => Some(blocks),
+            _ => None,
+        }
+    }
+
+    fn put_head(&self, dst: &mut BytesMut) {
         match self {
             Self::Write {
                 volume,
                 layer,
                 offset,
-                data,
                 fua,
                 missed,
+                ..
             } => {
                 dst.put_slice(&volume.to_bytes());
                 dst.put_slice(&layer.to_bytes());
                 dst.put_u64(*offset);
                 dst.put_u8(u8::from(*fua));
                 put_missed(dst, missed);
-                dst.put_slice(data);
             }
             Self::Read {
                 volume,
@@ -444,14 +451,13 @@ impl WireMessage for Request {
                 chunk,
                 durable,
                 maps,
-                blocks,
+                ..
             } => {
                 dst.put_slice(&volume.to_bytes());
                 dst.put_slice(&layer.to_bytes());
                 dst.put_u64(*chunk);
                 dst.put_u8(u8::from(*durable));
                 put_maps(dst, maps);
-                dst.put_slice(blocks);
             }
             Self::Digest {
                 volume,
@@ -600,19 +606,23 @@ impl WireMessage for Response {
         }
     }
 
-    fn put_payload(&self, dst: &mut BytesMut) {
+    fn tail(&self) -> Option<&Bytes> {
         match self {
-            Self::Ok => {}
+            Self::Data(d) => Some(d),
+            Self::Chunk { blocks, .. } => Some(blocks),
+            _ => None,
+        }
+    }
+
+    fn put_head(&self, dst: &mut BytesMut) {
+        match self {
+            Self::Ok | Self::Data(_) => {}
             Self::Pong { run } => dst.put_u64(*run),
-            Self::Data(d) => dst.put_slice(d),
             Self::Error { code, message } => {
                 dst.put_u16(*code as u16);
                 dst.put_slice(message.as_bytes());
             }
-            Self::Chunk { maps, blocks } => {
-                put_maps(dst, maps);
-                dst.put_slice(blocks);
-            }
+            Self::Chunk { maps, .. } => put_maps(dst, maps),
             Self::Digest(d) => dst.put_slice(d),
             Self::Allocation(runs) => {
                 for r in runs {

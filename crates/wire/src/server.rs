@@ -17,19 +17,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use strata_types::ServerId;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::WireError;
 use crate::frame::{FrameCodec, FrameKind, WireMessage};
 use crate::handshake::{exchange, Hello};
 use crate::message::{ErrorCode, Request, Response};
+use crate::writer::{FrameWriter, FLUSH_AT};
 
 /// What a server does with requests; implemented over the block store by the volume engine.
 #[async_trait]
@@ -116,12 +117,12 @@ async fn connection(
     .await?;
     let (rd, wr) = stream.into_split();
     let codec = FrameCodec::new(config.max_payload);
-    let mut frames = FramedRead::new(rd, codec.clone());
+    let mut frames = FramedRead::new(rd, codec);
     let limit = config.max_in_flight.max(1);
     let (tx, rx) = mpsc::channel::<(u64, Response)>(limit);
     // Everything this connection spawns lives in `tasks`: dropping the connection aborts it all.
     let mut tasks = JoinSet::new();
-    tasks.spawn(write_loop(FramedWrite::new(wr, codec), rx));
+    tasks.spawn(write_loop(FrameWriter::new(wr, config.max_payload), rx));
     let permits = Arc::new(Semaphore::new(limit));
     while let Some(frame) = frames.next().await {
         let frame = frame?;
@@ -162,13 +163,13 @@ async fn connection(
 }
 
 async fn write_loop(
-    mut sink: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    mut sink: FrameWriter<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<(u64, Response)>,
 ) {
     while let Some((id, resp)) = rx.recv().await {
-        let resp = fit(resp, sink.encoder().max_payload());
-        let result = match sink.feed((id, resp)).await {
-            Ok(()) if rx.is_empty() => SinkExt::<(u64, Response)>::flush(&mut sink).await,
+        let resp = fit(resp, sink.max_payload());
+        let result = match sink.queue(id, &resp) {
+            Ok(()) if rx.is_empty() || sink.queued_bytes() >= FLUSH_AT => sink.flush().await,
             other => other,
         };
         if let Err(e) = result {
