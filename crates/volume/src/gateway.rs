@@ -234,6 +234,15 @@ impl GatewayDevice {
                     "server {server} did not take a write and could not be marked stale: {e}"
                 ))
             })?;
+        self.record_lost(server).await
+    }
+
+    /// Has the current replicas of every chunk written to `server` since its last flush record
+    /// the chunk as missed by `server`: those writes may be lost (its connection dropped, or
+    /// its flush failed). Also for a server that is already stale or gaining the chunk: the
+    /// writes it took after a copy carry no mark, so without this a restart that lost them
+    /// would go unnoticed.
+    async fn record_lost(&self, server: ServerId) -> Result<(), IoError> {
         let lost: Vec<_> = self
             .links
             .lock()
@@ -307,6 +316,10 @@ impl GatewayDevice {
             return Ok(());
         };
         tracing::debug!(volume = %self.volume, %server, error = %e, "write to a lagging replica failed; marking it");
+        if matches!(e, ReplicaError::Io(_)) {
+            // Its connection may have dropped with earlier writes unflushed.
+            self.record_lost(server).await?;
+        }
         let marks = current.iter().map(|r| {
             let mark = Change::Write(Bytes::new());
             self.send_change(*r, head, offset, mark, false, vec![server])
@@ -516,11 +529,13 @@ impl GatewayDevice {
                 }
                 Err(ReplicaError::Io(e)) => {
                     tracing::warn!(volume = %volume, server = %server, error = %e, "replica flush failed");
-                    // Only a replica that was current for a chunk it lost matters: the others
-                    // are repaired from the marks either way.
+                    // A replica that was current for a chunk it may have lost becomes stale; for
+                    // one that was not, the chunks it may have lost are marked for a copy.
                     let view = self.view()?;
                     if chunks.iter().any(|(_, c)| view.current(*server, *c)) {
                         self.replica_failed(*server).await?;
+                    } else {
+                        self.record_lost(*server).await?;
                     }
                 }
                 Err(e) => return Err(io(e)),

@@ -195,7 +195,9 @@ pub async fn drain(
         return Ok(0); // a stale server's marks are not copied; the in-sync ones hold the same
     }
     for mark in marks(engine, view.id).await? {
-        if servers.contains(&mark.server) {
+        // A mark for this server itself is repaired by `repair_own`, not copied here (a copy
+        // to itself would change nothing); until then it counts as left.
+        if servers.contains(&mark.server) && mark.server != engine.me() {
             copy_mark(engine, view, &mark).await?;
             clear(engine, view.id, mark).await?;
             engine.resync.copied(view.id, mark.server);
