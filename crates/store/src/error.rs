@@ -59,6 +59,10 @@ pub enum StoreError {
         "invalid volume size {0}: it must be a positive multiple of 512 bytes and at most 2^56"
     )]
     InvalidSize(u64),
+    /// A background merge is moving this layer's blocks into another file, which replaces it
+    /// when the merge ends: a change to it now would be lost.
+    #[error("layer {0} is being rewritten by a snapshot merge; retry when the merge has ended")]
+    LayerMerging(LayerId),
     /// A chunk image from another replica does not make sense.
     #[error("chunk image refused: {0}; the sending replica is faulty or out of date")]
     BadChunkImage(String),

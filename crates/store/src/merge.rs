@@ -109,7 +109,7 @@ fn run_pending(inner: &Inner) {
 }
 
 /// Positions of the layer being merged and the layer above it.
-fn positions(st: &Stack, p: &MergeProgress) -> Result<(usize, usize)> {
+pub(crate) fn positions(st: &Stack, p: &MergeProgress) -> Result<(usize, usize)> {
     match st.layers.iter().position(|l| l.id == p.layer) {
         Some(k) if k + 1 < st.layers.len() && st.layers[k].deleted => Ok((k, k + 1)),
         _ => Err(StoreError::Corrupt(format!(

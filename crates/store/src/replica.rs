@@ -10,6 +10,8 @@
 
 use crate::bits::{Bits, ChunkBits};
 use crate::error::{Result, StoreError};
+use crate::merge::positions;
+use crate::meta::MergeDir;
 use crate::store::Store;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -177,6 +179,13 @@ impl Store {
         }
         v.check_writable()?;
         let pos = st.live_pos(vol, Some(layer))?;
+        // A merge down copies this layer into the deleted one's file, then points this layer at
+        // that file and deletes its own: an image written here meanwhile could be dropped.
+        if let Some(m) = *v.merge.lock() {
+            if m.dir == MergeDir::Down && positions(&st, &m)?.1 == pos {
+                return Err(StoreError::LayerMerging(layer));
+            }
+        }
         let inside = blocks_inside(st.size, chunk);
         if inside == 0 {
             return Err(StoreError::OutOfRange {

@@ -243,3 +243,46 @@ fn a_copy_that_is_not_durable_becomes_durable_with_the_next_flush() {
     assert_eq!(b.chunk_image(vol, l0, 0).unwrap(), img);
     assert!(chunk(&a, vol, None, 0) == chunk(&b, vol, None, 0));
 }
+
+#[test]
+fn a_copy_into_a_layer_being_merged_down_is_refused_until_the_merge_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        merge_rate_bytes_per_sec: Some(256 << 10),
+    };
+    let s = Store::open(tmp.path(), opts).unwrap();
+    let vol = VolumeId::new_random();
+    let [base, mid, head] = [(); 3].map(|()| LayerId::new_random());
+    s.create_volume(vol, 16 * CHUNK_SIZE, base).unwrap();
+    // A big base under a smaller frozen layer: deleting the base merges the small layer down
+    // into the base's file, about 2 MiB at 256 KiB/s.
+    s.write(vol, 0, &vec![1u8; (12 * CHUNK_SIZE) as usize], false)
+        .unwrap();
+    s.snapshot(vol, mid).unwrap();
+    for c in 0..8 {
+        s.write(vol, c * CHUNK_SIZE, &[2u8; 256 << 10], false)
+            .unwrap();
+    }
+    s.snapshot(vol, head).unwrap();
+    let image = s.chunk_image(vol, mid, 0).unwrap();
+    s.delete_layer(vol, base).unwrap();
+    let started = std::time::Instant::now();
+    while s.stats().merged_bytes == 0 {
+        assert!(started.elapsed().as_secs() < 20, "the merge did not start");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let refused = s.put_chunk_image(vol, mid, 0, &image, true);
+    assert!(
+        matches!(refused, Err(StoreError::LayerMerging(l)) if l == mid),
+        "{refused:?}"
+    );
+    // The head is not touched by a merge below it.
+    let head_image = s.chunk_image(vol, head, 0).unwrap();
+    s.put_chunk_image(vol, head, 0, &head_image, true).unwrap();
+    s.wait_merges_idle();
+    s.put_chunk_image(vol, mid, 0, &image, true).unwrap();
+    assert_eq!(s.chunk_image(vol, mid, 0).unwrap(), image);
+    assert!(chunk(&s, vol, Some(mid), 0)[..256 << 10]
+        .iter()
+        .all(|b| *b == 2));
+}

@@ -43,9 +43,9 @@ impl From<StoreError> for ReplicaError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::ReadOnlyLayer(l) => Self::Fenced(l),
-            StoreError::NoSuchVolume(_) | StoreError::NoSuchLayer { .. } => {
-                Self::NotReady(e.to_string())
-            }
+            StoreError::NoSuchVolume(_)
+            | StoreError::NoSuchLayer { .. }
+            | StoreError::LayerMerging(_) => Self::NotReady(e.to_string()),
             StoreError::OutOfRange { .. } => Self::OutOfRange(e.to_string()),
             StoreError::NoSpace => Self::NoSpace,
             other => Self::Io(other.to_string()),
