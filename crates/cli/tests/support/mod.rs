@@ -189,3 +189,23 @@ pub fn run_err(program: &str, args: &[&str]) -> String {
     );
     text
 }
+
+/// `nbdinfo --map` of `url`: the ranges reported as data (not holes), checking that the
+/// extents are contiguous and cover exactly `size` bytes.
+pub fn data_extents(url: &str, size: u64) -> Vec<(u64, u64)> {
+    let map = run_ok("nbdinfo", &["--map", "--json", url]);
+    let extents: serde_json::Value = serde_json::from_str(&map).expect("nbdinfo JSON");
+    let mut data = Vec::new();
+    let mut covered = 0u64;
+    for e in extents.as_array().expect("a list of extents") {
+        let field = |k: &str| e[k].as_u64().expect("a number");
+        let (off, len, ty) = (field("offset"), field("length"), field("type"));
+        assert_eq!(off, covered, "extents are contiguous: {map}");
+        covered += len;
+        if ty & 1 == 0 {
+            data.push((off, len));
+        }
+    }
+    assert_eq!(covered, size, "extents cover the export: {map}");
+    data
+}
