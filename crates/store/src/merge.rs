@@ -153,7 +153,10 @@ fn choose(k: &Layer, u: &Layer) -> MergeDir {
 /// Merges the lowest deleted layer of `v` (or resumes the recorded merge), start to finish.
 fn merge_volume(inner: &Inner, v: &Volume) -> Result<()> {
     let mut p = {
-        let st = v.stack.read();
+        // Exclusive while the merge starts: a chunk image written into the layer above (which
+        // holds the stack for reading throughout) then either lands before the merge lists the
+        // chunks to copy, or sees the merge and is refused (`StoreError::LayerMerging`).
+        let st = v.stack.write();
         if st.gone {
             return Ok(());
         }

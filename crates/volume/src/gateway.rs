@@ -42,6 +42,10 @@ struct Link {
     client: Option<WireClient>,
     /// The (layer, chunk)s written and not yet flushed.
     unflushed: HashSet<(LayerId, u64)>,
+    /// The (layer, chunk)s that were unflushed when the connection dropped: they may be lost.
+    /// A successful flush does not clear them: only [`GatewayDevice::record_lost`] does, once
+    /// the other replicas have recorded them as missed, and every flush first sees to that.
+    lost: HashSet<(LayerId, u64)>,
 }
 
 /// A change to a chunk.
@@ -116,12 +120,9 @@ impl GatewayDevice {
             .ok_or_else(|| IoError::Io("the volume was deleted".into()))
     }
 
-    /// The connection to `server`, and the chunks it may have lost if the previous connection
-    /// dropped with unflushed writes on it.
-    async fn remote(
-        &self,
-        server: ServerId,
-    ) -> Result<(WireClient, Vec<(LayerId, u64)>), ReplicaError> {
+    /// The connection to `server`, and how many chunks it may have lost because the previous
+    /// connection just turned out to have dropped (see [`Link::lost`]).
+    async fn remote(&self, server: ServerId) -> Result<(WireClient, usize), ReplicaError> {
         let client = self
             .engine
             .client(server)
@@ -131,28 +132,22 @@ impl GatewayDevice {
         let link = links.entry(server).or_default();
         let dropped = link.client.as_ref().is_some_and(|c| c.is_closed());
         link.client = Some(client.clone());
-        let lost = if dropped {
-            link.unflushed.drain().collect()
-        } else {
-            Vec::new()
-        };
-        Ok((client, lost))
+        let mut newly_lost = 0;
+        if dropped {
+            let unflushed: Vec<_> = link.unflushed.drain().collect();
+            newly_lost = unflushed.len();
+            link.lost.extend(unflushed);
+        }
+        Ok((client, newly_lost))
     }
 
     /// Sends `req` to the remote `server`; a connection failure is an `Io` error (the replica
     /// failed), a refusal is the replica's error.
     async fn call(&self, server: ServerId, req: Request) -> Result<Response, ReplicaError> {
         let (client, lost) = self.remote(server).await?;
-        if !lost.is_empty() {
-            let n = lost.len();
-            self.links
-                .lock()
-                .entry(server)
-                .or_default()
-                .unflushed
-                .extend(lost);
+        if lost > 0 {
             return Err(ReplicaError::Io(format!(
-                "connection to server {server} dropped with {n} unflushed chunk(s) on it"
+                "connection to server {server} dropped with {lost} unflushed chunk(s) on it"
             )));
         }
         match client.call_timeout(req, CALL_TIMEOUT).await {
@@ -237,43 +232,71 @@ impl GatewayDevice {
         self.record_lost(server).await
     }
 
+    /// `server` may have lost writes (its connection dropped, or a write or flush to it failed
+    /// with an I/O error): if it is current for any chunk written to it since its last flush,
+    /// it becomes stale ([`GatewayDevice::replica_failed`]); otherwise (it is stale, or gaining
+    /// those chunks in a migration) the chunks are only marked for a copy.
+    async fn lost_writes(&self, server: ServerId) -> Result<(), IoError> {
+        let view = self.view()?;
+        // Marking it stale needs another current replica of the chunk (with one replica, its
+        // unflushed writes are simply gone, as a crashed disk's would be).
+        let current = self.links.lock().get(&server).is_some_and(|l| {
+            l.unflushed.iter().chain(&l.lost).any(|(_, c)| {
+                view.current(server, *c)
+                    && view
+                        .replicas_of(*c)
+                        .iter()
+                        .any(|r| *r != server && view.current(*r, *c))
+            })
+        });
+        if current {
+            self.replica_failed(server).await
+        } else {
+            self.record_lost(server).await
+        }
+    }
+
     /// Has the current replicas of every chunk written to `server` since its last flush record
-    /// the chunk as missed by `server`: those writes may be lost (its connection dropped, or
-    /// its flush failed). Also for a server that is already stale or gaining the chunk: the
-    /// writes it took after a copy carry no mark, so without this a restart that lost them
-    /// would go unnoticed.
+    /// the chunk as missed by `server`, durably: those writes may be lost. Also for a server
+    /// that is already stale or gaining the chunk: the writes it took after a copy carry no
+    /// mark, so without this a restart that lost them would go unnoticed.
     async fn record_lost(&self, server: ServerId) -> Result<(), IoError> {
-        let lost: Vec<_> = self
-            .links
-            .lock()
-            .get_mut(&server)
-            .map(|l| l.unflushed.drain().collect())
-            .unwrap_or_default();
+        let lost: Vec<_> = match self.links.lock().get_mut(&server) {
+            Some(l) => l.unflushed.drain().chain(l.lost.drain()).collect(),
+            None => Vec::new(),
+        };
         if lost.is_empty() {
             return Ok(());
         }
         let view = self.view()?;
         let mut marks = Vec::new();
-        for (layer, chunk) in lost {
-            for r in view.replicas_of(chunk) {
-                if r != server && view.current(r, chunk) {
+        for (layer, chunk) in &lost {
+            for r in view.replicas_of(*chunk) {
+                if r != server && view.current(r, *chunk) {
                     marks.push(self.send_change(
                         r,
-                        layer,
+                        *layer,
                         chunk * CHUNK_SIZE,
                         Change::Write(Bytes::new()),
-                        false,
+                        true,
                         vec![server],
                     ));
                 }
             }
         }
         for r in join_all(marks).await {
-            r.map_err(|e| {
-                IoError::Io(format!(
+            if let Err(e) = r {
+                // Not recorded: keep them, so the next write or flush tries again.
+                self.links
+                    .lock()
+                    .entry(server)
+                    .or_default()
+                    .lost
+                    .extend(lost);
+                return Err(IoError::Io(format!(
                     "could not record the writes server {server} may have lost: {e}"
-                ))
-            })?;
+                )));
+            }
         }
         Ok(())
     }
@@ -318,7 +341,7 @@ impl GatewayDevice {
         tracing::debug!(volume = %self.volume, %server, error = %e, "write to a lagging replica failed; marking it");
         if matches!(e, ReplicaError::Io(_)) {
             // Its connection may have dropped with earlier writes unflushed.
-            self.record_lost(server).await?;
+            self.lost_writes(server).await?;
         }
         let marks = current.iter().map(|r| {
             let mark = Change::Write(Bytes::new());
@@ -502,7 +525,7 @@ impl GatewayDevice {
             .links
             .lock()
             .iter_mut()
-            .filter(|(_, l)| !l.unflushed.is_empty())
+            .filter(|(_, l)| !l.unflushed.is_empty() || !l.lost.is_empty())
             .map(|(s, l)| (*s, l.unflushed.iter().copied().collect()))
             .collect();
         let volume = self.volume;
@@ -521,22 +544,24 @@ impl GatewayDevice {
             }
             match res {
                 Ok(_) => {
-                    if let Some(l) = self.links.lock().get_mut(server) {
-                        for c in chunks {
-                            l.unflushed.remove(c);
+                    let lost = match self.links.lock().get_mut(server) {
+                        Some(l) => {
+                            for c in chunks {
+                                l.unflushed.remove(c);
+                            }
+                            !l.lost.is_empty()
                         }
+                        None => false,
+                    };
+                    // An earlier connection dropped (some other call noticed): what it carried
+                    // is handled before this flush is acknowledged.
+                    if lost {
+                        self.lost_writes(*server).await?;
                     }
                 }
                 Err(ReplicaError::Io(e)) => {
                     tracing::warn!(volume = %volume, server = %server, error = %e, "replica flush failed");
-                    // A replica that was current for a chunk it may have lost becomes stale; for
-                    // one that was not, the chunks it may have lost are marked for a copy.
-                    let view = self.view()?;
-                    if chunks.iter().any(|(_, c)| view.current(*server, *c)) {
-                        self.replica_failed(*server).await?;
-                    } else {
-                        self.record_lost(*server).await?;
-                    }
+                    self.lost_writes(*server).await?;
                 }
                 Err(e) => return Err(io(e)),
             }

@@ -172,7 +172,16 @@ async fn pass(
         }
         tracing::debug!(volume = %view.name, %server, marks = todo.len(), "resync: copying");
         for mark in todo {
-            copy_mark(engine, view, &mark).await?;
+            if let Err(e) = copy_mark(engine, view, &mark).await {
+                // One chunk refused (its layer is being merged, the receiver restarted): the
+                // mark stays for the next pass, and the other chunks are copied now. A server
+                // that stopped answering is left for the next pass.
+                tracing::info!(volume = %view.name, %server, chunk = mark.chunk, error = %e, "resync: copy failed; retried later");
+                if !answers(engine, server).await {
+                    break;
+                }
+                continue;
+            }
             clear(engine, view.id, mark).await?;
             engine.resync.copied(view.id, server);
         }

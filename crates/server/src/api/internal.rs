@@ -341,7 +341,7 @@ async fn drain(
         .map_err(ApiError::unavailable)?;
     if left > 0 {
         return Err(ApiError::unavailable(format!(
-            "{left} chunk-layer(s) were written again while being copied"
+            "{left} chunk-layer(s) are still to be copied (written again meanwhile, or this server's own failed writes awaiting repair); the migration retries"
         )));
     }
     Ok(Json(()))
