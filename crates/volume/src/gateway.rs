@@ -238,17 +238,32 @@ impl GatewayDevice {
     /// those chunks in a migration) the chunks are only marked for a copy.
     async fn lost_writes(&self, server: ServerId) -> Result<(), IoError> {
         let view = self.view()?;
-        // Marking it stale needs another current replica of the chunk (with one replica, its
-        // unflushed writes are simply gone, as a crashed disk's would be).
-        let current = self.links.lock().get(&server).is_some_and(|l| {
-            l.unflushed.iter().chain(&l.lost).any(|(_, c)| {
-                view.current(server, *c)
-                    && view
-                        .replicas_of(*c)
-                        .iter()
-                        .any(|r| *r != server && view.current(*r, *c))
-            })
-        });
+        let mut current = false;
+        let mut sole = false;
+        if let Some(l) = self.links.lock().get(&server) {
+            for (_, c) in l.unflushed.iter().chain(&l.lost) {
+                if !(view.current(server, *c) && view.replicas_of(*c).contains(&server)) {
+                    continue;
+                }
+                let others = view
+                    .replicas_of(*c)
+                    .into_iter()
+                    .any(|r| r != server && view.current(r, *c));
+                current |= others;
+                sole |= !others;
+            }
+        }
+        if sole {
+            // It is the only current copy of some of them: nothing can be marked or repaired,
+            // so the flush fails, once (the client learns its unflushed writes may be lost, as
+            // with a failed disk); what it still holds as unflushed is flushed again next time.
+            if let Some(l) = self.links.lock().get_mut(&server) {
+                l.lost.clear();
+            }
+            return Err(IoError::Io(format!(
+                "server {server}, the only current replica of some chunks, may have lost unflushed writes"
+            )));
+        }
         if current {
             self.replica_failed(server).await
         } else {
@@ -259,10 +274,11 @@ impl GatewayDevice {
     /// Has the current replicas of every chunk written to `server` since its last flush record
     /// the chunk as missed by `server`, durably: those writes may be lost. Also for a server
     /// that is already stale or gaining the chunk: the writes it took after a copy carry no
-    /// mark, so without this a restart that lost them would go unnoticed.
+    /// mark, so without this a restart that lost them would go unnoticed. The chunks are
+    /// forgotten only once every mark is durable, so a flush running meanwhile still sees them.
     async fn record_lost(&self, server: ServerId) -> Result<(), IoError> {
-        let lost: Vec<_> = match self.links.lock().get_mut(&server) {
-            Some(l) => l.unflushed.drain().chain(l.lost.drain()).collect(),
+        let lost: Vec<_> = match self.links.lock().get(&server) {
+            Some(l) => l.unflushed.iter().chain(&l.lost).copied().collect(),
             None => Vec::new(),
         };
         if lost.is_empty() {
@@ -285,17 +301,16 @@ impl GatewayDevice {
             }
         }
         for r in join_all(marks).await {
-            if let Err(e) = r {
-                // Not recorded: keep them, so the next write or flush tries again.
-                self.links
-                    .lock()
-                    .entry(server)
-                    .or_default()
-                    .lost
-                    .extend(lost);
-                return Err(IoError::Io(format!(
+            r.map_err(|e| {
+                IoError::Io(format!(
                     "could not record the writes server {server} may have lost: {e}"
-                )));
+                ))
+            })?;
+        }
+        if let Some(l) = self.links.lock().get_mut(&server) {
+            for x in &lost {
+                l.unflushed.remove(x);
+                l.lost.remove(x);
             }
         }
         Ok(())
@@ -536,7 +551,7 @@ impl GatewayDevice {
         let (results, local) = tokio::join!(join_all(flushes), local);
         local.map_err(io)?;
         for ((server, chunks), (_, res)) in written.iter().zip(results) {
-            if res.is_err() && !self.view()?.holds(*server) {
+            if !self.view()?.holds(*server) {
                 // A migration took the server out of the layout after these writes: the new
                 // layout's replicas got them too, or copies of them, under the final barrier.
                 self.links.lock().remove(server);

@@ -173,14 +173,11 @@ async fn pass(
         tracing::debug!(volume = %view.name, %server, marks = todo.len(), "resync: copying");
         for mark in todo {
             if let Err(e) = copy_mark(engine, view, &mark).await {
-                // One chunk refused (its layer is being merged, the receiver restarted): the
-                // mark stays for the next pass, and the other chunks are copied now. A server
-                // that stopped answering is left for the next pass.
-                tracing::info!(volume = %view.name, %server, chunk = mark.chunk, error = %e, "resync: copy failed; retried later");
-                if !answers(engine, server).await {
-                    break;
-                }
-                continue;
+                // Refused (its layer is being merged, the receiver restarted or stopped
+                // answering): the marks stay for the next pass, and the other servers of the
+                // volume are still copied to in this one.
+                tracing::info!(volume = %view.name, %server, chunk = mark.chunk, error = %e, "resync: copy failed; retried on the next pass");
+                break;
             }
             clear(engine, view.id, mark).await?;
             engine.resync.copied(view.id, server);
