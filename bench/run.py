@@ -29,7 +29,7 @@ directory on the filesystem holding --dir (default: bench/results/tmp), and tear
   for two volume sizes.
 Machines here are noisy: compare the ratios, not the absolute numbers.
 """
-import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, json, os, re, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,7 +172,48 @@ def fio(uri, name, rw, bs, depth, size, runtime=None, extra=()):
     job = json.loads(out[out.index("{"):])["jobs"][0]
     side = job["write"] if "write" in rw else job["read"]
     p99 = side["clat_ns"]["percentile"].get("99.000000", 0) / 1000
-    return {"iops": side["iops"], "mbs": side["bw_bytes"] / 1e6, "p99_us": p99}
+    return {"iops": side["iops"], "mbs": side["bw_bytes"] / 1e6, "p99_us": p99,
+            "ios": side["total_ios"]}
+
+
+def cpu_seconds(pids):
+    """User + system CPU seconds each of `pids` has used so far (from /proc/PID/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = []
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        out.append((int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def children_cpu_seconds():
+    """User + system CPU seconds used by this script's finished children (the fio runs)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def machine_busy():
+    """(busy, total) CPU ticks of the whole machine so far (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]
+    return sum(ticks) - idle, sum(ticks)
+
+
+def fio_cpu(pids, *args, **kwargs):
+    """Runs `fio(*args)` and adds what it cost in CPU: `server_us` (per I/O, for each of the
+    server processes `pids`), `fio_us` (per I/O, the client) and `busy` (the machine's busy
+    fraction during the run)."""
+    servers, client, machine = cpu_seconds(pids), children_cpu_seconds(), machine_busy()
+    r = fio(*args, **kwargs)
+    servers = [b - a for a, b in zip(servers, cpu_seconds(pids))]
+    client = children_cpu_seconds() - client
+    busy, total = (b - a for a, b in zip(machine, machine_busy()))
+    ios = max(r["ios"], 1)
+    r.update(server_us=[s * 1e6 / ios for s in servers], fio_us=client * 1e6 / ios,
+             busy=busy / max(total, 1))
+    return r
 
 
 JOBS = [("seq write 1M QD16", "write", "1M", 16), ("seq read 1M QD16", "read", "1M", 16),
@@ -295,13 +336,32 @@ def bench_cluster(base, size, runtime):
         print("| job | 3 servers r=1 IOPS | 3 servers r=2 IOPS | 1 server IOPS | qemu-nbd IOPS | "
               "r=2 / qemu-nbd | r=1 / 1 server |")
         print("|---|---|---|---|---|---|---|")
+        pids = {"r1": [s.proc.pid for s in cluster.servers], "single": [single.proc.pid],
+                "qemu": [qemu.proc.pid]}
+        pids["r2"] = pids["r1"]
+        cpu = []
         for label, rw, bs, depth in JOBS:
-            r = {k: fio(uri, label.replace(" ", "-"), rw, bs, depth, size, runtime)
+            r = {k: fio_cpu(pids[k], uri, label.replace(" ", "-"), rw, bs, depth, size, runtime)
                  for k, uri in targets.items()}
+            cpu.append((label, r))
             print(f"| {label} | {r['r1']['iops']:.0f} | {r['r2']['iops']:.0f} | "
                   f"{r['single']['iops']:.0f} | {r['qemu']['iops']:.0f} | "
                   f"{r['r2']['iops'] / r['qemu']['iops']:.2f} | "
                   f"{r['r1']['iops'] / r['single']['iops']:.2f} |")
+        # Where the CPU went: all of these share the machine's cores, so a setup that spends
+        # more CPU per I/O gets fewer I/Os once the machine is busy.
+        print("\nCPU time per I/O in µs (gateway = the server the client talks to; others = the "
+              "other two servers; busy = the machine's busy share during the job):\n")
+        print("| job | r=1 gateway | r=1 others | r=1 fio | r=1 busy | 1 server | 1 server fio | "
+              "1 server busy | r=1 total / 1 server total |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for label, r in cpu:
+            r1, one = r["r1"], r["single"]
+            r1_total = sum(r1["server_us"]) + r1["fio_us"]
+            one_total = one["server_us"][0] + one["fio_us"]
+            print(f"| {label} | {r1['server_us'][0]:.1f} | {sum(r1['server_us'][1:]):.1f} | "
+                  f"{r1['fio_us']:.1f} | {r1['busy']:.0%} | {one['server_us'][0]:.1f} | "
+                  f"{one['fio_us']:.1f} | {one['busy']:.0%} | {r1_total / one_total:.2f} |")
         print()
     finally:
         cluster.stop()
