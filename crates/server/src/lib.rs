@@ -42,6 +42,7 @@ pub struct RunningServer {
     pub identity: Arc<Identity>,
     /// The management state handle.
     pub meta: Meta,
+    store: Arc<Store>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -65,6 +66,14 @@ impl RunningServer {
         self.meta.shutdown().await;
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Test hook: stops the server as a power loss would: like [`RunningServer::kill`], and
+    /// what its store had not flushed is lost (see [`Store::crash_in_place`]).
+    #[doc(hidden)]
+    pub async fn crash(self) {
+        self.store.crash_in_place();
+        self.kill().await;
     }
 
     /// Waits until the server stops by itself (it does not, unless a task fails) or is told to
@@ -235,6 +244,7 @@ pub async fn start(
         peer_addr,
         identity,
         meta,
+        store,
         shutdown,
         tasks,
     })

@@ -23,7 +23,8 @@ pub const MAX_VOLUME_SIZE: u64 = 1 << 56;
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
     merger: Option<JoinHandle<()>>,
-    crashed: bool,
+    /// Set by the crash test hooks: the last handle's drop flushes nothing.
+    crashed: AtomicBool,
 }
 
 /// State shared with the merger thread.
@@ -141,7 +142,7 @@ impl Store {
         Ok(Store {
             inner,
             merger: Some(merger),
-            crashed: false,
+            crashed: AtomicBool::new(false),
         })
     }
 
@@ -339,8 +340,20 @@ impl Store {
     /// Test hook: drops the store like a crash would — no final flush; merges stop where they
     /// are. Unflushed map changes are lost (data already written stays in the files).
     #[doc(hidden)]
-    pub fn crash(mut self) {
-        self.crashed = true;
+    pub fn crash(self) {
+        self.crash_in_place();
+    }
+
+    /// Test hook for a store other threads still hold (a server killed in a test): from now on
+    /// it acts as if its process had died — every volume refuses writes and flushes, and the
+    /// last handle's drop flushes nothing — so what was not flushed before this call is lost
+    /// when the store is opened again.
+    #[doc(hidden)]
+    pub fn crash_in_place(&self) {
+        self.crashed.store(true, Ordering::Release);
+        for v in self.inner.volumes.read().values() {
+            v.halt();
+        }
     }
 }
 
@@ -421,7 +434,7 @@ impl Drop for Store {
         if let Some(h) = self.merger.take() {
             let _ = h.join();
         }
-        if self.crashed {
+        if self.crashed.load(Ordering::Acquire) {
             return;
         }
         let vols: Vec<_> = self.inner.volumes.read().values().cloned().collect();

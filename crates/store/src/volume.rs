@@ -182,6 +182,11 @@ impl Volume {
         self.failed.load(Ordering::Acquire)
     }
 
+    /// Refuses every write and flush from now on, as [`crate::Store::crash_in_place`] needs.
+    pub fn halt(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
     fn fail(&self, e: &StoreError) {
         tracing::error!(volume = %self.id, error = %e, "sync failed; volume now refuses writes");
         self.failed.store(true, Ordering::Release);

@@ -484,19 +484,35 @@ impl GatewayDevice {
         join_all(parts).await.into_iter().collect()
     }
 
+    /// The replicas to read `chunk` from, in the order to try them: this server first, servers
+    /// seen down lately last. Only current replicas, and none that may have lost writes to the
+    /// chunk when its connection dropped ([`Link::lost`]): its copy may be older than what
+    /// this device acknowledged, until the next flush has the chunk marked for a copy.
+    fn read_order(&self, view: &VolumeView, chunk: u64) -> Vec<ServerId> {
+        let me = self.engine.me();
+        let links = self.links.lock();
+        let mut order: Vec<ServerId> = view
+            .replicas_of(chunk)
+            .into_iter()
+            .filter(|r| view.current(*r, chunk))
+            .filter(|r| {
+                links
+                    .get(r)
+                    .is_none_or(|l| !l.lost.iter().any(|(_, c)| *c == chunk))
+            })
+            .collect();
+        drop(links);
+        order.sort_by_key(|r| (*r != me, self.engine.recently_down(*r)));
+        order
+    }
+
     /// Reads one chunk's piece from an in-sync replica.
     async fn read_piece(&self, offset: u64, len: u64) -> Result<Bytes, IoError> {
         let chunk = offset / CHUNK_SIZE;
         let deadline = Instant::now() + RETRY_WINDOW;
         loop {
-            let view = self.view()?;
-            let mut order: Vec<ServerId> = view
-                .replicas_of(chunk)
-                .into_iter()
-                .filter(|r| view.current(*r, chunk))
-                .collect();
             let me = self.engine.me();
-            order.sort_by_key(|r| (*r != me, self.engine.recently_down(*r)));
+            let order = self.read_order(&*self.view()?, chunk);
             let mut last = String::from("no in-sync replica");
             let mut not_ready = false;
             for r in order {
@@ -683,15 +699,8 @@ impl GatewayDevice {
         offset: u64,
         len: u32,
     ) -> Result<Vec<Run>, IoError> {
-        let view = self.view()?;
         let me = self.engine.me();
-        let mut order: Vec<ServerId> = view
-            .replicas_of(chunk)
-            .into_iter()
-            .filter(|r| view.current(*r, chunk))
-            .collect();
-        order.sort_by_key(|r| (*r != me, self.engine.recently_down(*r)));
-        for r in order {
+        for r in self.read_order(&*self.view()?, chunk) {
             let res = if r == me {
                 replica::allocation(&self.engine, self.volume, self.layer, offset, len).await
             } else {

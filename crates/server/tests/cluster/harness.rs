@@ -295,6 +295,13 @@ impl Group {
         running.kill().await;
     }
 
+    /// Kills server `i` as a power loss would: what its store had not flushed is lost.
+    pub async fn crash(&mut self, i: usize) {
+        let running = self.nodes[i].running.take().expect("server is running");
+        self.nodes[i].close_proxies();
+        running.crash().await;
+    }
+
     /// Starts server `i` again from its directory on its old ports.
     pub async fn restart(&mut self, i: usize) {
         let links = self.links.clone();
