@@ -19,6 +19,9 @@ directory on the filesystem holding --dir (default: bench/results/tmp), and tear
 - cluster: the fio jobs on a 3-server cluster (three `strata server` processes, one `default`
   cluster; the client talks to the first server) with a replicas=1 and a replicas=2 volume, next to
   qemu-nbd on one raw file and a single-server Strata, all in one run.
+  Also prints the CPU time per I/O of the servers and of fio. With --pin, fio, the first
+  server, the single server and qemu-nbd run on CPU 0 and the other two servers on CPU 1, as if
+  those were other machines.
 - pause: the write latency a client sees while snapshots are taken: fio random write 4 KiB QD4
   on a replicas=2 volume of the 3-server cluster for a fixed time, once alone and once while 100
   snapshots are taken; max and p99 completion latency of both runs.
@@ -34,6 +37,11 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRATA = os.environ.get("STRATA_BIN") or os.path.join(ROOT, "target", "release", "strata")
+
+
+def pinned(args, cpus):
+    """`args` run on the CPUs `cpus` (a taskset list such as "0" or "0,1"); as is when None."""
+    return ["taskset", "-c", cpus, *args] if cpus else list(args)
 
 
 def free_port():
@@ -54,8 +62,9 @@ def wait_port(port, timeout=30):
 
 
 class Strata:
-    def __init__(self, base, join=None, name=None):
+    def __init__(self, base, join=None, name=None, cpus=None):
         self.dir = tempfile.mkdtemp(prefix="strata-", dir=base)
+        self.cpus = cpus
         self.api_port, self.nbd_port, self.peer_port = free_port(), free_port(), free_port()
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.join = join
@@ -70,7 +79,7 @@ class Strata:
             args += ["--name", self.name]
         args += ["--join", self.join] if self.join else ["--bootstrap"]
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL,
+            pinned(args, self.cpus), stdout=subprocess.DEVNULL,
             stderr=open(os.path.join(self.dir, "server.log"), "a"),
             env={"RUST_LOG": "warn", **os.environ})
         wait_port(self.api_port)
@@ -138,15 +147,16 @@ class Strata:
 
 
 class QemuNbd:
-    def __init__(self, base, size):
+    def __init__(self, base, size, cpus=None):
         self.dir = tempfile.mkdtemp(prefix="qemu-nbd-", dir=base)
         self.file = os.path.join(self.dir, "disk.raw")
         subprocess.run(["qemu-img", "create", "-f", "raw", self.file, str(size)], check=True,
                        stdout=subprocess.DEVNULL)
         self.port = free_port()
         self.proc = subprocess.Popen(
-            ["qemu-nbd", "-f", "raw", "--shared=8", "--cache=writeback", "--aio=threads",
-             "--persistent", "-b", "127.0.0.1", "-p", str(self.port), "-x", "bench", self.file])
+            pinned(["qemu-nbd", "-f", "raw", "--shared=8", "--cache=writeback", "--aio=threads",
+                    "--persistent", "-b", "127.0.0.1", "-p", str(self.port), "-x", "bench",
+                    self.file], cpus))
         wait_port(self.port)
         self.uri = f"nbd://127.0.0.1:{self.port}/bench"
 
@@ -162,13 +172,13 @@ def pct(sorted_values, p):
     return sorted_values[rank - 1]
 
 
-def fio(uri, name, rw, bs, depth, size, runtime=None, extra=()):
+def fio(uri, name, rw, bs, depth, size, runtime=None, extra=(), cpus=None):
     args = ["fio", f"--name={name}", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
             f"--iodepth={depth}", f"--size={size}", "--output-format=json", "--randrepeat=0",
             "--norandommap", *extra]
     if runtime:
         args += ["--time_based", f"--runtime={runtime}"]
-    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(pinned(args, cpus), check=True, capture_output=True, text=True).stdout
     job = json.loads(out[out.index("{"):])["jobs"][0]
     side = job["write"] if "write" in rw else job["read"]
     p99 = side["clat_ns"]["percentile"].get("99.000000", 0) / 1000
@@ -300,9 +310,11 @@ def bench_deep(base, size, runtime, rounds=3):
 class Cluster:
     """`n` (default 3) `strata server` processes in one group and one `default` cluster."""
 
-    def __init__(self, base, n=3):
-        first = Strata(base, name="b1")
-        self.servers = [first] + [Strata(base, join=first.api, name=f"b{i}") for i in range(2, n + 1)]
+    def __init__(self, base, n=3, cpus=None):
+        cpus = cpus or [None] * n
+        first = Strata(base, name="b1", cpus=cpus[0])
+        self.servers = [first] + [Strata(base, join=first.api, name=f"b{i}", cpus=cpus[i - 1])
+                                  for i in range(2, n + 1)]
         for s in self.servers[1:]:
             first.call("POST", "/v1/clusters/default/servers", {"server": s.name})
         self.api = first
@@ -324,15 +336,23 @@ class Cluster:
         raise RuntimeError(f"volume {volume} never became {prefix}")
 
 
-def bench_cluster(base, size, runtime):
+def bench_cluster(base, size, runtime, pin=False):
     print(f"## fio on a 3-server cluster vs qemu-nbd and single-server Strata "
           f"({size >> 20} MiB, {runtime}s per job; client on the first server)\n")
-    cluster, single, qemu = Cluster(base), Strata(base), QemuNbd(base, size)
+    # Pinned: the client's side (fio, the server it talks to, and the single server and
+    # qemu-nbd it is compared with) gets CPU 0 alone; the two other servers share CPU 1, as if
+    # they ran on other machines.
+    near = "0" if pin else None
+    if pin:
+        print("Pinned: fio, the first server, the single server and qemu-nbd on CPU 0; the other "
+              "two servers on CPU 1.\n")
+    cluster = Cluster(base, cpus=[near, "1", "1"] if pin else None)
+    single, qemu = Strata(base, cpus=near), QemuNbd(base, size, cpus=near)
     try:
         targets = {"r1": cluster.api.create("r1", size, 1), "r2": cluster.api.create("r2", size, 2),
                    "single": single.create("bench", size), "qemu": qemu.uri}
         for uri in targets.values():
-            fio(uri, "precondition", "write", "1M", 16, size)
+            fio(uri, "precondition", "write", "1M", 16, size, cpus=near)
         print("| job | 3 servers r=1 IOPS | 3 servers r=2 IOPS | 1 server IOPS | qemu-nbd IOPS | "
               "r=2 / qemu-nbd | r=1 / 1 server |")
         print("|---|---|---|---|---|---|---|")
@@ -341,7 +361,8 @@ def bench_cluster(base, size, runtime):
         pids["r2"] = pids["r1"]
         cpu = []
         for label, rw, bs, depth in JOBS:
-            r = {k: fio_cpu(pids[k], uri, label.replace(" ", "-"), rw, bs, depth, size, runtime)
+            r = {k: fio_cpu(pids[k], uri, label.replace(" ", "-"), rw, bs, depth, size, runtime,
+                            cpus=near)
                  for k, uri in targets.items()}
             cpu.append((label, r))
             print(f"| {label} | {r['r1']['iops']:.0f} | {r['r2']['iops']:.0f} | "
@@ -489,6 +510,9 @@ def main():
                             "all"])
     p.add_argument("--size", default="2G", help="volume size for fio and deep (e.g. 2G)")
     p.add_argument("--runtime", type=int, default=20)
+    p.add_argument("--pin", action="store_true",
+                   help="cluster: fio, the first server, the single server and qemu-nbd on CPU 0, "
+                        "the other two servers on CPU 1")
     p.add_argument("--dir", default=os.path.join(ROOT, "bench", "results", "tmp"))
     a = p.parse_args()
     size = int(re.match(r"(\d+)", a.size).group(1)) << {"M": 20, "G": 30}[a.size[-1]]
@@ -504,7 +528,7 @@ def main():
     if a.what in ("deep", "all"):
         bench_deep(a.dir, size, min(a.runtime, 15))
     if a.what in ("cluster", "all"):
-        bench_cluster(a.dir, size, a.runtime)
+        bench_cluster(a.dir, size, a.runtime, a.pin)
     if a.what in ("pause", "all"):
         bench_pause(a.dir, a.runtime)
     if a.what in ("resync", "all"):
