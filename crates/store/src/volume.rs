@@ -182,7 +182,8 @@ impl Volume {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// Refuses every write and flush from now on, as [`crate::Store::crash_in_place`] needs.
+    /// Refuses every write and flush that starts from now on, as
+    /// [`crate::Store::crash_in_place`] needs.
     pub fn halt(&self) {
         self.failed.store(true, Ordering::Release);
     }

@@ -37,6 +37,7 @@ pub struct Engine {
     topology: RwLock<Arc<Topology>>,
     version: watch::Sender<u64>,
     gates: Mutex<HashMap<VolumeId, Arc<AsyncRwLock<()>>>>,
+    links: Mutex<HashMap<VolumeId, Arc<crate::gateway::Links>>>,
     chunk_locks: Box<[tokio::sync::Mutex<()>]>,
     held: Mutex<HashMap<u64, Vec<OwnedRwLockWriteGuard<()>>>>,
     down: Mutex<HashMap<ServerId, Instant>>,
@@ -81,6 +82,7 @@ impl Engine {
             topology: RwLock::new(Arc::new(Topology::default())),
             version: watch::channel(0).0,
             gates: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             chunk_locks: (0..CHUNK_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -214,6 +216,12 @@ impl Engine {
     /// The write gate of `volume`.
     pub(crate) fn gate(&self, volume: VolumeId) -> Arc<AsyncRwLock<()>> {
         self.gates.lock().entry(volume).or_default().clone()
+    }
+
+    /// What this server's exports of `volume` wrote to each replica since its last flush,
+    /// shared by all of them (see [`crate::gateway::Links`]).
+    pub(crate) fn links(&self, volume: VolumeId) -> Arc<crate::gateway::Links> {
+        self.links.lock().entry(volume).or_default().clone()
     }
 
     /// The lock of `chunk` of `volume` on this server (one of a fixed set of stripes): held by

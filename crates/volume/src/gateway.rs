@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::join_all;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_nbd::{BlockDevice, Extent, IoError};
@@ -40,12 +41,32 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 struct Link {
     /// The connection those writes went over; if it closes, they may be lost.
     client: Option<WireClient>,
-    /// The (layer, chunk)s written and not yet flushed.
-    unflushed: HashSet<(LayerId, u64)>,
-    /// The (layer, chunk)s that were unflushed when the connection dropped: they may be lost.
-    /// A successful flush does not clear them: only [`GatewayDevice::record_lost`] does, once
-    /// the other replicas have recorded them as missed, and every flush first sees to that.
+    /// The (layer, chunk)s written and not yet flushed, each with the number of the last write
+    /// to it ([`Links::writes`]): a flush forgets a chunk only if no write came after the ones
+    /// it covered.
+    unflushed: HashMap<(LayerId, u64), u64>,
+    /// The (layer, chunk)s that were unflushed when the connection dropped: they may be lost,
+    /// so they are not read from this replica. A successful flush does not clear them:
+    /// [`GatewayDevice::record_lost`] does, once the other replicas have recorded them as
+    /// missed, or [`GatewayDevice::lost_writes`], when this replica was their only current
+    /// copy (and the flush or read that found it fails).
     lost: HashSet<(LayerId, u64)>,
+}
+
+/// The links of one volume's exports on this server, shared by all of them (the engine keeps
+/// one per volume): a client may open several connections (NBD multi-conn), and a flush on any
+/// of them must make durable what all of them wrote.
+#[derive(Default)]
+pub(crate) struct Links {
+    map: Mutex<HashMap<ServerId, Link>>,
+    /// Numbers the writes, for [`Link::unflushed`].
+    writes: AtomicU64,
+}
+
+impl Links {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<ServerId, Link>> {
+        self.map.lock()
+    }
 }
 
 /// A change to a chunk.
@@ -64,7 +85,7 @@ pub struct GatewayDevice {
     size: u64,
     read_only: bool,
     gate: Arc<AsyncRwLock<()>>,
-    links: Mutex<HashMap<ServerId, Link>>,
+    links: Arc<Links>,
     metrics: DeviceMetrics,
 }
 
@@ -104,12 +125,12 @@ impl GatewayDevice {
     ) -> Self {
         Self {
             gate: engine.gate(volume),
+            links: engine.links(volume),
             engine,
             volume,
             layer,
             size,
             read_only,
-            links: Mutex::new(HashMap::new()),
             metrics: DeviceMetrics::new(name),
         }
     }
@@ -121,8 +142,14 @@ impl GatewayDevice {
     }
 
     /// The connection to `server`, and how many chunks it may have lost because the previous
-    /// connection just turned out to have dropped (see [`Link::lost`]).
-    async fn remote(&self, server: ServerId) -> Result<(WireClient, usize), ReplicaError> {
+    /// connection just turned out to have dropped (see [`Link::lost`]). With `reading`, refuses
+    /// (`Io`) if that chunk is among them: checked under the same lock that records them, so a
+    /// read racing the one that noticed the drop cannot reach the copy either.
+    async fn remote(
+        &self,
+        server: ServerId,
+        reading: Option<u64>,
+    ) -> Result<(WireClient, usize), ReplicaError> {
         let client = self
             .engine
             .client(server)
@@ -134,9 +161,16 @@ impl GatewayDevice {
         link.client = Some(client.clone());
         let mut newly_lost = 0;
         if dropped {
-            let unflushed: Vec<_> = link.unflushed.drain().collect();
+            let unflushed: Vec<_> = link.unflushed.drain().map(|(k, _)| k).collect();
             newly_lost = unflushed.len();
             link.lost.extend(unflushed);
+        }
+        if let Some(chunk) = reading {
+            if link.lost.iter().any(|(_, c)| *c == chunk) {
+                return Err(ReplicaError::Io(format!(
+                    "server {server} may have lost writes to chunk {chunk}"
+                )));
+            }
         }
         Ok((client, newly_lost))
     }
@@ -144,7 +178,18 @@ impl GatewayDevice {
     /// Sends `req` to the remote `server`; a connection failure is an `Io` error (the replica
     /// failed), a refusal is the replica's error.
     async fn call(&self, server: ServerId, req: Request) -> Result<Response, ReplicaError> {
-        let (client, lost) = self.remote(server).await?;
+        self.call_for(server, None, req).await
+    }
+
+    /// [`GatewayDevice::call`] for a read of `reading`: refused if the server may have lost
+    /// writes to that chunk (see [`GatewayDevice::remote`]).
+    async fn call_for(
+        &self,
+        server: ServerId,
+        reading: Option<u64>,
+        req: Request,
+    ) -> Result<Response, ReplicaError> {
+        let (client, lost) = self.remote(server, reading).await?;
         if lost > 0 {
             return Err(ReplicaError::Io(format!(
                 "connection to server {server} dropped with {lost} unflushed chunk(s) on it"
@@ -208,12 +253,13 @@ impl GatewayDevice {
         if zero_fua {
             self.call(server, Request::Flush { volume }).await?;
         } else if !fua {
+            let n = self.links.writes.fetch_add(1, Ordering::Relaxed);
             self.links
                 .lock()
                 .entry(server)
                 .or_default()
                 .unflushed
-                .insert((layer, offset / CHUNK_SIZE));
+                .insert((layer, offset / CHUNK_SIZE), n);
         }
         Ok(())
     }
@@ -241,7 +287,7 @@ impl GatewayDevice {
         let mut current = false;
         let mut sole = false;
         if let Some(l) = self.links.lock().get(&server) {
-            for (_, c) in l.unflushed.iter().chain(&l.lost) {
+            for (_, c) in l.unflushed.keys().chain(&l.lost) {
                 if !(view.current(server, *c) && view.replicas_of(*c).contains(&server)) {
                     continue;
                 }
@@ -277,16 +323,19 @@ impl GatewayDevice {
     /// mark, so without this a restart that lost them would go unnoticed. The chunks are
     /// forgotten only once every mark is durable, so a flush running meanwhile still sees them.
     async fn record_lost(&self, server: ServerId) -> Result<(), IoError> {
-        let lost: Vec<_> = match self.links.lock().get(&server) {
-            Some(l) => l.unflushed.iter().chain(&l.lost).copied().collect(),
-            None => Vec::new(),
+        let (unflushed, lost): (Vec<_>, Vec<_>) = match self.links.lock().get(&server) {
+            Some(l) => (
+                l.unflushed.iter().map(|(k, n)| (*k, *n)).collect(),
+                l.lost.iter().copied().collect(),
+            ),
+            None => Default::default(),
         };
-        if lost.is_empty() {
+        if unflushed.is_empty() && lost.is_empty() {
             return Ok(());
         }
         let view = self.view()?;
         let mut marks = Vec::new();
-        for (layer, chunk) in &lost {
+        for (layer, chunk) in unflushed.iter().map(|(k, _)| k).chain(&lost) {
             for r in view.replicas_of(*chunk) {
                 if r != server && view.current(r, *chunk) {
                     marks.push(self.send_change(
@@ -308,8 +357,13 @@ impl GatewayDevice {
             })?;
         }
         if let Some(l) = self.links.lock().get_mut(&server) {
+            // A write that came after these were collected is not covered by the marks.
+            for (x, n) in &unflushed {
+                if l.unflushed.get(x) == Some(n) {
+                    l.unflushed.remove(x);
+                }
+            }
             for x in &lost {
-                l.unflushed.remove(x);
                 l.lost.remove(x);
             }
         }
@@ -484,26 +538,25 @@ impl GatewayDevice {
         join_all(parts).await.into_iter().collect()
     }
 
-    /// The replicas to read `chunk` from, in the order to try them: this server first, servers
-    /// seen down lately last. Only current replicas, and none that may have lost writes to the
-    /// chunk when its connection dropped ([`Link::lost`]): its copy may be older than what
-    /// this device acknowledged, until the next flush has the chunk marked for a copy.
-    fn read_order(&self, view: &VolumeView, chunk: u64) -> Vec<ServerId> {
+    /// The replicas to read `chunk` from, in the order to try them (this server first, servers
+    /// seen down lately last), and the current replicas left out because they may have lost
+    /// writes to the chunk when their connection dropped ([`Link::lost`]): their copy may be
+    /// older than what this server's gateways acknowledged.
+    fn read_order(&self, view: &VolumeView, chunk: u64) -> (Vec<ServerId>, Vec<ServerId>) {
         let me = self.engine.me();
         let links = self.links.lock();
-        let mut order: Vec<ServerId> = view
+        let (mut order, suspect): (Vec<ServerId>, Vec<ServerId>) = view
             .replicas_of(chunk)
             .into_iter()
             .filter(|r| view.current(*r, chunk))
-            .filter(|r| {
+            .partition(|r| {
                 links
                     .get(r)
                     .is_none_or(|l| !l.lost.iter().any(|(_, c)| *c == chunk))
-            })
-            .collect();
+            });
         drop(links);
         order.sort_by_key(|r| (*r != me, self.engine.recently_down(*r)));
-        order
+        (order, suspect)
     }
 
     /// Reads one chunk's piece from an in-sync replica.
@@ -512,7 +565,16 @@ impl GatewayDevice {
         let deadline = Instant::now() + RETRY_WINDOW;
         loop {
             let me = self.engine.me();
-            let order = self.read_order(&*self.view()?, chunk);
+            let (order, suspect) = self.read_order(&*self.view()?, chunk);
+            if order.is_empty() && !suspect.is_empty() {
+                // Only replicas that may have lost writes are left: have the loss recorded now
+                // (they become stale, or, as the only current copy, the read fails once), as
+                // the next flush would, instead of failing every read until then.
+                for s in suspect {
+                    self.lost_writes(s).await?;
+                }
+                continue;
+            }
             let mut last = String::from("no in-sync replica");
             let mut not_ready = false;
             for r in order {
@@ -525,7 +587,7 @@ impl GatewayDevice {
                         offset,
                         len: len as u32,
                     };
-                    match self.call(r, req).await {
+                    match self.call_for(r, Some(chunk), req).await {
                         Ok(Response::Data(d)) if d.len() as u64 == len => Ok(d),
                         Ok(other) => Err(ReplicaError::Io(format!("unexpected answer {other:?}"))),
                         Err(e) => Err(e),
@@ -552,12 +614,13 @@ impl GatewayDevice {
 
     /// Flushes every replica written since the last flush, and this server's copy.
     async fn flush_all(&self) -> Result<(), IoError> {
-        let written: Vec<(ServerId, Vec<(LayerId, u64)>)> = self
+        type Written = Vec<((LayerId, u64), u64)>;
+        let written: Vec<(ServerId, Written)> = self
             .links
             .lock()
             .iter_mut()
             .filter(|(_, l)| !l.unflushed.is_empty() || !l.lost.is_empty())
-            .map(|(s, l)| (*s, l.unflushed.iter().copied().collect()))
+            .map(|(s, l)| (*s, l.unflushed.iter().map(|(k, n)| (*k, *n)).collect()))
             .collect();
         let volume = self.volume;
         let flushes = written
@@ -577,8 +640,11 @@ impl GatewayDevice {
                 Ok(_) => {
                     let lost = match self.links.lock().get_mut(server) {
                         Some(l) => {
-                            for c in chunks {
-                                l.unflushed.remove(c);
+                            // Writes numbered after the ones collected are not covered.
+                            for (c, n) in chunks {
+                                if l.unflushed.get(c) == Some(n) {
+                                    l.unflushed.remove(c);
+                                }
                             }
                             !l.lost.is_empty()
                         }
@@ -700,7 +766,7 @@ impl GatewayDevice {
         len: u32,
     ) -> Result<Vec<Run>, IoError> {
         let me = self.engine.me();
-        for r in self.read_order(&*self.view()?, chunk) {
+        for r in self.read_order(&*self.view()?, chunk).0 {
             let res = if r == me {
                 replica::allocation(&self.engine, self.volume, self.layer, offset, len).await
             } else {
@@ -710,7 +776,7 @@ impl GatewayDevice {
                     offset,
                     len,
                 };
-                match self.call(r, req).await {
+                match self.call_for(r, Some(chunk), req).await {
                     Ok(Response::Allocation(runs))
                         if runs.iter().map(|r| u64::from(r.len)).sum::<u64>() == u64::from(len) =>
                     {
