@@ -190,7 +190,7 @@ impl Volume {
 
     fn fail(&self, e: &StoreError) {
         tracing::error!(volume = %self.id, error = %e, "sync failed; volume now refuses writes");
-        self.failed.store(true, Ordering::Release);
+        self.halt();
     }
 
     /// Changes one layer's maps of one chunk (caller holds the chunk's stripe), keeps the read

@@ -53,6 +53,13 @@ struct Link {
     lost: HashSet<(LayerId, u64)>,
 }
 
+impl Link {
+    /// Whether this replica may have lost writes to `chunk` (see [`Link::lost`]).
+    fn may_have_lost(&self, chunk: u64) -> bool {
+        self.lost.iter().any(|(_, c)| *c == chunk)
+    }
+}
+
 /// The links of one volume's exports on this server, shared by all of them (the engine keeps
 /// one per volume): a client may open several connections (NBD multi-conn), and a flush on any
 /// of them must make durable what all of them wrote.
@@ -166,7 +173,7 @@ impl GatewayDevice {
             link.lost.extend(unflushed);
         }
         if let Some(chunk) = reading {
-            if link.lost.iter().any(|(_, c)| *c == chunk) {
+            if link.may_have_lost(chunk) {
                 return Err(ReplicaError::Io(format!(
                     "server {server} may have lost writes to chunk {chunk}"
                 )));
@@ -549,11 +556,7 @@ impl GatewayDevice {
             .replicas_of(chunk)
             .into_iter()
             .filter(|r| view.current(*r, chunk))
-            .partition(|r| {
-                links
-                    .get(r)
-                    .is_none_or(|l| !l.lost.iter().any(|(_, c)| *c == chunk))
-            });
+            .partition(|r| links.get(r).is_none_or(|l| !l.may_have_lost(chunk)));
         drop(links);
         order.sort_by_key(|r| (*r != me, self.engine.recently_down(*r)));
         (order, suspect)

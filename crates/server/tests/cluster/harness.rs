@@ -396,6 +396,14 @@ impl Group {
         }
     }
 
+    /// `n` servers, three of them managers, all in the `default` cluster.
+    pub async fn cluster(n: usize) -> Group {
+        let g = Group::start(n).await;
+        g.three_managers().await;
+        g.one_cluster().await;
+        g
+    }
+
     /// Creates volume `name` of `size` bytes with `replicas` on `default`; returns its record.
     pub async fn create_volume(&self, name: &str, size: u64, replicas: u8) -> Value {
         let (status, body) = self

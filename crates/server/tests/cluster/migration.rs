@@ -124,9 +124,7 @@ async fn wait_left(g: &Group, name: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn removing_a_server_moves_its_data_away_while_clients_write() {
-    let g = Group::start(4).await;
-    g.three_managers().await;
-    g.one_cluster().await;
+    let g = Group::cluster(4).await;
     let vol = g.create_volume("mv", CHUNKS * CHUNK, 2).await;
     let id = vol["id"].as_str().unwrap().to_string();
     fill(&g, 0, "mv").await;
@@ -195,9 +193,7 @@ async fn removing_a_server_moves_its_data_away_while_clients_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_server_is_replaced_by_rebuilding_its_chunks_on_the_others() {
-    let mut g = Group::start(4).await;
-    g.three_managers().await;
-    g.one_cluster().await;
+    let mut g = Group::cluster(4).await;
     g.create_volume("rb", CHUNKS * CHUNK, 2).await;
     fill(&g, 0, "rb").await;
     let snap = g
@@ -236,9 +232,7 @@ async fn a_dead_server_is_replaced_by_rebuilding_its_chunks_on_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_killed_during_a_migration_catches_up_and_the_migration_finishes() {
-    let mut g = Group::start(4).await;
-    g.three_managers().await;
-    g.one_cluster().await;
+    let mut g = Group::cluster(4).await;
     g.create_volume("kd", CHUNKS * CHUNK, 2).await;
     fill(&g, 0, "kd").await;
     let w = Writer::default();

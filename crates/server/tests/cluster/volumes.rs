@@ -195,9 +195,7 @@ async fn snapshots_hold_a_prefix_of_writes_through_two_gateways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_replica_is_tracked_and_resynced_with_only_what_it_missed() {
-    let mut g = Group::start(3).await;
-    g.three_managers().await;
-    g.one_cluster().await;
+    let mut g = Group::cluster(3).await;
     let vol = g.create_volume("dr", 256 * MIB, 2).await;
     let id = vol["id"].as_str().unwrap().to_string();
     let a = g.nbd(0);
@@ -315,9 +313,7 @@ async fn unflushed_writes_a_crashed_replica_lost_are_found_and_resynced() {
     // Enough chunks that some are read from s3 first (about one in six is placed on s2 and
     // s3 with s3 ranked first).
     const CHUNKS: u64 = 64;
-    let mut g = Group::start(3).await;
-    g.three_managers().await;
-    g.one_cluster().await;
+    let mut g = Group::cluster(3).await;
     g.create_volume("lw", CHUNKS * CHUNK, 2).await;
     let written = |chunk: u64| [pattern(chunk, 8192), pattern(chunk + 100, 8192)].concat();
     let a = g.nbd(0);
@@ -391,9 +387,7 @@ async fn unflushed_writes_a_crashed_replica_lost_are_found_and_resynced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flush_on_one_connection_covers_the_writes_of_another() {
     const CHUNKS: u64 = 16;
-    let mut g = Group::start(3).await;
-    g.three_managers().await;
-    g.one_cluster().await;
+    let mut g = Group::cluster(3).await;
     g.create_volume("mc", CHUNKS * CHUNK, 2).await;
     let a = g.nbd(0);
     blocking(move || {
@@ -482,9 +476,7 @@ async fn verify_finds_and_repairs_a_damaged_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_minority_cannot_acknowledge_writes() {
-    let g = Group::start(3).await;
-    g.three_managers().await;
-    g.one_cluster().await;
+    let g = Group::cluster(3).await;
     g.create_volume("split", 64 * MIB, 2).await;
     let (a, c) = (g.nbd(0), g.nbd(2));
     // s3 is cut off from s1 and s2; clients still reach both sides.
@@ -547,9 +539,7 @@ async fn fio_verify_passes_while_a_replica_is_killed_and_restarted() {
     {
         panic!("fio is not installed; run .ci/run or apt-get install fio");
     }
-    let mut g = Group::start(3).await;
-    g.three_managers().await;
-    g.one_cluster().await;
+    let mut g = Group::cluster(3).await;
     g.create_volume("fio", 128 * MIB, 2).await;
     let uri = format!("nbd://{}/fio", g.nbd(0));
     // fio writes 64 MiB at random through s1, in a rate that keeps it busy for a few seconds,
