@@ -120,9 +120,31 @@ impl Store {
 
     /// Makes `[offset, offset+len)` read as zeros; with `fua`, durable on return.
     pub fn write_zeroes(&self, vol: VolumeId, offset: u64, len: u64, fua: bool) -> Result<()> {
+        self.zero_checked(vol, None, offset, len, fua)
+    }
+
+    /// Like [`Store::trim`], but only if `layer` is still the head: a frozen layer gives
+    /// [`StoreError::ReadOnlyLayer`], so a trim meant for the head never lands in a snapshot.
+    pub fn trim_to(&self, vol: VolumeId, layer: LayerId, offset: u64, len: u64) -> Result<()> {
+        self.zero_checked(vol, Some(layer), offset, len, false)
+    }
+
+    fn zero_checked(
+        &self,
+        vol: VolumeId,
+        layer: Option<LayerId>,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> Result<()> {
         let v = self.inner.volume(vol)?;
         let st = v.stack.read();
         live(&v, &st)?;
+        if let Some(id) = layer {
+            if st.live_pos(vol, Some(id))? != st.head_pos() {
+                return Err(StoreError::ReadOnlyLayer(id));
+            }
+        }
         v.check_writable()?;
         st.check_range(offset, len)?;
         for (chunk, s, e) in pieces(offset, len) {

@@ -139,6 +139,26 @@ fn errors_are_reported_not_panics() {
 }
 
 #[test]
+fn a_trim_is_fenced_like_a_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path());
+    let (vol, head) = (VolumeId::new_random(), LayerId::new_random());
+    s.create_volume(vol, 8 * MIB, head).unwrap();
+    s.write_to(vol, head, 0, &fill(7, 8192), false).unwrap();
+    let head2 = LayerId::new_random();
+    s.snapshot(vol, head2).unwrap();
+    // A trim meant for the head that was frozen never lands in the snapshot.
+    assert!(matches!(
+        s.trim_to(vol, head, 0, 4096),
+        Err(StoreError::ReadOnlyLayer(_))
+    ));
+    assert_eq!(read(&s, vol, Some(head), 0, 8192), fill(7, 8192));
+    s.trim_to(vol, head2, 0, 4096).unwrap();
+    assert_eq!(read(&s, vol, None, 0, 4096), vec![0; 4096]);
+    assert_eq!(read(&s, vol, Some(head), 0, 8192), fill(7, 8192));
+}
+
+#[test]
 fn crash_keeps_flushed_writes_and_never_shows_garbage() {
     let tmp = tempfile::tempdir().unwrap();
     let (vol, head) = (VolumeId::new_random(), LayerId::new_random());

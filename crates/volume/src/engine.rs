@@ -43,8 +43,12 @@ pub struct Engine {
     down: Mutex<HashMap<ServerId, Instant>>,
     /// Resync progress of this server's copies to stale replicas.
     pub resync: crate::resync::Tracker,
+    /// The blocks held by writes for which this server is the chunk's primary.
+    pub(crate) ranges: crate::order::RangeLocks,
     /// Names this run of the server (see [`Engine::run`]).
     run: u64,
+    /// Counts the tokens of [`Engine::new_token`].
+    tokens: std::sync::atomic::AtomicU64,
 }
 
 /// A value that differs between runs of a server, even in one process (tests restart servers
@@ -89,7 +93,9 @@ impl Engine {
             held: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
             resync: crate::resync::Tracker::default(),
+            ranges: crate::order::RangeLocks::default(),
             run: new_run_id(),
+            tokens: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -98,6 +104,15 @@ impl Engine {
     /// two of its requests.
     pub fn run(&self) -> u64 {
         self.run
+    }
+
+    /// A token no other write of this run or of another server uses (for [`crate::order`]).
+    pub(crate) fn new_token(&self) -> u64 {
+        let n = self
+            .tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let h = blake3::hash(&[self.run.to_le_bytes(), n.to_le_bytes()].concat());
+        u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default()) | 1
     }
 
     /// This server's id.
@@ -304,7 +319,7 @@ impl Engine {
         use strata_wire::Handler;
         let resp = if server == self.me {
             crate::ReplicaHandler::new(self.clone())
-                .handle(self.me, req)
+                .handle(self.me, 0, req)
                 .await
         } else {
             self.call(server, req, timeout)

@@ -28,6 +28,7 @@ use tokio::sync::RwLock as AsyncRwLock;
 
 use crate::engine::Engine;
 use crate::metrics::{DeviceMetrics, Op};
+use crate::order::Holder;
 use crate::replica::{self, ReplicaError};
 use crate::view::VolumeView;
 
@@ -81,6 +82,102 @@ impl Links {
 enum Change {
     Write(Bytes),
     Zero(u64),
+}
+
+/// What the current replicas answered to one attempt of a change.
+#[derive(Default)]
+struct Outcome {
+    acked: usize,
+    /// Replicas whose storage or connection failed: to be marked stale.
+    failed: Vec<ServerId>,
+    /// A replica was not ready for the head layer (or the blocks were held): try again.
+    retry: bool,
+    /// This server's copy took the change.
+    written_here: bool,
+}
+
+impl Outcome {
+    /// Takes in `server`'s answer; an error the client must see ends the change.
+    fn add(
+        &mut self,
+        view: &VolumeView,
+        server: ServerId,
+        res: Result<(), ReplicaError>,
+        me: ServerId,
+    ) -> Result<(), IoError> {
+        match res {
+            Ok(()) => {
+                self.acked += 1;
+                self.written_here |= server == me;
+            }
+            Err(ReplicaError::Fenced(_) | ReplicaError::NotReady(_)) => self.retry = true,
+            Err(ReplicaError::Io(e)) => {
+                tracing::warn!(volume = %view.name, %server, error = %e, "replica write failed");
+                self.failed.push(server);
+            }
+            Err(e) => return Err(io(e)),
+        }
+        Ok(())
+    }
+}
+
+/// The holds one change of one chunk took on its primaries (one, or more if the primary
+/// changed between attempts), released when the change ends however it ends (see
+/// [`crate::order`]).
+struct Holds {
+    engine: Arc<Engine>,
+    volume: VolumeId,
+    chunk: u64,
+    token: u64,
+    servers: Mutex<Vec<ServerId>>,
+}
+
+impl Holds {
+    fn new(engine: Arc<Engine>, volume: VolumeId, chunk: u64) -> Self {
+        Self {
+            token: engine.new_token(),
+            engine,
+            volume,
+            chunk,
+            servers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The token to send to `primary`, which will hold blocks under it.
+    fn sent_to(&self, primary: ServerId) -> u64 {
+        let mut servers = self.servers.lock();
+        if !servers.contains(&primary) {
+            servers.push(primary);
+        }
+        self.token
+    }
+}
+
+impl Drop for Holds {
+    fn drop(&mut self) {
+        let (volume, chunk, token) = (self.volume, self.chunk, self.token);
+        for server in self.servers.get_mut().drain(..) {
+            if server == self.engine.me() {
+                self.engine.ranges.release(volume, chunk, token);
+                continue;
+            }
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                continue; // shutting down: the connection closes, which releases the holds
+            };
+            let engine = self.engine.clone();
+            runtime.spawn(async move {
+                let release = Request::Release {
+                    volume,
+                    chunk,
+                    token,
+                };
+                if let Err(e) = engine.call(server, release, CALL_TIMEOUT).await {
+                    // The hold ends with the connection, or with its lease.
+                    tracing::debug!(%server, error = %e, "releasing a write's hold failed");
+                }
+            });
+        }
+    }
 }
 
 /// One export of a volume: its head (read-write) or a snapshot (read-only).
@@ -212,7 +309,9 @@ impl GatewayDevice {
         }
     }
 
-    /// Applies `change` at `offset` (within one chunk) on replica `server`.
+    /// Applies `change` at `offset` (within one chunk) on replica `server`; with `hold`, as the
+    /// chunk's primary, which holds the blocks under that token (see [`crate::order`]).
+    #[allow(clippy::too_many_arguments)]
     async fn send_change(
         &self,
         server: ServerId,
@@ -221,15 +320,17 @@ impl GatewayDevice {
         change: Change,
         fua: bool,
         missed: Vec<ServerId>,
+        hold: Option<u64>,
     ) -> Result<(), ReplicaError> {
         let e = &self.engine;
         if server == e.me() {
+            let holder = hold.map(|token| Holder { token, conn: None });
             return match change {
                 Change::Write(data) => {
-                    replica::write(e, self.volume, layer, offset, data, fua, missed).await
+                    replica::write(e, self.volume, layer, offset, data, fua, missed, holder).await
                 }
                 Change::Zero(len) => {
-                    replica::trim(e, self.volume, layer, offset, len, missed).await?;
+                    replica::trim(e, self.volume, layer, offset, len, missed, holder).await?;
                     if fua {
                         replica::flush(e, self.volume).await?;
                     }
@@ -246,6 +347,7 @@ impl GatewayDevice {
                 data,
                 fua,
                 missed,
+                hold,
             },
             Change::Zero(len) => Request::Trim {
                 volume,
@@ -253,6 +355,7 @@ impl GatewayDevice {
                 offset,
                 len,
                 missed,
+                hold,
             },
         };
         let zero_fua = fua && matches!(req, Request::Trim { .. });
@@ -352,6 +455,7 @@ impl GatewayDevice {
                         Change::Write(Bytes::new()),
                         true,
                         vec![server],
+                        None,
                     ));
                 }
             }
@@ -409,7 +513,7 @@ impl GatewayDevice {
         fua: bool,
     ) -> Result<(), IoError> {
         let Err(e) = self
-            .send_change(server, head, offset, change, fua, Vec::new())
+            .send_change(server, head, offset, change, fua, Vec::new(), None)
             .await
         else {
             return Ok(());
@@ -421,7 +525,7 @@ impl GatewayDevice {
         }
         let marks = current.iter().map(|r| {
             let mark = Change::Write(Bytes::new());
-            self.send_change(*r, head, offset, mark, false, vec![server])
+            self.send_change(*r, head, offset, mark, false, vec![server], None)
         });
         for r in join_all(marks).await {
             r.map_err(|e| {
@@ -433,9 +537,13 @@ impl GatewayDevice {
         Ok(())
     }
 
-    /// Applies `change` to one chunk on all its replicas.
+    /// Applies `change` to one chunk on all its replicas: first on the chunk's primary (its
+    /// first current replica), which holds the blocks until every other replica has it, so
+    /// overlapping writes reach every replica in one order (see [`crate::order`]); then on the
+    /// other current replicas at once; then on the lagging ones.
     async fn change_piece(&self, offset: u64, change: Change, fua: bool) -> Result<(), IoError> {
         let chunk = offset / CHUNK_SIZE;
+        let holds = Holds::new(self.engine.clone(), self.volume, chunk);
         let deadline = Instant::now() + RETRY_WINDOW;
         loop {
             let view = self.view()?;
@@ -456,31 +564,38 @@ impl GatewayDevice {
                 .copied()
                 .filter(|r| !view.current(*r, chunk))
                 .partition(|r| !self.engine.recently_down(*r));
-            let sends = current
-                .iter()
-                .map(|r| self.send_change(*r, head, offset, change.clone(), fua, down.clone()));
-            let results = join_all(sends).await;
-            let targets = &current;
-            let (mut acked, mut failed, mut retry) = (0, Vec::new(), false);
-            let mut written_here = false;
-            for (r, res) in targets.iter().zip(results) {
-                match res {
-                    Ok(()) => {
-                        acked += 1;
-                        written_here |= *r == self.engine.me();
-                    }
-                    Err(ReplicaError::Fenced(_) | ReplicaError::NotReady(_)) => retry = true,
-                    Err(ReplicaError::Io(e)) => {
-                        tracing::warn!(volume = %view.name, server = %r, error = %e, "replica write failed");
-                        failed.push(*r);
-                    }
-                    Err(e) => return Err(io(e)),
+            let Some((&primary, others)) = current.split_first() else {
+                return Err(IoError::Io(format!(
+                    "no in-sync replica of chunk {chunk} is reachable"
+                )));
+            };
+            // A write with one copy to make needs no order.
+            let hold = (current.len() > 1 || !late.is_empty()).then(|| holds.sent_to(primary));
+            let mut outcome = Outcome::default();
+            let first = self
+                .send_change(
+                    primary,
+                    head,
+                    offset,
+                    change.clone(),
+                    fua,
+                    down.clone(),
+                    hold,
+                )
+                .await;
+            outcome.add(&view, primary, first, self.engine.me())?;
+            if outcome.acked == 1 {
+                let sends = others.iter().map(|r| {
+                    self.send_change(*r, head, offset, change.clone(), fua, down.clone(), None)
+                });
+                for (r, res) in others.iter().zip(join_all(sends).await) {
+                    outcome.add(&view, *r, res, self.engine.me())?;
                 }
             }
-            if !failed.is_empty() {
-                for f in failed {
+            if !outcome.failed.is_empty() {
+                for f in outcome.failed {
                     if let Err(e) = self.replica_failed(f).await {
-                        if written_here {
+                        if outcome.written_here {
                             self.mark_self(head, chunk).await;
                         }
                         return Err(e);
@@ -488,7 +603,7 @@ impl GatewayDevice {
                 }
                 continue; // again, now with the failed replicas recorded as missing it
             }
-            if retry {
+            if outcome.retry {
                 if Instant::now() > deadline {
                     return Err(IoError::Io(format!(
                         "the replicas of chunk {chunk} did not accept head layer {head} within {RETRY_WINDOW:?}"
@@ -496,11 +611,6 @@ impl GatewayDevice {
                 }
                 self.engine.wait_change(Duration::from_millis(20)).await;
                 continue;
-            }
-            if acked == 0 {
-                return Err(IoError::Io(format!(
-                    "no in-sync replica of chunk {chunk} is reachable"
-                )));
             }
             for s in late {
                 self.write_lagging(s, &current, head, offset, change.clone(), fua)

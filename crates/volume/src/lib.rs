@@ -28,6 +28,7 @@ mod engine;
 mod gateway;
 mod metrics;
 pub mod migrate;
+mod order;
 pub mod placement;
 mod replica;
 pub mod resync;

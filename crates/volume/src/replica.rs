@@ -15,6 +15,7 @@ use strata_types::{LayerId, ServerId, VolumeId, CHUNK_SIZE};
 use strata_wire::{ChunkMaps, ErrorCode, Handler, Request, Response, Run};
 
 use crate::engine::Engine;
+use crate::order::Holder;
 
 /// Why a replica refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +125,29 @@ fn record_missed(
     Ok(!missed.is_empty())
 }
 
+/// As the chunk's primary, holds the blocks of `[offset, offset+len)` for `holder` (see
+/// [`crate::order`]): waits for overlapping writes of other gateways to be released, and
+/// answers `NotReady` (the gateway retries) if that takes too long.
+async fn hold(
+    engine: &Engine,
+    volume: VolumeId,
+    offset: u64,
+    len: u64,
+    holder: Option<Holder>,
+) -> Result<(), ReplicaError> {
+    let Some(holder) = holder else {
+        return Ok(());
+    };
+    let chunk = offset / CHUNK_SIZE;
+    if engine.ranges.hold(volume, chunk, offset, len, holder).await {
+        Ok(())
+    } else {
+        Err(ReplicaError::NotReady(format!(
+            "chunk {chunk} of volume {volume}: the blocks are held by an overlapping write"
+        )))
+    }
+}
+
 /// While some replica of `volume` lags (a stale one, or a migration), the lock of the chunk at
 /// `offset`: a copy of the chunk from here to a lagging replica holds it (see
 /// [`crate::resync`]), so a write lands here before or after the copy, never during it.
@@ -143,7 +167,9 @@ async fn copy_lock(
 }
 
 /// Writes `data` at `offset` into `layer` (the head) of this server's copy, then records the
-/// `missed` replicas. A write with no data only records the marks, for any live layer.
+/// `missed` replicas; with `holder`, first holds the blocks (see [`crate::order`]). A write with
+/// no data only records the marks, for any live layer.
+#[allow(clippy::too_many_arguments)]
 pub async fn write(
     engine: &Arc<Engine>,
     volume: VolumeId,
@@ -152,9 +178,11 @@ pub async fn write(
     data: Bytes,
     fua: bool,
     missed: Vec<ServerId>,
+    holder: Option<Holder>,
 ) -> Result<(), ReplicaError> {
     let marks_only = data.is_empty();
     if !marks_only {
+        hold(engine, volume, offset, data.len() as u64, holder).await?;
         check_head(engine, volume, layer)?;
     }
     let _copy = copy_lock(engine, volume, offset).await;
@@ -175,7 +203,8 @@ pub async fn write(
     .await
 }
 
-/// Zeroes `len` bytes at `offset` of `layer` (the head), then records the `missed` replicas.
+/// Zeroes `len` bytes at `offset` of `layer` (the head), then records the `missed` replicas;
+/// with `holder`, first holds the blocks (see [`crate::order`]).
 pub async fn trim(
     engine: &Arc<Engine>,
     volume: VolumeId,
@@ -183,12 +212,14 @@ pub async fn trim(
     offset: u64,
     len: u64,
     missed: Vec<ServerId>,
+    holder: Option<Holder>,
 ) -> Result<(), ReplicaError> {
+    hold(engine, volume, offset, len, holder).await?;
     check_head(engine, volume, layer)?;
     let _copy = copy_lock(engine, volume, offset).await;
     let engine = engine.clone();
     blocking(move || {
-        engine.store().trim(volume, offset, len)?;
+        engine.store().trim_to(volume, layer, offset, len)?;
         record_missed(&engine, volume, layer, offset, &missed).map(|_| ())
     })
     .await
@@ -323,8 +354,14 @@ fn answer(r: Result<(), ReplicaError>) -> Response {
 
 #[async_trait]
 impl Handler for ReplicaHandler {
-    async fn handle(&self, _peer: ServerId, req: Request) -> Response {
+    async fn handle(&self, _peer: ServerId, conn: u64, req: Request) -> Response {
         let e = &self.engine;
+        let holder = |hold: Option<u64>| {
+            hold.map(|token| Holder {
+                token,
+                conn: Some(conn),
+            })
+        };
         match req {
             Request::Write {
                 volume,
@@ -333,14 +370,16 @@ impl Handler for ReplicaHandler {
                 data,
                 fua,
                 missed,
-            } => answer(write(e, volume, layer, offset, data, fua, missed).await),
+                hold,
+            } => answer(write(e, volume, layer, offset, data, fua, missed, holder(hold)).await),
             Request::Trim {
                 volume,
                 layer,
                 offset,
                 len,
                 missed,
-            } => answer(trim(e, volume, layer, offset, len, missed).await),
+                hold,
+            } => answer(trim(e, volume, layer, offset, len, missed, holder(hold)).await),
             Request::Read {
                 volume,
                 layer,
@@ -398,6 +437,18 @@ impl Handler for ReplicaHandler {
                 Err(err) => err.to_response(),
             },
             Request::Ping => Response::Pong { run: e.run() },
+            Request::Release {
+                volume,
+                chunk,
+                token,
+            } => {
+                e.ranges.release(volume, chunk, token);
+                Response::Ok
+            }
         }
+    }
+
+    fn closed(&self, conn: u64) {
+        self.engine.ranges.release_conn(conn);
     }
 }

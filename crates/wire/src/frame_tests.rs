@@ -26,6 +26,7 @@ fn write_req() -> Request {
         data: Bytes::from_static(b"hello block"),
         fua: true,
         missed: vec![ServerId::from_bytes([3; 16])],
+        hold: None,
     }
 }
 
@@ -238,15 +239,17 @@ fn arb_request() -> impl Strategy<Value = Request> {
             any::<u64>(),
             arb_data(),
             any::<bool>(),
-            arb_missed()
+            arb_missed(),
+            prop::option::of(1..=u64::MAX)
         )
-            .prop_map(|(v, l, offset, data, fua, missed)| Request::Write {
+            .prop_map(|(v, l, offset, data, fua, missed, hold)| Request::Write {
                 volume: VolumeId::from_bytes(v),
                 layer: LayerId::from_bytes(l),
                 offset,
                 data,
                 fua,
                 missed,
+                hold,
             }),
         (
             arb_id(),
@@ -263,15 +266,27 @@ fn arb_request() -> impl Strategy<Value = Request> {
         arb_id().prop_map(|v| Request::Flush {
             volume: VolumeId::from_bytes(v)
         }),
-        (arb_id(), arb_id(), any::<u64>(), any::<u64>(), arb_missed()).prop_map(
-            |(v, l, offset, len, missed)| Request::Trim {
+        (
+            arb_id(),
+            arb_id(),
+            any::<u64>(),
+            any::<u64>(),
+            arb_missed(),
+            prop::option::of(1..=u64::MAX)
+        )
+            .prop_map(|(v, l, offset, len, missed, hold)| Request::Trim {
                 volume: VolumeId::from_bytes(v),
                 layer: LayerId::from_bytes(l),
                 offset,
                 len,
                 missed,
-            }
-        ),
+                hold,
+            }),
+        (arb_id(), any::<u64>(), 1..=u64::MAX).prop_map(|(v, chunk, token)| Request::Release {
+            volume: VolumeId::from_bytes(v),
+            chunk,
+            token,
+        }),
         Just(Request::Ping),
         (arb_id(), arb_id(), any::<u64>()).prop_map(|(v, l, chunk)| Request::GetChunk {
             volume: VolumeId::from_bytes(v),
@@ -413,6 +428,7 @@ fn bad_chunk_maps_are_refused() {
         offset: 0,
         len: 1,
         missed: vec![ServerId::from_bytes([3; 16]); 4],
+        hold: None,
     }
     .put_payload(&mut four);
     assert!(Request::decode(0x0004, four.freeze()).is_err());

@@ -7,15 +7,16 @@
 //!
 //! ```text
 //! type   message  payload
-//! 0x0001 Write    volume 16 | layer 16 | offset u64 | flags u8 (bit 0 = FUA) | missed | data ..
+//! 0x0001 Write    volume 16 | layer 16 | offset u64 | flags u8 (bit 0 = FUA) | hold u64 | missed | data ..
 //! 0x0002 Read     volume 16 | has_layer u8 | layer 16 (zero if none) | offset u64 | len u32
 //! 0x0003 Flush    volume 16
-//! 0x0004 Trim     volume 16 | layer 16 | offset u64 | len u64 | missed
+//! 0x0004 Trim     volume 16 | layer 16 | offset u64 | len u64 | hold u64 | missed
 //! 0x0005 Ping     (empty)
 //! 0x0006 GetChunk volume 16 | layer 16 | chunk u64
 //! 0x0007 PutChunk volume 16 | layer 16 | chunk u64 | durable u8 | maps | blocks ..
 //! 0x0008 Digest   volume 16 | has_layer u8 | layer 16 (zero if none) | chunk u64
 //! 0x0009 Allocation volume 16 | has_layer u8 | layer 16 (zero if none) | offset u64 | len u32
+//! 0x000a Release  volume 16 | chunk u64 | token u64
 //! 0x8001 Ok       (empty)
 //! 0x8002 Data     data ..
 //! 0x8003 Error    code u16 | UTF-8 message ..
@@ -30,6 +31,7 @@
 //!
 //! Version 2 added `missed`, GetChunk, PutChunk, Digest, Chunk, Digest and `NotReady`.
 //! Version 3 added `durable` to PutChunk, `run` to Pong, and Allocation.
+//! Version 4 added `hold` to Write and Trim (0: none), and Release.
 //!
 //! A new field or message means a new protocol version (negotiated in the handshake), never a
 //! silent reinterpretation of these bytes.
@@ -59,6 +61,10 @@ pub enum Request {
         /// Replicas that did not get this write: the receiver records the chunk as missed by
         /// them. A write with no data only records these marks (in `layer`, any live layer).
         missed: Vec<ServerId>,
+        /// For the chunk's primary replica: a token (never 0) under which the receiver holds
+        /// the written blocks against overlapping writes of others until a `Release` of it
+        /// (or until this connection closes), so every replica applies them in one order.
+        hold: Option<u64>,
     },
     /// Read `len` bytes at `offset`, as seen from `layer` (the head when `None`); answered with
     /// [`Response::Data`].
@@ -89,6 +95,8 @@ pub enum Request {
         len: u64,
         /// Replicas that did not get this change (see `Write`).
         missed: Vec<ServerId>,
+        /// Hold the zeroed blocks under this token (see `Write`).
+        hold: Option<u64>,
     },
     /// Liveness check; answered with [`Response::Pong`].
     Ping,
@@ -138,6 +146,16 @@ pub enum Request {
         offset: u64,
         /// Bytes to describe.
         len: u32,
+    },
+    /// Ends the holds taken under `token` on `chunk` (see `Write`); answered with
+    /// [`Response::Ok`] whether or not any were held.
+    Release {
+        /// The volume.
+        volume: VolumeId,
+        /// The chunk index.
+        chunk: u64,
+        /// The token the writes named.
+        token: u64,
     },
 }
 
@@ -250,6 +268,7 @@ const T_GET_CHUNK: u16 = 0x0006;
 const T_PUT_CHUNK: u16 = 0x0007;
 const T_DIGEST_REQ: u16 = 0x0008;
 const T_ALLOCATION_REQ: u16 = 0x0009;
+const T_RELEASE: u16 = 0x000a;
 const T_OK: u16 = 0x8001;
 const T_DATA: u16 = 0x8002;
 const T_ERROR: u16 = 0x8003;
@@ -361,21 +380,23 @@ impl WireMessage for Request {
             Self::PutChunk { .. } => T_PUT_CHUNK,
             Self::Digest { .. } => T_DIGEST_REQ,
             Self::Allocation { .. } => T_ALLOCATION_REQ,
+            Self::Release { .. } => T_RELEASE,
         }
     }
 
     fn payload_len(&self) -> usize {
         match self {
             Self::Write { data, missed, .. } => {
-                ID + ID + 8 + 1 + 1 + missed.len() * ID + data.len()
+                ID + ID + 8 + 1 + 8 + 1 + missed.len() * ID + data.len()
             }
             Self::Read { .. } | Self::Allocation { .. } => ID + 1 + ID + 8 + 4,
             Self::Flush { .. } => ID,
-            Self::Trim { missed, .. } => ID + ID + 8 + 8 + 1 + missed.len() * ID,
+            Self::Trim { missed, .. } => ID + ID + 8 + 8 + 8 + 1 + missed.len() * ID,
             Self::Ping => 0,
             Self::GetChunk { .. } => ID + ID + 8,
             Self::PutChunk { blocks, .. } => ID + ID + 8 + 1 + MAPS + blocks.len(),
             Self::Digest { .. } => ID + 1 + ID + 8,
+            Self::Release { .. } => ID + 8 + 8,
         }
     }
 
@@ -395,12 +416,14 @@ impl WireMessage for Request {
                 offset,
                 fua,
                 missed,
+                hold,
                 ..
             } => {
                 dst.put_slice(&volume.to_bytes());
                 dst.put_slice(&layer.to_bytes());
                 dst.put_u64(*offset);
                 dst.put_u8(u8::from(*fua));
+                dst.put_u64(hold.unwrap_or(0));
                 put_missed(dst, missed);
             }
             Self::Read {
@@ -428,11 +451,13 @@ impl WireMessage for Request {
                 offset,
                 len,
                 missed,
+                hold,
             } => {
                 dst.put_slice(&volume.to_bytes());
                 dst.put_slice(&layer.to_bytes());
                 dst.put_u64(*offset);
                 dst.put_u64(*len);
+                dst.put_u64(hold.unwrap_or(0));
                 put_missed(dst, missed);
             }
             Self::Ping => {}
@@ -469,17 +494,27 @@ impl WireMessage for Request {
                 dst.put_slice(&layer.map_or([0; 16], LayerId::to_bytes));
                 dst.put_u64(*chunk);
             }
+            Self::Release {
+                volume,
+                chunk,
+                token,
+            } => {
+                dst.put_slice(&volume.to_bytes());
+                dst.put_u64(*chunk);
+                dst.put_u64(*token);
+            }
         }
     }
 
     fn decode(t: u16, mut p: Bytes) -> Result<Self, MessageError> {
         match t {
             T_WRITE => {
-                need(t, &p, ID + ID + 8 + 1 + 1, true)?;
+                need(t, &p, ID + ID + 8 + 1 + 8 + 1, true)?;
                 let volume = VolumeId::from_bytes(get_id(&mut p));
                 let layer = LayerId::from_bytes(get_id(&mut p));
                 let offset = p.get_u64();
                 let fua = flag(t, p.get_u8(), "fua flag")?;
+                let hold = Some(p.get_u64()).filter(|h| *h != 0);
                 let missed = get_missed(t, &mut p)?;
                 Ok(Self::Write {
                     volume,
@@ -488,6 +523,7 @@ impl WireMessage for Request {
                     data: p,
                     fua,
                     missed,
+                    hold,
                 })
             }
             T_READ | T_ALLOCATION_REQ => {
@@ -520,11 +556,12 @@ impl WireMessage for Request {
                 })
             }
             T_TRIM => {
-                need(t, &p, ID + ID + 8 + 8 + 1, true)?;
+                need(t, &p, ID + ID + 8 + 8 + 8 + 1, true)?;
                 let volume = VolumeId::from_bytes(get_id(&mut p));
                 let layer = LayerId::from_bytes(get_id(&mut p));
                 let offset = p.get_u64();
                 let len = p.get_u64();
+                let hold = Some(p.get_u64()).filter(|h| *h != 0);
                 let missed = get_missed(t, &mut p)?;
                 need(t, &p, 0, false)?;
                 Ok(Self::Trim {
@@ -533,6 +570,7 @@ impl WireMessage for Request {
                     offset,
                     len,
                     missed,
+                    hold,
                 })
             }
             T_PING => need(t, &p, 0, false).map(|()| Self::Ping),
@@ -569,6 +607,14 @@ impl WireMessage for Request {
                     volume,
                     layer: has_layer.then_some(layer),
                     chunk: p.get_u64(),
+                })
+            }
+            T_RELEASE => {
+                need(t, &p, ID + 8 + 8, false)?;
+                Ok(Self::Release {
+                    volume: VolumeId::from_bytes(get_id(&mut p)),
+                    chunk: p.get_u64(),
+                    token: p.get_u64(),
                 })
             }
             T_OK | T_DATA | T_ERROR | T_PONG | T_CHUNK | T_DIGEST | T_ALLOCATION => {
@@ -697,7 +743,7 @@ impl WireMessage for Response {
                 Ok(Self::Allocation(runs))
             }
             T_WRITE | T_READ | T_FLUSH | T_TRIM | T_PING | T_GET_CHUNK | T_PUT_CHUNK
-            | T_DIGEST_REQ | T_ALLOCATION_REQ => Err(MessageError::WrongKind(t)),
+            | T_DIGEST_REQ | T_ALLOCATION_REQ | T_RELEASE => Err(MessageError::WrongKind(t)),
             _ => Err(MessageError::UnknownType(t)),
         }
     }

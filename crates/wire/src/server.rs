@@ -13,6 +13,7 @@
 //! loop and drops every connection at once, in-flight handlers included (their answers are
 //! lost; clients see a retryable `ConnectionLost`), and [`serve`] returns when all are gone.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,9 +39,17 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers one request from the server `peer`. Called concurrently, also for requests of
     /// the same connection, in no guaranteed order: a caller that needs one request to follow
     /// another (a `Flush` covering a `Write`) waits for the first answer before sending the
-    /// second, as NBD clients do. Refusals are answered as [`Response::Error`].
-    async fn handle(&self, peer: ServerId, req: Request) -> Response;
+    /// second, as NBD clients do. Refusals are answered as [`Response::Error`]. `conn` names
+    /// the connection the request came over (unique in this process), for state that must not
+    /// outlive it.
+    async fn handle(&self, peer: ServerId, conn: u64, req: Request) -> Response;
+
+    /// Connection `conn` closed: every request it carried has been handled.
+    fn closed(&self, _conn: u64) {}
 }
+
+/// Names the connections of this process, for [`Handler::handle`].
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Tunables of [`serve`].
 #[derive(Clone, Debug)]
@@ -102,11 +111,30 @@ pub async fn serve(
     conns.shutdown().await;
 }
 
-/// Runs one connection until the peer closes it or it fails.
+/// Runs one connection until the peer closes it or it fails, then tells the handler.
 async fn connection(
+    stream: TcpStream,
+    config: ServerConfig,
+    handler: Arc<dyn Handler>,
+) -> Result<(), WireError> {
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    /// Tells the handler when the connection ends, however it ends (its task may be aborted).
+    struct Closed(Arc<dyn Handler>, u64);
+    impl Drop for Closed {
+        fn drop(&mut self) {
+            self.0.closed(self.1);
+        }
+    }
+    let _closed = Closed(handler.clone(), conn);
+    requests(stream, config, handler, conn).await
+}
+
+/// Reads and answers the requests of connection `conn`.
+async fn requests(
     mut stream: TcpStream,
     config: ServerConfig,
     handler: Arc<dyn Handler>,
+    conn: u64,
 ) -> Result<(), WireError> {
     let _ = stream.set_nodelay(true);
     let peer = exchange(
@@ -151,7 +179,7 @@ async fn connection(
         };
         let (handler, tx) = (handler.clone(), tx.clone());
         tasks.spawn(async move {
-            let resp = handler.handle(peer, req).await;
+            let resp = handler.handle(peer, conn, req).await;
             let _ = tx.send((id, resp)).await;
             drop(permit);
         });

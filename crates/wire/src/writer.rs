@@ -145,6 +145,7 @@ mod tests {
                     data: Bytes::from((0..n).map(|b| (b % 251) as u8).collect::<Vec<u8>>()),
                     fua: i % 2 == 0,
                     missed: Vec::new(),
+                    hold: None,
                 };
                 (i as u64 + 1, req)
             })

@@ -7,6 +7,7 @@ mod failover;
 mod harness;
 mod membership;
 mod migration;
+mod ordering;
 // The CLI tests' minimal NBD client; this suite does not read every field it offers.
 #[allow(dead_code)]
 #[path = "../../../cli/tests/support/nbd_client.rs"]

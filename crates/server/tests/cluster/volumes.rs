@@ -447,6 +447,7 @@ async fn verify_finds_and_repairs_a_damaged_replica() {
         data: vec![0xee; 4096].into(),
         fua: true,
         missed: Vec::new(),
+        hold: None,
     };
     assert_eq!(wire.call(write).await.unwrap(), strata_wire::Response::Ok);
     let report = g.verify(0, "scrub", false).await;
@@ -585,5 +586,28 @@ async fn fio_verify_passes_while_a_replica_is_killed_and_restarted() {
     g.wait_status(0, "fio", "healthy").await;
     let report = g.verify(2, "fio", false).await;
     assert_eq!(report["mismatches"], json!([]), "{report}");
+    g.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_reports_every_chunk_with_a_replica_it_cannot_read() {
+    let mut g = Group::start(2).await;
+    g.one_cluster().await;
+    g.create_volume("unread", 64 * MIB, 2).await;
+    g.kill(1).await;
+    // Every chunk has a copy on s2; before, a chunk whose first-placed replica was s2 counted
+    // as agreeing.
+    let report = g.verify(0, "unread", false).await;
+    let bad = report["mismatches"].as_array().unwrap();
+    assert_eq!(bad.len(), 16, "{report}");
+    for m in bad {
+        let s2 = m["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["server"] == "s2")
+            .unwrap();
+        assert!(s2["error"].is_string(), "{m}");
+    }
     g.stop().await;
 }

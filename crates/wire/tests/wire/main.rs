@@ -129,7 +129,8 @@ impl MemHandler {
             Request::GetChunk { .. }
             | Request::PutChunk { .. }
             | Request::Digest { .. }
-            | Request::Allocation { .. } => Err(Response::Error {
+            | Request::Allocation { .. }
+            | Request::Release { .. } => Err(Response::Error {
                 code: ErrorCode::BadRequest,
                 message: "the test handler keeps no chunks".into(),
             }),
@@ -147,7 +148,7 @@ impl Drop for InFlight<'_> {
 
 #[async_trait]
 impl Handler for MemHandler {
-    async fn handle(&self, peer: ServerId, req: Request) -> Response {
+    async fn handle(&self, peer: ServerId, _conn: u64, req: Request) -> Response {
         self.peers.lock().expect("lock").insert(peer);
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         let _guard = InFlight(&self.in_flight);

@@ -48,6 +48,7 @@ async fn pipelined_calls_from_many_tasks_each_get_their_own_answer() {
                     data: payload(t, i),
                     fua: i % 2 == 0,
                     missed: Vec::new(),
+                    hold: None,
                 })
             });
             for resp in futures::future::join_all(writes).await {
@@ -114,6 +115,7 @@ async fn handler_refusals_travel_as_error_responses() {
         data: Bytes::from_static(b"late"),
         fua: false,
         missed: Vec::new(),
+        hold: None,
     };
     let code = |resp: Response| match resp {
         Response::Error { code, message } => {
@@ -137,6 +139,7 @@ async fn handler_refusals_travel_as_error_responses() {
         offset: 0,
         len: 4096,
         missed: Vec::new(),
+        hold: None,
     };
     assert_eq!(
         pool.call(server.addr, trim).await.expect("trim"),
@@ -170,6 +173,7 @@ async fn a_large_write_travels_whole_and_an_oversized_one_is_refused_before_send
         data,
         fua: true,
         missed: Vec::new(),
+        hold: None,
     };
     let ok = client
         .call(write(chunk.clone()))

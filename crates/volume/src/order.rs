@@ -1,0 +1,187 @@
+//! The order of overlapping writes: one per chunk, fixed by the chunk's *primary* replica.
+//!
+//! Two gateways (or two requests of one client in flight together) may write overlapping
+//! ranges of a chunk at once. If each sent its write to every replica in parallel, the replicas
+//! could apply them in different orders and end up different, with nothing to tell which is
+//! right. So a gateway first writes to the chunk's primary — its first current replica in
+//! placement order, the same for every gateway — naming a *hold*: the primary applies the write
+//! under a lock of its blocks and keeps the lock until the gateway releases the hold, after
+//! every other replica has the write too (or was recorded as missing it). An overlapping write
+//! of anyone else waits at the primary for that, so every replica sees overlapping writes in
+//! the primary's order. Writes that do not overlap do not wait for each other.
+//!
+//! The locks live here, in [`RangeLocks`], on the primary. A hold is released by the gateway
+//! (a wire `Release`, or directly when the gateway is the primary), when the connection that
+//! took it closes (the gateway died or its link did), or, as a last resort against a gateway
+//! that hangs, after [`HOLD_LEASE`].
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use strata_types::{VolumeId, BLOCK_SIZE};
+use tokio::sync::Notify;
+
+/// How long a hold lasts if its gateway neither releases it nor closes its connection.
+pub const HOLD_LEASE: Duration = Duration::from_secs(60);
+
+/// How long a write waits at the primary for an overlapping hold before it is answered
+/// `NotReady` (the gateway then retries): well inside a gateway's call timeout, so a wait is
+/// never taken for a dead replica.
+pub const HOLD_WAIT: Duration = Duration::from_secs(2);
+
+/// Who took a hold: a gateway's token, and the wire connection it came over (`None`: a
+/// gateway of this server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// Chosen by the gateway for one write of one chunk; never reused.
+    pub token: u64,
+    /// The connection the hold came over, released with it when it closes.
+    pub conn: Option<u64>,
+}
+
+/// One held block range of a chunk.
+struct Held {
+    holder: Holder,
+    /// Blocks `[start, end)` of the volume, in [`BLOCK_SIZE`] units.
+    start: u64,
+    end: u64,
+    since: Instant,
+}
+
+/// The held ranges of this server, as primary, per (volume, chunk).
+#[derive(Default)]
+pub struct RangeLocks {
+    held: Mutex<HashMap<(VolumeId, u64), Vec<Held>>>,
+    released: Notify,
+}
+
+/// The blocks `[offset, offset+len)` touches: a write of part of a block rewrites the block.
+fn blocks(offset: u64, len: u64) -> (u64, u64) {
+    let start = offset / BLOCK_SIZE;
+    let end = (offset + len).div_ceil(BLOCK_SIZE).max(start + 1);
+    (start, end)
+}
+
+impl RangeLocks {
+    /// Takes a hold of `[offset, offset+len)` of `chunk` for `holder`, waiting at most
+    /// [`HOLD_WAIT`] for overlapping holds of others; `false` if they were still held then. A
+    /// holder that already holds part of the chunk (a write sent again) is not blocked by
+    /// itself.
+    pub async fn hold(
+        &self,
+        volume: VolumeId,
+        chunk: u64,
+        offset: u64,
+        len: u64,
+        holder: Holder,
+    ) -> bool {
+        let (start, end) = blocks(offset, len);
+        let deadline = tokio::time::Instant::now() + HOLD_WAIT;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            {
+                let mut map = self.held.lock();
+                let list = map.entry((volume, chunk)).or_default();
+                let expired = list.len();
+                list.retain(|h| h.since.elapsed() < HOLD_LEASE);
+                if list.len() < expired {
+                    tracing::warn!(%volume, chunk, "a write's hold outlived its lease; released it");
+                }
+                let blocked = list
+                    .iter()
+                    .any(|h| h.holder.token != holder.token && h.start < end && start < h.end);
+                if !blocked {
+                    list.push(Held {
+                        holder,
+                        start,
+                        end,
+                        since: Instant::now(),
+                    });
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Releases every hold of `token` on `chunk`.
+    pub fn release(&self, volume: VolumeId, chunk: u64, token: u64) {
+        self.remove(|key, h| *key == (volume, chunk) && h.holder.token == token);
+    }
+
+    /// Releases every hold taken over wire connection `conn` (it closed).
+    pub fn release_conn(&self, conn: u64) {
+        self.remove(|_, h| h.holder.conn == Some(conn));
+    }
+
+    fn remove(&self, what: impl Fn(&(VolumeId, u64), &Held) -> bool) {
+        let mut removed = false;
+        self.held.lock().retain(|key, list| {
+            let before = list.len();
+            list.retain(|h| !what(key, h));
+            removed |= list.len() < before;
+            !list.is_empty()
+        });
+        if removed {
+            self.released.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn holder(token: u64) -> Holder {
+        Holder { token, conn: None }
+    }
+
+    #[tokio::test]
+    async fn an_overlapping_hold_waits_for_the_release() {
+        let locks = Arc::new(RangeLocks::default());
+        let v = VolumeId::new_random();
+        assert!(locks.hold(v, 0, 0, 65536, holder(1)).await);
+        // Blocks that do not overlap, and other chunks, are not held up.
+        assert!(locks.hold(v, 0, 65536, 4096, holder(2)).await);
+        assert!(locks.hold(v, 1, 0, 65536, holder(3)).await);
+        // A holder sending its write again is not blocked by itself.
+        assert!(locks.hold(v, 0, 0, 512, holder(1)).await);
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.hold(v, 0, 61440, 8192, holder(4)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "overlaps the holds of 1 and 2");
+        locks.release(v, 0, 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "still overlaps the hold of 2");
+        locks.release(v, 0, 2);
+        assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_hold_is_released_with_its_connection_and_a_wait_is_bounded() {
+        let locks = RangeLocks::default();
+        let v = VolumeId::new_random();
+        let wire = Holder {
+            token: 7,
+            conn: Some(42),
+        };
+        assert!(locks.hold(v, 3, 100, 1, wire).await);
+        let started = Instant::now();
+        assert!(
+            !locks.hold(v, 3, 0, 4096, holder(8)).await,
+            "a sub-block overlap"
+        );
+        assert!(started.elapsed() >= HOLD_WAIT);
+        locks.release_conn(41);
+        assert!(!locks.hold(v, 3, 0, 4096, holder(8)).await);
+        locks.release_conn(42);
+        assert!(locks.hold(v, 3, 0, 4096, holder(8)).await);
+    }
+}
