@@ -112,10 +112,11 @@ async fn check(
     chunk: u64,
 ) -> Option<ChunkProblem> {
     let answers = digests(engine, replicas, volume, layer, chunk).await;
-    let first = answers.first()?.digest.as_ref().ok()?.clone();
+    // A replica that cannot be read is a problem, not agreement, whichever one it is.
+    let first = answers.first()?.digest.as_ref().ok();
     let agree = answers
         .iter()
-        .all(|a| a.digest.as_ref().is_ok_and(|d| *d == first));
+        .all(|a| a.digest.as_ref().is_ok_and(|d| Some(d) == first));
     (!agree).then_some(ChunkProblem {
         chunk,
         replicas: answers,
