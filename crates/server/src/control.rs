@@ -10,6 +10,11 @@ use strata_types::{ServerId, VolumeId};
 
 /// How long a change may take to commit.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a change waits for the management group to elect a leader (a few election
+/// timeouts).
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How often a change is sent again meanwhile.
+const LEADER_RETRY: Duration = Duration::from_millis(250);
 /// How long a question to another server may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -33,10 +38,30 @@ impl ServerControl {
     }
 
     async fn post(&self, path: String, body: &impl serde::Serialize) -> Result<(), String> {
-        let url = format!("{}{path}", self.own_api);
-        let resp = self
-            .http
-            .post(&url)
+        post_change(
+            &self.http,
+            &format!("{}{path}", self.own_api),
+            body,
+            LEADER_WAIT,
+        )
+        .await
+    }
+}
+
+/// Posts a change to the management group at `url` (this server's API). While the group has
+/// no leader (an election after the leader died), the API answers 503 and the change is sent
+/// again, for at most `wait`: a client write waits for a new leader rather than fail. Any other
+/// refusal is final.
+async fn post_change(
+    http: &reqwest::Client,
+    url: &str,
+    body: &impl serde::Serialize,
+    wait: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let resp = http
+            .post(url)
             .json(body)
             .timeout(CHANGE_TIMEOUT)
             .send()
@@ -50,7 +75,14 @@ impl ServerControl {
         let message = serde_json::from_str::<strata_api_types::ErrorBody>(&text)
             .map(|b| b.error)
             .unwrap_or(text);
-        Err(format!("{status}: {message}"))
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            && tokio::time::Instant::now() < deadline
+        {
+            tracing::info!(%url, %message, "no management leader yet; sending the change again");
+            tokio::time::sleep(LEADER_RETRY).await;
+            continue;
+        }
+        return Err(format!("{status}: {message}"));
     }
 }
 
@@ -132,4 +164,56 @@ pub async fn missed_at(
         .json()
         .await
         .map_err(|e| format!("bad answer from server {at}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// An API that answers 503 to the first `elections` posts, then `last`.
+    async fn api(elections: usize, last: StatusCode) -> (String, Arc<AtomicUsize>) {
+        let posts = Arc::new(AtomicUsize::new(0));
+        let seen = posts.clone();
+        let app = axum::Router::new().route(
+            "/change",
+            axum::routing::post(move || {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < elections {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        last
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/change", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, posts)
+    }
+
+    #[tokio::test]
+    async fn a_change_waits_for_a_leader_but_not_past_a_refusal() {
+        let http = reqwest::Client::new();
+        let wait = Duration::from_secs(5);
+        // Failed before the fix: the first 503 was returned as the error.
+        let (url, posts) = api(3, StatusCode::OK).await;
+        post_change(&http, &url, &"x", wait).await.unwrap();
+        assert_eq!(posts.load(Ordering::SeqCst), 4);
+        // A refusal is not sent again.
+        let (url, posts) = api(1, StatusCode::CONFLICT).await;
+        let err = post_change(&http, &url, &"x", wait).await.unwrap_err();
+        assert!(err.starts_with("409"), "{err}");
+        assert_eq!(posts.load(Ordering::SeqCst), 2);
+        // Without a leader for longer than the wait, the 503 is the answer.
+        let (url, _) = api(usize::MAX, StatusCode::OK).await;
+        let err = post_change(&http, &url, &"x", Duration::from_millis(600))
+            .await
+            .unwrap_err();
+        assert!(err.starts_with("503"), "{err}");
+    }
 }

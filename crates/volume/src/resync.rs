@@ -146,7 +146,12 @@ async fn pass(
         }
     }
     if let Some(own) = by_server.remove(&me) {
-        repair_own(engine, view, own).await?;
+        if let Err(e) = repair_own(engine, view, own).await {
+            // Typically refused because this server is the only in-sync copy of some chunk
+            // (another replica is stale): the copies to the stale servers below go on, and once
+            // they are in sync again a later pass repairs this server's own marks.
+            tracing::info!(volume = %view.name, error = %e, "resync: this server's own marks wait for the next pass");
+        }
     }
     if !view.in_sync(me) {
         return Ok(());
@@ -243,6 +248,7 @@ async fn repair_own(
                 data: bytes::Bytes::new(),
                 fua: false,
                 missed: vec![me],
+                hold: None,
             };
             engine
                 .ask(source, record, COPY_TIMEOUT)

@@ -146,3 +146,79 @@ async fn creates_acknowledged_across_a_leader_kill_exist_once() {
     assert_eq!(acked.len() + unknown.len(), 24);
     g.stop().await;
 }
+
+/// fio writes at random through `uri` and reads it all back, checking every block; returns its
+/// output once it is done.
+fn fio_verify(
+    uri: &str,
+    size_mib: u64,
+) -> tokio::task::JoinHandle<std::io::Result<std::process::Output>> {
+    let fio = tokio::process::Command::new("fio")
+        .args([
+            "--name=verify",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=16k",
+            "--iodepth=8",
+            &format!("--size={size_mib}M"),
+            "--rate=8m",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--verify_state_save=0",
+            "--do_verify=1",
+        ])
+        .output();
+    tokio::spawn(fio)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_writes_wait_for_a_new_leader_instead_of_failing() {
+    let mut g = Group::cluster(3).await;
+    g.create_volume("lead", 64 << 20, 2).await;
+    let first = index(&leader(&g.get(0, "/v1/managers").await).unwrap());
+    let gateway = (first + 1) % 3;
+    // The leader holds replicas of two thirds of the chunks: killing it makes writes through
+    // the gateway fail there, and the gateway must mark it stale while no leader is elected.
+    let fio = fio_verify(&format!("nbd://{}/lead", g.nbd(gateway)), 32);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    g.kill(first).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    g.restart(first).await;
+    let out = fio.await.unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "fio through s{} saw errors while the leader s{} died: {} {}",
+        gateway + 1,
+        first + 1,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    g.wait_status(gateway, "lead", "healthy").await;
+    let report = g.verify(gateway, "lead", false).await;
+    assert_eq!(report["mismatches"], json!([]), "{report}");
+    g.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_the_leader_then_a_replica_under_writes_heals_completely() {
+    let mut g = Group::cluster(3).await;
+    g.create_volume("both", 64 << 20, 2).await;
+    let first = index(&leader(&g.get(0, "/v1/managers").await).unwrap());
+    let (second, gateway) = ((first + 1) % 3, (first + 2) % 3);
+    // Errors are allowed here (with two of three servers down there is no quorum to mark
+    // anyone stale); a stuck resync or a difference between replicas is not.
+    let fio = fio_verify(&format!("nbd://{}/both", g.nbd(gateway)), 32);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    g.kill(first).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    g.kill(second).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    g.restart(first).await;
+    g.restart(second).await;
+    let _ = fio.await.unwrap().unwrap();
+    g.wait_status(gateway, "both", "healthy").await;
+    let report = g.verify(gateway, "both", false).await;
+    assert_eq!(report["mismatches"], json!([]), "{report}");
+    g.stop().await;
+}
