@@ -176,7 +176,10 @@ async fn execute(dev: &dyn BlockDevice, s: &Session, req: Request, payload: Byte
             other => other,
         },
         Command::WriteZeroes if len == 0 => Ok(()),
-        Command::WriteZeroes => dev.write_zeroes(offset, len, req.fua()).await,
+        Command::WriteZeroes => {
+            let no_hole = req.flags & consts::CMD_FLAG_NO_HOLE != 0;
+            dev.write_zeroes(offset, len, req.fua(), no_hole).await
+        }
         Command::BlockStatus => match (s.meta_context, dev.block_status(offset, len).await) {
             (Some(context), Ok(extents)) => {
                 let one = req.flags & consts::CMD_FLAG_REQ_ONE != 0;

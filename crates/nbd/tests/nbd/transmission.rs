@@ -185,6 +185,48 @@ async fn block_status_reports_allocation() {
     assert_eq!(c.status().await, Err(consts::EINVAL));
 }
 
+/// The `base:allocation` words of one block status reply: context id, then (length, flags)s.
+async fn status_words(c: &mut Client, cookie: u64, offset: u64, len: u32) -> Vec<u32> {
+    c.request(0, consts::CMD_BLOCK_STATUS, cookie, offset, len, &[])
+        .await;
+    let Msg::Chunk { payload, .. } = c.reply().await else {
+        panic!("chunk")
+    };
+    payload
+        .chunks(4)
+        .map(|w| u32::from_be_bytes(w.try_into().expect("4")))
+        .collect()
+}
+
+#[tokio::test]
+async fn write_zeroes_with_no_hole_stays_allocated() {
+    let (_server, dev, _ro, mut c) = setup(true, true).await;
+    c.request(0, consts::CMD_WRITE, 1, 0, 16384, &[1; 16384])
+        .await;
+    assert_eq!(c.status().await, Ok(()));
+    // NO_HOLE: zeroes, still allocated; without it the device may punch a hole.
+    let no_hole = consts::CMD_FLAG_NO_HOLE;
+    c.request(no_hole, consts::CMD_WRITE_ZEROES, 2, 0, 8192, &[])
+        .await;
+    assert_eq!(c.status().await, Ok(()));
+    c.request(0, consts::CMD_WRITE_ZEROES, 3, 8192, 8192, &[])
+        .await;
+    assert_eq!(c.status().await, Ok(()));
+    assert_eq!(&dev.contents()[..16384], &[0; 16384][..]);
+    assert_eq!(
+        status_words(&mut c, 4, 0, 16384).await,
+        vec![1, 8192, 0, 8192, 3]
+    );
+    // A hole zeroed with NO_HOLE becomes allocated.
+    c.request(no_hole, consts::CMD_WRITE_ZEROES, 5, 65536, 4096, &[])
+        .await;
+    assert_eq!(c.status().await, Ok(()));
+    assert_eq!(
+        status_words(&mut c, 6, 61440, 12288).await,
+        vec![1, 4096, 3, 4096, 0, 4096, 3]
+    );
+}
+
 #[tokio::test]
 async fn errors_are_replies_and_the_connection_survives() {
     let (server, dev, ro, mut c) = setup(true, false).await;
