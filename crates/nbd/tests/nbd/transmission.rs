@@ -287,15 +287,46 @@ async fn errors_are_replies_and_the_connection_survives() {
 }
 
 #[tokio::test]
+async fn a_write_over_the_maximum_payload_is_refused_and_the_connection_lives() {
+    for structured in [false, true] {
+        let (_server, dev, _ro, mut c) = setup(structured, false).await;
+        let calls = dev.calls.load(Ordering::SeqCst);
+        // The payload follows in full: the server reads it, throws it away and answers.
+        let len = consts::MAX_PAYLOAD + 4096;
+        let payload = vec![0xa5; len as usize];
+        c.request(0, consts::CMD_WRITE, 1, 0, len, &payload).await;
+        let errno = if structured {
+            consts::EOVERFLOW
+        } else {
+            consts::EINVAL
+        };
+        assert_eq!(c.status().await, Err(errno), "structured {structured}");
+        assert_eq!(dev.calls.load(Ordering::SeqCst), calls, "device untouched");
+        // The stream is still in step: the next requests work.
+        c.request(0, consts::CMD_WRITE, 2, 0, 4, b"abcd").await;
+        assert_eq!(c.status().await, Ok(()));
+        c.request(0, consts::CMD_READ, 3, 0, 4, &[]).await;
+        assert_eq!(c.read_result(0, 4).await, Ok(b"abcd".to_vec()));
+    }
+}
+
+#[tokio::test]
 async fn malformed_transmission_ends_only_that_connection() {
     let (server, _dev, _ro, mut bad) = setup(true, false).await;
     bad.send_raw(b"this is not an nbd request at all....").await;
     assert!(bad.closed().await);
-    // A write larger than the maximum payload: hard disconnect.
+    // A write far beyond the maximum payload: hard disconnect.
     let mut big = Client::connect(server.addr).await;
     big.go("vol").await;
-    big.request(0, consts::CMD_WRITE, 1, 0, consts::MAX_PAYLOAD + 1, &[])
-        .await;
+    big.request(
+        0,
+        consts::CMD_WRITE,
+        1,
+        0,
+        consts::MAX_DISCARDED_WRITE + 1,
+        &[],
+    )
+    .await;
     assert!(big.closed().await);
     // A request cut short by a hang-up.
     let mut cut = Client::connect(server.addr).await;
