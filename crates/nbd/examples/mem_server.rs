@@ -59,9 +59,16 @@ impl BlockDevice for MemDisk {
         Ok(())
     }
     async fn trim(&self, offset: u64, len: u32) -> Result<(), IoError> {
-        self.write_zeroes(offset, len, false).await
+        self.write_zeroes(offset, len, false, false).await
     }
-    async fn write_zeroes(&self, offset: u64, len: u32, _fua: bool) -> Result<(), IoError> {
+    // Nothing is ever deallocated here, so every range stays allocated (NO_HOLE or not).
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        _fua: bool,
+        _no_hole: bool,
+    ) -> Result<(), IoError> {
         self.each(offset, len.into(), |p, s, n, _| {
             p.write().expect("lock")[s..s + n].fill(0)
         });

@@ -158,8 +158,14 @@ pub const BASE_ALLOCATION: &str = "base:allocation";
 /// The id this server gives `base:allocation` when it is selected.
 pub const BASE_ALLOCATION_ID: u32 = 1;
 
-/// Largest payload a client may send or request (32 MiB); larger WRITEs end the connection.
+/// Largest payload a client may send or request (32 MiB, advertised as the maximum block size).
+/// A larger WRITE gets an error reply (its payload is read and thrown away) up to
+/// [`MAX_DISCARDED_WRITE`].
 pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
+/// Longest WRITE whose payload is read and discarded with an error reply (`MAX_PAYLOAD` plus
+/// 64 MiB); a longer one is taken as an attack and ends the connection (`doc/proto.md` allows a
+/// hard disconnect above 2^25 bytes).
+pub const MAX_DISCARDED_WRITE: u32 = MAX_PAYLOAD + 64 * 1024 * 1024;
 /// Preferred block size advertised in `NBD_INFO_BLOCK_SIZE`.
 pub const PREFERRED_BLOCK: u32 = 4096;
 /// Largest option data this server accepts (options carry names and queries, not data).

@@ -97,7 +97,16 @@ pub trait BlockDevice: Send + Sync {
     /// Discards `len` bytes at `offset` (a hint: the contents become unspecified).
     async fn trim(&self, offset: u64, len: u32) -> Result<(), IoError>;
     /// Makes `len` bytes at `offset` read as zeroes; with `fua`, durably before returning.
-    async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), IoError>;
+    /// With `no_hole` (`NBD_CMD_FLAG_NO_HOLE`) the range must stay allocated, as if zeroes had
+    /// been written: block status then reports it as data, not as a hole. Without it the device
+    /// may deallocate the range.
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        no_hole: bool,
+    ) -> Result<(), IoError>;
     /// Allocation state of the range starting at `offset`: consecutive extents covering it from
     /// `offset`; the list may end early (it must not be empty) or run past `len`.
     async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, IoError>;

@@ -32,7 +32,8 @@ pub enum ProtocolError {
         /// The announced data length.
         len: u32,
     },
-    /// A WRITE announced a payload larger than the maximum payload size.
+    /// A WRITE announced a payload too large even to read and discard
+    /// ([`crate::consts::MAX_DISCARDED_WRITE`]).
     #[error("write payload too large: {0} bytes")]
     PayloadTooLarge(u32),
     /// The client did not finish option haggling within [`crate::NEGOTIATION_TIMEOUT`].

@@ -17,9 +17,11 @@
 //! ([`parse_client_flags`], [`parse_option`], [`parse_request`], [`Reply`], the `handshake`
 //! encoders) that return "incomplete" instead of blocking and errors instead of panicking; they
 //! are unit-tested with byte tables and fuzzed (`fuzz/` at the repository root). The connection
-//! code — [`serve`] and [`serve_connection`] — is a thin shell that reads into a buffer, calls
-//! the parsers, and runs requests concurrently (many per connection, replies in completion
-//! order through one writer task).
+//! code — [`serve`], [`serve_with`] and [`serve_connection`] — is a thin shell that reads into
+//! a buffer, calls the parsers, and runs requests concurrently (many per connection, replies in completion
+//! order through one writer task), within the bounds of a [`ServerConfig`]: connections, idle
+//! time, and payload bytes in flight per connection and per server, counted until each reply is
+//! written to the socket.
 //!
 //! Guarantees kept here (SPEC "Guarantees"): a request that is out of range, misaligned, for an
 //! unknown command or a write to a read-only export gets an error reply without reaching the
@@ -29,6 +31,7 @@
 //!
 //! Metrics are not collected here: the server wraps the device it hands out.
 
+mod config;
 pub mod consts;
 mod device;
 mod error;
@@ -40,6 +43,7 @@ mod request;
 mod server;
 mod transmission;
 
+pub use config::ServerConfig;
 pub use device::{BlockDevice, ExportInfo, ExportProvider, Extent, IoError, OpenError};
 pub use error::{NbdError, ProtocolError};
 pub use handshake::{greeting, match_meta_query, transmission_flags, MetaMatch};
@@ -50,5 +54,4 @@ pub use reply::{block_status_descriptors, Reply};
 pub use request::{
     decode_request, parse_request, validate, Command, Request, Session, REQUEST_HEADER_LEN,
 };
-pub use server::{serve, serve_connection, NEGOTIATION_TIMEOUT};
-pub use transmission::{MAX_BYTES_IN_FLIGHT, MAX_IN_FLIGHT};
+pub use server::{serve, serve_connection, serve_with, NEGOTIATION_TIMEOUT};

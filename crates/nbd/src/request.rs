@@ -9,9 +9,15 @@
 //! only part of a message (header *or* write payload), `Ok(Some((request, consumed)))` once it
 //! holds the whole message (the payload is `buf[REQUEST_HEADER_LEN..consumed]`), and
 //! `Err(ProtocolError)` when the stream cannot continue: a bad magic, or a write payload larger
-//! than [`consts::MAX_PAYLOAD`] (the doc allows a hard disconnect there; reading and discarding
-//! up to 4 GiB would be the alternative). [`decode_request`] is the same over a `BytesMut`, and
-//! hands the payload out as `Bytes` without copying it.
+//! than [`consts::MAX_DISCARDED_WRITE`] (the doc allows a hard disconnect there).
+//! [`decode_request`] is the same over a `BytesMut`, and hands the payload out as `Bytes`
+//! without copying it.
+//!
+//! A write longer than [`consts::MAX_PAYLOAD`] but within [`consts::MAX_DISCARDED_WRITE`] is
+//! returned with its header alone (`consumed` covers only the header and the payload is empty):
+//! the caller skips the [`Request::discard_len`] bytes that follow, without buffering them, and
+//! [`validate`] refuses the request (`EOVERFLOW`, or `EINVAL` with simple replies), so the
+//! connection stays in step and keeps serving.
 //!
 //! Everything else that can be wrong with a request — unknown command or flags, out of range,
 //! misaligned, a write to a read-only export — is not a framing problem: [`validate`] maps it to
@@ -83,10 +89,19 @@ impl Request {
     pub fn fua(&self) -> bool {
         self.flags & consts::CMD_FLAG_FUA != 0
     }
-    /// Bytes of payload that follow the header on the wire.
+    /// Bytes of payload that follow the header on the wire and are handed to the device (none
+    /// for a write over the maximum payload: see [`Request::discard_len`]).
     pub fn payload_len(&self) -> usize {
         match self.command {
-            Command::Write => self.len as usize,
+            Command::Write if self.len <= consts::MAX_PAYLOAD => self.len as usize,
+            _ => 0,
+        }
+    }
+    /// Bytes of payload that follow the header on the wire and must be read and thrown away:
+    /// the whole payload of a write over [`consts::MAX_PAYLOAD`], else none.
+    pub fn discard_len(&self) -> usize {
+        match self.command {
+            Command::Write if self.len > consts::MAX_PAYLOAD => self.len as usize,
             _ => 0,
         }
     }
@@ -120,7 +135,7 @@ fn parse_header(head: &[u8; REQUEST_HEADER_LEN]) -> Result<Request, ProtocolErro
     let cookie = b.get_u64();
     let offset = b.get_u64();
     let len = b.get_u32();
-    if command == Command::Write && len > consts::MAX_PAYLOAD {
+    if command == Command::Write && len > consts::MAX_DISCARDED_WRITE {
         return Err(ProtocolError::PayloadTooLarge(len));
     }
     Ok(Request {
@@ -187,7 +202,7 @@ pub fn validate(req: &Request, s: &Session) -> Result<(), u32> {
         Command::Write | Command::WriteZeroes | Command::Trim if s.read_only => {
             return Err(consts::EPERM)
         }
-        Command::Read if req.len > consts::MAX_PAYLOAD => {
+        Command::Read | Command::Write if req.len > consts::MAX_PAYLOAD => {
             return Err(if s.structured {
                 consts::EOVERFLOW
             } else {

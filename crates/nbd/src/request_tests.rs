@@ -86,13 +86,36 @@ fn parse_errors() {
         parse_request(&bad),
         Err(ProtocolError::BadMagic { .. })
     ));
-    let huge = req_bytes(0, 1, 1, 0, consts::MAX_PAYLOAD + 1);
+    let absurd = consts::MAX_DISCARDED_WRITE + 1;
     assert_eq!(
-        parse_request(&huge),
-        Err(ProtocolError::PayloadTooLarge(consts::MAX_PAYLOAD + 1))
+        parse_request(&req_bytes(0, 1, 1, 0, absurd)),
+        Err(ProtocolError::PayloadTooLarge(absurd))
     );
     let max = req_bytes(0, 1, 1, 0, consts::MAX_PAYLOAD);
     assert_eq!(parse_request(&max), Ok(None));
+}
+
+#[test]
+fn an_oversized_write_is_parsed_without_its_payload() {
+    for len in [consts::MAX_PAYLOAD + 1, consts::MAX_DISCARDED_WRITE] {
+        let wire = req_bytes(0, 1, 9, 0, len);
+        let Ok(Some((req, used))) = parse_request(&wire) else {
+            panic!("header alone is a whole request for {len}");
+        };
+        assert_eq!((req.len, used), (len, REQUEST_HEADER_LEN));
+        assert_eq!((req.payload_len(), req.discard_len()), (0, len as usize));
+        let mut buf = BytesMut::from(&wire[..]);
+        let (req, payload) = decode_request(&mut buf).expect("ok").expect("some");
+        assert!(payload.is_empty() && buf.is_empty());
+        assert!(buf.capacity() < 1 << 20, "no room reserved for the payload");
+        assert_eq!(req.cookie, 9);
+    }
+    let fits = req(0, Command::Write, 0, consts::MAX_PAYLOAD);
+    assert_eq!(
+        (fits.payload_len(), fits.discard_len()),
+        (consts::MAX_PAYLOAD as usize, 0)
+    );
+    assert_eq!(req(0, Command::Read, 0, u32::MAX).discard_len(), 0);
 }
 
 #[test]
@@ -160,6 +183,16 @@ fn validate_table() {
         ),
         (
             req(0, Command::Read, 0, consts::MAX_PAYLOAD + 1),
+            simple,
+            Err(EINVAL),
+        ),
+        (
+            req(0, Command::Write, 0, consts::MAX_PAYLOAD + 1),
+            s,
+            Err(EOVERFLOW),
+        ),
+        (
+            req(0, Command::Write, 0, consts::MAX_PAYLOAD + 1),
             simple,
             Err(EINVAL),
         ),

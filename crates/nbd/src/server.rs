@@ -1,8 +1,10 @@
 //! The accept loop and the per-connection driver.
 //!
-//! [`serve`] accepts TCP connections until its cancellation token fires, turns on `TCP_NODELAY`
-//! (the doc asks for it: replies are often smaller than a segment), and runs each connection in
-//! its own task inside a tracing span naming the peer. A connection that fails is logged and
+//! [`serve_with`] accepts TCP connections until its cancellation token fires, turns on
+//! `TCP_NODELAY` (the doc asks for it: replies are often smaller than a segment), and runs each
+//! connection in its own task inside a tracing span naming the peer, within the limits of its
+//! [`ServerConfig`] (connections beyond the maximum are closed at once); [`serve`] does the same
+//! with the default limits. A connection that fails is logged and
 //! forgotten; accept errors (out of file descriptors, aborted handshakes) are logged and retried
 //! after a short pause, so nothing a client does stops the server. After cancellation, `serve`
 //! waits for the connections to finish: each stops reading, lets its in-flight requests reply,
@@ -18,26 +20,42 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::config::ServerConfig;
 use crate::device::ExportProvider;
 use crate::error::NbdError;
 use crate::negotiate::negotiate;
-use crate::transmission::transmit;
+use crate::transmission::{transmit, Limits};
 
-/// Serves NBD on `listener` until `shutdown` is cancelled, then waits for open connections to
-/// drain. One task per connection; a failing connection never stops the server.
+/// Serves NBD on `listener` with the default [`ServerConfig`] until `shutdown` is cancelled;
+/// see [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
     exports: Arc<dyn ExportProvider>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_with(listener, exports, ServerConfig::default(), shutdown).await
+}
+
+/// Serves NBD on `listener` within the limits of `config` until `shutdown` is cancelled, then
+/// waits for open connections to drain. One task per connection; a failing connection never
+/// stops the server.
+pub async fn serve_with(
+    listener: TcpListener,
+    exports: Arc<dyn ExportProvider>,
+    config: ServerConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "nbd server listening");
     }
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    let limits = Limits::new(config);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -53,16 +71,23 @@ pub async fn serve(
                 }
             }
         };
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            warn!(%peer, max = limits.config.max_connections, "too many nbd connections; closing a new one");
+            drop(stream);
+            continue;
+        };
         let exports = exports.clone();
         let shutdown = shutdown.clone();
+        let limits = limits.clone();
         let span = info_span!("nbd_conn", %peer);
         tracker.spawn(
             async move {
                 debug!("connection accepted");
-                match serve_tcp(stream, exports, shutdown).await {
+                match serve_tcp(stream, exports, &limits, shutdown).await {
                     Ok(()) => debug!("connection closed"),
                     Err(e) => info!(error = %e, "connection ended with an error"),
                 }
+                drop(slot);
             }
             .instrument(span),
         );
@@ -75,18 +100,20 @@ pub async fn serve(
 async fn serve_tcp(
     stream: TcpStream,
     exports: Arc<dyn ExportProvider>,
+    limits: &Limits,
     shutdown: CancellationToken,
 ) -> Result<(), NbdError> {
     stream.set_nodelay(true)?;
     let (rd, wr) = stream.into_split();
-    run(rd, wr, exports, shutdown).await
+    run(rd, wr, exports, limits, shutdown).await
 }
 
 /// How long a client may take from connecting to entering transmission.
 pub const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one NBD connection over `stream`: handshake, then transmission, until the client
-/// disconnects or `shutdown` fires. Returns the reason if the connection ended abnormally.
+/// disconnects or `shutdown` fires, within the default [`ServerConfig`] (as the only connection
+/// of a server). Returns the reason if the connection ended abnormally.
 pub async fn serve_connection<S>(
     stream: S,
     exports: Arc<dyn ExportProvider>,
@@ -96,13 +123,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
-    run(rd, wr, exports, shutdown).await
+    let limits = Limits::new(ServerConfig::default());
+    run(rd, wr, exports, &limits, shutdown).await
 }
 
 async fn run<R, W>(
     mut rd: R,
     mut wr: W,
     exports: Arc<dyn ExportProvider>,
+    limits: &Limits,
     shutdown: CancellationToken,
 ) -> Result<(), NbdError>
 where
@@ -126,7 +155,7 @@ where
         structured = neg.session.structured,
         "entering transmission"
     );
-    transmit(rd, wr, buf, neg, &shutdown).await
+    transmit(rd, wr, buf, neg, limits, &shutdown).await
 }
 
 #[cfg(test)]

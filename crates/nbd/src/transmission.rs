@@ -10,24 +10,35 @@
 //!   as their own slices of a vectored write, and flushes when the queue is empty. Each reply is
 //!   one message written whole, so replies never interleave.
 //!
-//! Back-pressure: a per-connection semaphore bounds requests in flight ([`MAX_IN_FLIGHT`]) and a
-//! second bounds the bytes they carry ([`MAX_BYTES_IN_FLIGHT`]); the reader waits for permits
-//! before it reads further, so a client cannot make the server buffer without limit.
+//! Back-pressure ([`crate::config`]): the reader takes a request permit and byte permits (the
+//! connection's, then the server's) for each request before it reads further; they travel with
+//! the reply to the writer, which drops them only once the reply is written to the socket. A
+//! client that does not read its replies therefore stops being served instead of making the
+//! server buffer them without limit.
+//!
+//! A WRITE longer than the maximum payload is answered with an error, its payload read and
+//! thrown away as it arrives (never buffered whole), and the connection goes on.
 //!
 //! Ending: on `NBD_CMD_DISC`, end of stream, a framing error, or server shutdown the reader stops
 //! reading, drops its end of the channel and waits for the writer, which finishes once every
 //! in-flight request has replied, then shuts the socket down. If writing fails the writer cancels
-//! the reader. Errors of single requests are replies, never the end of the connection.
+//! the reader. When the connection has been idle too long (no request read, no reply written)
+//! the reader gives up and the writer is stopped at once, whatever it was waiting for. Errors of
+//! single requests are replies, never the end of the connection.
 
 use std::io::IoSlice;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
 
+use crate::config::{Budget, ServerConfig};
 use crate::consts;
 use crate::device::{BlockDevice, IoError};
 use crate::error::NbdError;
@@ -35,22 +46,96 @@ use crate::negotiate::Negotiated;
 use crate::reply::{block_status_descriptors, Reply};
 use crate::request::{decode_request, validate, Command, Request, Session};
 
-/// Most requests of one connection served at the same time.
-pub const MAX_IN_FLIGHT: usize = 64;
-/// Most payload bytes (read and write) of one connection's requests in flight.
-pub const MAX_BYTES_IN_FLIGHT: usize = 128 * 1024 * 1024;
 /// Bodies up to this size are copied into the writer's batch buffer; larger ones are sent as
 /// their own slice.
 const COALESCE_LIMIT: usize = 16 * 1024;
 /// Free space kept in the read buffer before each read.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// Serves requests until the client disconnects, the stream fails, or `shutdown` fires.
+/// What a connection draws on: the server's limits and its server-wide byte budget.
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    /// The server's configuration.
+    pub(crate) config: ServerConfig,
+    /// Payload bytes in flight over all connections.
+    pub(crate) server_bytes: Budget,
+}
+
+impl Limits {
+    /// The limits of `config`, with a new server-wide budget.
+    pub(crate) fn new(config: ServerConfig) -> Self {
+        let server_bytes = Budget::new(config.max_bytes);
+        Self {
+            config,
+            server_bytes,
+        }
+    }
+}
+
+/// The permits a request holds until its reply is written.
+struct Held {
+    _request: OwnedSemaphorePermit,
+    _connection_bytes: OwnedSemaphorePermit,
+    _server_bytes: OwnedSemaphorePermit,
+}
+
+/// A reply on its way to the writer, with what it holds (none for a refused request).
+type Queued = (Reply, Option<Held>);
+
+/// When the connection last did something (read a request or wrote replies).
+struct Activity {
+    since: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.since + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// Returns once nothing happened for `timeout`; never without one.
+    async fn idle(&self, timeout: Option<Duration>) {
+        let Some(timeout) = timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let deadline = self.last() + timeout;
+            if deadline <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// Why the reader stopped.
+enum Stop {
+    /// Ended normally: let in-flight requests reply.
+    Done(Result<(), NbdError>),
+    /// Idle too long: drop everything now.
+    Idle,
+}
+
+/// Serves requests until the client disconnects, the stream fails, `shutdown` fires, or the
+/// connection stays idle for the configured timeout.
 pub(crate) async fn transmit<R, W>(
     mut rd: R,
     wr: W,
     mut buf: BytesMut,
     neg: Negotiated,
+    limits: &Limits,
     shutdown: &CancellationToken,
 ) -> Result<(), NbdError>
 where
@@ -58,43 +143,62 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let Negotiated { device, session } = neg;
+    let config = &limits.config;
+    let max_requests = config.max_requests_per_connection.max(1);
     let stop = CancellationToken::new();
-    let (tx, rx) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(write_loop(wr, rx, stop.clone()).in_current_span());
-    let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let bytes = Arc::new(Semaphore::new(MAX_BYTES_IN_FLIGHT));
-    let read_result: Result<(), NbdError> = async {
+    let kill = CancellationToken::new();
+    let activity = Arc::new(Activity::new());
+    let (tx, rx) = mpsc::channel::<Queued>(max_requests);
+    let writer = tokio::spawn(
+        write_loop(wr, rx, stop.clone(), kill.clone(), activity.clone()).in_current_span(),
+    );
+    let requests = Arc::new(Semaphore::new(max_requests));
+    let connection_bytes = Budget::new(config.max_bytes_per_connection);
+    // Payload bytes still to be read and thrown away (a WRITE over the maximum payload).
+    let mut discard = 0usize;
+    let stopped: Stop = async {
         loop {
-            let (req, payload) = match decode_request(&mut buf)? {
-                Some(frame) => frame,
-                None => {
-                    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                        buf.reserve(READ_CHUNK);
-                    }
-                    let n = tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = stop.cancelled() => return Ok(()),
-                        n = rd.read_buf(&mut buf) => n?,
-                    };
-                    if n == 0 {
-                        return if buf.is_empty() {
-                            Ok(())
-                        } else {
-                            Err(NbdError::Truncated)
-                        };
-                    }
-                    continue;
+            if discard > 0 {
+                let n = discard.min(buf.len());
+                buf.advance(n);
+                discard -= n;
+            }
+            let frame = if discard > 0 {
+                None
+            } else {
+                match decode_request(&mut buf) {
+                    Ok(frame) => frame,
+                    Err(e) => return Stop::Done(Err(e.into())),
                 }
             };
+            let Some((req, payload)) = frame else {
+                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                    buf.reserve(READ_CHUNK);
+                }
+                let n = tokio::select! {
+                    _ = shutdown.cancelled() => return Stop::Done(Ok(())),
+                    _ = stop.cancelled() => return Stop::Done(Ok(())),
+                    _ = activity.idle(config.idle_timeout) => return Stop::Idle,
+                    n = rd.read_buf(&mut buf) => n,
+                };
+                match n {
+                    Ok(0) if buf.is_empty() && discard == 0 => return Stop::Done(Ok(())),
+                    Ok(0) => return Stop::Done(Err(NbdError::Truncated)),
+                    Ok(_) => continue,
+                    Err(e) => return Stop::Done(Err(e.into())),
+                }
+            };
+            activity.touch();
+            discard = req.discard_len();
             if req.command == Command::Disc {
                 debug!("client sent NBD_CMD_DISC");
-                return Ok(());
+                return Stop::Done(Ok(()));
             }
             if let Err(errno) = validate(&req, &session) {
                 debug!(?req, errno, "request refused");
                 let reply = error_reply(&session, req.cookie, errno, "invalid request");
-                if tx.send(reply).await.is_err() {
-                    return Ok(());
+                if tx.send((reply, None)).await.is_err() {
+                    return Stop::Done(Ok(()));
                 }
                 continue;
             }
@@ -102,23 +206,27 @@ where
                 Command::Read | Command::Write => req.len,
                 _ => 0,
             };
-            let permits = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = stop.cancelled() => return Ok(()),
-                p = async {
-                    let one = requests.clone().acquire_owned().await;
-                    let many = bytes.clone().acquire_many_owned(cost).await;
-                    one.and_then(|a| many.map(|b| (a, b)))
-                } => p,
+            let held = tokio::select! {
+                _ = shutdown.cancelled() => return Stop::Done(Ok(())),
+                _ = stop.cancelled() => return Stop::Done(Ok(())),
+                _ = activity.idle(config.idle_timeout) => return Stop::Idle,
+                held = async {
+                    Some(Held {
+                        _request: requests.clone().acquire_owned().await.ok()?,
+                        _connection_bytes: connection_bytes.take(cost).await?,
+                        _server_bytes: limits.server_bytes.take(cost).await?,
+                    })
+                } => held,
             };
-            let Ok(permits) = permits else { return Ok(()) };
+            let Some(held) = held else {
+                return Stop::Done(Ok(()));
+            };
             let device = device.clone();
             let tx = tx.clone();
             tokio::spawn(
                 async move {
                     let reply = execute(&*device, &session, req, payload).await;
-                    let _ = tx.send(reply).await;
-                    drop(permits);
+                    let _ = tx.send((reply, Some(held))).await;
                 }
                 .in_current_span(),
             );
@@ -126,6 +234,14 @@ where
     }
     .await;
     drop(tx);
+    let read_result = match stopped {
+        Stop::Done(result) => result,
+        Stop::Idle => {
+            debug!("connection idle; closing");
+            kill.cancel();
+            Ok(())
+        }
+    };
     let write_result = writer.await.map_err(std::io::Error::other)?;
     read_result?;
     write_result.map_err(NbdError::Io)
@@ -176,7 +292,10 @@ async fn execute(dev: &dyn BlockDevice, s: &Session, req: Request, payload: Byte
             other => other,
         },
         Command::WriteZeroes if len == 0 => Ok(()),
-        Command::WriteZeroes => dev.write_zeroes(offset, len, req.fua()).await,
+        Command::WriteZeroes => {
+            let no_hole = req.flags & consts::CMD_FLAG_NO_HOLE != 0;
+            dev.write_zeroes(offset, len, req.fua(), no_hole).await
+        }
         Command::BlockStatus => match (s.meta_context, dev.block_status(offset, len).await) {
             (Some(context), Ok(extents)) => {
                 let one = req.flags & consts::CMD_FLAG_REQ_ONE != 0;
@@ -205,22 +324,27 @@ fn is_zero(data: &[u8]) -> bool {
     blocks_zero && blocks.remainder().iter().all(|b| *b == 0)
 }
 
-/// Writes replies as they arrive, batching whatever is queued; see the module doc.
+/// Writes replies as they arrive, batching whatever is queued, and drops each reply's permits
+/// once it is written; see the module doc. Returns at once (without a shutdown of the socket)
+/// when `kill` fires.
 async fn write_loop<W>(
     mut wr: W,
-    mut rx: mpsc::Receiver<Reply>,
+    mut rx: mpsc::Receiver<Queued>,
     stop: CancellationToken,
+    kill: CancellationToken,
+    activity: Arc<Activity>,
 ) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
 {
     let mut small = BytesMut::with_capacity(64 * 1024);
     let mut segments: Vec<Bytes> = Vec::with_capacity(16);
+    let mut written: Vec<Option<Held>> = Vec::with_capacity(16);
     let result = async {
         while let Some(first) = rx.recv().await {
             let mut batched = 0;
             let mut next = Some(first);
-            while let Some(reply) = next {
+            while let Some((reply, held)) = next {
                 small.extend_from_slice(reply.head());
                 let body = reply.body();
                 if body.len() <= COALESCE_LIMIT {
@@ -229,6 +353,7 @@ where
                     segments.push(small.split().freeze());
                     segments.push(body.clone());
                 }
+                written.push(held);
                 batched += reply.wire_len();
                 next = if batched < 4 * 1024 * 1024 {
                     rx.try_recv().ok()
@@ -241,10 +366,16 @@ where
             }
             write_segments(&mut wr, &mut segments).await?;
             wr.flush().await?;
+            // Only now are these replies off the server's hands.
+            written.clear();
+            activity.touch();
         }
         wr.shutdown().await
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        result = result => result,
+        _ = kill.cancelled() => Ok(()),
+    };
     if result.is_err() {
         stop.cancel();
     }

@@ -832,10 +832,31 @@ impl BlockDevice for GatewayDevice {
         result
     }
 
-    async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), IoError> {
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        no_hole: bool,
+    ) -> Result<(), IoError> {
         let started = Instant::now();
         let n = u64::from(len);
-        let result = self.change(offset, n, Change::Zero(n), fua).await;
+        let result = if no_hole {
+            // The range must stay allocated: zero blocks are written like data (a trim would
+            // leave holes), a chunk at a time from one buffer of zeroes.
+            let zeroes = Bytes::from(vec![0u8; n.min(CHUNK_SIZE) as usize]);
+            let mut result = Ok(());
+            for (_, at, piece) in pieces(offset, n) {
+                let data = Change::Write(zeroes.slice(..piece as usize));
+                result = self.change(at, piece, data, fua).await;
+                if result.is_err() {
+                    break;
+                }
+            }
+            result
+        } else {
+            self.change(offset, n, Change::Zero(n), fua).await
+        };
         self.metrics.record(Op::WriteZeroes, n, started, &result);
         result
     }

@@ -75,6 +75,16 @@ pub enum MessageError {
         /// Which field.
         field: &'static str,
     },
+    /// A request asks for more bytes than one answer may carry.
+    #[error("message type {msg_type:#06x}: length {len} exceeds the limit of {max}")]
+    TooLong {
+        /// The message type code.
+        msg_type: u16,
+        /// The length asked for.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
 }
 
 /// What a wire client call or connection attempt can fail with.

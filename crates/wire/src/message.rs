@@ -366,6 +366,35 @@ fn flag(msg_type: u16, v: u8, field: &'static str) -> Result<bool, MessageError>
     }
 }
 
+impl Request {
+    /// Checks, before anything is allocated for it, the lengths a request asks the server to
+    /// produce: a `Read` or an `Allocation` may cover at most `max` bytes (a `Read`'s answer
+    /// must fit in one frame of at most `max` payload bytes; an `Allocation` describes no more
+    /// than a read could return).
+    pub fn check_lengths(&self, max: u32) -> Result<(), MessageError> {
+        let (msg_type, len) = match self {
+            Self::Read { len, .. } => (T_READ, *len),
+            Self::Allocation { len, .. } => (T_ALLOCATION_REQ, *len),
+            _ => return Ok(()),
+        };
+        if len > max {
+            return Err(MessageError::TooLong { msg_type, len, max });
+        }
+        Ok(())
+    }
+
+    /// An upper bound on the payload of the answer, where the request decides it: a `Read`'s
+    /// `len`, one chunk image (block maps and 4 MiB of blocks) for a `GetChunk`, and 0 for the
+    /// others, whose answers are small. Servers count it against their bytes in flight.
+    pub fn answer_bound(&self) -> u64 {
+        match self {
+            Self::Read { len, .. } => u64::from(*len),
+            Self::GetChunk { .. } => (2 * MAP_WORDS * 8) as u64 + strata_types::CHUNK_SIZE,
+            _ => 0,
+        }
+    }
+}
+
 impl WireMessage for Request {
     const KIND: FrameKind = FrameKind::Request;
 

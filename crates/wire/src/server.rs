@@ -3,15 +3,21 @@
 //! [`serve`] owns the accept loop. Each connection gets one task that does the handshake and then
 //! reads frames; every request is handled in its own task, so a slow read does not hold up a
 //! fast write behind it, and responses go back in completion order (the client matches them
-//! by request id). A per-connection semaphore bounds the requests in flight: at the limit the
-//! connection stops reading, and TCP flow control pushes back on the client. Responses go
-//! through a bounded channel to a writer task that flushes when it has nothing more queued.
+//! by request id). Two per-connection semaphores bound the requests in flight and their bytes
+//! (the request's payload plus [`Request::answer_bound`] for its answer); the permits are held
+//! until the answer has been *written* to the socket, not merely queued, so a peer that stops
+//! reading stops being served. At a limit the connection stops reading, and TCP flow control
+//! pushes back on the client. Responses go through a bounded channel to a writer task that
+//! flushes when it has nothing more queued.
 //!
 //! A request whose frame is sound but whose payload does not parse is answered with
-//! `Error { code: BadRequest }`; the connection lives on. A frame error (magic, version,
-//! checksum, length) closes that connection only. Cancelling the shutdown token stops the accept
-//! loop and drops every connection at once, in-flight handlers included (their answers are
-//! lost; clients see a retryable `ConnectionLost`), and [`serve`] returns when all are gone.
+//! `Error { code: BadRequest }`, and one that asks for more than an answer may carry
+//! ([`Request::check_lengths`]: a `Read` of 4 GiB) with `Error { code: OutOfRange }` before the
+//! handler sees it, so no length from the network drives an allocation; the connection lives
+//! on. A frame error (magic, version, checksum, length) closes that connection only.
+//! Cancelling the shutdown token stops the accept loop and drops every connection at once,
+//! in-flight handlers included (their answers are lost; clients see a retryable
+//! `ConnectionLost`), and [`serve`] returns when all are gone.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,7 +28,7 @@ use futures::StreamExt;
 use strata_types::ServerId;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -62,19 +68,27 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// The frame payload bound, in both directions.
     pub max_payload: u32,
+    /// Bytes of requests and answers in flight per connection, counted until the answer is
+    /// written (a request needing more counts as all of it, and runs alone).
+    pub max_bytes_in_flight: usize,
 }
 
 impl ServerConfig {
-    /// Defaults for server `id`: 64 requests in flight per connection, 5 s handshake, 64 MiB.
+    /// Defaults for server `id`: 64 requests and 256 MiB in flight per connection, 5 s
+    /// handshake, 64 MiB frames.
     pub fn new(id: ServerId) -> Self {
         Self {
             id,
             max_in_flight: 64,
             handshake_timeout: Duration::from_secs(5),
             max_payload: crate::DEFAULT_MAX_PAYLOAD,
+            max_bytes_in_flight: 256 * 1024 * 1024,
         }
     }
 }
+
+/// What an answer holds until it is written: its request's place and bytes.
+type Held = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// Serves the wire protocol on `listener` until `shutdown` is cancelled, then closes every
 /// connection and returns. Errors of single connections are logged, never returned.
@@ -147,11 +161,13 @@ async fn requests(
     let codec = FrameCodec::new(config.max_payload);
     let mut frames = FramedRead::new(rd, codec);
     let limit = config.max_in_flight.max(1);
-    let (tx, rx) = mpsc::channel::<(u64, Response)>(limit);
+    let (tx, rx) = mpsc::channel::<(u64, Response, Option<Held>)>(limit);
     // Everything this connection spawns lives in `tasks`: dropping the connection aborts it all.
     let mut tasks = JoinSet::new();
     tasks.spawn(write_loop(FrameWriter::new(wr, config.max_payload), rx));
     let permits = Arc::new(Semaphore::new(limit));
+    let byte_limit = u32::try_from(config.max_bytes_in_flight.max(1)).unwrap_or(u32::MAX);
+    let bytes = Arc::new(Semaphore::new(byte_limit as usize));
     while let Some(frame) = frames.next().await {
         let frame = frame?;
         while tasks.try_join_next().is_some() {}
@@ -161,27 +177,47 @@ async fn requests(
                 "a response frame sent to a server".into(),
             ));
         }
+        let payload_len = frame.payload.len() as u64;
+        let refused = |code, e: crate::MessageError| Response::Error {
+            code,
+            message: e.to_string(),
+        };
         let req = match Request::decode(frame.msg_type, frame.payload) {
+            Ok(req) => req
+                .check_lengths(config.max_payload)
+                .map(|()| req)
+                .map_err(|e| refused(ErrorCode::OutOfRange, e)),
+            Err(e) => Err(refused(ErrorCode::BadRequest, e)),
+        };
+        let req = match req {
             Ok(req) => req,
-            Err(e) => {
-                let resp = Response::Error {
-                    code: ErrorCode::BadRequest,
-                    message: e.to_string(),
-                };
-                if tx.send((id, resp)).await.is_err() {
+            Err(resp) => {
+                if tx.send((id, resp, None)).await.is_err() {
                     break;
                 }
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
+        let cost = (payload_len + req.answer_bound()).min(u64::from(byte_limit)) as u32;
+        let held = async {
+            let one = permits.clone().acquire_owned().await.ok()?;
+            let many = bytes.clone().acquire_many_owned(cost).await.ok()?;
+            Some((one, many))
+        };
+        // A `Release` ends a hold that requests in flight may be waiting for: it takes no
+        // permit, so it is never queued behind them.
+        let held = if matches!(req, Request::Release { .. }) {
+            None
+        } else {
+            let Some(held) = held.await else {
+                break;
+            };
+            Some(held)
         };
         let (handler, tx) = (handler.clone(), tx.clone());
         tasks.spawn(async move {
             let resp = handler.handle(peer, conn, req).await;
-            let _ = tx.send((id, resp)).await;
-            drop(permit);
+            let _ = tx.send((id, resp, held)).await;
         });
     }
     // The peer closed its side: finish the requests already read, then let the writer drain.
@@ -190,14 +226,22 @@ async fn requests(
     Ok(())
 }
 
+/// Writes answers, flushing when nothing more is queued; drops each answer's permits only once
+/// it has been flushed to the socket.
 async fn write_loop(
     mut sink: FrameWriter<OwnedWriteHalf>,
-    mut rx: mpsc::Receiver<(u64, Response)>,
+    mut rx: mpsc::Receiver<(u64, Response, Option<Held>)>,
 ) {
-    while let Some((id, resp)) = rx.recv().await {
+    let mut unwritten: Vec<Held> = Vec::new();
+    while let Some((id, resp, held)) = rx.recv().await {
         let resp = fit(resp, sink.max_payload());
+        unwritten.extend(held);
         let result = match sink.queue(id, &resp) {
-            Ok(()) if rx.is_empty() || sink.queued_bytes() >= FLUSH_AT => sink.flush().await,
+            Ok(()) if rx.is_empty() || sink.queued_bytes() >= FLUSH_AT => {
+                let flushed = sink.flush().await;
+                unwritten.clear();
+                flushed
+            }
             other => other,
         };
         if let Err(e) = result {

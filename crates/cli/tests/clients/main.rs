@@ -152,6 +152,31 @@ fn nbdinfo_map_reports_unwritten_ranges_as_holes() {
 }
 
 #[test]
+fn write_zeroes_with_no_hole_stays_allocated() {
+    require("qemu-io");
+    require("nbdinfo");
+    let server = ServerProcess::start();
+    server.create_volume("z", "16MiB");
+    let url = server.url("z");
+    qemu_io(&url, &["write -P 1 4M 1M", "write -P 2 12M 1M"]);
+    // qemu's NBD client sets NBD_CMD_FLAG_NO_HOLE on `write -z` unless `-u` allows unmapping:
+    // NO_HOLE over data and over a hole, then a zero that may punch a hole, over data.
+    qemu_io(
+        &url,
+        &["write -z 4M 1M", "write -z 8M 1M", "write -z -u 12M 1M"],
+    );
+    assert_eq!(
+        data_extents(&url, 16 << 20),
+        vec![(4 << 20, 1 << 20), (8 << 20, 1 << 20)],
+        "NO_HOLE ranges are data, the plain zero a hole"
+    );
+    qemu_io(
+        &url,
+        &["read -P 0 4M 1M", "read -P 0 8M 1M", "read -P 0 12M 1M"],
+    );
+}
+
+#[test]
 fn fio_verify_over_the_nbd_engine() {
     require("fio");
     let server = ServerProcess::start();

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use strata_nbd::{consts, ExportProvider};
+use strata_nbd::{consts, ExportProvider, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -18,12 +18,21 @@ pub struct Server {
 }
 
 pub async fn start(exports: Arc<dyn ExportProvider>) -> Server {
+    start_with(exports, ServerConfig::default()).await
+}
+
+pub async fn start_with(exports: Arc<dyn ExportProvider>, config: ServerConfig) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(strata_nbd::serve(listener, exports, shutdown.clone()));
+    let task = tokio::spawn(strata_nbd::serve_with(
+        listener,
+        exports,
+        config,
+        shutdown.clone(),
+    ));
     Server {
         addr,
         shutdown,

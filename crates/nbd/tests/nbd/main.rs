@@ -4,6 +4,7 @@
 
 mod client;
 mod handshake;
+mod limits;
 mod memdev;
 mod props;
 mod real_clients;

@@ -102,9 +102,15 @@ impl BlockDevice for MemDevice {
         self.fill(offset, u64::from(len), None, false);
         Ok(())
     }
-    async fn write_zeroes(&self, offset: u64, len: u32, _fua: bool) -> Result<(), IoError> {
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        _fua: bool,
+        no_hole: bool,
+    ) -> Result<(), IoError> {
         self.enter()?;
-        self.fill(offset, u64::from(len), None, false);
+        self.fill(offset, u64::from(len), None, no_hole);
         Ok(())
     }
     async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, IoError> {

@@ -185,6 +185,48 @@ async fn block_status_reports_allocation() {
     assert_eq!(c.status().await, Err(consts::EINVAL));
 }
 
+/// The `base:allocation` words of one block status reply: context id, then (length, flags)s.
+async fn status_words(c: &mut Client, cookie: u64, offset: u64, len: u32) -> Vec<u32> {
+    c.request(0, consts::CMD_BLOCK_STATUS, cookie, offset, len, &[])
+        .await;
+    let Msg::Chunk { payload, .. } = c.reply().await else {
+        panic!("chunk")
+    };
+    payload
+        .chunks(4)
+        .map(|w| u32::from_be_bytes(w.try_into().expect("4")))
+        .collect()
+}
+
+#[tokio::test]
+async fn write_zeroes_with_no_hole_stays_allocated() {
+    let (_server, dev, _ro, mut c) = setup(true, true).await;
+    c.request(0, consts::CMD_WRITE, 1, 0, 16384, &[1; 16384])
+        .await;
+    assert_eq!(c.status().await, Ok(()));
+    // NO_HOLE: zeroes, still allocated; without it the device may punch a hole.
+    let no_hole = consts::CMD_FLAG_NO_HOLE;
+    c.request(no_hole, consts::CMD_WRITE_ZEROES, 2, 0, 8192, &[])
+        .await;
+    assert_eq!(c.status().await, Ok(()));
+    c.request(0, consts::CMD_WRITE_ZEROES, 3, 8192, 8192, &[])
+        .await;
+    assert_eq!(c.status().await, Ok(()));
+    assert_eq!(&dev.contents()[..16384], &[0; 16384][..]);
+    assert_eq!(
+        status_words(&mut c, 4, 0, 16384).await,
+        vec![1, 8192, 0, 8192, 3]
+    );
+    // A hole zeroed with NO_HOLE becomes allocated.
+    c.request(no_hole, consts::CMD_WRITE_ZEROES, 5, 65536, 4096, &[])
+        .await;
+    assert_eq!(c.status().await, Ok(()));
+    assert_eq!(
+        status_words(&mut c, 6, 61440, 12288).await,
+        vec![1, 4096, 3, 4096, 0, 4096, 3]
+    );
+}
+
 #[tokio::test]
 async fn errors_are_replies_and_the_connection_survives() {
     let (server, dev, ro, mut c) = setup(true, false).await;
@@ -245,15 +287,46 @@ async fn errors_are_replies_and_the_connection_survives() {
 }
 
 #[tokio::test]
+async fn a_write_over_the_maximum_payload_is_refused_and_the_connection_lives() {
+    for structured in [false, true] {
+        let (_server, dev, _ro, mut c) = setup(structured, false).await;
+        let calls = dev.calls.load(Ordering::SeqCst);
+        // The payload follows in full: the server reads it, throws it away and answers.
+        let len = consts::MAX_PAYLOAD + 4096;
+        let payload = vec![0xa5; len as usize];
+        c.request(0, consts::CMD_WRITE, 1, 0, len, &payload).await;
+        let errno = if structured {
+            consts::EOVERFLOW
+        } else {
+            consts::EINVAL
+        };
+        assert_eq!(c.status().await, Err(errno), "structured {structured}");
+        assert_eq!(dev.calls.load(Ordering::SeqCst), calls, "device untouched");
+        // The stream is still in step: the next requests work.
+        c.request(0, consts::CMD_WRITE, 2, 0, 4, b"abcd").await;
+        assert_eq!(c.status().await, Ok(()));
+        c.request(0, consts::CMD_READ, 3, 0, 4, &[]).await;
+        assert_eq!(c.read_result(0, 4).await, Ok(b"abcd".to_vec()));
+    }
+}
+
+#[tokio::test]
 async fn malformed_transmission_ends_only_that_connection() {
     let (server, _dev, _ro, mut bad) = setup(true, false).await;
     bad.send_raw(b"this is not an nbd request at all....").await;
     assert!(bad.closed().await);
-    // A write larger than the maximum payload: hard disconnect.
+    // A write far beyond the maximum payload: hard disconnect.
     let mut big = Client::connect(server.addr).await;
     big.go("vol").await;
-    big.request(0, consts::CMD_WRITE, 1, 0, consts::MAX_PAYLOAD + 1, &[])
-        .await;
+    big.request(
+        0,
+        consts::CMD_WRITE,
+        1,
+        0,
+        consts::MAX_DISCARDED_WRITE + 1,
+        &[],
+    )
+    .await;
     assert!(big.closed().await);
     // A request cut short by a hang-up.
     let mut cut = Client::connect(server.addr).await;

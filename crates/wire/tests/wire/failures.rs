@@ -1,20 +1,24 @@
-//! Failures: a server killed mid-call, a pool reconnecting, version mismatches, corrupt frames
-//! and timeouts — each failing only what it must, with the right kind of error.
+//! Failures: a server killed mid-call, a pool reconnecting, version mismatches, corrupt frames,
+//! timeouts, absurd lengths and peers that stop reading — each failing only what it must, with
+//! the right kind of error.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use strata_types::{ServerId, VolumeId};
 use strata_wire::handshake::{Hello, HELLO_LEN};
 use strata_wire::{
-    ClientConfig, ErrorCode, Frame, FrameCodec, FrameKind, Pool, Request, Response, WireClient,
-    WireError, PROTOCOL_VERSION,
+    serve, ClientConfig, ErrorCode, Frame, FrameCodec, FrameKind, Handler, Pool, Request, Response,
+    ServerConfig, WireClient, WireError, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
 
 use crate::{any_port, MemHandler, TestServer, HANG_OFFSET};
 
@@ -222,4 +226,135 @@ async fn an_unparsable_request_is_answered_with_bad_request_and_the_connection_l
         (78, Ok(Response::Pong { run: 1 }))
     );
     server.kill().await;
+}
+
+#[tokio::test]
+async fn a_read_of_4_gib_is_refused_before_the_handler_and_the_connection_lives_on() {
+    let volume = VolumeId::new_random();
+    let handler = MemHandler::with_volumes(&[volume]);
+    let server = TestServer::start(any_port(), ServerId::new_random(), handler.clone()).await;
+    let mut conn = raw_framed(server.addr).await;
+    let max = strata_wire::DEFAULT_MAX_PAYLOAD;
+    let too_long = [
+        Request::Read {
+            volume,
+            layer: None,
+            offset: 0,
+            len: u32::MAX,
+        },
+        Request::Read {
+            volume,
+            layer: None,
+            offset: 0,
+            len: max + 1,
+        },
+        Request::Allocation {
+            volume,
+            layer: None,
+            offset: 0,
+            len: u32::MAX,
+        },
+    ];
+    for (id, req) in (1u64..).zip(too_long) {
+        conn.send((id, req)).await.expect("send");
+        let answer = conn.next().await.expect("answer").expect("frame");
+        assert_eq!(answer.request_id, id);
+        assert!(
+            matches!(
+                answer.into_message::<Response>(),
+                Ok(Response::Error {
+                    code: ErrorCode::OutOfRange,
+                    ..
+                })
+            ),
+            "request {id}"
+        );
+    }
+    assert_eq!(
+        handler.max_in_flight.load(Ordering::SeqCst),
+        0,
+        "the handler never saw them"
+    );
+    let read = Request::Read {
+        volume,
+        layer: None,
+        offset: 0,
+        len: 4096,
+    };
+    conn.send((9u64, read)).await.expect("send");
+    let data = conn.next().await.expect("answer").expect("frame");
+    assert_eq!(
+        (data.request_id, data.into_message::<Response>()),
+        (9, Ok(Response::Data(Bytes::from(vec![0; 4096]))))
+    );
+    server.kill().await;
+}
+
+/// Answers every read with slices of one buffer of zeroes (no memory per read) and counts them.
+struct CountingReads {
+    zeroes: Bytes,
+    reads: AtomicU64,
+}
+
+#[async_trait]
+impl Handler for CountingReads {
+    async fn handle(&self, _peer: ServerId, _conn: u64, req: Request) -> Response {
+        match req {
+            Request::Read { len, .. } => {
+                self.reads.fetch_add(1, Ordering::SeqCst);
+                Response::Data(self.zeroes.slice(..len as usize))
+            }
+            _ => Response::Ok,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_not_read_hold_the_connections_byte_budget() {
+    const LEN: u32 = 16 << 20;
+    let handler = Arc::new(CountingReads {
+        zeroes: Bytes::from(vec![0u8; LEN as usize]),
+        reads: AtomicU64::new(0),
+    });
+    let listener = TcpListener::bind(any_port()).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = ServerConfig {
+        // Room for two answers and their small requests.
+        max_bytes_in_flight: 2 * LEN as usize + 1024,
+        ..ServerConfig::new(ServerId::new_random())
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve(listener, config, handler.clone(), shutdown.clone()));
+    let mut conn = raw_framed(addr).await;
+    let volume = VolumeId::new_random();
+    for id in 0..20u64 {
+        let read = Request::Read {
+            volume,
+            layer: None,
+            offset: 0,
+            len: LEN,
+        };
+        conn.send((id, read)).await.expect("send");
+    }
+    // 32 MiB for the connection: two 16 MiB answers, and no more while they are unwritten.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while handler.reads.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("reads started");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(handler.reads.load(Ordering::SeqCst), 2);
+    // Reading the answers lets the others through.
+    for _ in 0..20 {
+        let answer = conn.next().await.expect("answer").expect("frame");
+        assert!(matches!(
+            answer.into_message::<Response>(),
+            Ok(Response::Data(d)) if d.len() == LEN as usize
+        ));
+    }
+    assert_eq!(handler.reads.load(Ordering::SeqCst), 20);
+    shutdown.cancel();
+    task.await.expect("serve");
 }
