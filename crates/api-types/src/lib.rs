@@ -280,6 +280,26 @@ pub struct MissedSummary {
     pub total: u64,
 }
 
+/// Internal: an export of a volume that a client has open through one server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenClient {
+    /// The snapshot's layer, `None` for the volume itself.
+    pub layer: Option<LayerId>,
+    /// The client's address.
+    pub client: String,
+}
+
+/// Query of `DELETE /v1/volumes/{name}` and `DELETE /v1/volumes/{name}/snapshots/{snapshot}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+pub struct DeleteQuery {
+    /// Delete even while clients have it open (their I/O then fails).
+    #[serde(default)]
+    pub force: bool,
+    /// Delete a volume's snapshots with it (a volume with snapshots is refused otherwise).
+    #[serde(default)]
+    pub with_snapshots: bool,
+}
+
 /// Internal: what one server holds of a volume.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LocalVolume {

@@ -159,8 +159,17 @@ pub enum VolumeCommand {
         #[arg(long)]
         size: String,
     },
-    /// Delete a volume with its snapshots and data.
-    Delete { name: String },
+    /// Delete a volume and its data. Refused while clients have it open or while it has
+    /// snapshots, unless told otherwise.
+    Delete {
+        name: String,
+        /// Delete even while clients have it or its snapshots open (their I/O then fails).
+        #[arg(long)]
+        force: bool,
+        /// Delete its snapshots with it.
+        #[arg(long)]
+        with_snapshots: bool,
+    },
     /// Compare the replicas of every chunk of `VOL` or `VOL@SNAP` by digest; exits non-zero
     /// if any differ (unless `--repair` fixed them).
     Verify {
@@ -178,8 +187,13 @@ pub enum SnapshotCommand {
     Create { target: String },
     /// List a volume's snapshots, oldest first.
     List { volume: String },
-    /// Delete a snapshot: `VOL@SNAP`.
-    Delete { target: String },
+    /// Delete a snapshot: `VOL@SNAP`. Refused while clients have it open, unless `--force`.
+    Delete {
+        target: String,
+        /// Delete even while clients have it open (their reads then fail).
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the ranges changed after `VOL@A` up to `VOL@B` (default: the live volume).
     Diff { from: String, to: Option<String> },
 }

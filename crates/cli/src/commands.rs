@@ -245,10 +245,17 @@ async fn volume(api: &Client, out: Output, cmd: VolumeCommand) -> Result<()> {
                 .await?;
             print(out, &v, volume_details)
         }
-        VolumeCommand::Delete { name } => {
+        VolumeCommand::Delete {
+            name,
+            force,
+            with_snapshots,
+        } => {
             check_name("volume", &name)?;
-            api.delete(&format!("/v1/volumes/{}", segment(&name)))
-                .await?;
+            api.delete(&format!(
+                "/v1/volumes/{}?force={force}&with_snapshots={with_snapshots}",
+                segment(&name)
+            ))
+            .await?;
             print(out, &serde_json::json!({ "deleted": name }), |_| {
                 format!("deleted volume {name}\n")
             })
@@ -335,10 +342,10 @@ async fn snapshot(api: &Client, out: Output, cmd: SnapshotCommand) -> Result<()>
                 .await?;
             print(out, &ss, |s| snapshots_table(s))
         }
-        SnapshotCommand::Delete { target } => {
+        SnapshotCommand::Delete { target, force } => {
             let (v, s) = split_target(&target)?;
             api.delete(&format!(
-                "/v1/volumes/{}/snapshots/{}",
+                "/v1/volumes/{}/snapshots/{}?force={force}",
                 segment(v),
                 segment(s)
             ))

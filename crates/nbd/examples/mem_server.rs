@@ -93,7 +93,11 @@ impl ExportProvider for One {
             description: "memory".into(),
         }]
     }
-    async fn open(&self, name: &str) -> Result<Arc<dyn BlockDevice>, OpenError> {
+    async fn open(
+        &self,
+        name: &str,
+        _client: strata_nbd::Client,
+    ) -> Result<Arc<dyn BlockDevice>, OpenError> {
         match name {
             "" => Ok(self.0.clone()),
             _ => Err(OpenError::Unknown),

@@ -145,13 +145,21 @@ impl OpenError {
     }
 }
 
+/// Who is asking for an export: what the server knows of the client's connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Client {
+    /// The client's address (`None` for a connection that is not TCP, as in tests).
+    pub addr: Option<std::net::SocketAddr>,
+}
+
 /// The set of exports a server offers.
 #[async_trait]
 pub trait ExportProvider: Send + Sync {
     /// All exports, for `NBD_OPT_LIST` and for descriptions in `NBD_OPT_INFO`/`NBD_OPT_GO`.
     async fn list(&self) -> Vec<ExportInfo>;
-    /// Opens the export called `name` ("" is the default export, if the provider has one).
-    async fn open(&self, name: &str) -> Result<Arc<dyn BlockDevice>, OpenError>;
+    /// Opens the export called `name` ("" is the default export, if the provider has one) for
+    /// `client`; the device lives as long as the client's use of it.
+    async fn open(&self, name: &str, client: Client) -> Result<Arc<dyn BlockDevice>, OpenError>;
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ mod server;
 mod transmission;
 
 pub use config::ServerConfig;
-pub use device::{BlockDevice, ExportInfo, ExportProvider, Extent, IoError, OpenError};
+pub use device::{BlockDevice, Client, ExportInfo, ExportProvider, Extent, IoError, OpenError};
 pub use error::{NbdError, ProtocolError};
 pub use handshake::{greeting, match_meta_query, transmission_flags, MetaMatch};
 pub use option::{

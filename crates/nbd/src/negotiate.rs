@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::consts;
-use crate::device::{BlockDevice, ExportProvider};
+use crate::device::{BlockDevice, Client, ExportProvider};
 use crate::error::{NbdError, ProtocolError};
 use crate::handshake::{self as hs, MetaMatch};
 use crate::option::{parse_client_flags, parse_option, ClientOption, InfoRequest, MetaQuery};
@@ -45,6 +45,7 @@ pub(crate) async fn negotiate<R, W>(
     wr: &mut W,
     buf: &mut BytesMut,
     exports: &dyn ExportProvider,
+    client: Client,
     shutdown: &CancellationToken,
 ) -> Result<Option<Negotiated>, NbdError>
 where
@@ -68,7 +69,7 @@ where
         };
         debug!(option = option.code(), "nbd option");
         out.clear();
-        let done = handle(option, &mut state, exports, &mut out).await?;
+        let done = handle(option, &mut state, exports, client, &mut out).await?;
         wr.write_all(&out).await?;
         wr.flush().await?;
         match done {
@@ -120,18 +121,20 @@ async fn handle(
     option: ClientOption,
     state: &mut State,
     exports: &dyn ExportProvider,
+    client: Client,
     out: &mut BytesMut,
 ) -> Result<Step, NbdError> {
     let code = option.code();
     match option {
         ClientOption::ExportName(name) => {
-            let device = exports
-                .open(&name)
-                .await
-                .map_err(|e| NbdError::ExportUnavailable {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?;
+            let device =
+                exports
+                    .open(&name, client)
+                    .await
+                    .map_err(|e| NbdError::ExportUnavailable {
+                        name: name.clone(),
+                        reason: e.to_string(),
+                    })?;
             let neg = negotiated(device, state, &name);
             let flags = hs::transmission_flags(neg.session.read_only, state.structured);
             hs::export_name_reply(out, neg.session.size, flags, state.no_zeroes);
@@ -154,10 +157,10 @@ async fn handle(
             hs::option_reply(out, code, consts::REP_ACK, &[]);
         }
         ClientOption::Info(req) => {
-            info(code, &req, state, exports, out).await;
+            info(code, &req, state, exports, client, out).await;
         }
         ClientOption::Go(req) => {
-            if let Some(neg) = info(code, &req, state, exports, out).await {
+            if let Some(neg) = info(code, &req, state, exports, client, out).await {
                 return Ok(Step::Transmit(neg));
             }
         }
@@ -201,9 +204,10 @@ async fn info(
     req: &InfoRequest,
     state: &State,
     exports: &dyn ExportProvider,
+    client: Client,
     out: &mut BytesMut,
 ) -> Option<Negotiated> {
-    let device = match exports.open(&req.name).await {
+    let device = match exports.open(&req.name, client).await {
         Ok(device) => device,
         Err(e) => {
             hs::option_error(out, code, e.reply_code(), &e.to_string());

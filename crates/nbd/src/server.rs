@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::ServerConfig;
-use crate::device::ExportProvider;
+use crate::device::{Client, ExportProvider};
 use crate::error::NbdError;
 use crate::negotiate::negotiate;
 use crate::transmission::{transmit, Limits};
@@ -83,7 +83,7 @@ pub async fn serve_with(
         tracker.spawn(
             async move {
                 debug!("connection accepted");
-                match serve_tcp(stream, exports, &limits, shutdown).await {
+                match serve_tcp(stream, peer, exports, &limits, shutdown).await {
                     Ok(()) => debug!("connection closed"),
                     Err(e) => info!(error = %e, "connection ended with an error"),
                 }
@@ -99,13 +99,15 @@ pub async fn serve_with(
 
 async fn serve_tcp(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     exports: Arc<dyn ExportProvider>,
     limits: &Limits,
     shutdown: CancellationToken,
 ) -> Result<(), NbdError> {
     stream.set_nodelay(true)?;
     let (rd, wr) = stream.into_split();
-    run(rd, wr, exports, limits, shutdown).await
+    let client = Client { addr: Some(peer) };
+    run(rd, wr, exports, client, limits, shutdown).await
 }
 
 /// How long a client may take from connecting to entering transmission.
@@ -124,13 +126,14 @@ where
 {
     let (rd, wr) = tokio::io::split(stream);
     let limits = Limits::new(ServerConfig::default());
-    run(rd, wr, exports, &limits, shutdown).await
+    run(rd, wr, exports, Client::default(), &limits, shutdown).await
 }
 
 async fn run<R, W>(
     mut rd: R,
     mut wr: W,
     exports: Arc<dyn ExportProvider>,
+    client: Client,
     limits: &Limits,
     shutdown: CancellationToken,
 ) -> Result<(), NbdError>
@@ -142,7 +145,7 @@ where
     // A client that connects and then stalls must not hold a connection for ever.
     let negotiated = tokio::time::timeout(
         NEGOTIATION_TIMEOUT,
-        negotiate(&mut rd, &mut wr, &mut buf, &*exports, &shutdown),
+        negotiate(&mut rd, &mut wr, &mut buf, &*exports, client, &shutdown),
     )
     .await
     .map_err(|_| NbdError::NegotiationTimeout(NEGOTIATION_TIMEOUT))??;
@@ -171,7 +174,11 @@ mod tests {
         async fn list(&self) -> Vec<ExportInfo> {
             Vec::new()
         }
-        async fn open(&self, _name: &str) -> Result<Arc<dyn BlockDevice>, OpenError> {
+        async fn open(
+            &self,
+            _name: &str,
+            _client: crate::Client,
+        ) -> Result<Arc<dyn BlockDevice>, OpenError> {
             Err(OpenError::Unknown)
         }
     }

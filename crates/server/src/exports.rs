@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use std::sync::Arc;
 use strata_meta::{Meta, StateView, VolumeRecord};
-use strata_nbd::{BlockDevice, ExportInfo, ExportProvider, OpenError};
+use strata_nbd::{BlockDevice, Client, ExportInfo, ExportProvider, OpenError};
 use strata_types::{format_size, Name};
 use strata_volume::{Engine, GatewayDevice};
 
@@ -55,7 +55,7 @@ impl ExportProvider for Exports {
         out
     }
 
-    async fn open(&self, name: &str) -> Result<Arc<dyn BlockDevice>, OpenError> {
+    async fn open(&self, name: &str, client: Client) -> Result<Arc<dyn BlockDevice>, OpenError> {
         let state = self.meta.local_state();
         let (vol_name, snap_name) = match name.split_once('@') {
             Some((v, s)) => (v, Some(s)),
@@ -107,6 +107,9 @@ impl ExportProvider for Exports {
             layer,
             size,
             read_only,
+            client
+                .addr
+                .map_or_else(|| "a local client".into(), |a| a.to_string()),
         )))
     }
 }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_store::Store;
-use strata_types::{ServerId, VolumeId};
+use strata_types::{LayerId, ServerId, VolumeId};
 use strata_wire::{ClientConfig, Pool, Request, Response, WireClient, WireError};
 use tokio::sync::{watch, OwnedRwLockWriteGuard, RwLock as AsyncRwLock};
 
@@ -49,6 +49,31 @@ pub struct Engine {
     run: u64,
     /// Counts the tokens of [`Engine::new_token`].
     tokens: std::sync::atomic::AtomicU64,
+    /// The exports clients have open on this server, by a number each.
+    opens: Arc<Mutex<HashMap<u64, OpenInfo>>>,
+}
+
+/// One export a client has open through this server (see [`Engine::open_exports`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenInfo {
+    /// The volume.
+    pub volume: VolumeId,
+    /// The snapshot's layer, `None` for the volume's head.
+    pub layer: Option<LayerId>,
+    /// The client's address.
+    pub client: String,
+}
+
+/// Lists an export among the open ones until dropped.
+pub(crate) struct OpenExport {
+    opens: Arc<Mutex<HashMap<u64, OpenInfo>>>,
+    id: u64,
+}
+
+impl Drop for OpenExport {
+    fn drop(&mut self) {
+        self.opens.lock().remove(&self.id);
+    }
 }
 
 /// A value that differs between runs of a server, even in one process (tests restart servers
@@ -96,6 +121,7 @@ impl Engine {
             ranges: crate::order::RangeLocks::default(),
             run: new_run_id(),
             tokens: std::sync::atomic::AtomicU64::new(0),
+            opens: Arc::default(),
         })
     }
 
@@ -113,6 +139,39 @@ impl Engine {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let h = blake3::hash(&[self.run.to_le_bytes(), n.to_le_bytes()].concat());
         u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default()) | 1
+    }
+
+    /// Records that `client` opened `volume` at `layer` here, until the guard is dropped.
+    pub(crate) fn opened(
+        &self,
+        volume: VolumeId,
+        layer: Option<LayerId>,
+        client: String,
+    ) -> OpenExport {
+        let id = self
+            .tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let info = OpenInfo {
+            volume,
+            layer,
+            client,
+        };
+        self.opens.lock().insert(id, info);
+        OpenExport {
+            opens: self.opens.clone(),
+            id,
+        }
+    }
+
+    /// The exports of `volume` that clients have open through this server: what a delete
+    /// would pull from under them.
+    pub fn open_exports(&self, volume: VolumeId) -> Vec<OpenInfo> {
+        self.opens
+            .lock()
+            .values()
+            .filter(|o| o.volume == volume)
+            .cloned()
+            .collect()
     }
 
     /// This server's id.

@@ -191,6 +191,8 @@ pub struct GatewayDevice {
     gate: Arc<AsyncRwLock<()>>,
     links: Arc<Links>,
     metrics: DeviceMetrics,
+    /// Keeps this export listed among the volume's open ones while it lives.
+    _open: crate::engine::OpenExport,
 }
 
 /// `[offset, offset+len)` split at chunk boundaries: (chunk, offset, len).
@@ -218,7 +220,8 @@ fn io(e: ReplicaError) -> IoError {
 }
 
 impl GatewayDevice {
-    /// An export of `volume` at `layer` (`None`: the writable head) of `size` bytes.
+    /// An export of `volume` at `layer` (`None`: the writable head) of `size` bytes, opened by
+    /// `client` (its address, for [`Engine::open_exports`]).
     pub fn new(
         engine: Arc<Engine>,
         volume: VolumeId,
@@ -226,8 +229,10 @@ impl GatewayDevice {
         layer: Option<LayerId>,
         size: u64,
         read_only: bool,
+        client: String,
     ) -> Self {
         Self {
+            _open: engine.opened(volume, layer, client),
             gate: engine.gate(volume),
             links: engine.links(volume),
             engine,

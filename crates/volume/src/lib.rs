@@ -35,7 +35,7 @@ pub mod resync;
 pub mod verify;
 mod view;
 
-pub use engine::Engine;
+pub use engine::{Engine, OpenInfo};
 pub use gateway::GatewayDevice;
 pub use replica::ReplicaHandler;
 pub use view::{Topology, VolumeView};

@@ -94,8 +94,8 @@ fn corrupt_frames_give_typed_errors() {
             BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]),
             |e| matches!(e, FrameError::BadMagic(_)),
         ),
-        ("version 4", with(5, 4), |e| {
-            matches!(e, FrameError::UnsupportedVersion(4))
+        ("version 3", with(5, 3), |e| {
+            matches!(e, FrameError::UnsupportedVersion(3))
         }),
         ("kind 7", with(6, 7), |e| {
             matches!(e, FrameError::BadKind(7))

@@ -29,6 +29,54 @@ fn fails_with(server: &ServerProcess, args: &[&str], needle: &str) {
     );
 }
 
+/// Runs `strata args` until it succeeds, for at most 5 s: a client that just disconnected is
+/// listed as open until the server has seen its connection close.
+fn eventually_ok(server: &ServerProcess, args: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = server.cli(args);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "strata {args:?} kept failing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn deletes_are_refused_while_clients_use_them_or_snapshots_would_go_too() {
+    let server = ServerProcess::start();
+    server.create_volume("g", "64MiB");
+    let mut writer = NbdClient::connect(&server.nbd, "g").unwrap();
+    assert_eq!(writer.write(0, &[7u8; 4096], true).unwrap(), 0);
+    server.cli_ok(&["snapshot", "create", "g@s"]);
+    // Before, the delete took the snapshot along and the writer's next write got EIO.
+    fails_with(&server, &["volume", "delete", "g"], "1 snapshot(s) (s)");
+    fails_with(
+        &server,
+        &["volume", "delete", "g", "--with-snapshots"],
+        "open by 1 client(s): 127.0.0.1:",
+    );
+    // A snapshot being read is not pulled from under its reader either.
+    let mut reader = NbdClient::connect(&server.nbd, "g@s").unwrap();
+    fails_with(&server, &["snapshot", "delete", "g@s"], "--force");
+    assert_eq!(reader.read(0, 4096).unwrap().unwrap(), vec![7u8; 4096]);
+    assert_eq!(writer.write(4096, &[8u8; 4096], false).unwrap(), 0);
+    reader.disconnect();
+    eventually_ok(&server, &["snapshot", "delete", "g@s"]);
+    // Forced: the volume goes although the writer is still connected.
+    server.cli_ok(&["volume", "delete", "g", "--force"]);
+    assert!(json(&server, &["volume", "list"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_ne!(writer.write(0, &[9u8; 4096], false).unwrap(), 0);
+}
+
 #[test]
 fn managers_servers_and_clusters_of_a_one_server_group() {
     let server = ServerProcess::start();
@@ -114,6 +162,7 @@ fn volume_and_snapshot_lifecycle() {
     let mut b = NbdClient::connect(&server.nbd, "web@b").unwrap();
     assert_eq!(b.read(4096, 4096).unwrap().unwrap(), vec![1u8; 4096]);
     assert_eq!(b.read(0, 4096).unwrap().unwrap(), vec![3u8; 4096]);
+    b.disconnect();
     assert!(NbdClient::connect(&server.nbd, "web@a").is_err());
 
     let grown = json(&server, &["volume", "resize", "web", "--size", "2GiB"]);
@@ -128,7 +177,8 @@ fn volume_and_snapshot_lifecycle() {
         "{show}"
     );
 
-    server.cli_ok(&["volume", "delete", "web"]);
+    fails_with(&server, &["volume", "delete", "web"], "--with-snapshots");
+    eventually_ok(&server, &["volume", "delete", "web", "--with-snapshots"]);
     assert!(json(&server, &["volume", "list"])
         .as_array()
         .unwrap()

@@ -65,7 +65,11 @@ impl ExportProvider for One {
     async fn list(&self) -> Vec<ExportInfo> {
         Vec::new()
     }
-    async fn open(&self, _name: &str) -> Result<Arc<dyn BlockDevice>, OpenError> {
+    async fn open(
+        &self,
+        _name: &str,
+        _client: strata_nbd::Client,
+    ) -> Result<Arc<dyn BlockDevice>, OpenError> {
         Ok(self.0.clone())
     }
 }

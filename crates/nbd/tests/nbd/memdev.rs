@@ -168,7 +168,11 @@ impl ExportProvider for MemExports {
             })
             .collect()
     }
-    async fn open(&self, name: &str) -> Result<Arc<dyn BlockDevice>, OpenError> {
+    async fn open(
+        &self,
+        name: &str,
+        _client: strata_nbd::Client,
+    ) -> Result<Arc<dyn BlockDevice>, OpenError> {
         if name == "denied" {
             return Err(OpenError::Denied("not for you".into()));
         }

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use strata_api_types::{LocalVolume, MarkReplica, MigrationStep, MissedSummary, Range};
+use strata_api_types::{LocalVolume, MarkReplica, MigrationStep, MissedSummary, OpenClient, Range};
 use strata_meta::Command;
 use strata_types::{LayerId, ServerId, VolumeId};
 
@@ -22,6 +22,7 @@ use strata_types::{LayerId, ServerId, VolumeId};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/internal/v1/volumes/{id}/local", get(local_volume))
+        .route("/internal/v1/volumes/{id}/clients", get(open_clients))
         .route("/internal/v1/volumes/{id}/missed", get(missed))
         .route("/internal/v1/volumes/{id}/delta", get(delta))
         .route("/internal/v1/barrier/{barrier}/persist", post(persist))
@@ -172,6 +173,24 @@ async fn missed(
     Path(id): Path<VolumeId>,
 ) -> Result<Json<Vec<MissedSummary>>, ApiError> {
     Ok(Json(missed_summary(&app, id)?))
+}
+
+/// `GET /internal/v1/volumes/{id}/clients`: the exports of the volume that clients have open
+/// through this server.
+async fn open_clients(
+    State(app): State<AppState>,
+    Path(id): Path<VolumeId>,
+) -> Json<Vec<OpenClient>> {
+    Json(
+        app.engine
+            .open_exports(id)
+            .into_iter()
+            .map(|o| OpenClient {
+                layer: o.layer,
+                client: o.client,
+            })
+            .collect(),
+    )
 }
 
 /// `GET /internal/v1/volumes/{id}/local`.

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::Duration;
 use strata_api_types::{
-    ChunkMismatch, CreateSnapshot, CreateVolume, DiffInfo, LocalVolume, Range, ReplicaDigest,
-    ResizeVolume, SnapshotInfo, VerifyReport, VerifyRequest, VolumeInfo,
+    ChunkMismatch, CreateSnapshot, CreateVolume, DeleteQuery, DiffInfo, LocalVolume, OpenClient,
+    Range, ReplicaDigest, ResizeVolume, SnapshotInfo, VerifyReport, VerifyRequest, VolumeInfo,
 };
 use strata_meta::{Command, CommandError, MetaError, StateView, VolumeRecord};
 use strata_types::{LayerId, Name, ServerId, VolumeId};
@@ -247,14 +247,107 @@ pub async fn resize_volume(
     ))
 }
 
-/// `DELETE /v1/volumes/{name}`: delete a volume, its snapshots and its data.
-#[utoipa::path(delete, path = "/v1/volumes/{name}",
-    responses((status = 204), (status = 404, body = strata_api_types::ErrorBody)))]
+/// The clients that have `v` (with `layer`, only that snapshot) open, as `ADDR through
+/// SERVER`, asking every server of its cluster; a server that does not answer is an error (it
+/// may have some).
+async fn open_clients(
+    app: &AppState,
+    state: &StateView,
+    v: &VolumeRecord,
+    layer: Option<LayerId>,
+) -> Result<Vec<String>, String> {
+    let mut servers = state
+        .clusters
+        .get(&v.cluster)
+        .map(|c| c.servers.clone())
+        .unwrap_or_default();
+    servers.extend(
+        holders(v)
+            .into_iter()
+            .filter(|s| !servers.contains(s))
+            .collect::<Vec<_>>(),
+    );
+    let asks = servers.into_iter().filter_map(|id| {
+        let s = state.servers.get(&id)?;
+        let (http, vid, api, name) = (app.http.clone(), v.id, s.api_addr.clone(), s.name.clone());
+        Some(async move {
+            let url = format!("{api}/internal/v1/volumes/{vid}/clients");
+            let answer = async {
+                let resp = http.get(&url).timeout(ASK_TIMEOUT).send().await.ok()?;
+                resp.error_for_status()
+                    .ok()?
+                    .json::<Vec<OpenClient>>()
+                    .await
+                    .ok()
+            };
+            (name, answer.await)
+        })
+    });
+    let mut open = Vec::new();
+    for (server, answer) in join_all(asks).await {
+        let Some(clients) = answer else {
+            return Err(format!(
+                "server {server} did not answer whether clients have it open; start it, or pass --force"
+            ));
+        };
+        open.extend(
+            clients
+                .into_iter()
+                .filter(|c| layer.is_none() || c.layer == layer)
+                .map(|c| format!("{} through {server}", c.client)),
+        );
+    }
+    Ok(open)
+}
+
+/// Refuses (409) to delete `what` while clients have it open, unless `force`.
+async fn refuse_if_open(
+    app: &AppState,
+    state: &StateView,
+    v: &VolumeRecord,
+    layer: Option<LayerId>,
+    what: &str,
+    force: bool,
+) -> Result<(), ApiError> {
+    if force {
+        return Ok(());
+    }
+    let open = open_clients(app, state, v, layer)
+        .await
+        .map_err(|e| ApiError::conflict(format!("cannot tell whether {what} is in use: {e}")))?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::conflict(format!(
+        "{what} is open by {} client(s): {}; disconnect them, or pass --force (their I/O then fails)",
+        open.len(),
+        open.join(", ")
+    )))
+}
+
+/// `DELETE /v1/volumes/{name}`: delete a volume and its data. Refused while clients have it or
+/// one of its snapshots open (unless `force`), and while it has snapshots (unless
+/// `with_snapshots`).
+#[utoipa::path(delete, path = "/v1/volumes/{name}", params(DeleteQuery),
+    responses((status = 204), (status = 404, body = strata_api_types::ErrorBody),
+              (status = 409, body = strata_api_types::ErrorBody)))]
 pub async fn delete_volume(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     let name = parse_name("volume", &name)?;
+    let state = app.meta.read().await?;
+    let v = find_volume(&state, name.as_str())?;
+    if !v.snapshots.is_empty() && !q.with_snapshots {
+        let names: Vec<&str> = v.snapshots.iter().map(|s| s.name.as_str()).collect();
+        return Err(ApiError::conflict(format!(
+            "volume {name} has {} snapshot(s) ({}): delete them first, or pass --with-snapshots to delete them with it",
+            names.len(),
+            names.join(", ")
+        )));
+    }
+    refuse_if_open(&app, &state, v, None, &format!("volume {name}"), q.force).await?;
     app.meta.write(Command::DeleteVolume { name }).await?;
     app.apply_to_store().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -365,14 +458,23 @@ pub async fn list_snapshots(
 
 /// `DELETE /v1/volumes/{name}/snapshots/{snapshot}`: delete a snapshot. It disappears at once;
 /// its blocks are merged into the layer above in the background.
-#[utoipa::path(delete, path = "/v1/volumes/{name}/snapshots/{snapshot}",
-    responses((status = 204), (status = 404, body = strata_api_types::ErrorBody)))]
+/// Refused while clients have the snapshot open, unless `force`.
+#[utoipa::path(delete, path = "/v1/volumes/{name}/snapshots/{snapshot}", params(DeleteQuery),
+    responses((status = 204), (status = 404, body = strata_api_types::ErrorBody),
+              (status = 409, body = strata_api_types::ErrorBody)))]
 pub async fn delete_snapshot(
     State(app): State<AppState>,
     Path((volume, snapshot)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     let volume = parse_name("volume", &volume)?;
     let name = parse_name("snapshot", &snapshot)?;
+    let state = app.meta.read().await?;
+    let v = find_volume(&state, volume.as_str())?;
+    if let Some(s) = v.snapshots.iter().find(|s| s.name == name) {
+        let what = format!("snapshot {volume}@{name}");
+        refuse_if_open(&app, &state, v, Some(s.layer), &what, q.force).await?;
+    }
     app.meta
         .write(Command::DeleteSnapshot { volume, name })
         .await?;
