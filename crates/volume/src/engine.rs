@@ -45,6 +45,8 @@ pub struct Engine {
     pub resync: crate::resync::Tracker,
     /// The blocks held by writes for which this server is the chunk's primary.
     pub(crate) ranges: crate::order::RangeLocks,
+    /// Writes other servers' gateways made here and have not flushed.
+    pub(crate) incoming: crate::incoming::Incoming,
     /// Names this run of the server (see [`Engine::run`]).
     run: u64,
     /// Counts the tokens of [`Engine::new_token`].
@@ -119,6 +121,7 @@ impl Engine {
             down: Mutex::new(HashMap::new()),
             resync: crate::resync::Tracker::default(),
             ranges: crate::order::RangeLocks::default(),
+            incoming: crate::incoming::Incoming::default(),
             run: new_run_id(),
             tokens: std::sync::atomic::AtomicU64::new(0),
             opens: Arc::default(),

@@ -26,6 +26,7 @@
 
 mod engine;
 mod gateway;
+mod incoming;
 mod metrics;
 pub mod migrate;
 mod order;

@@ -354,7 +354,7 @@ fn answer(r: Result<(), ReplicaError>) -> Response {
 
 #[async_trait]
 impl Handler for ReplicaHandler {
-    async fn handle(&self, _peer: ServerId, conn: u64, req: Request) -> Response {
+    async fn handle(&self, peer: ServerId, conn: u64, req: Request) -> Response {
         let e = &self.engine;
         let holder = |hold: Option<u64>| {
             hold.map(|token| Holder {
@@ -371,7 +371,14 @@ impl Handler for ReplicaHandler {
                 fua,
                 missed,
                 hold,
-            } => answer(write(e, volume, layer, offset, data, fua, missed, holder(hold)).await),
+            } => {
+                let tracked = !data.is_empty() && !fua && peer != e.me();
+                let done = write(e, volume, layer, offset, data, fua, missed, holder(hold)).await;
+                if tracked && done.is_ok() && e.incoming.wrote(conn, peer, volume, layer, offset) {
+                    crate::incoming::learn_run(e, conn, peer);
+                }
+                answer(done)
+            }
             Request::Trim {
                 volume,
                 layer,
@@ -379,7 +386,16 @@ impl Handler for ReplicaHandler {
                 len,
                 missed,
                 hold,
-            } => answer(trim(e, volume, layer, offset, len, missed, holder(hold)).await),
+            } => {
+                let done = trim(e, volume, layer, offset, len, missed, holder(hold)).await;
+                if done.is_ok()
+                    && peer != e.me()
+                    && e.incoming.wrote(conn, peer, volume, layer, offset)
+                {
+                    crate::incoming::learn_run(e, conn, peer);
+                }
+                answer(done)
+            }
             Request::Read {
                 volume,
                 layer,
@@ -398,7 +414,14 @@ impl Handler for ReplicaHandler {
                 Ok(runs) => Response::Allocation(runs),
                 Err(err) => err.to_response(),
             },
-            Request::Flush { volume } => answer(flush(e, volume).await),
+            Request::Flush { volume } => {
+                let mark = e.incoming.flush_mark();
+                let done = flush(e, volume).await;
+                if done.is_ok() {
+                    e.incoming.flushed(peer, volume, mark);
+                }
+                answer(done)
+            }
             Request::GetChunk {
                 volume,
                 layer,
@@ -450,5 +473,6 @@ impl Handler for ReplicaHandler {
 
     fn closed(&self, conn: u64) {
         self.engine.ranges.release_conn(conn);
+        crate::incoming::closed(&self.engine, conn);
     }
 }

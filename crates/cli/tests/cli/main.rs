@@ -178,6 +178,13 @@ fn volume_and_snapshot_lifecycle() {
     );
 
     fails_with(&server, &["volume", "delete", "web"], "--with-snapshots");
+    // The writer of the start is still connected: named, and the delete refused.
+    fails_with(
+        &server,
+        &["volume", "delete", "web", "--with-snapshots"],
+        "open by 1 client(s)",
+    );
+    w.disconnect();
     eventually_ok(&server, &["volume", "delete", "web", "--with-snapshots"]);
     assert!(json(&server, &["volume", "list"])
         .as_array()

@@ -15,6 +15,8 @@ const CMD_READ: u16 = 0;
 const CMD_WRITE: u16 = 1;
 const CMD_DISC: u16 = 2;
 const CMD_FLUSH: u16 = 3;
+const CMD_TRIM: u16 = 4;
+const CMD_WRITE_ZEROES: u16 = 6;
 const FLAG_FUA: u16 = 1;
 
 /// One connection to one export.
@@ -126,6 +128,16 @@ impl NbdClient {
     pub fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> io::Result<u32> {
         let flags = if fua { FLAG_FUA } else { 0 };
         self.request(CMD_WRITE, flags, offset, data.len() as u32, data, &mut [])
+    }
+
+    /// Trims `len` bytes at `offset`; returns the NBD error code.
+    pub fn trim(&mut self, offset: u64, len: u32) -> io::Result<u32> {
+        self.request(CMD_TRIM, 0, offset, len, &[], &mut [])
+    }
+
+    /// Writes zeros over `len` bytes at `offset`; returns the NBD error code.
+    pub fn write_zeroes(&mut self, offset: u64, len: u32) -> io::Result<u32> {
+        self.request(CMD_WRITE_ZEROES, 0, offset, len, &[], &mut [])
     }
 
     /// Flushes; returns the NBD error code.

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod failover;
+mod faults;
 mod harness;
 mod membership;
 mod migration;

@@ -1,8 +1,9 @@
 """Sends pairs of overlapping requests back to back over one NBD connection, many pairs in
 flight at once, with libnbd's aio calls: write/write, trim/write, zero/write and write/trim.
 
-Usage: overlap.py URI SEED PAIRS SPAN
-Each pair's first request covers 64 KiB at a random 4 KiB-aligned offset below SPAN, the second
+Usage: overlap.py URI SEED PAIRS SPAN [BASE]
+Each pair's first request covers 64 KiB at a random 4 KiB-aligned offset in [BASE, BASE+SPAN)
+(BASE defaults to 0), the second
 overlaps it at a random shift. At most 16 pairs are in flight; a flush ends the run. Exits 1 if
 any request failed. Run with /usr/bin/python3 (the interpreter Debian's python3-libnbd is for).
 """
@@ -17,6 +18,7 @@ LEN = 64 * KIB
 
 def main():
     uri, seed, pairs, span = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    base = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     rng = random.Random(seed)
     h = nbd.NBD()
     h.connect_uri(uri)
@@ -40,7 +42,7 @@ def main():
 
     for i in range(pairs):
         first, second = rng.choice(kinds).split("/")
-        off = rng.randrange(0, (span - 2 * LEN) // (4 * KIB)) * 4 * KIB
+        off = base + rng.randrange(0, (span - 2 * LEN) // (4 * KIB)) * 4 * KIB
         shift = rng.randrange(0, LEN // (4 * KIB)) * 4 * KIB
         in_flight.append(issue(first, off, 1 + (2 * i) % 255))
         in_flight.append(issue(second, off + shift, 1 + (2 * i + 1) % 255))

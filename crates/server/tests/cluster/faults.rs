@@ -1,0 +1,440 @@
+//! A randomized fault test: under a seed, two clients write, trim and flush through different
+//! gateways, and a third sends overlapping requests many at a time, while a nemesis kills, power-fails, restarts and partitions servers (the management
+//! leader and both replicas of chunks included) and snapshots are taken; then everything heals
+//! and the test checks that the volume returns to `healthy` within 60 s, that `verify` finds
+//! the replicas identical (the volume and every snapshot), and that every block reads back a
+//! value the client history allows: the last write acknowledged before a successful flush on
+//! the same connection, or something written after it — never an older value, never a torn or
+//! foreign one.
+//!
+//! `STRATA_FAULT_SEEDS` picks the seeds: `7`, `1,5,9` or `1..200` (default: three seeds);
+//! `STRATA_FAULT_BOTH_REPLICAS=1` lets the nemesis power-fail both replicas of chunks at once
+//! (off by default: that case still leaves replicas that differ, see [`both_replicas`]). A
+//! failing seed replays with `STRATA_FAULT_SEEDS=<seed> cargo test --release -p strata-server
+//! --test cluster faults -- --ignored`. `bench/faults.sh` runs many.
+
+use crate::harness::{blocking, leader, Group};
+use crate::nbd_client::NbdClient;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+const BLOCK: u64 = 4096;
+/// The blocks the clients write: the first 16 MiB (four chunks). Client `k` owns the runs of
+/// four blocks whose index is `k` modulo 2, so both write into every chunk at once.
+const BLOCKS: u64 = 16 * MIB / BLOCK;
+const RUN: u64 = 4;
+const CLIENTS: u64 = 2;
+/// Nemesis steps per seed.
+const STEPS: usize = 5;
+/// How long the volume may take to be healthy after the last fault healed.
+const HEAL_WITHIN: Duration = Duration::from_secs(60);
+
+/// SplitMix64: a small deterministic generator, so a seed replays the same choices.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What one block may hold, from its client's history: `durable` (written and acknowledged
+/// before a successful flush on the connection that wrote it, with no failed flush between;
+/// 0 = zeros) or any of `since` (written after it, acknowledged or not, or acknowledged but
+/// not made durable).
+#[derive(Clone, Default)]
+struct BlockModel {
+    durable: u64,
+    since: Vec<u64>,
+    /// The connection whose flush would make the latest acknowledged value durable.
+    conn: u64,
+}
+
+/// One client's view of its blocks.
+#[derive(Default)]
+struct Model {
+    blocks: HashMap<u64, BlockModel>,
+}
+
+impl Model {
+    fn written(&mut self, block: u64, value: u64, conn: u64) {
+        let b = self.blocks.entry(block).or_default();
+        b.since.push(value);
+        b.conn = conn;
+    }
+
+    /// A flush on `conn` succeeded after `acked` (the value last acknowledged per block).
+    fn flushed(&mut self, conn: u64, acked: &HashMap<u64, u64>) {
+        for (block, value) in acked {
+            let b = self.blocks.entry(*block).or_default();
+            if b.conn == conn && b.since.last() == Some(value) {
+                b.durable = *value;
+                b.since.clear();
+            }
+        }
+    }
+
+    fn allows(&self, block: u64, value: u64) -> bool {
+        match self.blocks.get(&block) {
+            None => value == 0,
+            Some(b) => b.durable == value || b.since.contains(&value),
+        }
+    }
+}
+
+/// The 4 KiB image of `value` (0: zeros): the value repeated, so a torn block shows.
+fn image(value: u64) -> Vec<u8> {
+    value.to_le_bytes().repeat((BLOCK / 8) as usize)
+}
+
+/// The value a block image holds, or `None` if it is torn or foreign.
+fn value_of(block: &[u8]) -> Option<u64> {
+    let first = u64::from_le_bytes(block[..8].try_into().ok()?);
+    block
+        .chunks(8)
+        .all(|w| w == first.to_le_bytes())
+        .then_some(first)
+}
+
+/// One client: writes (one to four blocks of one of its runs), trims and flushes through
+/// gateway `first`, moving to the next gateway when its connection fails, until `stop`.
+fn client(k: u64, seed: u64, gateways: Vec<String>, stop: Arc<AtomicBool>) -> (Model, u64) {
+    let mut rng = Rng(seed ^ (k + 1).wrapping_mul(0xa076_1d64_78bd_642f));
+    let mut model = Model::default();
+    let (mut conn, mut seq, mut acked_ops) = (0u64, 0u64, 0u64);
+    let mut gateway = k as usize % gateways.len();
+    let mut c: Option<NbdClient> = None;
+    // The latest acknowledged value per block on the current connection.
+    let mut acked: HashMap<u64, u64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut finished = false;
+    while Instant::now() < deadline {
+        let Some(nbd) = c.as_mut() else {
+            match NbdClient::connect(&gateways[gateway], "faults") {
+                Ok(n) => {
+                    c = Some(n);
+                    conn += 1;
+                    acked.clear();
+                }
+                Err(_) => {
+                    gateway = (gateway + 1) % gateways.len();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            continue;
+        };
+        if stop.load(Ordering::SeqCst) {
+            // A final flush that succeeds makes the last connection's writes durable.
+            if nbd.flush().is_ok_and(|e| e == 0) {
+                model.flushed(conn, &acked);
+                finished = true;
+                break;
+            }
+            c = None;
+            continue;
+        }
+        let op = rng.below(10);
+        let run = (rng.below(BLOCKS / RUN / CLIENTS) * CLIENTS + k) * RUN;
+        let first = run + rng.below(RUN);
+        let count = 1 + rng.below(run + RUN - first);
+        let result = if op < 7 {
+            seq += 1;
+            let value = ((k + 1) << 48) | seq;
+            let data = image(value).repeat(count as usize);
+            for b in first..first + count {
+                model.written(b, value, conn);
+            }
+            nbd.write(first * BLOCK, &data, false)
+                .map(|e| (e, Some(value)))
+        } else if op < 8 {
+            for b in first..first + count {
+                model.written(b, 0, conn);
+            }
+            let len = (count * BLOCK) as u32;
+            let done = if rng.below(2) == 0 {
+                nbd.trim(first * BLOCK, len)
+            } else {
+                nbd.write_zeroes(first * BLOCK, len)
+            };
+            done.map(|e| (e, Some(0)))
+        } else {
+            nbd.flush().map(|e| (e, None))
+        };
+        match result {
+            Ok((0, Some(value))) => {
+                acked_ops += 1;
+                for b in first..first + count {
+                    acked.insert(b, value);
+                }
+            }
+            Ok((0, None)) => {
+                acked_ops += 1;
+                model.flushed(conn, &acked);
+            }
+            Ok((_, Some(_))) => {} // refused: it may or may not have landed (stays in `since`)
+            Ok((_, None)) => {
+                // A failed flush says the writes acknowledged before it may be lost: a later
+                // flush does not make them durable.
+                acked.clear();
+            }
+            Err(_) => {
+                c = None; // the connection died: what it acknowledged stays unflushed
+                gateway = (gateway + 1) % gateways.len();
+            }
+        }
+    }
+    assert!(finished, "client {k} could not flush for 120 s");
+    (model, acked_ops)
+}
+
+/// Runs rounds of `scripts/overlap.py` (pairs of overlapping writes, trims and zeroes, many in
+/// flight) on the volume's second half through one gateway after another until `stop`; a round
+/// cut short by a fault is just the end of that round. Returns how many rounds completed.
+fn overlapping(seed: u64, gateways: Vec<String>, stop: Arc<AtomicBool>) -> usize {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/cluster/scripts/overlap.py"
+    );
+    let mut completed = 0;
+    for round in 0.. {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let uri = format!("nbd://{}/faults", gateways[round % gateways.len()]);
+        let status = std::process::Command::new("/usr/bin/python3")
+            .args([
+                script,
+                &uri,
+                &(seed * 1000 + round as u64).to_string(),
+                "200",
+            ])
+            .args([(16 * MIB).to_string(), (16 * MIB).to_string()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run overlap.py (needs python3-libnbd)");
+        if status.success() {
+            completed += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    completed
+}
+
+/// Waits until the volume is `healthy` through any server that answers.
+async fn wait_healthy(g: &Group, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        for i in 0..3 {
+            let (status, body) = g
+                .call(i, reqwest::Method::GET, "/v1/volumes/faults", None)
+                .await;
+            if status == 200 {
+                if body["status"] == "healthy" {
+                    return body;
+                }
+                last = body;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("not healthy within {within:?} of the last fault healing: {last}");
+}
+
+/// The index of the current management leader, asking any server that answers.
+async fn leader_index(g: &Group) -> Option<usize> {
+    for i in 0..3 {
+        let (status, body) = g.call(i, reqwest::Method::GET, "/v1/managers", None).await;
+        if status == 200 {
+            let name = leader(&body)?;
+            return name
+                .trim_start_matches('s')
+                .parse::<usize>()
+                .ok()
+                .map(|n| n - 1);
+        }
+    }
+    None
+}
+
+async fn run_seed(seed: u64) {
+    let mut g = Group::cluster(3).await;
+    g.create_volume("faults", 32 * MIB, 2).await;
+    let gateways: Vec<String> = (0..3).map(|i| g.nbd(i)).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|k| {
+            let (gateways, stop) = (gateways.clone(), stop.clone());
+            tokio::task::spawn_blocking(move || client(k, seed, gateways, stop))
+        })
+        .collect();
+    // Overlapping requests in flight together, on the volume's second half: their outcome is
+    // the clients' race, but the replicas must agree on it (checked by `verify` below).
+    let overlapping = {
+        let (gateways, stop) = (gateways.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || overlapping(seed, gateways, stop))
+    };
+    let mut rng = Rng(seed);
+    let mut log = Vec::new();
+    let mut snapshots = Vec::new();
+    for step in 0..STEPS {
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
+        let victim = rng.below(3) as usize;
+        let other = (victim + 1 + rng.below(2) as usize) % 3;
+        let mut kind = rng.below(6);
+        if kind == 3 && !both_replicas() {
+            kind = 1;
+        }
+        match kind {
+            0 => {
+                log.push(format!("kill s{}", victim + 1));
+                g.kill(victim).await;
+                tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
+                g.restart(victim).await;
+            }
+            1 => {
+                log.push(format!("power-fail s{}", victim + 1));
+                g.crash(victim).await;
+                tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
+                g.restart(victim).await;
+            }
+            2 => {
+                let Some(l) = leader_index(&g).await else {
+                    continue;
+                };
+                log.push(format!("kill the leader s{}", l + 1));
+                g.kill(l).await;
+                tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
+                g.restart(l).await;
+            }
+            3 => {
+                // With two replicas on three servers, any two servers hold both replicas of
+                // some chunks.
+                log.push(format!("power-fail s{} and s{}", victim + 1, other + 1));
+                g.crash(victim).await;
+                g.crash(other).await;
+                tokio::time::sleep(Duration::from_millis(500 + rng.below(1000))).await;
+                g.restart(victim).await;
+                g.restart(other).await;
+            }
+            4 => {
+                log.push(format!("partition s{} from the others", victim + 1));
+                let rest: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+                g.cut(victim, &rest);
+                tokio::time::sleep(Duration::from_millis(1000 + rng.below(1500))).await;
+                g.heal();
+            }
+            _ => {
+                let name = format!("s{step}");
+                let (status, body) = g
+                    .post(
+                        victim,
+                        "/v1/volumes/faults/snapshots",
+                        json!({ "name": name }),
+                    )
+                    .await;
+                log.push(format!("snapshot {name} through s{}: {status}", victim + 1));
+                if status == 201 {
+                    snapshots.push(name);
+                } else {
+                    tracing::info!(%body, "snapshot refused during faults");
+                }
+            }
+        }
+    }
+    log.push("healed".into());
+    let shown = wait_healthy(&g, HEAL_WITHIN).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut models = Vec::new();
+    for c in clients {
+        models.push(c.await.expect("client thread"));
+    }
+    let rounds = overlapping.await.expect("overlap thread");
+    log.push(format!("{rounds} rounds of overlapping requests"));
+    let history = log.join(", ");
+    let acked: u64 = models.iter().map(|m| m.1).sum();
+    assert!(
+        acked > 0,
+        "seed {seed}: no operation was acknowledged ({history})"
+    );
+    let report = g.verify(0, "faults", false).await;
+    assert_eq!(
+        report["mismatches"],
+        json!([]),
+        "seed {seed} ({history}): {report}"
+    );
+    for s in &snapshots {
+        let report = g.verify(1, &format!("faults@{s}"), false).await;
+        assert_eq!(
+            report["mismatches"],
+            json!([]),
+            "seed {seed} ({history}) @{s}: {report}"
+        );
+    }
+    // Every block reads back what its client's history allows, through every gateway.
+    let images: Vec<Vec<u8>> = futures::future::join_all((0..3).map(|i| {
+        let addr = g.nbd(i);
+        blocking(move || {
+            let mut c = crate::harness::connect(&addr, "faults");
+            let mut all = Vec::new();
+            for m in 0..BLOCKS * BLOCK / MIB {
+                all.extend(c.read(m * MIB, MIB as u32).unwrap().unwrap());
+            }
+            all
+        })
+    }))
+    .await;
+    for b in 0..BLOCKS {
+        let at = (b * BLOCK) as usize..((b + 1) * BLOCK) as usize;
+        let owner = ((b / RUN) % CLIENTS) as usize;
+        for (i, img) in images.iter().enumerate() {
+            let value = value_of(&img[at.clone()]);
+            assert!(
+                value.is_some_and(|v| models[owner].0.allows(b, v)),
+                "seed {seed} ({history}): block {b} through s{} holds {value:?}, which client {owner} never left there",
+                i + 1
+            );
+        }
+    }
+    tracing::info!(seed, %history, acked, status = %shown["status"], "fault seed passed");
+    g.stop().await;
+}
+
+/// Whether the nemesis may power-fail two servers at once (both replicas of some chunks).
+/// Off unless `STRATA_FAULT_BOTH_REPLICAS=1`: after such a crash the replicas can still differ
+/// (issue 10, item 3, is open), and with it on most seeds fail on that.
+fn both_replicas() -> bool {
+    std::env::var("STRATA_FAULT_BOTH_REPLICAS").is_ok_and(|v| v == "1")
+}
+
+/// The seeds to run (see the module doc).
+fn seeds() -> Vec<u64> {
+    let spec = std::env::var("STRATA_FAULT_SEEDS").unwrap_or_else(|_| "1,2,3".into());
+    if let Some((a, b)) = spec.split_once("..") {
+        let (a, b): (u64, u64) = (a.trim().parse().unwrap(), b.trim().parse().unwrap());
+        return (a..b).collect();
+    }
+    spec.split(',').map(|s| s.trim().parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "still finds replicas that differ after faults (issue 10 items 3 and 13); run with bench/faults.sh or --ignored"]
+async fn randomized_faults_leave_acknowledged_writes_and_identical_replicas() {
+    for seed in seeds() {
+        eprintln!("fault seed {seed}");
+        run_seed(seed).await;
+    }
+}

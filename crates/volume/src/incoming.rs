@@ -1,0 +1,222 @@
+//! Writes this server took from other servers' gateways that their gateway has not flushed
+//! yet, per wire connection ([`Incoming`]).
+//!
+//! A gateway keeps track of what it wrote to each replica and has not flushed, and when a
+//! replica's connection drops it has the others record those chunks as missed by it. But if
+//! the gateway itself dies before a flush, nobody keeps that record: its own copy (a gateway is
+//! often a replica too) and any replica that crashed with it may lack writes that the surviving
+//! replicas have (a power loss, or a SIGKILL, loses the store's unflushed map changes). So each
+//! replica remembers, per incoming connection, the chunks written through it since the peer's
+//! last flush. When that connection closes with some left and the peer turns out to have died
+//! or restarted (it does not answer a ping, or answers with another run than when it wrote),
+//! this server records those chunks as missed by the peer and by every other current replica
+//! of them that does not answer either (durably), and marks those stale, so resync copies
+//! this server's version to them. (A replica that died with the gateway and is back before
+//! this ping is not caught: issue 10, item 3.)
+//! A replica that cannot be marked (the management group refuses: it is the only other
+//! in-sync copy of some chunk) has its marks cleared again, as a current replica must not be
+//! copied to. A peer that is alive with the same run is left alone: its gateway keeps its own
+//! record.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use strata_types::{LayerId, ServerId, VolumeId, CHUNK_SIZE};
+use strata_wire::{Request, Response};
+
+use crate::engine::Engine;
+
+/// The unflushed writes of one incoming connection.
+struct Conn {
+    peer: ServerId,
+    /// The peer's run when it wrote (learned in the background; `None` until then).
+    run: Option<u64>,
+    /// (volume, layer, chunk) → number of the last write to it.
+    chunks: HashMap<(VolumeId, LayerId, u64), u64>,
+}
+
+/// The chunks of (volume, layer, chunk) that one peer wrote through a connection.
+type Unflushed = Vec<(VolumeId, LayerId, u64)>;
+
+/// The unflushed writes taken from other servers' gateways, per connection.
+#[derive(Default)]
+pub(crate) struct Incoming {
+    conns: Mutex<HashMap<u64, Conn>>,
+    /// Numbers the writes, so that a flush forgets only those it covered.
+    writes: std::sync::atomic::AtomicU64,
+}
+
+impl Incoming {
+    /// A write from `peer`'s gateway over `conn` to the chunk at `offset` of `layer` was
+    /// applied; returns whether the connection is new, so its peer's run is to be learned
+    /// ([`learn_run`]).
+    pub(crate) fn wrote(
+        &self,
+        conn: u64,
+        peer: ServerId,
+        volume: VolumeId,
+        layer: LayerId,
+        offset: u64,
+    ) -> bool {
+        let n = self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut conns = self.conns.lock();
+        let mut new = false;
+        let c = conns.entry(conn).or_insert_with(|| {
+            new = true;
+            Conn {
+                peer,
+                run: None,
+                chunks: HashMap::new(),
+            }
+        });
+        c.chunks.insert((volume, layer, offset / CHUNK_SIZE), n);
+        new
+    }
+
+    /// The number a flush starting now covers: writes numbered below it.
+    pub(crate) fn flush_mark(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A flush of `volume` from `peer` that started at `mark` succeeded: its gateway flushed
+    /// its own copy too, so the writes it covered are durable everywhere.
+    pub(crate) fn flushed(&self, peer: ServerId, volume: VolumeId, mark: u64) {
+        let mut conns = self.conns.lock();
+        for c in conns.values_mut().filter(|c| c.peer == peer) {
+            c.chunks.retain(|(v, _, _), n| *v != volume || *n >= mark);
+        }
+    }
+
+    /// Connection `conn` closed: its peer, the peer's run when it wrote, and the chunks it
+    /// wrote through it and did not flush (`None` if there are none).
+    fn take(&self, conn: u64) -> Option<(ServerId, Option<u64>, Unflushed)> {
+        let c = self.conns.lock().remove(&conn)?;
+        (!c.chunks.is_empty()).then(|| (c.peer, c.run, c.chunks.into_keys().collect()))
+    }
+}
+
+/// The run `peer` answers a ping with, if it answers within half a second. One try: a peer
+/// that refuses the connection is down, and acting at once keeps a gateway that crashed from
+/// serving its old copies when it comes back.
+async fn run_of(engine: &Engine, peer: ServerId) -> Option<u64> {
+    match engine
+        .call(peer, Request::Ping, Duration::from_millis(500))
+        .await
+    {
+        Ok(Response::Pong { run }) => Some(run),
+        _ => None,
+    }
+}
+
+/// Learns, in the background, the run of the peer that writes over `conn`.
+pub(crate) fn learn_run(engine: &Arc<Engine>, conn: u64, peer: ServerId) {
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        let run = run_of(&engine, peer).await;
+        if let Some(c) = engine.incoming.conns.lock().get_mut(&conn) {
+            c.run = run;
+        }
+    });
+}
+
+/// Handles the close of incoming connection `conn` (see the module doc), in the background:
+/// the wire server calls this from a drop.
+pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
+    let Some((peer, run, chunks)) = engine.incoming.take(conn) else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let engine = engine.clone();
+    runtime.spawn(async move {
+        let now = run_of(&engine, peer).await;
+        if now.is_some() && now == run {
+            return; // alive, and did not restart: its gateway keeps its own record
+        }
+        let me = engine.me();
+        // Per volume, the (layer, chunk)s each other current replica may have lost: the dead
+        // gateway's own copy, and those of replicas that do not answer either (they may have
+        // died with it; one that answers has its other gateways watching it).
+        let mut suspects: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>> =
+            HashMap::new();
+        let mut answers: HashMap<ServerId, bool> = HashMap::from([(peer, false)]);
+        for (volume, layer, chunk) in chunks {
+            let Some(view) = engine.view(volume) else {
+                continue;
+            };
+            if !view.current(me, chunk) {
+                continue;
+            }
+            for r in view.replicas_of(chunk) {
+                if r == me || !view.current(r, chunk) {
+                    continue;
+                }
+                let alive = match answers.get(&r) {
+                    Some(a) => *a,
+                    None => {
+                        let a = run_of(&engine, r).await.is_some();
+                        answers.insert(r, a);
+                        a
+                    }
+                };
+                if !alive {
+                    let per = suspects.entry(volume).or_default();
+                    per.entry(r).or_default().push((layer, chunk));
+                }
+            }
+        }
+        for (volume, servers) in suspects {
+            for (server, chunks) in servers {
+                lost_with_gateway(&engine, volume, peer, server, chunks).await;
+            }
+        }
+    });
+}
+
+/// Has `server` copy `chunks` of `volume` from here again, as it may have lost the writes that
+/// the dead gateway `peer` made there: records them as missed by it, durably, then marks it
+/// stale; if the group refuses that, clears the marks again.
+async fn lost_with_gateway(
+    engine: &Arc<Engine>,
+    volume: VolumeId,
+    peer: ServerId,
+    server: ServerId,
+    chunks: Vec<(LayerId, u64)>,
+) {
+    let store = engine.store().clone();
+    let marks = chunks.clone();
+    let recorded = tokio::task::spawn_blocking(move || {
+        for (layer, chunk) in &marks {
+            store.record_missed(volume, *layer, *chunk, server)?;
+        }
+        store.flush(volume)
+    })
+    .await;
+    if !matches!(recorded, Ok(Ok(()))) {
+        tracing::error!(%volume, %server, "could not record the writes a replica may have lost with its gateway; run `strata volume verify --repair`");
+        return;
+    }
+    tracing::warn!(%volume, gateway = %peer, replica = %server, chunks = chunks.len(),
+        "a gateway died with unflushed writes; a replica that may have lost them copies them again");
+    let Err(e) = engine.mark_stale(volume, server).await else {
+        return;
+    };
+    tracing::warn!(%volume, replica = %server, error = %e, "could not mark the replica stale; clearing its marks");
+    let store = engine.store().clone();
+    let cleared = tokio::task::spawn_blocking(move || {
+        for mark in store.missed(volume)? {
+            if mark.server == server && chunks.contains(&(mark.layer, mark.chunk)) {
+                store.clear_missed(volume, &mark)?;
+            }
+        }
+        store.flush(volume)
+    })
+    .await;
+    if !matches!(cleared, Ok(Ok(()))) {
+        tracing::error!(%volume, replica = %server, "could not clear marks for a current replica");
+    }
+}
