@@ -11,4 +11,5 @@ mod migration;
 #[allow(dead_code)]
 #[path = "../../../cli/tests/support/nbd_client.rs"]
 mod nbd_client;
+mod store_loss;
 mod volumes;
