@@ -9,12 +9,12 @@ use crate::volume::{Layer, Stack, Volume};
 use crate::{LayerInfo, StoreOptions, StoreStats, VolumeInfo};
 use parking_lot::{Condvar, Mutex, RwLock};
 use redb::Database;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use strata_types::{LayerId, VolumeId};
+use strata_types::{LayerId, VolumeId, BLOCK_SIZE};
 
 /// Largest volume size accepted.
 pub const MAX_VOLUME_SIZE: u64 = 1 << 56;
@@ -264,6 +264,24 @@ impl Store {
         let v = self.inner.volume(vol)?;
         let st = v.stack.read();
         Ok(st.layers.iter().map(|l| l.data.allocated_bytes()).sum())
+    }
+
+    /// Bytes of data each chunk of the volume holds, summed over its layers (snapshots and
+    /// layers still merging included); chunks without data are absent. Unlike
+    /// [`Store::volume_used_bytes`] this counts mapped blocks, not the disk the files use.
+    pub fn chunk_data_bytes(&self, vol: VolumeId) -> Result<BTreeMap<u64, u64>> {
+        let v = self.inner.volume(vol)?;
+        let st = v.stack.read();
+        let mut out = BTreeMap::new();
+        for l in &st.layers {
+            for (chunk, bits) in l.data.maps.read().iter() {
+                let blocks = bits.data.count();
+                if blocks > 0 {
+                    *out.entry(*chunk).or_insert(0) += blocks * BLOCK_SIZE;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Grows a volume to `new_size` bytes; shrinking is refused.

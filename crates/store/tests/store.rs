@@ -529,3 +529,22 @@ fn files_no_record_names_are_moved_aside_not_deleted() {
         .unwrap();
     assert_eq!(*stray_moved, stray_bytes);
 }
+
+#[test]
+fn chunk_data_bytes_counts_the_blocks_of_every_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path());
+    let vol = VolumeId::new_random();
+    s.create_volume(vol, 64 * MIB, LayerId::new_random())
+        .unwrap();
+    assert!(s.chunk_data_bytes(vol).unwrap().is_empty());
+    s.write(vol, 0, &fill(1, 8192), false).unwrap();
+    s.write(vol, 4 * MIB + 4096, &fill(2, 4096), false).unwrap();
+    s.snapshot(vol, LayerId::new_random()).unwrap();
+    // Rewriting a block in the new head counts it again: the snapshot keeps the old one.
+    s.write(vol, 0, &fill(3, 4096), false).unwrap();
+    // A partial block is stored whole.
+    s.write(vol, 9 * MIB, &[7; 100], false).unwrap();
+    let got: Vec<(u64, u64)> = s.chunk_data_bytes(vol).unwrap().into_iter().collect();
+    assert_eq!(got, vec![(0, 3 * 4096), (1, 4096), (2, 4096)]);
+}
