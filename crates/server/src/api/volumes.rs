@@ -182,13 +182,14 @@ pub async fn create_volume(
     let name = parse_name("volume", &req.name)?;
     check_size(req.size)?;
     let cluster = parse_name("cluster", req.cluster.as_deref().unwrap_or("default"))?;
-    // The default is decided here, for the CLI and every other client alike.
+    // The default is decided here, for the CLI and every other client alike, from this
+    // (leader's) applied state: the state machine checks the count against the cluster again,
+    // and a lost quorum is reported by the write below.
     let replicas = match req.replicas {
         Some(r) => r,
         None => app
             .meta
-            .read()
-            .await?
+            .local_state()
             .clusters
             .get(&cluster)
             .map_or(1, |c| c.default_replicas()),
