@@ -138,7 +138,8 @@ pub struct CreateVolume {
     /// Cluster to place it on (default: `default`).
     #[serde(default)]
     pub cluster: Option<String>,
-    /// Copies of each chunk, 1 to 3 (default 1).
+    /// Copies of each chunk, 1 to 3 (default: 2 when the cluster has at least 2 servers to
+    /// place on, else 1).
     #[serde(default)]
     pub replicas: Option<u8>,
 }
@@ -165,12 +166,18 @@ pub struct VolumeInfo {
     pub replicas: u8,
     /// `primary` (writable) or `remote` (read-only, fed by remote copy).
     pub role: String,
-    /// `healthy`, `degraded`, `resyncing N%` or `migrating N%`.
+    /// `healthy`; `degraded` while a server holding its chunks does not answer (or a stale
+    /// one is not back); `resyncing N%` while stale servers catch up; `migrating N%`.
     pub status: String,
-    /// Bytes of disk the volume's layers (snapshots included) use, summed over every server
-    /// holding its chunks (replicas counted each); absent when a server did not answer.
+    /// Bytes of data the volume holds, each chunk counted once (not per replica): the
+    /// written 4 KiB blocks of every layer, snapshots included; absent when a server did not
+    /// answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub used_bytes: Option<u64>,
+    pub used_logical_bytes: Option<u64>,
+    /// Bytes of disk the volume's layers (snapshots included) use, summed over every server
+    /// holding its chunks, every replica counted; absent when a server did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_raw_bytes: Option<u64>,
     /// Names of the servers its chunks are placed on.
     #[serde(default)]
     pub servers: Vec<String>,
@@ -305,6 +312,10 @@ pub struct DeleteQuery {
 pub struct LocalVolume {
     /// Bytes its layers use on this server.
     pub used_bytes: u64,
+    /// Bytes of data (every layer) in the chunks this server is the first replica of, so
+    /// that the sum over the layout counts each chunk once.
+    #[serde(default)]
+    pub first_copy_bytes: u64,
     /// Missed-write marks it holds, by server.
     pub missed: Vec<MissedSummary>,
 }

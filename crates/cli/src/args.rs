@@ -144,7 +144,8 @@ pub enum VolumeCommand {
         /// Cluster to place it on (default: `default`).
         #[arg(long)]
         cluster: Option<String>,
-        /// Copies of each chunk (1 to 3).
+        /// Copies of each chunk, 1 to 3 [default: 2 when the cluster has at least 2 servers,
+        /// else 1; the server decides].
         #[arg(long)]
         replicas: Option<u8>,
     },

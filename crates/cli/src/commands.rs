@@ -117,6 +117,7 @@ fn volumes_table(volumes: &[VolumeInfo]) -> String {
             "NAME",
             "SIZE",
             "USED",
+            "RAW",
             "REPLICAS",
             "SNAPSHOTS",
             "STATUS",
@@ -128,7 +129,8 @@ fn volumes_table(volumes: &[VolumeInfo]) -> String {
                 vec![
                     v.name.clone(),
                     format_size(v.size),
-                    group::size_or_dash(v.used_bytes),
+                    group::size_or_dash(v.used_logical_bytes),
+                    group::size_or_dash(v.used_raw_bytes),
                     v.replicas.to_string(),
                     v.snapshots.len().to_string(),
                     v.status.clone(),
@@ -158,11 +160,12 @@ fn snapshots_table(snapshots: &[SnapshotInfo]) -> String {
 
 fn volume_details(v: &VolumeInfo) -> String {
     let mut out = format!(
-        "name:      {}\nid:        {}\nsize:      {}\nused:      {}\nreplicas:  {}\nrole:      {}\nstatus:    {}\ncluster:   {}\nservers:   {}\nstale:     {}\ncreated:   {}\nexport:    {}\n",
+        "name:      {}\nid:        {}\nsize:      {}\nused:      {} (raw {}, every replica counted)\nreplicas:  {}\nrole:      {}\nstatus:    {}\ncluster:   {}\nservers:   {}\nstale:     {}\ncreated:   {}\nexport:    {}\n",
         v.name,
         v.id,
         format_size(v.size),
-        group::size_or_dash(v.used_bytes),
+        group::size_or_dash(v.used_logical_bytes),
+        group::size_or_dash(v.used_raw_bytes),
         v.replicas,
         v.role,
         v.status,

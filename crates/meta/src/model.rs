@@ -55,6 +55,16 @@ impl ClusterRecord {
             .copied()
             .collect()
     }
+
+    /// The replicas of a new volume whose request names none: 2 when the cluster has at least
+    /// 2 servers to place on, else 1.
+    pub fn default_replicas(&self) -> u8 {
+        if self.placeable().len() >= 2 {
+            2
+        } else {
+            1
+        }
+    }
 }
 
 /// A snapshot: a frozen layer of a volume.

@@ -142,6 +142,19 @@ pub async fn start(
     )
     .await
     .context("cannot open the management state")?;
+    let lost = reconcile::lost_volumes(&meta.local_state(), &store, identity.id);
+    if !lost.is_empty() {
+        meta.shutdown().await;
+        anyhow::bail!(
+            "the block store in {} is new, but the management state places volume(s) {} on \
+             this server: its copies of them are lost, and starting would recreate them empty; \
+             refusing to start. Restore the store directory from a backup, or move the data \
+             directory aside and replace this server (`strata cluster remove-server` rebuilds \
+             its chunks from the other replicas)",
+            config.data_dir.join("store").display(),
+            lost.join(", ")
+        );
+    }
     let http = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_millis(500))
         .tcp_nodelay(true)

@@ -29,6 +29,22 @@ fn wanted(state: &StateView, me: ServerId) -> HashSet<strata_types::VolumeId> {
         .collect()
 }
 
+/// The volumes that `state` places on server `me` when `store` is new: their copies were
+/// lost with the store's files (a new store never held anything), so the server must not
+/// start and create them empty — clients would read zeros where data was acknowledged.
+/// Empty for a store that existed before.
+pub fn lost_volumes(state: &StateView, store: &Store, me: ServerId) -> Vec<String> {
+    if !store.is_new() {
+        return Vec::new();
+    }
+    state
+        .volumes
+        .values()
+        .filter(|v| v.holds(me))
+        .map(|v| v.name.to_string())
+        .collect()
+}
+
 /// Deletes from `store` (the store of server `me`) every volume that `state` no longer places
 /// on it. Separate from [`reconcile`] so that the volume engine can take in the new state
 /// before the (possibly slow) deletion of files. Returns how many it deleted.

@@ -81,6 +81,20 @@ pub enum StoreError {
     /// The metadata database reported an error.
     #[error("metadata database error: {0}")]
     Db(String),
+    /// The store's directory holds volume data but its database is missing or new: what the
+    /// data files hold is unknown, and opening would present this server's copies as empty.
+    #[error(
+        "the store in {} holds volume data in volumes/ but its database store.redb is missing \
+         or empty, so which blocks hold data is lost; refusing to open it, which would replace \
+         this server's copies with zeros (nothing was changed). Restore store.redb from a \
+         backup, or move the data directory aside and replace this server: `strata cluster \
+         remove-server` rebuilds its chunks from the other replicas",
+        dir.display()
+    )]
+    LostDatabase {
+        /// The store's directory.
+        dir: std::path::PathBuf,
+    },
     /// On-disk state that does not make sense; the store refuses to guess.
     #[error("store is corrupt: {0}; move the data directory aside and restore from a replica")]
     Corrupt(String),

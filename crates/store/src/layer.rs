@@ -187,9 +187,29 @@ impl LayerData {
     }
 }
 
-/// `fsync`s a directory so entries created or removed in it are durable.
+/// `fsync`s a directory so entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    // The parent of a relative one-component path is "".
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// Creates `dir` and its missing parents, `fsync`ing the parent of each directory it creates so
+/// that the new entries are durable.
+pub(crate) fn create_dir_synced(dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }

@@ -11,7 +11,16 @@
 //!   maps, and the missed-write marks kept for other replicas (see [`ChunkImage`] and
 //!   [`MissedChunk`]); see [`meta`](crate::meta) for the tables and byte layouts;
 //! - `volumes/<volume-uuid>/<file-id>.layer`: one sparse data file per layer, blocks at their
-//!   logical offsets (see [`layer`](crate::layer)).
+//!   logical offsets (see [`layer`](crate::layer));
+//! - `orphaned/<unix time>/...`: files found at open that no record names and that hold
+//!   something (e.g. a merged layer's file a crash left behind), moved aside rather than
+//!   deleted; an operator checks and deletes them. Empty leftovers are removed.
+//!
+//! [`Store::open`] refuses ([`StoreError::LostDatabase`]) a directory whose `volumes/` holds
+//! anything while `store.redb` is missing or empty: the data files alone do not say which
+//! blocks hold data. Directories are `fsync`ed after the store creates, renames or removes
+//! entries in them (a new layer file's entry is synced with its first data, see
+//! [`layer`](crate::layer)).
 //!
 //! Durability: writes go to the page cache and to the in-memory maps; [`Store::flush`] (and FUA
 //! writes) `fdatasync` the data files first and then commit the changed maps, so after a crash

@@ -322,8 +322,13 @@ fn finish(inner: &Inner, v: &Volume, p: MergeProgress) -> Result<()> {
     let upper = st.layers[kp].id;
     v.missed.lock().relabel(p.layer, upper);
     v.forget_dirty(dropped_fid);
-    if let Err(e) = std::fs::remove_file(&dropped.path) {
-        tracing::warn!(file = ?dropped.path, error = %e, "could not remove a merged layer file; it is removed at the next start");
+    // No writer waits for the removal and the directory sync.
+    drop(st);
+    let removed = std::fs::remove_file(&dropped.path)
+        .map_err(|e| StoreError::io(format!("removing {}", dropped.path.display()), e))
+        .and_then(|()| crate::layer::sync_dir(&v.dir));
+    if let Err(e) = removed {
+        tracing::warn!(file = ?dropped.path, error = %e, "could not remove a merged layer file; the next start moves it aside");
     }
     tracing::info!(volume = %v.id, layer = %p.layer, dir = ?p.dir, "merge finished");
     Ok(())

@@ -186,6 +186,18 @@ pub(crate) struct Loaded {
     pub missed: HashMap<VolumeId, Vec<(MarkKey, u64)>>,
 }
 
+/// True when the database has no format tag yet: it was just made (or emptied), and holds no
+/// record of anything.
+pub(crate) fn is_new(db: &Database) -> Result<bool> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(true),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(meta.get("format")?.is_none())
+}
+
 /// Checks (or writes, for a new database) the format tag and loads everything.
 pub(crate) fn load(db: &Database) -> Result<Loaded> {
     let txn = db.begin_write()?;

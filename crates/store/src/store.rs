@@ -2,19 +2,19 @@
 //! The data path is in `data.rs`, the background merger in `merge.rs`.
 
 use crate::error::{Result, StoreError};
-use crate::layer::{file_name, sync_dir, LayerData};
+use crate::layer::{create_dir_synced, file_name, sync_dir, LayerData};
 use crate::merge::{self, MergeCtl};
 use crate::meta;
 use crate::volume::{Layer, Stack, Volume};
 use crate::{LayerInfo, StoreOptions, StoreStats, VolumeInfo};
 use parking_lot::{Condvar, Mutex, RwLock};
 use redb::Database;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use strata_types::{LayerId, VolumeId};
+use strata_types::{LayerId, VolumeId, BLOCK_SIZE};
 
 /// Largest volume size accepted.
 pub const MAX_VOLUME_SIZE: u64 = 1 << 56;
@@ -25,6 +25,8 @@ pub struct Store {
     merger: Option<JoinHandle<()>>,
     /// Set by the crash test hooks: the last handle's drop flushes nothing.
     crashed: AtomicBool,
+    /// See [`Store::is_new`].
+    new: bool,
 }
 
 /// State shared with the merger thread.
@@ -77,9 +79,27 @@ impl Store {
     /// crash and resumes unfinished merges in the background.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store> {
         let volumes_dir = dir.join("volumes");
-        std::fs::create_dir_all(&volumes_dir)
-            .map_err(io_err(format!("creating {}", volumes_dir.display())))?;
-        let db = Database::create(dir.join("store.redb"))?;
+        create_dir_synced(&volumes_dir)?;
+        let has_data = std::fs::read_dir(&volumes_dir)
+            .map_err(io_err(format!("listing {}", volumes_dir.display())))?
+            .next()
+            .is_some();
+        let db_path = dir.join("store.redb");
+        let lost = || StoreError::LostDatabase {
+            dir: dir.to_path_buf(),
+        };
+        let had_db = db_path.exists();
+        if !had_db && has_data {
+            return Err(lost());
+        }
+        let db = Database::create(&db_path)?;
+        if !had_db {
+            sync_dir(dir)?;
+        }
+        let new = meta::is_new(&db)?;
+        if new && has_data {
+            return Err(lost());
+        }
         let mut loaded = meta::load(&db)?;
         let mut volumes = HashMap::new();
         let mut max_fid = 0;
@@ -125,7 +145,13 @@ impl Store {
                 crate::replica::Missed::loaded(loaded.missed.remove(&id).unwrap_or_default());
             volumes.insert(id, Arc::new(v));
         }
-        collect_garbage(&db, &volumes_dir, &volumes, loaded.maps.keys().copied())?;
+        collect_garbage(
+            &db,
+            &mut Orphanage::new(dir),
+            &volumes_dir,
+            &volumes,
+            loaded.maps.keys().copied(),
+        )?;
         let inner = Arc::new(Inner {
             db,
             volumes_dir,
@@ -143,7 +169,15 @@ impl Store {
             inner,
             merger: Some(merger),
             crashed: AtomicBool::new(false),
+            new,
         })
+    }
+
+    /// True when this open made the store: its database recorded nothing before (and no
+    /// volume data was found). A server whose management state places volumes here must not
+    /// take such a store for its old one.
+    pub fn is_new(&self) -> bool {
+        self.new
     }
 
     /// Creates an empty volume of `size` bytes (a positive multiple of 512) whose head is `head`.
@@ -205,8 +239,11 @@ impl Store {
             v.forget_dirty(l.data.fid);
         }
         volumes.remove(&vol);
-        if let Err(e) = std::fs::remove_dir_all(&v.dir) {
-            tracing::warn!(volume = %vol, error = %e, "could not remove the deleted volume's files; they are removed at the next start");
+        let removed = std::fs::remove_dir_all(&v.dir)
+            .map_err(io_err(format!("removing {}", v.dir.display())))
+            .and_then(|()| sync_dir(&self.inner.volumes_dir));
+        if let Err(e) = removed {
+            tracing::warn!(volume = %vol, error = %e, "could not remove the deleted volume's files; the next start moves them aside");
         }
         Ok(())
     }
@@ -227,6 +264,24 @@ impl Store {
         let v = self.inner.volume(vol)?;
         let st = v.stack.read();
         Ok(st.layers.iter().map(|l| l.data.allocated_bytes()).sum())
+    }
+
+    /// Bytes of data each chunk of the volume holds, summed over its layers (snapshots and
+    /// layers still merging included); chunks without data are absent. Unlike
+    /// [`Store::volume_used_bytes`] this counts mapped blocks, not the disk the files use.
+    pub fn chunk_data_bytes(&self, vol: VolumeId) -> Result<BTreeMap<u64, u64>> {
+        let v = self.inner.volume(vol)?;
+        let st = v.stack.read();
+        let mut out = BTreeMap::new();
+        for l in &st.layers {
+            for (chunk, bits) in l.data.maps.read().iter() {
+                let blocks = bits.data.count();
+                if blocks > 0 {
+                    *out.entry(*chunk).or_insert(0) += blocks * BLOCK_SIZE;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Grows a volume to `new_size` bytes; shrinking is refused.
@@ -383,10 +438,13 @@ fn info(v: &Volume) -> Result<VolumeInfo> {
     })
 }
 
-/// Removes what a crash can leave behind: layer files and volume directories no record names
+/// Cleans up what a crash can leave behind: layer files and volume directories no record names
 /// (created before their transaction committed, or dropped after), and rows of unknown files.
+/// What holds nothing (empty files, directories of empty files) is removed; anything else is
+/// moved aside into the [`Orphanage`], never deleted: the records may be what is wrong.
 fn collect_garbage(
     db: &Database,
+    orphanage: &mut Orphanage,
     volumes_dir: &Path,
     volumes: &HashMap<VolumeId, Arc<Volume>>,
     orphan_fids: impl Iterator<Item = u64>,
@@ -401,15 +459,15 @@ fn collect_garbage(
     }
     let entries = std::fs::read_dir(volumes_dir)
         .map_err(io_err(format!("listing {}", volumes_dir.display())))?;
-    for entry in entries.flatten() {
+    for entry in entries {
+        let entry = entry.map_err(io_err(format!("listing {}", volumes_dir.display())))?;
         let name = entry.file_name();
         let known = name
             .to_str()
             .and_then(|n| n.parse::<VolumeId>().ok())
             .and_then(|id| volumes.get(&id));
         let Some(v) = known else {
-            tracing::info!(dir = ?entry.path(), "removing leftover volume directory");
-            let _ = std::fs::remove_dir_all(entry.path());
+            orphanage.clear(&entry.path(), None)?;
             continue;
         };
         let names: HashSet<String> = v
@@ -419,17 +477,94 @@ fn collect_garbage(
             .iter()
             .map(|l| file_name(l.data.fid))
             .collect();
-        for f in std::fs::read_dir(&v.dir).into_iter().flatten().flatten() {
+        let files =
+            std::fs::read_dir(&v.dir).map_err(io_err(format!("listing {}", v.dir.display())))?;
+        for f in files {
+            let f = f.map_err(io_err(format!("listing {}", v.dir.display())))?;
             let n = f.file_name();
             if n.to_str()
                 .is_some_and(|n| n.ends_with(".layer") && !names.contains(n))
             {
-                tracing::info!(file = ?f.path(), "removing leftover layer file");
-                let _ = std::fs::remove_file(f.path());
+                orphanage.clear(&f.path(), Some(&v.id.to_string()))?;
             }
         }
     }
     Ok(())
+}
+
+/// Where the store moves files that no record names: `<store>/orphaned/<unix time>/`, made on
+/// first use, with a leftover layer file of a known volume under its volume's id. An operator
+/// looks at them and deletes them.
+struct Orphanage {
+    root: PathBuf,
+    dir: Option<PathBuf>,
+}
+
+impl Orphanage {
+    fn new(store_dir: &Path) -> Orphanage {
+        Orphanage {
+            root: store_dir.join("orphaned"),
+            dir: None,
+        }
+    }
+
+    /// Gets `path` out of the way: removes it if it holds nothing, else moves it to this
+    /// orphanage (under `sub`), syncing the directories it changed.
+    fn clear(&mut self, path: &Path, sub: Option<&str>) -> Result<()> {
+        let from = path.parent().unwrap_or(Path::new("."));
+        if holds_nothing(path) {
+            tracing::info!(path = ?path, "removing an empty leftover");
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(path)
+            } else {
+                std::fs::remove_file(path)
+            };
+            return removed
+                .map_err(io_err(format!("removing {}", path.display())))
+                .and_then(|()| sync_dir(from));
+        }
+        let dir = match &self.dir {
+            Some(d) => d.clone(),
+            None => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let mut dir = self.root.join(secs.to_string());
+                let mut n = 0;
+                while dir.exists() {
+                    n += 1;
+                    dir = self.root.join(format!("{secs}.{n}"));
+                }
+                self.dir = Some(dir.clone());
+                dir
+            }
+        };
+        let to_dir = sub.map_or_else(|| dir.clone(), |s| dir.join(s));
+        create_dir_synced(&to_dir)?;
+        let to = to_dir.join(path.file_name().unwrap_or_default());
+        std::fs::rename(path, &to).map_err(io_err(format!(
+            "moving {} aside to {}",
+            path.display(),
+            to.display()
+        )))?;
+        sync_dir(&to_dir)?;
+        sync_dir(from)?;
+        tracing::warn!(from = ?path, to = ?to,
+            "moved aside a file no record of the store names; check it and delete it");
+        Ok(())
+    }
+}
+
+/// True for an empty file or a directory of empty files: removing it loses nothing.
+fn holds_nothing(path: &Path) -> bool {
+    let empty_file = |m: std::fs::Metadata| m.is_file() && m.len() == 0;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path).is_ok_and(|mut entries| {
+            entries.all(|e| e.and_then(|e| e.metadata()).is_ok_and(empty_file))
+        }),
+        Ok(m) => empty_file(m),
+        Err(_) => false,
+    }
 }
 
 impl Drop for Store {

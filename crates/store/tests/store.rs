@@ -421,3 +421,150 @@ fn nowait_reads_work(dir: &std::path::Path) -> bool {
     let _ = std::fs::remove_file(&path);
     ok
 }
+
+/// Every file under `dir` (recursively) with its content.
+fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(tree(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_lost_database_is_refused_and_the_data_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, head) = (VolumeId::new_random(), LayerId::new_random());
+    {
+        let s = open(tmp.path());
+        s.create_volume(vol, 8 * MIB, head).unwrap();
+        s.write(vol, 0, &fill(3, 65536), true).unwrap();
+    }
+    let before = tree(&tmp.path().join("volumes"));
+    assert!(!before.is_empty());
+    std::fs::remove_file(tmp.path().join("store.redb")).unwrap();
+    for _ in 0..2 {
+        let err = Store::open(tmp.path(), StoreOptions::default())
+            .err()
+            .expect("a store whose database is lost must not open");
+        assert!(matches!(err, StoreError::LostDatabase { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("store.redb"), "{text}");
+        assert_eq!(tree(&tmp.path().join("volumes")), before);
+    }
+    // An empty (e.g. truncated) database is no better than a missing one.
+    std::fs::write(tmp.path().join("store.redb"), b"").unwrap();
+    let err = Store::open(tmp.path(), StoreOptions::default()).err();
+    assert!(
+        matches!(err, Some(StoreError::LostDatabase { .. })),
+        "{err:?}"
+    );
+    assert_eq!(tree(&tmp.path().join("volumes")), before);
+}
+
+#[test]
+fn a_new_store_says_so_and_an_old_one_does_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(open(tmp.path()).is_new());
+    assert!(!open(tmp.path()).is_new());
+}
+
+#[test]
+fn files_no_record_names_are_moved_aside_not_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (kept, dropped) = (VolumeId::new_random(), VolumeId::new_random());
+    let data = fill(9, 65536);
+    let saved = tmp.path().join("saved");
+    {
+        let s = open(tmp.path());
+        s.create_volume(kept, 8 * MIB, LayerId::new_random())
+            .unwrap();
+        s.create_volume(dropped, 8 * MIB, LayerId::new_random())
+            .unwrap();
+        s.write(kept, 0, &data, true).unwrap();
+        s.write(dropped, 0, &data, true).unwrap();
+        let vdir = tmp.path().join("volumes").join(dropped.to_string());
+        std::fs::create_dir(&saved).unwrap();
+        for e in std::fs::read_dir(&vdir).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, saved.join(p.file_name().unwrap())).unwrap();
+        }
+        s.delete_volume(dropped).unwrap();
+        // The directory of a volume the database does not name, holding data.
+        std::fs::rename(&saved, &vdir).unwrap();
+    }
+    // A layer file with data and an empty one that no layer of `kept` names.
+    let kdir = tmp.path().join("volumes").join(kept.to_string());
+    let real = std::fs::read_dir(&kdir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let stray = kdir.join("00000000000000ff.layer");
+    std::fs::copy(&real, &stray).unwrap();
+    std::fs::write(kdir.join("00000000000000fe.layer"), b"").unwrap();
+    let stray_bytes = std::fs::read(&stray).unwrap();
+
+    let s = open(tmp.path());
+    assert_eq!(read(&s, kept, None, 0, data.len()), data);
+    assert!(!tmp
+        .path()
+        .join("volumes")
+        .join(dropped.to_string())
+        .exists());
+    assert_eq!(layer_files(tmp.path(), kept), 1);
+    let moved = tree(&tmp.path().join("orphaned"));
+    let names: Vec<String> = moved
+        .iter()
+        .map(|(p, _)| {
+            p.strip_prefix(tmp.path().join("orphaned"))
+                .unwrap()
+                .components()
+                .skip(1)
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect();
+    assert_eq!(moved.len(), 2, "{names:?}");
+    assert!(
+        names.contains(&format!("{kept}/00000000000000ff.layer")),
+        "{names:?}"
+    );
+    let (_, dropped_bytes) = moved
+        .iter()
+        .find(|(p, _)| p.parent().unwrap().ends_with(dropped.to_string()))
+        .expect("the dropped volume's layer file moved aside");
+    assert_eq!(&dropped_bytes[..data.len()], &data[..]);
+    let (_, stray_moved) = moved
+        .iter()
+        .find(|(p, _)| p.ends_with("00000000000000ff.layer"))
+        .unwrap();
+    assert_eq!(*stray_moved, stray_bytes);
+}
+
+#[test]
+fn chunk_data_bytes_counts_the_blocks_of_every_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path());
+    let vol = VolumeId::new_random();
+    s.create_volume(vol, 64 * MIB, LayerId::new_random())
+        .unwrap();
+    assert!(s.chunk_data_bytes(vol).unwrap().is_empty());
+    s.write(vol, 0, &fill(1, 8192), false).unwrap();
+    s.write(vol, 4 * MIB + 4096, &fill(2, 4096), false).unwrap();
+    s.snapshot(vol, LayerId::new_random()).unwrap();
+    // Rewriting a block in the new head counts it again: the snapshot keeps the old one.
+    s.write(vol, 0, &fill(3, 4096), false).unwrap();
+    // A partial block is stored whole.
+    s.write(vol, 9 * MIB, &[7; 100], false).unwrap();
+    let got: Vec<(u64, u64)> = s.chunk_data_bytes(vol).unwrap().into_iter().collect();
+    assert_eq!(got, vec![(0, 3 * 4096), (1, 4096), (2, 4096)]);
+}

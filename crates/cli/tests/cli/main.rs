@@ -129,6 +129,13 @@ fn volume_and_snapshot_lifecycle() {
     let v = json(&server, &["volume", "create", "web", "--size", "1GiB"]);
     assert_eq!(v["size"], 1u64 << 30);
     assert_eq!(v["cluster"], "default");
+    // One server: one copy unless told otherwise, as `--help` says.
+    assert_eq!(v["replicas"], 1);
+    let help = server.cli_ok(&["volume", "create", "--help"]);
+    assert!(
+        help.contains("default: 2 when the cluster has at least 2 servers"),
+        "{help}"
+    );
     // Global flags go after the command words too.
     let listed: Value =
         serde_json::from_str(&server.cli_ok(&["volume", "list", "--output", "json"])).unwrap();
@@ -139,6 +146,11 @@ fn volume_and_snapshot_lifecycle() {
     assert_eq!(w.size, 1 << 30);
     let mut w = w;
     assert_eq!(w.write(0, &[1u8; 8192], true).unwrap(), 0);
+    let shown = json(&server, &["volume", "show", "web"]);
+    assert_eq!(shown["used_logical_bytes"], 8192, "{shown}");
+    assert!(shown["used_raw_bytes"].as_u64().unwrap() >= 8192, "{shown}");
+    let table = server.cli_ok(&["volume", "list"]);
+    assert!(table.contains("USED") && table.contains("RAW"), "{table}");
     let s = json(&server, &["snapshot", "create", "web@a"]);
     assert_eq!(s["export"], "web@a");
     assert_eq!(w.write(1 << 20, &[2u8; 4096], true).unwrap(), 0);

@@ -198,9 +198,34 @@ async fn local_volume(
     State(app): State<AppState>,
     Path(id): Path<VolumeId>,
 ) -> Result<Json<LocalVolume>, ApiError> {
-    let used_bytes = app.store.volume_used_bytes(id).unwrap_or(0);
+    // The layout as this server knows it: the chunks it is the first replica of.
+    let layout = app
+        .meta
+        .local_state()
+        .volumes
+        .values()
+        .find(|v| v.id == id)
+        .map(|v| v.servers.clone())
+        .unwrap_or_default();
+    let (store, me) = (app.store.clone(), app.identity.id);
+    let (used_bytes, first_copy_bytes) = tokio::task::spawn_blocking(move || {
+        let used = store.volume_used_bytes(id).unwrap_or(0);
+        let first: u64 = store
+            .chunk_data_bytes(id)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(chunk, _)| {
+                strata_volume::placement::replicas_of(id, *chunk, &layout, 1).first() == Some(&me)
+            })
+            .map(|(_, bytes)| bytes)
+            .sum();
+        (used, first)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(LocalVolume {
         used_bytes,
+        first_copy_bytes,
         missed: missed_summary(&app, id)?,
     }))
 }

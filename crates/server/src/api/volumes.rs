@@ -89,17 +89,22 @@ async fn local_parts(
     join_all(asks).await.into_iter().flatten().collect()
 }
 
-/// `degraded` while a stale server is unreachable; `resyncing N%` while stale servers catch
-/// up; `migrating N%` while chunks are copied to a new layout; else `healthy`.
+/// `degraded` while a server holding chunks (stale or not) does not answer, even with no
+/// client I/O to notice it; `resyncing N%` while stale servers catch up; `migrating N%` while
+/// chunks are copied to a new layout; else `healthy`.
 fn health(v: &VolumeRecord, parts: &HashMap<ServerId, LocalVolume>) -> String {
+    if holders(v)
+        .iter()
+        .chain(&v.stale)
+        .any(|s| !parts.contains_key(s))
+    {
+        return "degraded".into();
+    }
     let (word, copying_to) = match &v.target {
         _ if !v.stale.is_empty() => ("resyncing", &v.stale),
         Some(target) => ("migrating", target),
         None => return "healthy".into(),
     };
-    if v.stale.iter().any(|s| !parts.contains_key(s)) {
-        return "degraded".into();
-    }
     let (mut remaining, mut total) = (0u64, 0u64);
     for part in parts.values() {
         for m in part
@@ -120,8 +125,9 @@ fn health(v: &VolumeRecord, parts: &HashMap<ServerId, LocalVolume>) -> String {
 
 async fn volume_info(app: &AppState, state: &StateView, v: &VolumeRecord) -> VolumeInfo {
     let parts = local_parts(app, state, v).await;
-    let used_bytes =
-        (parts.len() == holders(v).len()).then(|| parts.values().map(|p| p.used_bytes).sum());
+    let all = parts.len() == holders(v).len();
+    let used_raw_bytes = all.then(|| parts.values().map(|p| p.used_bytes).sum());
+    let used_logical_bytes = all.then(|| parts.values().map(|p| p.first_copy_bytes).sum());
     let names = |ids: &[ServerId]| {
         ids.iter()
             .map(|id| {
@@ -149,7 +155,8 @@ async fn volume_info(app: &AppState, state: &StateView, v: &VolumeRecord) -> Vol
         replicas: v.replicas,
         role: "primary".into(),
         status: health(v, &parts),
-        used_bytes,
+        used_logical_bytes,
+        used_raw_bytes,
         servers: names(&v.servers),
         stale_servers: names(&v.stale),
         target_servers: v.target.as_deref().map(names),
@@ -175,7 +182,18 @@ pub async fn create_volume(
     let name = parse_name("volume", &req.name)?;
     check_size(req.size)?;
     let cluster = parse_name("cluster", req.cluster.as_deref().unwrap_or("default"))?;
-    let replicas = req.replicas.unwrap_or(1);
+    // The default is decided here, for the CLI and every other client alike, from this
+    // (leader's) applied state: the state machine checks the count against the cluster again,
+    // and a lost quorum is reported by the write below.
+    let replicas = match req.replicas {
+        Some(r) => r,
+        None => app
+            .meta
+            .local_state()
+            .clusters
+            .get(&cluster)
+            .map_or(1, |c| c.default_replicas()),
+    };
     if !(1..=3).contains(&replicas) {
         return Err(ApiError::bad_request(format!(
             "replicas must be 1, 2 or 3, not {replicas}"

@@ -159,12 +159,8 @@ struct Addrs {
     public_peer: SocketAddr,
 }
 
-async fn start(
-    dir: &std::path::Path,
-    name: &str,
-    addrs: Addrs,
-    join: Option<String>,
-) -> RunningServer {
+/// The configuration of server `name` in `dir` on `addrs`.
+fn config(dir: &std::path::Path, name: &str, addrs: Addrs, join: Option<String>) -> ServerConfig {
     let mut config = ServerConfig::local(dir);
     config.name = Some(strata_types::Name::new(name).expect("name"));
     config.api = addrs.api;
@@ -175,6 +171,16 @@ async fn start(
     config.source_ip = Some(addrs.api.ip());
     config.bootstrap = join.is_none() && !dir.join("meta").exists();
     config.join = join;
+    config
+}
+
+async fn start(
+    dir: &std::path::Path,
+    name: &str,
+    addrs: Addrs,
+    join: Option<String>,
+) -> RunningServer {
+    let config = config(dir, name, addrs, join);
     // A restart may find its old ports, or its databases, still held for a moment by the tasks
     // of the killed server that are finishing.
     let deadline = Instant::now() + WAIT;
@@ -309,6 +315,29 @@ impl Group {
         node.open_proxies(&links).await;
         let running = start(&node.dir, &node.name, node.addrs(), None).await;
         self.nodes[i].running = Some(running);
+    }
+
+    /// Starts server `i` again, which must refuse to start: returns its error once it contains
+    /// `expect` (other errors, such as ports still held by the killed server, are retried).
+    pub async fn restart_refused(&mut self, i: usize, expect: &str) -> String {
+        let node = &self.nodes[i];
+        let config = config(&node.dir, &node.name, node.addrs(), None);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match strata_server::start(config.clone(), CancellationToken::new()).await {
+                Ok(_) => panic!("server {} started; it should have refused", node.name),
+                Err(e) if format!("{e:#}").contains(expect) => return format!("{e:#}"),
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "server {}: {e:#}", node.name);
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+            }
+        }
+    }
+
+    /// The data directory of server `i`.
+    pub fn dir(&self, i: usize) -> &std::path::Path {
+        &self.nodes[i].dir
     }
 
     /// Sends a request to server `i`; returns the status and the JSON body (`null` if none).

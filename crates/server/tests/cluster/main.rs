@@ -13,4 +13,5 @@ mod ordering;
 #[allow(dead_code)]
 #[path = "../../../cli/tests/support/nbd_client.rs"]
 mod nbd_client;
+mod store_loss;
 mod volumes;

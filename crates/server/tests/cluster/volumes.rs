@@ -658,3 +658,49 @@ async fn a_gateway_that_crashes_with_unflushed_writes_to_its_own_copy_gets_them_
     }
     g.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_down_replica_server_shows_degraded_without_io_and_use_counts_each_chunk_once() {
+    let mut g = Group::cluster(3).await;
+    // No replicas asked for: two on a cluster of three servers.
+    let (status, vol) = g
+        .post(0, "/v1/volumes", json!({"name": "idle", "size": 64 * MIB}))
+        .await;
+    assert_eq!(status, 201, "{vol}");
+    assert_eq!(vol["replicas"], 2, "{vol}");
+    let a = g.nbd(0);
+    blocking(move || {
+        let mut c = connect(&a, "idle");
+        for chunk in 0..16u64 {
+            assert_eq!(
+                c.write(chunk * CHUNK, &pattern(chunk, 65536), false)
+                    .unwrap(),
+                0
+            );
+        }
+        assert_eq!(c.flush().unwrap(), 0);
+        c.disconnect();
+    })
+    .await;
+    let shown = g.wait_status(0, "idle", "healthy").await;
+    assert_eq!(shown["used_logical_bytes"], 16 * 65536, "{shown}");
+    let raw = shown["used_raw_bytes"].as_u64().unwrap();
+    assert!(
+        (2 * 16 * 65536..=2 * 16 * 65536 + 2 * 16 * 4096 * 4).contains(&raw),
+        "two copies: {shown}"
+    );
+    // No client I/O notices s3 go down; `volume show` must.
+    g.kill(2).await;
+    let killed = std::time::Instant::now();
+    let shown = g.wait_status(0, "idle", "degraded").await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "degraded after {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(shown["stale_servers"], json!([]), "{shown}");
+    assert!(shown.get("used_raw_bytes").is_none(), "unknown: {shown}");
+    g.restart(2).await;
+    g.wait_status(0, "idle", "healthy").await;
+    g.stop().await;
+}
