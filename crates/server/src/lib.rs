@@ -85,6 +85,26 @@ impl RunningServer {
     }
 }
 
+/// After an unclean stop (a crash or power loss), this server's copies may lack writes it
+/// acknowledged after its last flush, which the other replicas have (they record such chunks as
+/// missed by it when its connections drop: `strata_volume`'s `incoming`). Before serving
+/// clients, it has itself marked stale for every volume it holds a copy of, so that nothing is
+/// read from its copies until resync has brought them back. A refusal (it is the only in-sync
+/// copy of some chunk) leaves that volume as it is.
+async fn distrust_own_copies(
+    engine: &strata_volume::Engine,
+    meta: &Meta,
+    me: strata_types::ServerId,
+) {
+    let state = meta.local_state();
+    for v in state.volumes.values().filter(|v| v.servers.contains(&me)) {
+        tracing::warn!(volume = %v.name, "the store was not closed cleanly; marking this server's copy stale until it is resynced");
+        if let Err(e) = engine.mark_stale(v.id, me).await {
+            tracing::warn!(volume = %v.name, error = %e, "could not mark this server's copy stale after an unclean stop");
+        }
+    }
+}
+
 /// Starts a server and returns once it serves.
 pub async fn start(
     config: ServerConfig,
@@ -243,6 +263,9 @@ pub async fn start(
         engine.clone(),
         shutdown.child_token(),
     ));
+    if store.was_unclean() {
+        distrust_own_copies(&engine, &meta, identity.id).await;
+    }
     let exports = Arc::new(exports::Exports::new(meta.clone(), engine));
     let nbd_shutdown = shutdown.child_token();
     tasks.spawn(async move {

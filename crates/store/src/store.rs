@@ -27,6 +27,11 @@ pub struct Store {
     crashed: AtomicBool,
     /// See [`Store::is_new`].
     new: bool,
+    /// See [`Store::was_unclean`].
+    unclean: bool,
+    /// Written by the last handle's drop once everything is flushed: the next open finds the
+    /// store closed cleanly.
+    clean_marker: PathBuf,
 }
 
 /// State shared with the merger thread.
@@ -100,6 +105,13 @@ impl Store {
         if new && has_data {
             return Err(lost());
         }
+        let clean_marker = dir.join("closed-cleanly");
+        let unclean = !new && !clean_marker.exists();
+        match std::fs::remove_file(&clean_marker) {
+            Ok(()) => sync_dir(dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("removing {}", clean_marker.display()))(e)),
+        }
         let mut loaded = meta::load(&db)?;
         let mut volumes = HashMap::new();
         let mut max_fid = 0;
@@ -170,7 +182,16 @@ impl Store {
             merger: Some(merger),
             crashed: AtomicBool::new(false),
             new,
+            unclean,
+            clean_marker,
         })
+    }
+
+    /// True when the store was not closed cleanly before this open (the process died, or the
+    /// machine lost power): writes acknowledged after the last flush may be lost, so its copies
+    /// may be older than those of other replicas.
+    pub fn was_unclean(&self) -> bool {
+        self.unclean
     }
 
     /// True when this open made the store: its database recorded nothing before (and no
@@ -577,13 +598,28 @@ impl Drop for Store {
             return;
         }
         let vols: Vec<_> = self.inner.volumes.read().values().cloned().collect();
+        let mut clean = true;
         for v in vols {
             let st = v.stack.read();
             if st.gone || v.is_failed() {
+                clean &= st.gone;
                 continue;
             }
             if let Err(e) = v.flush_with(&self.inner.db, &st, |_| Ok(())) {
                 tracing::error!(volume = %v.id, error = %e, "final flush failed");
+                clean = false;
+            }
+        }
+        if clean {
+            let marked = std::fs::File::create(&self.clean_marker)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(format!("writing {}", self.clean_marker.display())))
+                .and_then(|()| match self.clean_marker.parent() {
+                    Some(dir) => sync_dir(dir),
+                    None => Ok(()),
+                });
+            if let Err(e) = marked {
+                tracing::warn!(error = %e, "could not record a clean close; the next start treats it as a crash");
             }
         }
     }

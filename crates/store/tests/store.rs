@@ -568,3 +568,26 @@ fn chunk_data_bytes_counts_the_blocks_of_every_layer() {
     let got: Vec<(u64, u64)> = s.chunk_data_bytes(vol).unwrap().into_iter().collect();
     assert_eq!(got, vec![(0, 3 * 4096), (1, 4096), (2, 4096)]);
 }
+
+#[test]
+fn an_unclean_close_is_noticed_at_the_next_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, head) = (VolumeId::new_random(), LayerId::new_random());
+    {
+        let s = open(tmp.path());
+        assert!(!s.was_unclean(), "a new store");
+        s.create_volume(vol, 8 * MIB, head).unwrap();
+        s.write(vol, 0, &fill(1, 4096), false).unwrap();
+    }
+    let s = open(tmp.path());
+    assert!(!s.was_unclean(), "closed cleanly");
+    s.write(vol, 0, &fill(2, 4096), false).unwrap();
+    s.crash_in_place();
+    drop(s);
+    let s = open(tmp.path());
+    assert!(s.was_unclean(), "crashed");
+    // Opening again without closing (the process died again) is still unclean.
+    s.crash_in_place();
+    drop(s);
+    assert!(open(tmp.path()).was_unclean());
+}
