@@ -55,6 +55,7 @@ pub fn apply_command(state: &mut StateView, cmd: Command) -> Result<CommandOutpu
                 target: None,
                 seeded: Vec::new(),
                 stale: Vec::new(),
+                epoch: 0,
                 layers: vec![head],
                 snapshots: Vec::new(),
                 created_unix_ms: now_ms,
@@ -86,7 +87,10 @@ pub fn apply_command(state: &mut StateView, cmd: Command) -> Result<CommandOutpu
         } => mark_stale(state, volume, server, reporter),
         Command::MarkReplicaInSync { volume, server } => {
             let vol = volume_by_id_mut(state, volume)?;
-            vol.stale.retain(|s| *s != server);
+            if vol.stale.contains(&server) {
+                vol.stale.retain(|s| *s != server);
+                vol.rerouted();
+            }
             Ok(CommandOutput::Volume(vol.clone()))
         }
         Command::MigrationSeeded {
@@ -129,6 +133,7 @@ fn finish_migration(
     vol.target = None;
     vol.seeded.clear();
     vol.stale.retain(|s| target.contains(s));
+    vol.rerouted();
     let out = vol.clone();
     servers::drop_departed(state);
     Ok(CommandOutput::Volume(out))
@@ -201,6 +206,7 @@ fn mark_stale(
         });
     }
     vol.stale.push(server);
+    vol.rerouted();
     Ok(CommandOutput::Volume(vol.clone()))
 }
 

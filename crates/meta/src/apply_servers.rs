@@ -170,6 +170,7 @@ pub(crate) fn remove_cluster_server(
         if let Some(v) = state.volumes.get_mut(&name) {
             v.target = Some(to);
             v.seeded.clear();
+            v.rerouted();
         }
     }
     if let Some(rec) = state.clusters.get_mut(&cluster) {

@@ -110,6 +110,13 @@ pub struct VolumeRecord {
     /// from them nor count them as holding current data until a resync marks them in sync.
     #[serde(default)]
     pub stale: Vec<ServerId>,
+    /// The volume's *routing epoch*: raised by every change of who its chunks' replicas are or
+    /// which of them are current (its layout, a migration's target, its stale servers). A write
+    /// carries the epoch its gateway routed it by, and a replica that has seen a later one
+    /// refuses it, so overlapping writes routed by different primaries cannot land in different
+    /// orders (see the volume engine's `order` module).
+    #[serde(default)]
+    pub epoch: u64,
     /// The layer stack, bottom to top; the last is the writable head.
     pub layers: Vec<LayerId>,
     /// Snapshots in stack order (oldest first).
@@ -119,6 +126,11 @@ pub struct VolumeRecord {
 }
 
 impl VolumeRecord {
+    /// Records that the volume's routing changed (see [`VolumeRecord::epoch`]).
+    pub fn rerouted(&mut self) {
+        self.epoch += 1;
+    }
+
     /// The writable top layer, if the stack is not empty (it never is for a valid record).
     pub fn head(&self) -> Option<LayerId> {
         self.layers.last().copied()

@@ -45,6 +45,8 @@ pub struct Engine {
     pub resync: crate::resync::Tracker,
     /// The blocks held by writes for which this server is the chunk's primary.
     pub(crate) ranges: crate::order::RangeLocks,
+    /// The routing epochs of the writes this server admitted, per volume.
+    pub(crate) epochs: crate::order::EpochFences,
     /// Writes other servers' gateways made here and have not flushed.
     pub(crate) incoming: crate::incoming::Incoming,
     /// Names this run of the server (see [`Engine::run`]).
@@ -121,6 +123,7 @@ impl Engine {
             down: Mutex::new(HashMap::new()),
             resync: crate::resync::Tracker::default(),
             ranges: crate::order::RangeLocks::default(),
+            epochs: crate::order::EpochFences::default(),
             incoming: crate::incoming::Incoming::default(),
             run: new_run_id(),
             tokens: std::sync::atomic::AtomicU64::new(0),
@@ -195,6 +198,7 @@ impl Engine {
     /// Takes in a newly applied management state.
     pub fn update(&self, state: &strata_meta::StateView) {
         let topology = Arc::new(Topology::of(state));
+        self.epochs.retain(|v| topology.volumes.contains_key(v));
         *self.topology.write() = topology;
         self.version.send_modify(|v| *v += 1);
     }

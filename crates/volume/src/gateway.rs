@@ -28,7 +28,7 @@ use tokio::sync::RwLock as AsyncRwLock;
 
 use crate::engine::Engine;
 use crate::metrics::{DeviceMetrics, Op};
-use crate::order::Holder;
+use crate::order::{Holder, Order};
 use crate::replica::{self, ReplicaError};
 use crate::view::VolumeView;
 
@@ -87,11 +87,13 @@ enum Change {
 /// What the current replicas answered to one attempt of a change.
 #[derive(Default)]
 struct Outcome {
-    acked: usize,
+    /// Replicas that took the change.
+    acked: Vec<ServerId>,
     /// Replicas whose storage or connection failed: to be marked stale.
     failed: Vec<ServerId>,
-    /// A replica was not ready for the head layer (or the blocks were held): try again.
-    retry: bool,
+    /// Replicas not ready for the head layer or the routing epoch, or whose blocks were held:
+    /// try again.
+    refused: Vec<ServerId>,
     /// This server's copy took the change.
     written_here: bool,
 }
@@ -107,10 +109,10 @@ impl Outcome {
     ) -> Result<(), IoError> {
         match res {
             Ok(()) => {
-                self.acked += 1;
+                self.acked.push(server);
                 self.written_here |= server == me;
             }
-            Err(ReplicaError::Fenced(_) | ReplicaError::NotReady(_)) => self.retry = true,
+            Err(ReplicaError::Fenced(_) | ReplicaError::NotReady(_)) => self.refused.push(server),
             Err(ReplicaError::Io(e)) => {
                 tracing::warn!(volume = %view.name, %server, error = %e, "replica write failed");
                 self.failed.push(server);
@@ -314,8 +316,9 @@ impl GatewayDevice {
         }
     }
 
-    /// Applies `change` at `offset` (within one chunk) on replica `server`; with `hold`, as the
-    /// chunk's primary, which holds the blocks under that token (see [`crate::order`]).
+    /// Applies `change` at `offset` (within one chunk) on replica `server`, routed by `epoch`;
+    /// with `hold`, as the chunk's primary, which holds the blocks under that token (see
+    /// [`crate::order`]).
     #[allow(clippy::too_many_arguments)]
     async fn send_change(
         &self,
@@ -325,17 +328,21 @@ impl GatewayDevice {
         change: Change,
         fua: bool,
         missed: Vec<ServerId>,
+        epoch: u64,
         hold: Option<u64>,
     ) -> Result<(), ReplicaError> {
         let e = &self.engine;
         if server == e.me() {
-            let holder = hold.map(|token| Holder { token, conn: None });
+            let order = Order {
+                epoch,
+                holder: hold.map(|token| Holder { token, conn: None }),
+            };
             return match change {
                 Change::Write(data) => {
-                    replica::write(e, self.volume, layer, offset, data, fua, missed, holder).await
+                    replica::write(e, self.volume, layer, offset, data, fua, missed, order).await
                 }
                 Change::Zero(len) => {
-                    replica::trim(e, self.volume, layer, offset, len, missed, holder).await?;
+                    replica::trim(e, self.volume, layer, offset, len, missed, order).await?;
                     if fua {
                         replica::flush(e, self.volume).await?;
                     }
@@ -353,6 +360,7 @@ impl GatewayDevice {
                 fua,
                 missed,
                 hold,
+                epoch,
             },
             Change::Zero(len) => Request::Trim {
                 volume,
@@ -361,6 +369,7 @@ impl GatewayDevice {
                 len,
                 missed,
                 hold,
+                epoch,
             },
         };
         let zero_fua = fua && matches!(req, Request::Trim { .. });
@@ -460,6 +469,7 @@ impl GatewayDevice {
                         Change::Write(Bytes::new()),
                         true,
                         vec![server],
+                        view.epoch,
                         None,
                     ));
                 }
@@ -516,9 +526,10 @@ impl GatewayDevice {
         offset: u64,
         change: Change,
         fua: bool,
+        epoch: u64,
     ) -> Result<(), IoError> {
         let Err(e) = self
-            .send_change(server, head, offset, change, fua, Vec::new(), None)
+            .send_change(server, head, offset, change, fua, Vec::new(), epoch, None)
             .await
         else {
             return Ok(());
@@ -530,7 +541,7 @@ impl GatewayDevice {
         }
         let marks = current.iter().map(|r| {
             let mark = Change::Write(Bytes::new());
-            self.send_change(*r, head, offset, mark, false, vec![server], None)
+            self.send_change(*r, head, offset, mark, false, vec![server], epoch, None)
         });
         for r in join_all(marks).await {
             r.map_err(|e| {
@@ -538,6 +549,40 @@ impl GatewayDevice {
                     "could not record that server {server} missed a write: {e}"
                 ))
             })?;
+        }
+        Ok(())
+    }
+
+    /// The current replicas `missed` kept refusing a change of the chunk at `offset` that the
+    /// replicas `took` applied: marks them stale and has those that took it record them as
+    /// missing it, so the copies become the same again by resync.
+    async fn missed_by(
+        &self,
+        missed: &[ServerId],
+        took: &[ServerId],
+        head: LayerId,
+        offset: u64,
+        epoch: u64,
+    ) -> Result<(), IoError> {
+        if took.is_empty() {
+            return Ok(());
+        }
+        for server in missed {
+            if let Err(e) = self.engine.mark_stale(self.volume, *server).await {
+                if took.contains(&self.engine.me()) {
+                    self.mark_self(head, offset / CHUNK_SIZE).await;
+                }
+                return Err(IoError::Io(format!(
+                    "server {server} did not take a write and could not be marked stale: {e}"
+                )));
+            }
+        }
+        let marks = took.iter().map(|r| {
+            let mark = Change::Write(Bytes::new());
+            self.send_change(*r, head, offset, mark, false, missed.to_vec(), epoch, None)
+        });
+        for r in join_all(marks).await {
+            r.map_err(|e| IoError::Io(format!("could not record a missed write: {e}")))?;
         }
         Ok(())
     }
@@ -585,13 +630,15 @@ impl GatewayDevice {
                     change.clone(),
                     fua,
                     down.clone(),
+                    view.epoch,
                     hold,
                 )
                 .await;
             outcome.add(&view, primary, first, self.engine.me())?;
-            if outcome.acked == 1 {
+            if outcome.acked.len() == 1 {
                 let sends = others.iter().map(|r| {
-                    self.send_change(*r, head, offset, change.clone(), fua, down.clone(), None)
+                    let (change, down) = (change.clone(), down.clone());
+                    self.send_change(*r, head, offset, change, fua, down, view.epoch, None)
                 });
                 for (r, res) in others.iter().zip(join_all(sends).await) {
                     outcome.add(&view, *r, res, self.engine.me())?;
@@ -608,8 +655,11 @@ impl GatewayDevice {
                 }
                 continue; // again, now with the failed replicas recorded as missing it
             }
-            if outcome.retry {
+            if !outcome.refused.is_empty() {
                 if Instant::now() > deadline {
+                    // Those that took it now differ from those that did not.
+                    self.missed_by(&outcome.refused, &outcome.acked, head, offset, view.epoch)
+                        .await?;
                     return Err(IoError::Io(format!(
                         "the replicas of chunk {chunk} did not accept head layer {head} within {RETRY_WINDOW:?}"
                     )));
@@ -618,7 +668,7 @@ impl GatewayDevice {
                 continue;
             }
             for s in late {
-                self.write_lagging(s, &current, head, offset, change.clone(), fua)
+                self.write_lagging(s, &current, head, offset, change.clone(), fua, view.epoch)
                     .await?;
             }
             return Ok(());

@@ -12,7 +12,11 @@
 //! this server records those chunks as missed by the peer and by every other current replica
 //! of them that does not answer either (durably), and marks those stale, so resync copies
 //! this server's version to them. (A replica that died with the gateway and is back before
-//! this ping is not caught: issue 10, item 3.)
+//! this ping is not caught: issue 10, item 3.) And the replicas that answer may differ too: the
+//! gateway may have died after a write reached some of them and before it reached the others.
+//! So of the current replicas that answer, the first in placement order keeps its version and
+//! every other one records the chunk as missed by itself, to have it copied back from an
+//! in-sync replica (an *own* mark, see [`crate::resync`]).
 //! A replica that cannot be marked (the management group refuses: it is the only other
 //! in-sync copy of some chunk) has its marks cleared again, as a current replica must not be
 //! copied to. A peer that is alive with the same run is left alone: its gateway keeps its own
@@ -143,7 +147,8 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
         // died with it; one that answers has its other gateways watching it).
         let mut suspects: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>> =
             HashMap::new();
-        let mut answers: HashMap<ServerId, bool> = HashMap::from([(peer, false)]);
+        let mut answers: HashMap<ServerId, bool> = HashMap::from([(peer, false), (me, true)]);
+        let mut own: HashMap<VolumeId, Vec<(LayerId, u64)>> = HashMap::new();
         for (volume, layer, chunk) in chunks {
             let Some(view) = engine.view(volume) else {
                 continue;
@@ -151,8 +156,10 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
             if !view.current(me, chunk) {
                 continue;
             }
+            // The first current replica that answers keeps its version.
+            let mut keeper = None;
             for r in view.replicas_of(chunk) {
-                if r == me || !view.current(r, chunk) {
+                if !view.current(r, chunk) {
                     continue;
                 }
                 let alive = match answers.get(&r) {
@@ -163,10 +170,32 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
                         a
                     }
                 };
-                if !alive {
+                if alive {
+                    keeper.get_or_insert(r);
+                } else {
                     let per = suspects.entry(volume).or_default();
                     per.entry(r).or_default().push((layer, chunk));
                 }
+            }
+            if keeper != Some(me) {
+                own.entry(volume).or_default().push((layer, chunk));
+            }
+        }
+        for (volume, chunks) in own {
+            let store = engine.store().clone();
+            let n = chunks.len();
+            let recorded = tokio::task::spawn_blocking(move || {
+                for (layer, chunk) in &chunks {
+                    store.record_missed(volume, *layer, *chunk, me)?;
+                }
+                store.flush(volume)
+            })
+            .await;
+            if matches!(recorded, Ok(Ok(()))) {
+                tracing::warn!(%volume, gateway = %peer, chunks = n,
+                    "a gateway died with unflushed writes; this copy of them is copied back from another replica");
+            } else {
+                tracing::error!(%volume, "could not record that this copy may differ from another replica; run `strata volume verify --repair`");
             }
         }
         for (volume, servers) in suspects {

@@ -14,12 +14,25 @@
 //! (a wire `Release`, or directly when the gateway is the primary), when the connection that
 //! took it closes (the gateway died or its link did), or, as a last resort against a gateway
 //! that hangs, after [`HOLD_LEASE`].
+//!
+//! All gateways agree on a chunk's primary only while they route by the same view of which
+//! replicas are current. When that changes (a replica goes stale, comes back in sync, a
+//! migration starts or ends) the management group raises the volume's *routing epoch*, and
+//! every write carries the epoch its gateway routed it by. A replica admits writes of one
+//! volume in epochs that never go down ([`EpochFences`]): once it applied a write of epoch
+//! `e`, it refuses (`NotReady`) any of an earlier one, and the gateway routes that write again
+//! under the new view, to every replica. It admits only epochs its own copy of the management
+//! state has reached (a later one is `NotReady` until it has), so no peer can make it refuse
+//! every write by naming an epoch that was never committed. So two overlapping writes routed by different
+//! primaries land in epoch order on every replica that takes both, and a write refused
+//! somewhere is applied again after the other everywhere: the replicas end up the same.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_types::{VolumeId, BLOCK_SIZE};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedRwLockReadGuard, RwLock};
 
 /// How long a hold lasts if its gateway neither releases it nor closes its connection.
 pub const HOLD_LEASE: Duration = Duration::from_secs(60);
@@ -37,6 +50,66 @@ pub struct Holder {
     pub token: u64,
     /// The connection the hold came over, released with it when it closes.
     pub conn: Option<u64>,
+}
+
+/// How a gateway ordered one change of one chunk, as a replica receives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Order {
+    /// The volume's routing epoch the gateway chose the replicas by.
+    pub epoch: u64,
+    /// At the chunk's primary: the hold to take for the change.
+    pub holder: Option<Holder>,
+}
+
+/// The latest routing epoch of each volume whose writes this server admitted (see the module
+/// documentation).
+#[derive(Default)]
+pub struct EpochFences {
+    fences: Mutex<HashMap<VolumeId, Arc<RwLock<u64>>>>,
+}
+
+impl EpochFences {
+    /// Admits a change of `volume` routed by `epoch`, where `known` is the volume's epoch in
+    /// this server's management state; refused (with why) if `epoch` is older than one this
+    /// server admitted or knows, or newer than it knows. Otherwise returns a guard to hold while
+    /// the change is applied, which keeps a change of a later epoch waiting until this one is
+    /// in.
+    pub async fn admit(
+        &self,
+        volume: VolumeId,
+        epoch: u64,
+        known: u64,
+    ) -> Result<OwnedRwLockReadGuard<u64>, String> {
+        if epoch > known {
+            return Err(format!(
+                "routing epoch {epoch} of volume {volume} is not known here yet (at {known})"
+            ));
+        }
+        let stale =
+            |latest: u64| format!("volume {volume} is routed by epoch {latest} now, not {epoch}");
+        let fence = self.fences.lock().entry(volume).or_default().clone();
+        let admitted = fence.clone().read_owned().await;
+        let latest = (*admitted).max(known);
+        if epoch < latest {
+            return Err(stale(latest));
+        }
+        if epoch == *admitted {
+            return Ok(admitted);
+        }
+        drop(admitted);
+        // A later epoch: it is admitted once the changes of earlier ones in progress are in.
+        let mut raised = fence.write_owned().await;
+        if epoch < *raised {
+            return Err(stale(*raised));
+        }
+        *raised = epoch;
+        Ok(raised.downgrade())
+    }
+
+    /// Forgets the volumes `keep` rejects (they were deleted).
+    pub fn retain(&self, keep: impl Fn(&VolumeId) -> bool) {
+        self.fences.lock().retain(|v, _| keep(v));
+    }
 }
 
 /// One held block range of a chunk.
@@ -162,6 +235,35 @@ mod tests {
         assert!(!waiter.is_finished(), "still overlaps the hold of 2");
         locks.release(v, 0, 2);
         assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn epochs_are_admitted_in_an_order_that_never_goes_down() {
+        let fences = Arc::new(EpochFences::default());
+        let v = VolumeId::new_random();
+        assert!(fences.admit(v, 3, 2).await.is_err(), "not committed here");
+        let first = fences.admit(v, 3, 3).await.expect("a first epoch");
+        assert!(fences.admit(v, 2, 3).await.is_err(), "an earlier epoch");
+        assert!(fences.admit(v, 3, 5).await.is_err(), "known to be old");
+        let same = fences
+            .admit(v, 3, 3)
+            .await
+            .expect("the same epoch, at once");
+        // A later epoch waits for the changes of the earlier one in progress.
+        let later = {
+            let fences = fences.clone();
+            tokio::spawn(async move { fences.admit(v, 4, 4).await.map(|g| *g) })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !later.is_finished(),
+            "changes of epoch 3 are still in progress"
+        );
+        drop((first, same));
+        assert_eq!(later.await.unwrap(), Ok(4));
+        assert!(fences.admit(v, 3, 3).await.is_err(), "epoch 4 was admitted");
+        let other = VolumeId::new_random();
+        assert!(fences.admit(other, 0, 0).await.is_ok(), "volumes are apart");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use strata_types::{LayerId, ServerId, VolumeId, CHUNK_SIZE};
 use strata_wire::{ChunkMaps, ErrorCode, Handler, Request, Response, Run};
 
 use crate::engine::Engine;
-use crate::order::Holder;
+use crate::order::{Holder, Order};
 
 /// Why a replica refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,27 +125,32 @@ fn record_missed(
     Ok(!missed.is_empty())
 }
 
-/// As the chunk's primary, holds the blocks of `[offset, offset+len)` for `holder` (see
-/// [`crate::order`]): waits for overlapping writes of other gateways to be released, and
-/// answers `NotReady` (the gateway retries) if that takes too long.
-async fn hold(
+/// Admits a change of `[offset, offset+len)` ordered by `order` (see [`crate::order`]): as the
+/// chunk's primary, first holds the blocks, waiting for overlapping writes of other gateways to
+/// be released; then checks the routing epoch. Answers `NotReady` (the gateway retries) if the
+/// blocks stay held too long or the gateway routed by an old epoch; otherwise returns the
+/// guard to hold while the change is applied.
+async fn admit(
     engine: &Engine,
     volume: VolumeId,
     offset: u64,
     len: u64,
-    holder: Option<Holder>,
-) -> Result<(), ReplicaError> {
-    let Some(holder) = holder else {
-        return Ok(());
-    };
+    order: Order,
+) -> Result<tokio::sync::OwnedRwLockReadGuard<u64>, ReplicaError> {
     let chunk = offset / CHUNK_SIZE;
-    if engine.ranges.hold(volume, chunk, offset, len, holder).await {
-        Ok(())
-    } else {
-        Err(ReplicaError::NotReady(format!(
-            "chunk {chunk} of volume {volume}: the blocks are held by an overlapping write"
-        )))
+    if let Some(holder) = order.holder {
+        if !engine.ranges.hold(volume, chunk, offset, len, holder).await {
+            return Err(ReplicaError::NotReady(format!(
+                "chunk {chunk} of volume {volume}: the blocks are held by an overlapping write"
+            )));
+        }
     }
+    let known = engine.view(volume).map_or(0, |v| v.epoch);
+    engine
+        .epochs
+        .admit(volume, order.epoch, known)
+        .await
+        .map_err(ReplicaError::NotReady)
 }
 
 /// While some replica of `volume` lags (a stale one, or a migration), the lock of the chunk at
@@ -167,8 +172,8 @@ async fn copy_lock(
 }
 
 /// Writes `data` at `offset` into `layer` (the head) of this server's copy, then records the
-/// `missed` replicas; with `holder`, first holds the blocks (see [`crate::order`]). A write with
-/// no data only records the marks, for any live layer.
+/// `missed` replicas; admitted by `order` first (see [`crate::order`]). A write with no data
+/// only records the marks, for any live layer.
 #[allow(clippy::too_many_arguments)]
 pub async fn write(
     engine: &Arc<Engine>,
@@ -178,13 +183,16 @@ pub async fn write(
     data: Bytes,
     fua: bool,
     missed: Vec<ServerId>,
-    holder: Option<Holder>,
+    order: Order,
 ) -> Result<(), ReplicaError> {
     let marks_only = data.is_empty();
-    if !marks_only {
-        hold(engine, volume, offset, data.len() as u64, holder).await?;
+    let _admitted = if marks_only {
+        None
+    } else {
+        let admitted = admit(engine, volume, offset, data.len() as u64, order).await?;
         check_head(engine, volume, layer)?;
-    }
+        Some(admitted)
+    };
     let _copy = copy_lock(engine, volume, offset).await;
     let engine = engine.clone();
     blocking(move || {
@@ -204,7 +212,7 @@ pub async fn write(
 }
 
 /// Zeroes `len` bytes at `offset` of `layer` (the head), then records the `missed` replicas;
-/// with `holder`, first holds the blocks (see [`crate::order`]).
+/// admitted by `order` first (see [`crate::order`]).
 pub async fn trim(
     engine: &Arc<Engine>,
     volume: VolumeId,
@@ -212,9 +220,9 @@ pub async fn trim(
     offset: u64,
     len: u64,
     missed: Vec<ServerId>,
-    holder: Option<Holder>,
+    order: Order,
 ) -> Result<(), ReplicaError> {
-    hold(engine, volume, offset, len, holder).await?;
+    let _admitted = admit(engine, volume, offset, len, order).await?;
     check_head(engine, volume, layer)?;
     let _copy = copy_lock(engine, volume, offset).await;
     let engine = engine.clone();
@@ -356,11 +364,12 @@ fn answer(r: Result<(), ReplicaError>) -> Response {
 impl Handler for ReplicaHandler {
     async fn handle(&self, peer: ServerId, conn: u64, req: Request) -> Response {
         let e = &self.engine;
-        let holder = |hold: Option<u64>| {
-            hold.map(|token| Holder {
+        let order = |hold: Option<u64>, epoch: u64| Order {
+            epoch,
+            holder: hold.map(|token| Holder {
                 token,
                 conn: Some(conn),
-            })
+            }),
         };
         match req {
             Request::Write {
@@ -371,9 +380,11 @@ impl Handler for ReplicaHandler {
                 fua,
                 missed,
                 hold,
+                epoch,
             } => {
                 let tracked = !data.is_empty() && !fua && peer != e.me();
-                let done = write(e, volume, layer, offset, data, fua, missed, holder(hold)).await;
+                let order = order(hold, epoch);
+                let done = write(e, volume, layer, offset, data, fua, missed, order).await;
                 if tracked && done.is_ok() && e.incoming.wrote(conn, peer, volume, layer, offset) {
                     crate::incoming::learn_run(e, conn, peer);
                 }
@@ -386,8 +397,9 @@ impl Handler for ReplicaHandler {
                 len,
                 missed,
                 hold,
+                epoch,
             } => {
-                let done = trim(e, volume, layer, offset, len, missed, holder(hold)).await;
+                let done = trim(e, volume, layer, offset, len, missed, order(hold, epoch)).await;
                 if done.is_ok()
                     && peer != e.me()
                     && e.incoming.wrote(conn, peer, volume, layer, offset)

@@ -249,6 +249,7 @@ async fn repair_own(
                 fua: false,
                 missed: vec![me],
                 hold: None,
+                epoch: view.epoch,
             };
             engine
                 .ask(source, record, COPY_TIMEOUT)

@@ -38,6 +38,8 @@ pub struct VolumeView {
     pub seeders: Vec<ServerId>,
     /// Servers of the layout that missed writes and are not repaired yet.
     pub stale: Vec<ServerId>,
+    /// The routing epoch: raised by every change of the replicas or of which are current.
+    pub epoch: u64,
     /// The servers of its cluster: every one of them may act as its gateway.
     pub cluster: Vec<ServerId>,
 }
@@ -56,6 +58,7 @@ impl VolumeView {
             seeded: v.seeded.clone(),
             seeders: v.seeders(),
             stale: v.stale.clone(),
+            epoch: v.epoch,
             cluster: state
                 .clusters
                 .get(&v.cluster)

@@ -27,6 +27,7 @@ fn write_req() -> Request {
         fua: true,
         missed: vec![ServerId::from_bytes([3; 16])],
         hold: None,
+        epoch: 0,
     }
 }
 
@@ -240,17 +241,21 @@ fn arb_request() -> impl Strategy<Value = Request> {
             arb_data(),
             any::<bool>(),
             arb_missed(),
-            prop::option::of(1..=u64::MAX)
+            prop::option::of(1..=u64::MAX),
+            any::<u64>()
         )
-            .prop_map(|(v, l, offset, data, fua, missed, hold)| Request::Write {
-                volume: VolumeId::from_bytes(v),
-                layer: LayerId::from_bytes(l),
-                offset,
-                data,
-                fua,
-                missed,
-                hold,
-            }),
+            .prop_map(
+                |(v, l, offset, data, fua, missed, hold, epoch)| Request::Write {
+                    volume: VolumeId::from_bytes(v),
+                    layer: LayerId::from_bytes(l),
+                    offset,
+                    data,
+                    fua,
+                    missed,
+                    hold,
+                    epoch,
+                }
+            ),
         (
             arb_id(),
             prop::option::of(arb_id()),
@@ -272,15 +277,17 @@ fn arb_request() -> impl Strategy<Value = Request> {
             any::<u64>(),
             any::<u64>(),
             arb_missed(),
-            prop::option::of(1..=u64::MAX)
+            prop::option::of(1..=u64::MAX),
+            any::<u64>()
         )
-            .prop_map(|(v, l, offset, len, missed, hold)| Request::Trim {
+            .prop_map(|(v, l, offset, len, missed, hold, epoch)| Request::Trim {
                 volume: VolumeId::from_bytes(v),
                 layer: LayerId::from_bytes(l),
                 offset,
                 len,
                 missed,
                 hold,
+                epoch,
             }),
         (arb_id(), any::<u64>(), 1..=u64::MAX).prop_map(|(v, chunk, token)| Request::Release {
             volume: VolumeId::from_bytes(v),
@@ -429,6 +436,7 @@ fn bad_chunk_maps_are_refused() {
         len: 1,
         missed: vec![ServerId::from_bytes([3; 16]); 4],
         hold: None,
+        epoch: 0,
     }
     .put_payload(&mut four);
     assert!(Request::decode(0x0004, four.freeze()).is_err());

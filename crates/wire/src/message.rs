@@ -7,10 +7,10 @@
 //!
 //! ```text
 //! type   message  payload
-//! 0x0001 Write    volume 16 | layer 16 | offset u64 | flags u8 (bit 0 = FUA) | hold u64 | missed | data ..
+//! 0x0001 Write    volume 16 | layer 16 | offset u64 | flags u8 (bit 0 = FUA) | hold u64 | epoch u64 | missed | data ..
 //! 0x0002 Read     volume 16 | has_layer u8 | layer 16 (zero if none) | offset u64 | len u32
 //! 0x0003 Flush    volume 16
-//! 0x0004 Trim     volume 16 | layer 16 | offset u64 | len u64 | hold u64 | missed
+//! 0x0004 Trim     volume 16 | layer 16 | offset u64 | len u64 | hold u64 | epoch u64 | missed
 //! 0x0005 Ping     (empty)
 //! 0x0006 GetChunk volume 16 | layer 16 | chunk u64
 //! 0x0007 PutChunk volume 16 | layer 16 | chunk u64 | durable u8 | maps | blocks ..
@@ -32,6 +32,7 @@
 //! Version 2 added `missed`, GetChunk, PutChunk, Digest, Chunk, Digest and `NotReady`.
 //! Version 3 added `durable` to PutChunk, `run` to Pong, and Allocation.
 //! Version 4 added `hold` to Write and Trim (0: none), and Release.
+//! Version 5 added `epoch` to Write and Trim.
 //!
 //! A new field or message means a new protocol version (negotiated in the handshake), never a
 //! silent reinterpretation of these bytes.
@@ -65,6 +66,10 @@ pub enum Request {
         /// the written blocks against overlapping writes of others until a `Release` of it
         /// (or until this connection closes), so every replica applies them in one order.
         hold: Option<u64>,
+        /// The volume's routing epoch the gateway chose the replicas by: a receiver that has
+        /// seen a later one refuses the write (`NotReady`), and the gateway routes it again.
+        /// Ignored for a write with no data.
+        epoch: u64,
     },
     /// Read `len` bytes at `offset`, as seen from `layer` (the head when `None`); answered with
     /// [`Response::Data`].
@@ -97,6 +102,8 @@ pub enum Request {
         missed: Vec<ServerId>,
         /// Hold the zeroed blocks under this token (see `Write`).
         hold: Option<u64>,
+        /// The routing epoch (see `Write`).
+        epoch: u64,
     },
     /// Liveness check; answered with [`Response::Pong`].
     Ping,
@@ -416,11 +423,11 @@ impl WireMessage for Request {
     fn payload_len(&self) -> usize {
         match self {
             Self::Write { data, missed, .. } => {
-                ID + ID + 8 + 1 + 8 + 1 + missed.len() * ID + data.len()
+                ID + ID + 8 + 1 + 8 + 8 + 1 + missed.len() * ID + data.len()
             }
             Self::Read { .. } | Self::Allocation { .. } => ID + 1 + ID + 8 + 4,
             Self::Flush { .. } => ID,
-            Self::Trim { missed, .. } => ID + ID + 8 + 8 + 8 + 1 + missed.len() * ID,
+            Self::Trim { missed, .. } => ID + ID + 8 + 8 + 8 + 8 + 1 + missed.len() * ID,
             Self::Ping => 0,
             Self::GetChunk { .. } => ID + ID + 8,
             Self::PutChunk { blocks, .. } => ID + ID + 8 + 1 + MAPS + blocks.len(),
@@ -446,6 +453,7 @@ impl WireMessage for Request {
                 fua,
                 missed,
                 hold,
+                epoch,
                 ..
             } => {
                 dst.put_slice(&volume.to_bytes());
@@ -453,6 +461,7 @@ impl WireMessage for Request {
                 dst.put_u64(*offset);
                 dst.put_u8(u8::from(*fua));
                 dst.put_u64(hold.unwrap_or(0));
+                dst.put_u64(*epoch);
                 put_missed(dst, missed);
             }
             Self::Read {
@@ -481,12 +490,14 @@ impl WireMessage for Request {
                 len,
                 missed,
                 hold,
+                epoch,
             } => {
                 dst.put_slice(&volume.to_bytes());
                 dst.put_slice(&layer.to_bytes());
                 dst.put_u64(*offset);
                 dst.put_u64(*len);
                 dst.put_u64(hold.unwrap_or(0));
+                dst.put_u64(*epoch);
                 put_missed(dst, missed);
             }
             Self::Ping => {}
@@ -538,12 +549,13 @@ impl WireMessage for Request {
     fn decode(t: u16, mut p: Bytes) -> Result<Self, MessageError> {
         match t {
             T_WRITE => {
-                need(t, &p, ID + ID + 8 + 1 + 8 + 1, true)?;
+                need(t, &p, ID + ID + 8 + 1 + 8 + 8 + 1, true)?;
                 let volume = VolumeId::from_bytes(get_id(&mut p));
                 let layer = LayerId::from_bytes(get_id(&mut p));
                 let offset = p.get_u64();
                 let fua = flag(t, p.get_u8(), "fua flag")?;
                 let hold = Some(p.get_u64()).filter(|h| *h != 0);
+                let epoch = p.get_u64();
                 let missed = get_missed(t, &mut p)?;
                 Ok(Self::Write {
                     volume,
@@ -553,6 +565,7 @@ impl WireMessage for Request {
                     fua,
                     missed,
                     hold,
+                    epoch,
                 })
             }
             T_READ | T_ALLOCATION_REQ => {
@@ -585,12 +598,13 @@ impl WireMessage for Request {
                 })
             }
             T_TRIM => {
-                need(t, &p, ID + ID + 8 + 8 + 8 + 1, true)?;
+                need(t, &p, ID + ID + 8 + 8 + 8 + 8 + 1, true)?;
                 let volume = VolumeId::from_bytes(get_id(&mut p));
                 let layer = LayerId::from_bytes(get_id(&mut p));
                 let offset = p.get_u64();
                 let len = p.get_u64();
                 let hold = Some(p.get_u64()).filter(|h| *h != 0);
+                let epoch = p.get_u64();
                 let missed = get_missed(t, &mut p)?;
                 need(t, &p, 0, false)?;
                 Ok(Self::Trim {
@@ -600,6 +614,7 @@ impl WireMessage for Request {
                     len,
                     missed,
                     hold,
+                    epoch,
                 })
             }
             T_PING => need(t, &p, 0, false).map(|()| Self::Ping),

@@ -146,6 +146,7 @@ mod tests {
                     fua: i % 2 == 0,
                     missed: Vec::new(),
                     hold: None,
+                    epoch: 0,
                 };
                 (i as u64 + 1, req)
             })

@@ -439,17 +439,31 @@ async fn verify_finds_and_repairs_a_damaged_replica() {
     assert_eq!(g.verify(0, "scrub", false).await["mismatches"], json!([]));
     // Damage s2's copy of chunk 2 behind the gateways' back, as a faulty peer would: a write
     // straight to its wire port.
+    // The write must name the volume's routing epoch, which the API does not show: a replica
+    // refuses every other (the first epochs are tried in turn).
     let wire = wire_to(&g, "s2").await;
-    let write = strata_wire::Request::Write {
-        volume: serde_json::from_value(id).unwrap(),
+    let write = |epoch| strata_wire::Request::Write {
+        volume: serde_json::from_value(id.clone()).unwrap(),
         layer: serde_json::from_value(vol["head"].clone()).unwrap(),
         offset: 2 * CHUNK + 8192,
         data: vec![0xee; 4096].into(),
         fua: true,
         missed: Vec::new(),
         hold: None,
+        epoch,
     };
-    assert_eq!(wire.call(write).await.unwrap(), strata_wire::Response::Ok);
+    let mut refused = 0;
+    for epoch in 0..64 {
+        match wire.call(write(epoch)).await.unwrap() {
+            strata_wire::Response::Ok => break,
+            strata_wire::Response::Error { code, .. } => {
+                assert_eq!(code, strata_wire::ErrorCode::NotReady);
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(refused < 64, "no routing epoch was admitted");
     let report = g.verify(0, "scrub", false).await;
     let bad = report["mismatches"].as_array().unwrap();
     assert_eq!(bad.len(), 1, "{report}");

@@ -49,6 +49,7 @@ async fn pipelined_calls_from_many_tasks_each_get_their_own_answer() {
                     fua: i % 2 == 0,
                     missed: Vec::new(),
                     hold: None,
+                    epoch: 0,
                 })
             });
             for resp in futures::future::join_all(writes).await {
@@ -116,6 +117,7 @@ async fn handler_refusals_travel_as_error_responses() {
         fua: false,
         missed: Vec::new(),
         hold: None,
+        epoch: 0,
     };
     let code = |resp: Response| match resp {
         Response::Error { code, message } => {
@@ -140,6 +142,7 @@ async fn handler_refusals_travel_as_error_responses() {
         len: 4096,
         missed: Vec::new(),
         hold: None,
+        epoch: 0,
     };
     assert_eq!(
         pool.call(server.addr, trim).await.expect("trim"),
@@ -174,6 +177,7 @@ async fn a_large_write_travels_whole_and_an_oversized_one_is_refused_before_send
         fua: true,
         missed: Vec::new(),
         hold: None,
+        epoch: 0,
     };
     let ok = client
         .call(write(chunk.clone()))
