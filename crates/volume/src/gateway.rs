@@ -94,6 +94,8 @@ struct Outcome {
     /// Replicas not ready for the head layer or the routing epoch, or whose blocks were held:
     /// try again.
     refused: Vec<ServerId>,
+    /// Those of `refused` that had frozen the layer (a snapshot was taken meanwhile).
+    fenced: Vec<ServerId>,
     /// This server's copy took the change.
     written_here: bool,
 }
@@ -112,7 +114,11 @@ impl Outcome {
                 self.acked.push(server);
                 self.written_here |= server == me;
             }
-            Err(ReplicaError::Fenced(_) | ReplicaError::NotReady(_)) => self.refused.push(server),
+            Err(ReplicaError::Fenced(_)) => {
+                self.refused.push(server);
+                self.fenced.push(server);
+            }
+            Err(ReplicaError::NotReady(_)) => self.refused.push(server),
             Err(ReplicaError::Io(e)) => {
                 tracing::warn!(volume = %view.name, %server, error = %e, "replica write failed");
                 self.failed.push(server);
@@ -553,33 +559,33 @@ impl GatewayDevice {
         Ok(())
     }
 
-    /// The current replicas `missed` kept refusing a change of the chunk at `offset` that the
-    /// replicas `took` applied: marks them stale and has those that took it record them as
-    /// missing it, so the copies become the same again by resync.
+    /// The copies of `differ` of the chunk at `offset` in `layer` and those of `keep` no longer
+    /// agree: one side took a change the other refused. Marks `differ` stale and has `keep`
+    /// record the chunk as missed by them, so resync copies `keep`'s version to them.
     async fn missed_by(
         &self,
-        missed: &[ServerId],
-        took: &[ServerId],
-        head: LayerId,
+        differ: &[ServerId],
+        keep: &[ServerId],
+        layer: LayerId,
         offset: u64,
         epoch: u64,
     ) -> Result<(), IoError> {
-        if took.is_empty() {
+        if keep.is_empty() || differ.is_empty() {
             return Ok(());
         }
-        for server in missed {
+        for server in differ {
             if let Err(e) = self.engine.mark_stale(self.volume, *server).await {
-                if took.contains(&self.engine.me()) {
-                    self.mark_self(head, offset / CHUNK_SIZE).await;
+                if keep.contains(&self.engine.me()) {
+                    self.mark_self(layer, offset / CHUNK_SIZE).await;
                 }
                 return Err(IoError::Io(format!(
-                    "server {server} did not take a write and could not be marked stale: {e}"
+                    "the replicas of a chunk disagree and server {server} could not be marked stale: {e}"
                 )));
             }
         }
-        let marks = took.iter().map(|r| {
+        let marks = keep.iter().map(|r| {
             let mark = Change::Write(Bytes::new());
-            self.send_change(*r, head, offset, mark, false, missed.to_vec(), epoch, None)
+            self.send_change(*r, layer, offset, mark, false, differ.to_vec(), epoch, None)
         });
         for r in join_all(marks).await {
             r.map_err(|e| IoError::Io(format!("could not record a missed write: {e}")))?;
@@ -654,6 +660,12 @@ impl GatewayDevice {
                     }
                 }
                 continue; // again, now with the failed replicas recorded as missing it
+            }
+            if !outcome.fenced.is_empty() {
+                // A snapshot froze `head` at some replicas after others took the change into
+                // it: their copies of the snapshot now hold a write made after it.
+                self.missed_by(&outcome.acked, &outcome.fenced, head, offset, view.epoch)
+                    .await?;
             }
             if !outcome.refused.is_empty() {
                 if Instant::now() > deadline {

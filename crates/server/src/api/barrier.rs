@@ -12,16 +12,19 @@ use strata_types::{LayerId, ServerId, VolumeId};
 /// gateway holds new writes and drains its writes in flight, the snapshot commits, every replica freezes the old head (in
 /// memory: no sync while writes are held), and only then are the gateways released. Last, the
 /// replicas flush again, which makes the frozen layer and the new stack durable, before the
-/// snapshot is acknowledged. A server that does
-/// not answer in time is not waited for: its writes carry the old head and are fenced.
+/// snapshot is acknowledged. A server that does not answer in time is not waited for: its
+/// writes carry the old head and are fenced. A replica that did not freeze may still take
+/// writes into the old head from a gateway that missed the pause, so the snapshot is
+/// acknowledged only once each in-sync replica that did not freeze is marked stale
+/// ([`Barrier::unfrozen`]): then no chunk is read from it until resync repaired it.
 pub(crate) struct Barrier {
     http: reqwest::Client,
     id: u64,
     volume: VolumeId,
     /// API URLs of the volume's possible gateways (its cluster) and replicas (its layout).
     servers: Vec<String>,
-    /// API URLs of its replicas.
-    replicas: Vec<String>,
+    /// Its replicas (layout and target), with their API URLs.
+    replicas: Vec<(ServerId, String)>,
     paused: std::sync::Mutex<Vec<String>>,
     /// The replicas that froze the old head.
     froze: std::sync::Mutex<Vec<String>>,
@@ -55,7 +58,7 @@ impl Barrier {
                 .servers
                 .iter()
                 .chain(v.target.iter().flatten())
-                .filter_map(api)
+                .filter_map(|s| Some((*s, api(s)?)))
                 .collect(),
             paused: std::sync::Mutex::new(Vec::new()),
             froze: std::sync::Mutex::new(Vec::new()),
@@ -151,10 +154,22 @@ impl Barrier {
         self.step(&paused, "settle", query).await;
     }
 
+    /// Has every replica freeze `head`, the old head.
     pub(crate) async fn freeze(&self, head: LayerId) {
         let query = format!("volume={}&head={head}", self.volume);
-        let done = self.step(&self.replicas, "freeze", query).await;
+        let urls: Vec<String> = self.replicas.iter().map(|(_, u)| u.clone()).collect();
+        let done = self.step(&urls, "freeze", query).await;
         *self.froze.lock().unwrap_or_else(|e| e.into_inner()) = done;
+    }
+
+    /// The replicas that did not freeze the old head (after [`Barrier::freeze`]).
+    pub(crate) fn unfrozen(&self) -> Vec<ServerId> {
+        let froze = self.froze.lock().unwrap_or_else(|e| e.into_inner());
+        self.replicas
+            .iter()
+            .filter(|(_, url)| !froze.contains(url))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     pub(crate) async fn release(&self) {

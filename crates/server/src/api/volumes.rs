@@ -408,9 +408,11 @@ pub async fn create_snapshot(
         barrier.freeze(*head).await;
     }
     let frozen = start.elapsed();
+    let unfrozen = barrier.unfrozen();
     barrier.release().await;
     let released = start.elapsed();
     taken?;
+    distrust_unfrozen(&app, v, &snap, &unfrozen).await?;
     barrier.persist().await?;
     tracing::debug!(volume = %volume, ?paused, ?committed, ?frozen, ?released,
         persisted = ?start.elapsed(), "snapshot barrier steps");
@@ -423,6 +425,27 @@ pub async fn create_snapshot(
         .find(|s| s.name == snap)
         .ok_or_else(|| ApiError::internal("snapshot vanished right after it was taken"))?;
     Ok((StatusCode::CREATED, Json(snapshot_info(v, s))))
+}
+
+/// Marks stale each in-sync replica of `v` in `unfrozen` (it did not freeze the old head, so
+/// its copy of snapshot `snap` may hold writes made after it), or refuses to acknowledge the
+/// snapshot if one cannot be marked.
+async fn distrust_unfrozen(
+    app: &AppState,
+    v: &VolumeRecord,
+    snap: &Name,
+    unfrozen: &[ServerId],
+) -> Result<(), ApiError> {
+    for server in unfrozen.iter().filter(|s| !v.stale.contains(s)) {
+        tracing::warn!(volume = %v.name, %server, "a replica did not freeze the snapshot's layer; marking it stale");
+        if let Err(e) = app.engine.mark_stale(v.id, *server).await {
+            return Err(ApiError::unavailable(format!(
+                "snapshot {snap} of volume {} was taken, but server {server} did not freeze it and could not be marked stale ({e}): the snapshot may hold writes made after it on that server; delete it and take it again when the servers are back",
+                v.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Commits the snapshot; returns the new head layer.
