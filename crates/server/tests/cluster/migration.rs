@@ -106,11 +106,12 @@ async fn check_content(g: &Group, i: usize, volume: &'static str, versions: Vec<
     .await;
 }
 
-/// Starts removing server `name` from `default` through server 0; returns the cluster record.
+/// Starts removing server `name` from `default` through server 0; returns the job.
 async fn remove(g: &Group, name: &str) -> Value {
     let path = format!("/v1/clusters/default/servers/{name}");
     let (status, body) = g.call(0, Method::DELETE, &path, None).await;
-    assert_eq!(status, 200, "remove {name}: {body}");
+    assert_eq!(status, 202, "remove {name}: {body}");
+    assert_eq!(body["kind"], "remove-server", "{body}");
     body
 }
 
@@ -145,8 +146,13 @@ async fn removing_a_server_moves_its_data_away_while_clients_write() {
         tokio::task::spawn_blocking(move || keep_writing(addr, "mv", w))
     };
     w.wait_writes(CHUNKS).await;
-    let started = remove(&g, "s4").await;
+    let job = remove(&g, "s4").await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let started = g.get(2, "/v1/clusters/default").await;
     assert_eq!(started["leaving"], json!(["s4"]), "{started}");
+    // The job is visible from every server while the data moves.
+    let running = g.get(3, &format!("/v1/jobs/{id}")).await;
+    assert_eq!(running["target"], "s4 from default", "{running}");
     let moving = g.get(2, "/v1/volumes/mv").await;
     assert_eq!(
         moving["target_servers"],
@@ -164,6 +170,12 @@ async fn removing_a_server_moves_its_data_away_while_clients_write() {
     w.wait_writes(CHUNKS).await;
     let left = wait_left(&g, "s4").await;
     assert!(left["leaving"].as_array().unwrap().is_empty(), "{left}");
+    // The job ends when the server has left, having counted the chunk copies made.
+    let ended = g.wait_job(1, &id).await;
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    let copies = ended["progress"]["total"].as_u64().unwrap();
+    assert!(copies > 0, "{ended}");
+    assert_eq!(ended["progress"]["done"], copies, "{ended}");
     w.wait_writes(CHUNKS).await;
     w.stop.store(true, Ordering::Relaxed);
     let versions = writer.await.expect("writer");
