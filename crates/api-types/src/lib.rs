@@ -504,6 +504,9 @@ pub struct JobInfo {
     /// Whether a verify repairs what differs.
     #[serde(default)]
     pub repair: bool,
+    /// A verify's limit, bytes of the volume compared per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<u64>,
     /// The server running it.
     pub runner: String,
     /// Where it is.

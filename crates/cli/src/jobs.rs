@@ -58,10 +58,13 @@ pub fn summary(j: &JobInfo) -> String {
 
 fn details(j: &JobInfo) -> String {
     let mut out = format!(
-        "id:        {}\nkind:      {}{}\ntarget:    {}\nstate:     {}\nprogress:  {}\nrunner:    {}\nstarted:   {}\n",
+        "id:        {}\nkind:      {}{}{}\ntarget:    {}\nstate:     {}\nprogress:  {}\nrunner:    {}\nstarted:   {}\n",
         j.id,
         j.kind,
         if j.repair { " (repair)" } else { "" },
+        j.max_rate
+            .map(|r| format!(", at most {}/s", format_size(r)))
+            .unwrap_or_default(),
         j.target,
         j.state.as_str(),
         progress_text(j),

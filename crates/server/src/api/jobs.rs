@@ -73,6 +73,7 @@ pub(super) fn job_info(state: &StateView, j: &JobRecord) -> JobInfo {
         cluster: None,
         server: None,
         repair: false,
+        max_rate: None,
         runner: server_name(state, j.runner),
         state: api_state(j.state),
         progress: JobProgress {
@@ -91,6 +92,7 @@ pub(super) fn job_info(state: &StateView, j: &JobRecord) -> JobInfo {
             volume_name,
             snapshot,
             repair,
+            max_rate,
             ..
         } => {
             let snap = snapshot.as_ref().map(|(n, _)| n.to_string());
@@ -101,6 +103,7 @@ pub(super) fn job_info(state: &StateView, j: &JobRecord) -> JobInfo {
             };
             info.progress.unit = "chunks".into();
             info.repair = *repair;
+            info.max_rate = *max_rate;
             info.report = j
                 .verify
                 .as_ref()
