@@ -144,7 +144,7 @@ fn parse_id(text: &str) -> Result<JobId, ApiError> {
     })
 }
 
-fn find_job<'a>(state: &'a StateView, id: JobId) -> Result<&'a JobRecord, ApiError> {
+fn find_job(state: &StateView, id: JobId) -> Result<&JobRecord, ApiError> {
     state.jobs.get(&id).ok_or_else(|| {
         ApiError::not_found(format!(
             "no job with id {id}; see `strata job list` (only the last {} ended jobs are kept)",
