@@ -23,10 +23,13 @@ const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
 /// `done/total unit, N%`, or `starting` before the total is known.
 fn progress_text(j: &JobInfo) -> String {
     let p = &j.progress;
-    if p.total == 0 && j.state == JobState::Running {
-        return "starting".into();
-    }
-    let mut text = format!("{}/{} {}, {}%", p.done, p.total, p.unit, p.percent());
+    let percent = match (j.state, p.total) {
+        (JobState::Running, 0) => return "starting".into(),
+        // Nothing to do (an empty volume to verify) is all done.
+        (JobState::Succeeded, 0) => 100,
+        _ => p.percent(),
+    };
+    let mut text = format!("{}/{} {}, {percent}%", p.done, p.total, p.unit);
     if p.bytes > 0 {
         text.push_str(&format!(", {}", format_size(p.bytes)));
     }
@@ -105,7 +108,7 @@ fn jobs_table(jobs: &[JobInfo]) -> String {
 /// How the wait shows progress.
 enum Display {
     Bar(indicatif::ProgressBar),
-    Lines { last: Option<Instant> },
+    Lines { last: Instant },
 }
 
 impl Display {
@@ -120,7 +123,10 @@ impl Display {
             bar.set_style(style);
             Display::Bar(bar)
         } else {
-            Display::Lines { last: None }
+            // The first line after LINE_EVERY: a quick job prints nothing.
+            Display::Lines {
+                last: Instant::now(),
+            }
         }
     }
 
@@ -133,7 +139,7 @@ impl Display {
                 bar.set_position(j.progress.done);
             }
             Display::Lines { last } => {
-                if last.is_none_or(|t| t.elapsed() >= LINE_EVERY) {
+                if last.elapsed() >= LINE_EVERY {
                     eprintln!(
                         "{} {}: {} (job {}; interrupting this wait does not stop it)",
                         j.kind,
@@ -141,7 +147,7 @@ impl Display {
                         progress_text(j),
                         j.id
                     );
-                    *last = Some(Instant::now());
+                    *last = Instant::now();
                 }
             }
         }

@@ -104,6 +104,7 @@ pub fn apply_command(state: &mut StateView, cmd: Command) -> Result<CommandOutpu
         Command::FinishMigration { volume, target } => finish_migration(state, volume, &target),
         Command::StartJob(job) => jobs::start_job(state, job),
         Command::UpdateJob { id, progress } => jobs::update_job(state, id, progress),
+        Command::ResumeJob { id, runner } => jobs::resume_job(state, id, runner),
         Command::FinishJob {
             id,
             state: end,

@@ -1,4 +1,4 @@
-//! Applying the job commands: start, progress, finish.
+//! Applying the job commands: start, progress, resume (a new runner), finish.
 //!
 //! A job record is small (a verify's list of differing chunks is capped at
 //! [`MAX_LISTED_MISMATCHES`]), and the state keeps only the last [`MAX_FINISHED_JOBS`] finished
@@ -11,7 +11,7 @@ use crate::error::CommandError;
 use crate::model::{
     CommandOutput, JobKind, JobProgress, JobRecord, JobState, StateView, VerifyResult,
 };
-use strata_types::JobId;
+use strata_types::{JobId, ServerId};
 
 /// Finished jobs kept in the state; the oldest are dropped when a new job starts.
 pub const MAX_FINISHED_JOBS: usize = 100;
@@ -107,6 +107,20 @@ pub fn update_job(
     Ok(CommandOutput::Job(job.clone()))
 }
 
+/// Hands a running job to `runner`.
+pub fn resume_job(
+    state: &mut StateView,
+    id: JobId,
+    runner: ServerId,
+) -> Result<CommandOutput, CommandError> {
+    if !state.servers.contains_key(&runner) {
+        return Err(CommandError::UnknownServer(runner));
+    }
+    let job = running(state, id)?;
+    job.runner = runner;
+    Ok(CommandOutput::Job(job.clone()))
+}
+
 /// What a job ends with.
 pub struct Ending {
     /// The final state.
@@ -196,6 +210,36 @@ mod tests {
         };
         apply_command(&mut st, Command::UpdateJob { id, progress }).expect("progress");
         assert_eq!(st.jobs[&id].progress, progress);
+        // Another runner takes it up; it must be a known server.
+        let stranger = ServerId::new_random();
+        assert_eq!(
+            apply_command(
+                &mut st,
+                Command::ResumeJob {
+                    id,
+                    runner: stranger
+                }
+            ),
+            Err(CommandError::UnknownServer(stranger))
+        );
+        let rec = crate::model::ServerRecord {
+            id: stranger,
+            name: Name::new("b").expect("valid name"),
+            api_addr: "http://b:7780".into(),
+            nbd_addr: "b:10809".into(),
+            peer_addr: "b:7781".into(),
+            raft_node_id: 2,
+        };
+        apply_command(&mut st, Command::AddServer(rec)).expect("add server");
+        apply_command(
+            &mut st,
+            Command::ResumeJob {
+                id,
+                runner: stranger,
+            },
+        )
+        .expect("resume");
+        assert_eq!(st.jobs[&id].runner, stranger);
         apply_command(&mut st, finish(id, JobState::Succeeded, 20)).expect("finish");
         assert_eq!(st.jobs[&id].state, JobState::Succeeded);
         assert_eq!(st.jobs[&id].ended_unix_ms, Some(20));
@@ -207,6 +251,16 @@ mod tests {
         ));
         assert!(matches!(
             apply_command(&mut st, finish(id, JobState::Failed, 30)),
+            Err(CommandError::JobEnded { .. })
+        ));
+        assert!(matches!(
+            apply_command(
+                &mut st,
+                Command::ResumeJob {
+                    id,
+                    runner: stranger
+                }
+            ),
             Err(CommandError::JobEnded { .. })
         ));
         assert_eq!(st, before);

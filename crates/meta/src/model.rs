@@ -427,6 +427,14 @@ pub enum Command {
         /// Its progress now.
         progress: JobProgress,
     },
+    /// Hand a running job to another runner, which takes it up where it is (a server removal
+    /// whose runner stopped: the data goes on moving anyway). Refused once it has ended.
+    ResumeJob {
+        /// The job.
+        id: JobId,
+        /// Its new runner.
+        runner: ServerId,
+    },
     /// End a running job: succeeded, failed or cancelled. Refused once it has ended.
     FinishJob {
         /// The job.

@@ -7,8 +7,9 @@
 //! once a second and `FinishJob` at the end, so every server shows every job, and a job
 //! outlives the loss of the leader or of its runner. Its runner's in-memory [`Jobs`] registry
 //! says which jobs it is working on now; the management leader's [`watch`] compares it with the
-//! records and fails a running job whose runner no longer runs it (it restarted) or has not
-//! answered for [`RUNNER_LOST_AFTER`], so no job stays `running` for ever. A record that ends
+//! records and, for a running job whose runner no longer runs it (it restarted) or has not
+//! answered for [`RUNNER_LOST_AFTER`], fails it (a verify) or takes it up itself (a server
+//! removal, whose data moves on anyway), so no job stays `running` for ever. A record that ends
 //! while its runner still works (cancelled, or failed by the leader during a partition) makes
 //! the runner stop: it watches its own applied state for that.
 //!
@@ -244,9 +245,9 @@ async fn runner_jobs(app: &AppState, api: &str) -> Result<Vec<JobId>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// On the management leader, every [`WATCH_EVERY`]: fails each running job whose runner no
-/// longer runs it (it restarted, or was taken out of the group) or has not answered for
-/// [`RUNNER_LOST_AFTER`].
+/// On the management leader, every [`WATCH_EVERY`]: fails (or, for a server removal, takes up)
+/// each running job whose runner no longer runs it (it restarted, or was taken out of the
+/// group) or has not answered for [`RUNNER_LOST_AFTER`].
 pub async fn watch(app: AppState, shutdown: CancellationToken) {
     // Since when each runner has not answered, as this leader saw it.
     let mut silent: HashMap<strata_types::ServerId, Instant> = HashMap::new();
@@ -298,6 +299,18 @@ pub async fn watch(app: AppState, shutdown: CancellationToken) {
                     format!("interrupted: server {name}, which ran it, has not answered for {}s ({e}); start it again", since.elapsed().as_secs())
                 }
             };
+            // A server removal goes on without its runner: take it up here.
+            if let strata_meta::JobKind::RemoveServer { cluster, server } = &job.kind {
+                match crate::api::resume_removal(&app, job.id, cluster.clone(), *server).await {
+                    Ok(()) => {
+                        tracing::info!(job = %job.id, reason = %why, "took up a server removal whose runner is gone");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %job.id, error = %e.message, "cannot take up the server removal")
+                    }
+                }
+            }
             tracing::warn!(job = %job.id, reason = %why, "failing a job whose runner is gone");
             let cmd = Command::FinishJob {
                 id: job.id,

@@ -7,7 +7,8 @@
 //!   report. Optionally paced to a rate.
 //! - **remove-server**: the handler commits the removal under its barrier; the job then
 //!   waits until the server has left the cluster (every volume's data moved off it),
-//!   reporting the chunk copies made.
+//!   reporting the chunk copies made. When its runner stops, the leader takes it up
+//!   ([`resume_removal`]).
 
 use super::volumes::{copy_progress, holders, local_parts};
 use super::{ApiError, AppState};
@@ -208,6 +209,26 @@ pub(super) async fn verify(
         Err(VerifyError::Stopped) => Outcome::Stopped,
         Err(e) => Outcome::Failed(e.to_string()),
     }
+}
+
+/// Takes up the server removal `id`, whose runner stopped, on this server (the leader): the
+/// data goes on moving without it, so the job only has to watch again.
+pub(crate) async fn resume_removal(
+    app: &AppState,
+    id: JobId,
+    cluster: Name,
+    server: ServerId,
+) -> Result<(), ApiError> {
+    let handle = Arc::new(app.jobs.register(id));
+    app.meta
+        .write(Command::ResumeJob {
+            id,
+            runner: app.identity.id,
+        })
+        .await?;
+    let work = remove_server(app.clone(), handle.clone(), cluster, server);
+    crate::jobs::spawn(app.clone(), handle, work);
+    Ok(())
 }
 
 /// A server removal's work after the removal is committed: waits until `server` has left

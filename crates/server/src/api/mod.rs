@@ -21,6 +21,7 @@ mod system;
 mod volumes;
 
 pub use error::ApiError;
+pub(crate) use job_runs::resume_removal;
 pub use managers::MANAGER_COUNTS;
 pub use system::filesystem_space;
 

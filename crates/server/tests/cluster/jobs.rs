@@ -166,6 +166,11 @@ async fn a_job_whose_server_dies_does_not_stay_running() {
     );
     // Back again, it does not take the job up, and a new verify can start.
     g.restart(first).await;
+    g.wait_for(first, "/v1/managers", "all managers up", |m| {
+        m.as_array()
+            .is_some_and(|m| m.iter().filter(|m| m["state"] == "up").count() == 3)
+    })
+    .await;
     let report = g.verify(first, "orphan", false).await;
     assert_eq!(report["mismatches"], json!([]), "{report}");
     let again = g.get(first, &format!("/v1/jobs/{id}")).await;

@@ -282,3 +282,34 @@ async fn a_server_killed_during_a_migration_catches_up_and_the_migration_finishe
     assert_eq!(report["mismatches"], json!([]), "{report}");
     g.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removal_whose_runner_dies_is_taken_up_by_the_new_leader() {
+    let mut g = Group::cluster(4).await;
+    g.create_volume("tu", CHUNKS * CHUNK, 2).await;
+    fill(&g, 0, "tu").await;
+    let managers = g.get(0, "/v1/managers").await;
+    let name = crate::harness::leader(&managers).unwrap();
+    let first: usize = name.trim_start_matches('s').parse::<usize>().unwrap() - 1;
+    let path = "/v1/clusters/default/servers/s4";
+    let (status, job) = g.call(first, Method::DELETE, path, None).await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["runner"], name.as_str(), "the leader runs it: {job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    // The runner (a holder of the volume, too) dies while the data moves.
+    g.kill(first).await;
+    let other = (first + 1) % 3;
+    let taken = g
+        .wait_for(other, &format!("/v1/jobs/{id}"), "another runner", |j| {
+            j["runner"] != name.as_str()
+        })
+        .await;
+    assert_eq!(taken["state"], "running", "{taken}");
+    // Back again, the move finishes and so does the job, with no error.
+    g.restart(first).await;
+    wait_left(&g, "s4").await;
+    let ended = g.wait_job(other, &id).await;
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    assert!(ended.get("error").is_none(), "{ended}");
+    g.stop().await;
+}
