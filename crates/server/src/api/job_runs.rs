@@ -183,6 +183,9 @@ pub(super) async fn verify(
     let verified =
         strata_volume::verify::verify(&app.engine, volume, layer, repair, chunks, listed, &pace)
             .await;
+    if app.meta.local_state().volume_by_id(volume).is_none() {
+        return Outcome::Failed("the volume was deleted while it was verified".into());
+    }
     match verified {
         Ok(r) => Outcome::Succeeded(Some(VerifyResult {
             chunks: r.chunks,

@@ -68,6 +68,8 @@ async fn verify_of_an_empty_petabyte_volume_is_a_quick_job() {
     // Before: a synchronous request that read every chunk, cut off by the CLI after 60 s.
     assert!(took < Duration::from_secs(15), "verify took {took:?}");
     assert_eq!(done["state"], "succeeded", "{done}");
+    let ran = done["ended_unix_ms"].as_u64().unwrap() - done["started_unix_ms"].as_u64().unwrap();
+    eprintln!("verify of a 1 PiB volume with 3 chunks written: job ran {ran} ms, {took:?} in all");
     let report = &done["report"];
     assert_eq!(report["chunks"], (1u64 << 50) / CHUNK, "{report}");
     assert_eq!(
@@ -134,6 +136,18 @@ async fn a_verify_job_shows_progress_and_can_be_cancelled() {
     let jobs = g.get(0, "/v1/jobs").await;
     assert_eq!(jobs[0]["id"], id.as_str(), "newest first: {jobs}");
     assert_eq!(jobs[0]["state"], "cancelled", "{jobs}");
+
+    // A volume deleted under its verify fails the job rather than report its chunks missing.
+    let job = g.start_verify(0, "slow", false, Some(16 * MIB)).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let (status, body) = g.call(1, Method::DELETE, "/v1/volumes/slow", None).await;
+    assert_eq!(status, 204, "{body}");
+    let ended = g.wait_job(2, &id).await;
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert!(
+        ended["error"].as_str().unwrap().contains("deleted"),
+        "{ended}"
+    );
     g.stop().await;
 }
 
