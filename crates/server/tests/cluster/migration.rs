@@ -153,6 +153,11 @@ async fn removing_a_server_moves_its_data_away_while_clients_write() {
     // The job is visible from every server while the data moves.
     let running = g.get(3, &format!("/v1/jobs/{id}")).await;
     assert_eq!(running["target"], "s4 from default", "{running}");
+    // The data is already moving: a removal cannot be cancelled.
+    let (status, body) = g
+        .call(1, Method::DELETE, &format!("/v1/jobs/{id}"), None)
+        .await;
+    assert_eq!(status, 409, "{body}");
     let moving = g.get(2, "/v1/volumes/mv").await;
     assert_eq!(
         moving["target_servers"],
