@@ -5,7 +5,7 @@
 //! three can never drift apart. Sizes are bytes; times are Unix milliseconds; ids are UUIDs.
 
 use serde::{Deserialize, Serialize};
-use strata_types::{LayerId, ServerId, VolumeId};
+use strata_types::{JobId, LayerId, ServerId, VolumeId};
 use utoipa::ToSchema;
 
 /// Every error the API returns has this body, with a matching HTTP status.
@@ -196,6 +196,9 @@ pub struct VolumeInfo {
     pub nbd_url: String,
     /// Creation time, Unix milliseconds.
     pub created_unix_ms: u64,
+    /// The volume's running job, else the last one that ended (a verify), if any is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobInfo>,
 }
 
 /// `POST /v1/volumes/{name}/snapshots`: take a snapshot of the volume now.
@@ -287,6 +290,28 @@ pub struct MissedSummary {
     pub total: u64,
 }
 
+/// Internal: the chunks of a volume that one server holds data in (any layer), as runs
+/// `[first, count]` in ascending order (`GET /internal/v1/volumes/{id}/chunks`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldChunks {
+    /// Runs of consecutive chunk indexes.
+    pub runs: Vec<[u64; 2]>,
+}
+
+impl HeldChunks {
+    /// The runs of `chunks` (ascending).
+    pub fn from_sorted(chunks: impl IntoIterator<Item = u64>) -> Self {
+        let mut runs: Vec<[u64; 2]> = Vec::new();
+        for c in chunks {
+            match runs.last_mut() {
+                Some([first, count]) if *first + *count == c => *count += 1,
+                _ => runs.push([c, 1]),
+            }
+        }
+        Self { runs }
+    }
+}
+
 /// Internal: an export of a volume that a client has open through one server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenClient {
@@ -320,6 +345,18 @@ pub struct LocalVolume {
     pub missed: Vec<MissedSummary>,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_chunks_are_runs() {
+        let held = HeldChunks::from_sorted([0, 1, 2, 5, 7, 8]);
+        assert_eq!(held.runs, vec![[0, 3], [5, 1], [7, 2]]);
+        assert_eq!(HeldChunks::from_sorted([]).runs, Vec::<[u64; 2]>::new());
+    }
+}
+
 /// `POST /v1/volumes/{name}/verify`: compare the replicas of every chunk.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct VerifyRequest {
@@ -329,6 +366,10 @@ pub struct VerifyRequest {
     /// Copy each differing chunk from a good replica to the others.
     #[serde(default)]
     pub repair: bool,
+    /// Compare at most this many bytes of the volume per second (each replica reads as
+    /// much), so that a verify leaves the disks to the clients; no limit if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<u64>,
 }
 
 /// One replica's digest of a chunk.
@@ -367,6 +408,120 @@ pub struct VerifyReport {
     pub snapshot: Option<String>,
     /// Chunks compared.
     pub chunks: u64,
-    /// Chunks whose replicas differ or did not all answer.
+    /// Of those, chunks that no replica holds data in: they read as zeros everywhere, so they
+    /// agree without being read.
+    #[serde(default)]
+    pub unallocated_chunks: u64,
+    /// Chunks whose replicas differ or did not all answer (the first 1000; see
+    /// `unlisted_mismatches`).
     pub mismatches: Vec<ChunkMismatch>,
+    /// Differing chunks past those listed.
+    #[serde(default)]
+    pub unlisted_mismatches: u64,
+    /// Of the unlisted ones, those a repair did not fix.
+    #[serde(default)]
+    pub unlisted_unrepaired: u64,
+}
+
+impl VerifyReport {
+    /// Chunks whose replicas still differ: listed and not repaired, and unlisted ones.
+    pub fn unrepaired(&self) -> u64 {
+        self.mismatches.iter().filter(|m| !m.repaired).count() as u64 + self.unlisted_unrepaired
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Its server is working on it.
+    Running,
+    /// It ended and did what it was asked.
+    Succeeded,
+    /// It ended with an error, or was interrupted (its server stopped).
+    Failed,
+    /// It was cancelled before it ended.
+    Cancelled,
+}
+
+impl JobState {
+    /// The state as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How far a job has come.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobProgress {
+    /// Units done: chunks read and compared (verify), chunk copies made (remove-server).
+    pub done: u64,
+    /// Units to do, as known now (a server removal learns of more as it goes).
+    pub total: u64,
+    /// What a unit is: `chunks` or `chunk copies`.
+    pub unit: String,
+    /// Bytes compared (verify) so far.
+    pub bytes: u64,
+}
+
+impl JobProgress {
+    /// Whole percent done, 0 when nothing is known yet.
+    pub fn percent(&self) -> u64 {
+        (self.done.min(self.total) * 100)
+            .checked_div(self.total)
+            .unwrap_or(0)
+    }
+}
+
+/// A long operation the management group runs on one server and reports on:
+/// `verify` (`POST /v1/volumes/{name}/verify`) or `remove-server`
+/// (`DELETE /v1/clusters/{name}/servers/{server}`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobInfo {
+    /// The job's id.
+    pub id: JobId,
+    /// `verify` or `remove-server`.
+    pub kind: String,
+    /// What it works on, for people: `VOL`, `VOL@SNAP`, or `SERVER from CLUSTER`.
+    pub target: String,
+    /// The volume (verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// The snapshot (verify of a snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// The cluster (remove-server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// The server leaving (remove-server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Whether a verify repairs what differs.
+    #[serde(default)]
+    pub repair: bool,
+    /// A verify's limit, bytes of the volume compared per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<u64>,
+    /// The server running it.
+    pub runner: String,
+    /// Where it is.
+    pub state: JobState,
+    /// How far it has come.
+    pub progress: JobProgress,
+    /// When it started, Unix milliseconds.
+    pub started_unix_ms: u64,
+    /// When it ended, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_unix_ms: Option<u64>,
+    /// Why it failed or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A finished verify's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<VerifyReport>,
 }

@@ -49,6 +49,9 @@ pub enum Command {
     /// Take, list, delete and compare snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Follow and cancel long operations (verify, remove-server) that run on the servers.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Run a local deployment for trying Strata out, until Ctrl-C.
     Dev(DevArgs),
 }
@@ -122,12 +125,13 @@ pub enum ClusterCommand {
     Show { name: String },
     /// Add a server to a cluster (it may come from `default`).
     AddServer { name: String, server: String },
-    /// Take a server out of a cluster, first moving every volume's data off it (online).
-    /// Waits until it is done unless `--no-wait`; interrupting the wait does not stop the move.
+    /// Take a server out of a cluster, first moving every volume's data off it (online), as a
+    /// job. Waits until it is done, with a progress bar on a terminal, unless `--no-wait`;
+    /// interrupting the wait does not stop the move (`strata job show ID` follows it).
     RemoveServer {
         name: String,
         server: String,
-        /// Return as soon as the move has started.
+        /// Return as soon as the move has started, printing the job id.
         #[arg(long)]
         no_wait: bool,
     },
@@ -171,14 +175,22 @@ pub enum VolumeCommand {
         #[arg(long)]
         with_snapshots: bool,
     },
-    /// Compare the replicas of every chunk of `VOL` or `VOL@SNAP` by digest; exits non-zero
-    /// if any differ (unless `--repair` fixed them).
+    /// Compare the replicas of every chunk of `VOL` or `VOL@SNAP` by digest, as a job on the
+    /// servers; waits for the report (a progress bar on a terminal) and exits non-zero if any
+    /// chunk differs (unless `--repair` fixed it). Interrupting the wait does not stop the job.
     Verify {
         /// `VOL` or `VOL@SNAP`.
         target: String,
         /// Copy each differing chunk from a good replica to the others.
         #[arg(long)]
         repair: bool,
+        /// Return at once, printing the job id (`strata job wait ID` gets the report).
+        #[arg(long)]
+        no_wait: bool,
+        /// Compare at most this much of the volume per second, e.g. `100MiB/s`, leaving the
+        /// disks to clients [default: no limit].
+        #[arg(long, value_name = "RATE")]
+        max_rate: Option<String>,
     },
 }
 
@@ -197,6 +209,19 @@ pub enum SnapshotCommand {
     },
     /// Print the ranges changed after `VOL@A` up to `VOL@B` (default: the live volume).
     Diff { from: String, to: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// List the running jobs and the last ones that ended, newest first.
+    List,
+    /// Show one job: its state, progress and, for a finished verify, its report.
+    Show { id: String },
+    /// Wait for a job to end (a progress bar on a terminal), then print its result; exits
+    /// non-zero if it failed or a verify found differences.
+    Wait { id: String },
+    /// Cancel a running verify; it stops after the chunks it is comparing.
+    Cancel { id: String },
 }
 
 /// `strata dev`.

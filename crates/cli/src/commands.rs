@@ -4,11 +4,11 @@ use crate::args::{
     Command, GlobalArgs, Output, ServerArgs, ServerCommand, SnapshotCommand, VolumeCommand,
 };
 use crate::client::{segment, Client, DEFAULT_API_URL};
-use crate::{group, table};
+use crate::{group, jobs, table};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use strata_api_types::{
-    CreateSnapshot, CreateVolume, DiffInfo, ResizeVolume, SnapshotInfo, VerifyReport,
+    CreateSnapshot, CreateVolume, DiffInfo, JobInfo, ResizeVolume, SnapshotInfo, VerifyReport,
     VerifyRequest, VolumeInfo,
 };
 use strata_server::config::ServerConfigFile;
@@ -105,7 +105,8 @@ fn split_target(target: &str) -> Result<(&str, &str)> {
     Ok((v, s))
 }
 
-fn time(ms: u64) -> String {
+/// A Unix time in milliseconds for people, in UTC.
+pub(crate) fn time(ms: u64) -> String {
     jiff::Timestamp::from_millisecond(ms as i64)
         .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_else(|_| ms.to_string())
@@ -178,6 +179,9 @@ fn volume_details(v: &VolumeInfo) -> String {
     if let Some(target) = &v.target_servers {
         out.push_str(&format!("moving to: {}\n", target.join(", ")));
     }
+    if let Some(j) = &v.job {
+        out.push_str(&format!("job:       {}\n", jobs::summary(j)));
+    }
     if v.snapshots.is_empty() {
         out.push_str("snapshots: none\n");
     } else {
@@ -201,6 +205,7 @@ pub async fn client(command: Command, global: GlobalArgs) -> Result<()> {
         Command::Cluster(cmd) => group::cluster(&api, out, cmd).await,
         Command::Volume(cmd) => volume(&api, out, cmd).await,
         Command::Snapshot(cmd) => snapshot(&api, out, cmd).await,
+        Command::Job(cmd) => jobs::job(&api, out, cmd).await,
         Command::Dev(_) => bail!("strata dev is not a client command"),
     }
 }
@@ -263,7 +268,12 @@ async fn volume(api: &Client, out: Output, cmd: VolumeCommand) -> Result<()> {
                 format!("deleted volume {name}\n")
             })
         }
-        VolumeCommand::Verify { target, repair } => {
+        VolumeCommand::Verify {
+            target,
+            repair,
+            no_wait,
+            max_rate,
+        } => {
             let (volume, snapshot) = match target.split_once('@') {
                 Some(_) => {
                     let (v, s) = split_target(&target)?;
@@ -272,31 +282,43 @@ async fn volume(api: &Client, out: Output, cmd: VolumeCommand) -> Result<()> {
                 None => (target.clone(), None),
             };
             check_name("volume", &volume)?;
-            let report: VerifyReport = api
+            let max_rate = max_rate.as_deref().map(parse_rate).transpose()?;
+            let job: JobInfo = api
                 .post(
                     &format!("/v1/volumes/{}/verify", segment(&volume)),
-                    &VerifyRequest { snapshot, repair },
+                    &VerifyRequest {
+                        snapshot,
+                        repair,
+                        max_rate,
+                    },
                 )
                 .await?;
-            print(out, &report, verify_text)?;
-            let unrepaired = report.mismatches.iter().filter(|m| !m.repaired).count();
-            if unrepaired > 0 {
-                bail!("{unrepaired} chunk(s) of {target} differ between replicas; run `strata volume verify {target} --repair`");
-            }
-            Ok(())
+            jobs::started(api, out, job, no_wait).await
         }
     }
 }
 
-fn verify_text(r: &VerifyReport) -> String {
+/// A rate in bytes per second: a size, optionally followed by `/s` (`100MiB/s`).
+fn parse_rate(text: &str) -> Result<u64> {
+    let size = text.strip_suffix("/s").unwrap_or(text);
+    let rate = parse_size(size).map_err(|e| anyhow!("invalid rate {text:?}: {e}"))?;
+    if rate == 0 {
+        bail!("a rate of 0 would never end; give a positive rate such as 100MiB/s");
+    }
+    Ok(rate)
+}
+
+/// A verify report for people: a summary line, then each differing chunk's replicas.
+pub(crate) fn verify_text(r: &VerifyReport) -> String {
     let target = match &r.snapshot {
         Some(s) => format!("{}@{s}", r.volume),
         None => r.volume.clone(),
     };
     let mut out = format!(
-        "{target}: {} chunk(s) compared, {} differ\n",
+        "{target}: {} chunk(s) compared ({} held no data on any replica), {} differ\n",
         r.chunks,
-        r.mismatches.len()
+        r.unallocated_chunks,
+        r.mismatches.len() as u64 + r.unlisted_mismatches
     );
     for m in &r.mismatches {
         out.push_str(&format!(
@@ -313,6 +335,12 @@ fn verify_text(r: &VerifyReport) -> String {
             };
             out.push_str(&format!("    {:<16} {what}\n", d.server));
         }
+    }
+    if r.unlisted_mismatches > 0 {
+        out.push_str(&format!(
+            "  and {} more differing chunk(s), not listed\n",
+            r.unlisted_mismatches
+        ));
     }
     out
 }

@@ -8,8 +8,7 @@ use crate::commands::{check_name, print};
 use crate::table;
 use anyhow::Result;
 use strata_api_types::{
-    AddClusterServer, ChangeManagers, ClusterInfo, CreateCluster, ManagerInfo, ServerInfo,
-    VolumeInfo,
+    AddClusterServer, ChangeManagers, ClusterInfo, CreateCluster, JobInfo, ManagerInfo, ServerInfo,
 };
 use strata_types::format_size;
 
@@ -80,7 +79,8 @@ pub async fn manager(api: &Client, out: Output, cmd: ManagerCommand) -> Result<(
     print(out, &managers, |m| managers_table(m))
 }
 
-fn cluster_details(c: &ClusterInfo) -> String {
+/// A cluster for people.
+pub(crate) fn cluster_details(c: &ClusterInfo) -> String {
     let leaving = if c.leaving.is_empty() {
         "-".to_string()
     } else {
@@ -92,38 +92,6 @@ fn cluster_details(c: &ClusterInfo) -> String {
         c.servers.join(", "),
         c.volumes.join(", ")
     )
-}
-
-/// How often `cluster remove-server` checks whether the server has left.
-const LEAVE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-/// How often it reports the volumes still moving.
-const LEAVE_REPORT_EVERY: u32 = 10;
-
-/// Waits until `server` is no longer a member of cluster `name` (its data has moved away),
-/// reporting the volumes still migrating on standard error now and then.
-async fn wait_until_left(api: &Client, name: &str, server: &str) -> Result<ClusterInfo> {
-    let path = format!("/v1/clusters/{}", segment(name));
-    let mut polls = 0u32;
-    loop {
-        let c: ClusterInfo = api.get(&path).await?;
-        if !c.servers.iter().any(|s| s == server) {
-            return Ok(c);
-        }
-        if polls.is_multiple_of(LEAVE_REPORT_EVERY) {
-            let volumes: Vec<VolumeInfo> = api.get("/v1/volumes").await?;
-            let moving: Vec<String> = volumes
-                .iter()
-                .filter(|v| v.cluster == c.name && v.target_servers.is_some())
-                .map(|v| format!("{} ({})", v.name, v.status))
-                .collect();
-            eprintln!(
-                "moving data off {server}: {}; interrupting this wait does not stop the move",
-                moving.join(", ")
-            );
-        }
-        polls += 1;
-        tokio::time::sleep(LEAVE_POLL).await;
-    }
 }
 
 /// `strata cluster ...`.
@@ -180,11 +148,8 @@ pub async fn cluster(api: &Client, out: Output, cmd: ClusterCommand) -> Result<(
                 segment(&name),
                 segment(&server)
             );
-            let mut c: ClusterInfo = api.delete_json(&path).await?;
-            if !no_wait && c.servers.contains(&server) {
-                c = wait_until_left(api, &name, &server).await?;
-            }
-            print(out, &c, cluster_details)
+            let job: JobInfo = api.delete_json(&path).await?;
+            crate::jobs::started(api, out, job, no_wait).await
         }
     }
 }

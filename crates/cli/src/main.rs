@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod dev;
 mod group;
+mod jobs;
 mod table;
 
 use args::{Cli, Command};

@@ -7,6 +7,7 @@
 //! Each command is checked completely before anything is changed: a refused command leaves the
 //! state exactly as it was, and its [`CommandError`] becomes the Raft response.
 
+use crate::apply_jobs as jobs;
 use crate::apply_servers as servers;
 use crate::error::CommandError;
 use crate::model::{Command, CommandOutput, SnapshotRecord, StateView, VolumeRecord};
@@ -105,6 +106,27 @@ pub fn apply_command(state: &mut StateView, cmd: Command) -> Result<CommandOutpu
             Ok(CommandOutput::Volume(vol.clone()))
         }
         Command::FinishMigration { volume, target } => finish_migration(state, volume, &target),
+        Command::StartJob(job) => jobs::start_job(state, job),
+        Command::UpdateJob { id, progress } => jobs::update_job(state, id, progress),
+        Command::ResumeJob { id, runner } => jobs::resume_job(state, id, runner),
+        Command::FinishJob {
+            id,
+            state: end,
+            error,
+            progress,
+            verify,
+            now_ms,
+        } => jobs::finish_job(
+            state,
+            id,
+            jobs::Ending {
+                state: end,
+                error,
+                progress,
+                verify,
+                now_ms,
+            },
+        ),
     }
 }
 

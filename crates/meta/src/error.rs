@@ -10,7 +10,7 @@
 //!   quorum, shutting down: retry later or elsewhere), or whether local storage failed.
 
 use serde::{Deserialize, Serialize};
-use strata_types::{LayerId, Name, ServerId};
+use strata_types::{JobId, LayerId, Name, ServerId};
 
 /// Why the state machine refused a command. Messages are meant for the operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -203,6 +203,31 @@ pub enum CommandError {
         /// Its current head layer.
         head: LayerId,
     },
+    /// A job with this id exists.
+    #[error("a job with id {0} already exists; retry to get a fresh id")]
+    JobExists(JobId),
+    /// No job with this id is known (it never existed, or ended long ago and was dropped).
+    #[error("no job with id {0}; see `strata job list`")]
+    UnknownJob(JobId),
+    /// The job has ended; it cannot change any more.
+    #[error("job {id} has already ended ({state})")]
+    JobEnded {
+        /// The job.
+        id: JobId,
+        /// How it ended: `succeeded`, `failed` or `cancelled`.
+        state: String,
+    },
+    /// A job of the same kind already runs on the same target.
+    #[error("{what} is already running as job {job}; wait for it (`strata job wait {job}`) or cancel it")]
+    JobBusy {
+        /// What runs, e.g. `a verify of volume "v"`.
+        what: String,
+        /// The running job.
+        job: JobId,
+    },
+    /// A job was recorded as starting in a state other than running, or finishing as running.
+    #[error("a job cannot {0}")]
+    BadJobState(String),
 }
 
 /// What a [`crate::Meta`] call can fail with.

@@ -2,14 +2,15 @@
 //!
 //! A management group is a Raft group ([openraft] 0.9) whose voters ("managers") are some of the
 //! site's servers; every server follows the same log. The log carries [`Command`]s — add a
-//! server, create a cluster, create/resize/delete a volume, create/delete a snapshot — and each
+//! server, create a cluster, create/resize/delete a volume, create/delete a snapshot, start/update/finish a job — and each
 //! node's state machine applies them to a [`StateView`]: servers, clusters and volumes with
 //! their layer stacks. High-rate data (block maps) never goes through here; it lives in each
 //! server's store.
 //!
 //! Pieces:
 //! - `model.rs`: the records, the commands and their outputs (plain serde data).
-//! - `apply.rs`, `apply_servers.rs`: deterministic validation and application of one command.
+//! - `apply.rs`, `apply_servers.rs`, `apply_jobs.rs`: deterministic validation and application
+//!   of one command.
 //! - `db.rs`, `log_store.rs`, `state_machine.rs`: the Raft log, vote and state machine, all in
 //!   one redb file `<dir>/meta.redb`.
 //! - `network.rs`: the Raft RPCs over HTTP/JSON (reqwest client, [`raft_router`] for axum).
@@ -26,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod apply;
+mod apply_jobs;
 mod apply_servers;
 mod db;
 mod error;
@@ -41,13 +43,15 @@ mod suite_test;
 use std::io::Cursor;
 
 pub use apply::{apply_command, MAX_REPLICAS};
+pub use apply_jobs::{state_word, MAX_FINISHED_JOBS, MAX_LISTED_MISMATCHES};
 pub use db::DB_FILE;
 pub use error::{CommandError, MetaError};
 pub use log_store::LogStore;
 pub use meta::{Meta, DEFAULT_CLUSTER, QUORUM_TIMEOUT};
 pub use model::{
-    ClusterRecord, Command, CommandOutput, CommandResponse, ServerRecord, SnapshotRecord,
-    StateView, VolumeRecord,
+    ChunkMismatchRecord, ClusterRecord, Command, CommandOutput, CommandResponse, JobKind,
+    JobProgress, JobRecord, JobState, ReplicaAnswer, ServerRecord, SnapshotRecord, StateView,
+    VerifyResult, VolumeRecord,
 };
 pub use network::{raft_router, HttpNetwork, HttpNetworkFactory};
 pub use openraft::{BasicNode, RaftMetrics, ServerState};

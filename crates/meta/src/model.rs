@@ -14,7 +14,7 @@
 use crate::error::CommandError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use strata_types::{LayerId, Name, ServerId, VolumeId};
+use strata_types::{JobId, LayerId, Name, ServerId, VolumeId};
 
 /// One `strata server` known to the management group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +173,9 @@ pub struct StateView {
     pub clusters: BTreeMap<Name, ClusterRecord>,
     /// Every volume, by name.
     pub volumes: BTreeMap<Name, VolumeRecord>,
+    /// Jobs running and the last ones finished, by id (see `apply_jobs.rs`).
+    #[serde(default)]
+    pub jobs: BTreeMap<JobId, JobRecord>,
 }
 
 impl StateView {
@@ -195,6 +198,116 @@ impl StateView {
     pub fn volume_with_layer(&self, layer: LayerId) -> Option<&VolumeRecord> {
         self.volumes.values().find(|v| v.layers.contains(&layer))
     }
+}
+
+/// What a job does, and to what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKind {
+    /// Compare (and with `repair`, fix) the replicas of every chunk of a volume.
+    Verify {
+        /// The volume.
+        volume: VolumeId,
+        /// Its name when the job started (the volume may be gone later).
+        volume_name: Name,
+        /// The snapshot verified instead of the live volume: its name and layer.
+        snapshot: Option<(Name, LayerId)>,
+        /// Whether differing chunks are copied from a good replica.
+        repair: bool,
+        /// The most bytes of the volume compared per second, if limited.
+        max_rate: Option<u64>,
+    },
+    /// Take a server out of a cluster, moving every volume's data off it.
+    RemoveServer {
+        /// The cluster.
+        cluster: Name,
+        /// The server leaving it.
+        server: ServerId,
+    },
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Its server is working on it.
+    Running,
+    /// It ended and did what it was asked.
+    Succeeded,
+    /// It ended with an error (its server stopped, too: the job was interrupted).
+    Failed,
+    /// Someone cancelled it before it ended.
+    Cancelled,
+}
+
+/// How far a job has come. The unit of `done` and `total` depends on the kind: chunks to
+/// read for a verify, chunk copies (chunk and layer) for a server removal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProgress {
+    /// Units done.
+    pub done: u64,
+    /// Units to do, as known now (a server removal learns of more as it goes).
+    pub total: u64,
+    /// Bytes read or copied so far.
+    pub bytes: u64,
+}
+
+/// One replica's answer for a chunk that verify found differing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaAnswer {
+    /// The replica's server.
+    pub server: ServerId,
+    /// The chunk's digest there (hex), or why it could not give one.
+    pub digest: Result<String, String>,
+}
+
+/// A chunk whose replicas differ or did not all answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMismatchRecord {
+    /// The chunk's index.
+    pub chunk: u64,
+    /// Every replica's answer.
+    pub replicas: Vec<ReplicaAnswer>,
+    /// Whether a repair made the replicas agree.
+    pub repaired: bool,
+}
+
+/// What a verify job found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyResult {
+    /// Chunks of the volume compared (those no replica holds data in count: they agree).
+    pub chunks: u64,
+    /// Of those, the chunks no replica holds data in, which were not read.
+    pub unallocated: u64,
+    /// The first [`crate::MAX_LISTED_MISMATCHES`] chunks whose replicas differ.
+    pub mismatches: Vec<ChunkMismatchRecord>,
+    /// Differing chunks past those listed.
+    pub unlisted_mismatches: u64,
+    /// Differing chunks past those listed that a repair did not fix.
+    pub unlisted_unrepaired: u64,
+}
+
+/// A long operation the group runs on one server (its *runner*) and reports on. The record
+/// lives in the management state, so any server shows it and it outlives its runner: the
+/// leader marks it failed when the runner stops answering or no longer runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The job's id.
+    pub id: JobId,
+    /// What it does.
+    pub kind: JobKind,
+    /// The server that runs it.
+    pub runner: ServerId,
+    /// Where it is.
+    pub state: JobState,
+    /// How far it has come.
+    pub progress: JobProgress,
+    /// When it started (Unix milliseconds, chosen by the proposer).
+    pub started_unix_ms: u64,
+    /// When it ended, if it has.
+    pub ended_unix_ms: Option<u64>,
+    /// Why it failed (or was cancelled).
+    pub error: Option<String>,
+    /// What a verify found.
+    pub verify: Option<VerifyResult>,
 }
 
 /// One proposed change to the management state. Every field that must be identical on every
@@ -316,6 +429,39 @@ pub enum Command {
         /// The migration's target layout, as the server saw it.
         target: Vec<ServerId>,
     },
+    /// Record a new running job. Refused while a job of the same kind runs on the same target
+    /// (volume or server). Drops the oldest finished jobs past [`crate::MAX_FINISHED_JOBS`].
+    StartJob(JobRecord),
+    /// Record a running job's progress. Refused once the job has ended (so its runner stops).
+    UpdateJob {
+        /// The job.
+        id: JobId,
+        /// Its progress now.
+        progress: JobProgress,
+    },
+    /// Hand a running job to another runner, which takes it up where it is (a server removal
+    /// whose runner stopped: the data goes on moving anyway). Refused once it has ended.
+    ResumeJob {
+        /// The job.
+        id: JobId,
+        /// Its new runner.
+        runner: ServerId,
+    },
+    /// End a running job: succeeded, failed or cancelled. Refused once it has ended.
+    FinishJob {
+        /// The job.
+        id: JobId,
+        /// Its final state (not `Running`).
+        state: JobState,
+        /// Why it failed or was cancelled.
+        error: Option<String>,
+        /// Its last progress, if the finisher knows it (the runner does).
+        progress: Option<JobProgress>,
+        /// What a verify found.
+        verify: Option<VerifyResult>,
+        /// When it ended, Unix milliseconds.
+        now_ms: u64,
+    },
     /// End the migration to `target`: every chunk has been copied to the servers that gain it.
     /// The target becomes the layout; servers that left it drop their copies, and leaving
     /// servers that no volume holds any more leave their cluster.
@@ -339,6 +485,8 @@ pub enum CommandOutput {
     /// The volume after the change (for `DeleteVolume`, the record as it was before deletion, so
     /// the caller knows which layers to drop).
     Volume(VolumeRecord),
+    /// The job after the change.
+    Job(JobRecord),
     /// The snapshot created or deleted, and the volume after the change.
     Snapshot {
         /// The snapshot.

@@ -52,7 +52,7 @@ impl ServerControl {
 /// no leader (an election after the leader died), the API answers 503 and the change is sent
 /// again, for at most `wait`: a client write waits for a new leader rather than fail. Any other
 /// refusal is final.
-async fn post_change(
+pub(crate) async fn post_change(
     http: &reqwest::Client,
     url: &str,
     body: &impl serde::Serialize,

@@ -13,6 +13,7 @@ mod control;
 mod exports;
 mod forward;
 pub mod identity;
+mod jobs;
 mod join;
 pub mod metrics;
 mod peers;
@@ -200,6 +201,8 @@ pub async fn start(
         background: Arc::new(
             background::Background::start(2).context("cannot start the background threads")?,
         ),
+        jobs: Arc::new(jobs::Jobs::new(shutdown.child_token())),
+        own_api: format!("http://{api_addr}"),
     };
     // Serve the API and the Raft RPCs first: a joining server must answer the leader.
     let mut tasks = JoinSet::new();
@@ -238,6 +241,7 @@ pub async fn start(
     }
 
     tasks.spawn(follow_meta(state.clone(), shutdown.child_token()));
+    tasks.spawn(jobs::watch(state.clone(), shutdown.child_token()));
     tasks.spawn(join::keep_record_current(
         meta.clone(),
         http,

@@ -68,6 +68,11 @@ typed_id!(
     /// Identifies one `strata server` (one data directory) for its whole life.
     ServerId
 );
+typed_id!(
+    /// Identifies one job: a long operation (verify, server removal) the group runs and
+    /// reports on.
+    JobId
+);
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,4 @@
-//! Vocabulary shared by every Strata crate: typed ids ([`VolumeId`], [`LayerId`], [`ServerId`]),
+//! Vocabulary shared by every Strata crate: typed ids ([`VolumeId`], [`LayerId`], [`ServerId`], [`JobId`]),
 //! validated object names ([`Name`]) and human-readable sizes ([`parse_size`], [`format_size`]).
 //!
 //! This crate has no I/O and no async code; everything here is plain data that the store, the
@@ -8,7 +8,7 @@ mod ids;
 mod name;
 mod size;
 
-pub use ids::{LayerId, ServerId, VolumeId};
+pub use ids::{JobId, LayerId, ServerId, VolumeId};
 pub use name::{Name, NameError, MAX_NAME_LEN};
 pub use size::{format_size, parse_size, SizeError};
 

@@ -5,7 +5,13 @@
 //! is in sync and its digest is the one most in-sync replicas agree on (ties go to the replica
 //! placed first). Repair copies the chunk's image in every layer up to the one verified from the
 //! good replica to each differing one, then digests again to confirm.
+//!
+//! The caller names the chunks to read: a chunk that no replica holds data in reads as zeros on
+//! every replica, so the server's job runner asks the replicas which chunks they hold and
+//! passes only those (an empty 1 PiB volume is verified without reading anything). A
+//! [`Monitor`] sees each compared chunk, can pace the run (a rate limit) and stop it.
 
+use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,43 +47,97 @@ pub struct ChunkProblem {
 /// The result of verifying a volume or snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
-    /// Chunks compared.
+    /// Chunks of the volume (those not read agree: no replica holds data there).
     pub chunks: u64,
-    /// Chunks whose replicas differ or did not all answer.
+    /// Chunks read and compared.
+    pub read: u64,
+    /// The first chunks whose replicas differ or did not all answer (at most the `listed`
+    /// given to [`verify`]).
     pub problems: Vec<ChunkProblem>,
+    /// Such chunks past those listed.
+    pub unlisted: u64,
+    /// Of the unlisted ones, those a repair did not fix.
+    pub unlisted_unrepaired: u64,
 }
 
-/// Verifies `volume` as of `layer` (`None`: the head); with `repair`, fixes differing replicas.
+/// Why a verify did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The volume is not (or no longer) known to this server's engine.
+    #[error("volume {0} does not exist")]
+    UnknownVolume(VolumeId),
+    /// The [`Monitor`] stopped the run.
+    #[error("stopped before every chunk was compared")]
+    Stopped,
+}
+
+/// Watches and paces a verify run.
+#[async_trait]
+pub trait Monitor: Send + Sync {
+    /// Whether the run must stop now (checked before each chunk).
+    fn stopped(&self) -> bool;
+    /// One chunk of `bytes` bytes was compared; may wait, to hold a rate.
+    async fn compared(&self, bytes: u64);
+}
+
+/// Verifies `volume` as of `layer` (`None`: the head), reading the `chunks` named (ascending;
+/// every other chunk is taken to be held by no replica); with `repair`, fixes differing
+/// replicas. Lists at most `listed` problems and counts the rest.
 pub async fn verify(
     engine: &Arc<Engine>,
     volume: VolumeId,
     layer: Option<LayerId>,
     repair: bool,
-) -> Result<Report, String> {
+    chunks: impl IntoIterator<Item = u64>,
+    listed: usize,
+    monitor: &dyn Monitor,
+) -> Result<Report, VerifyError> {
     let view = engine
         .view(volume)
-        .ok_or_else(|| format!("volume {volume} does not exist"))?;
-    let chunks = view.chunks();
-    let results: Vec<Option<ChunkProblem>> = stream::iter(0..chunks)
+        .ok_or(VerifyError::UnknownVolume(volume))?;
+    let count = view.chunks();
+    let mut report = Report {
+        chunks: count,
+        ..Report::default()
+    };
+    let mut results = stream::iter(chunks.into_iter().filter(|c| *c < count))
+        .take_while(|_| std::future::ready(!monitor.stopped()))
         .map(|chunk| {
             let view = view.clone();
             async move {
-                let mut problem =
+                let problem =
                     // Servers a migration is still copying the chunk to are not compared.
-                    check(engine, &view.placed(chunk), volume, layer, chunk).await?;
-                if repair {
-                    problem.repaired = fix(engine, &view, layer, &problem).await;
-                }
-                Some(problem)
+                    check(engine, &view.placed(chunk), volume, layer, chunk).await;
+                let problem = match problem {
+                    Some(mut p) if repair => {
+                        p.repaired = fix(engine, &view, layer, &p).await;
+                        Some(p)
+                    }
+                    other => other,
+                };
+                let start = chunk * strata_types::CHUNK_SIZE;
+                monitor
+                    .compared(strata_types::CHUNK_SIZE.min(view.size.saturating_sub(start)))
+                    .await;
+                problem
             }
         })
-        .buffered(PARALLEL)
-        .collect()
-        .await;
-    Ok(Report {
-        chunks,
-        problems: results.into_iter().flatten().collect(),
-    })
+        .buffered(PARALLEL);
+    while let Some(problem) = results.next().await {
+        report.read += 1;
+        match problem {
+            Some(p) if report.problems.len() < listed => report.problems.push(p),
+            Some(p) => {
+                report.unlisted += 1;
+                report.unlisted_unrepaired += u64::from(!p.repaired);
+            }
+            None => {}
+        }
+    }
+    if monitor.stopped() {
+        return Err(VerifyError::Stopped);
+    }
+    Ok(report)
 }
 
 async fn digests(

@@ -339,8 +339,19 @@ fn api_serves_openapi_health_and_metrics() {
         "/v1/volumes/{name}/snapshots",
         "/v1/servers",
         "/v1/volumes/{name}/diff",
+        "/v1/jobs",
+        "/v1/jobs/{id}",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
+    // Verify answers with a job (202), whose types are described.
+    let verify = &doc["paths"]["/v1/volumes/{name}/verify"]["post"]["responses"];
+    assert!(verify.get("202").is_some(), "{verify}");
+    for schema in ["JobInfo", "JobState", "JobProgress", "VerifyReport"] {
+        assert!(
+            doc["components"]["schemas"].get(schema).is_some(),
+            "{schema} documented"
+        );
     }
     assert!(get("/healthz").contains("ok"));
     let metrics = get("/metrics");
@@ -426,4 +437,63 @@ fn snapshots_under_writes_hold_a_prefix_of_acknowledged_writes() {
             "snapshot {name} lacks writes acknowledged before it was requested ({prefix} < {acked_before})"
         );
     }
+}
+
+#[test]
+fn verify_is_a_job_the_cli_waits_for_or_leaves_running() {
+    let server = ServerProcess::start();
+    server.create_volume("big", "1PiB");
+    let mut c = NbdClient::connect(&server.nbd, "big").unwrap();
+    assert_eq!(c.write(0, &[5u8; 65536], true).unwrap(), 0);
+    c.disconnect();
+    // Waits for the job and prints its report as the synchronous verify did; before, an
+    // empty 1 PiB volume ran into the client's 60 s timeout.
+    let started = std::time::Instant::now();
+    let text = server.cli_ok(&["volume", "verify", "big"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        text.contains(
+            "big: 268435456 chunk(s) compared (268435455 held no data on any replica), 0 differ"
+        ),
+        "{text}"
+    );
+    // `--no-wait` prints the job id alone; `job show`, `volume show` and `job wait` know it.
+    let out = server.cli_ok(&[
+        "volume",
+        "verify",
+        "big",
+        "--no-wait",
+        "--max-rate",
+        "2MiB/s",
+    ]);
+    let id = out.trim().to_string();
+    assert_eq!(out, format!("{id}\n"));
+    let shown = json(&server, &["job", "show", &id]);
+    assert_eq!(shown["id"], id.as_str(), "{shown}");
+    assert_eq!(shown["kind"], "verify", "{shown}");
+    assert_eq!(shown["state"], "running", "{shown}");
+    let volume = server.cli_ok(&["volume", "show", "big"]);
+    assert!(volume.contains("job:       verify "), "{volume}");
+    assert!(volume.contains(&format!("(id {id})")), "{volume}");
+    let waited = server.cli_ok(&["job", "wait", &id]);
+    assert!(waited.contains("0 differ"), "{waited}");
+    let jobs = json(&server, &["job", "list"]);
+    assert_eq!(jobs.as_array().unwrap().len(), 2, "{jobs}");
+    assert_eq!(jobs[0]["id"], id.as_str(), "newest first: {jobs}");
+    assert_eq!(jobs[0]["state"], "succeeded", "{jobs}");
+    assert_eq!(jobs[0]["progress"]["done"], 1, "{jobs}");
+    let table = server.cli_ok(&["job", "list"]);
+    assert!(table.contains("succeeded"), "{table}");
+    fails_with(&server, &["job", "show", "nope"], "not a job id");
+    fails_with(
+        &server,
+        &["volume", "verify", "big", "--max-rate", "0"],
+        "rate of 0",
+    );
+    // A verify that has ended cannot be cancelled.
+    fails_with(&server, &["job", "cancel", &id], "already ended");
 }

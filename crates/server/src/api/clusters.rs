@@ -1,8 +1,8 @@
 //! Handlers for clusters: named sets of servers that volumes live on. A server is in at most
 //! one cluster; creating a cluster or adding a server to one may take servers out of `default`.
 //! Taking a server out of a cluster is refused while a volume there needs it (see
-//! `strata_meta`'s `apply_servers.rs`): moving data off a server arrives with distributed
-//! volumes.
+//! `strata_meta`'s `apply_servers.rs`); otherwise taking it out is a job that moves the data
+//! off it.
 
 use super::barrier::Barrier;
 use super::{find_server, parse_name, ApiError, AppState};
@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use futures::future::join_all;
-use strata_api_types::{AddClusterServer, ClusterInfo, CreateCluster};
-use strata_meta::{ClusterRecord, Command, CommandOutput, StateView};
+use strata_api_types::{AddClusterServer, ClusterInfo, CreateCluster, JobInfo};
+use strata_meta::{apply_command, ClusterRecord, Command, CommandOutput, JobKind, StateView};
 use strata_types::{Name, ServerId};
 
 fn cluster_info(state: &StateView, c: &ClusterRecord) -> ClusterInfo {
@@ -121,30 +121,64 @@ pub async fn add_server(
     Ok(Json(changed(&app, out)?))
 }
 
-/// `DELETE /v1/clusters/{name}/servers/{server}`: take a server out of a cluster. Each volume
-/// holding data on it starts migrating to a layout without it, under a barrier: every gateway
-/// of the volume (but the leaving servers, which may be dead) holds its writes until it has
-/// applied the migration, so every later write reaches the servers that gain chunks. The
-/// server stays a leaving member until the last migration finishes.
+/// `DELETE /v1/clusters/{name}/servers/{server}`: take a server out of a cluster, as a job
+/// (answered 202 at once; a removal the state refuses is answered with the refusal and starts
+/// no job). Each volume holding data on it starts migrating to a layout without it, under a
+/// barrier: every gateway of the volume (but the leaving servers, which may be dead) holds its
+/// writes until it has applied the migration, so every later write reaches the servers that
+/// gain chunks. The server stays a leaving member until the last migration finishes; the job
+/// ends then.
 #[utoipa::path(delete, path = "/v1/clusters/{name}/servers/{server}",
-    responses((status = 200, body = ClusterInfo), (status = 404, body = strata_api_types::ErrorBody),
+    responses((status = 202, body = JobInfo), (status = 404, body = strata_api_types::ErrorBody),
               (status = 409, body = strata_api_types::ErrorBody)))]
 pub async fn remove_server(
     State(app): State<AppState>,
     Path((name, server)): Path<(String, String)>,
-) -> Result<Json<ClusterInfo>, ApiError> {
+) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
     let cluster = parse_name("cluster", &name)?;
     let state = app.meta.read().await?;
     let server = find_server(&state, &server)?.id;
+    // Refusals (unknown cluster, too few servers left, already leaving) are answered at once,
+    // without a job: the state machine is deterministic, so a trial on a copy tells.
+    let removal = Command::RemoveClusterServer {
+        cluster: cluster.clone(),
+        server,
+    };
+    apply_command(&mut state.clone(), removal.clone())?;
+    let kind = JobKind::RemoveServer {
+        cluster: cluster.clone(),
+        server,
+    };
+    let (handle, record) = super::job_runs::start(&app, kind).await?;
+    if let Err(e) = move_off(&app, &state, &cluster, server, removal).await {
+        super::job_runs::fail(&app, handle, e.message.clone()).await;
+        return Err(e);
+    }
+    let work = super::job_runs::remove_server(app.clone(), handle.clone(), cluster, server);
+    crate::jobs::spawn(app.clone(), handle, work);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(super::jobs::job_info(&app.meta.local_state(), &record)),
+    ))
+}
+
+/// Commits the removal of `server` under a barrier on every volume holding data on it.
+async fn move_off(
+    app: &AppState,
+    state: &StateView,
+    cluster: &Name,
+    server: ServerId,
+    removal: Command,
+) -> Result<(), ApiError> {
     let barriers: Vec<Barrier> = state
         .volumes
         .values()
         .filter(|v| v.holds(server))
-        .map(|v| Barrier::new(&app, &state, v))
+        .map(|v| Barrier::new(app, state, v))
         .collect();
     let mut excused: Vec<String> = state
         .clusters
-        .get(&cluster)
+        .get(cluster)
         .into_iter()
         .flat_map(|c| c.leaving.iter())
         .chain([&server])
@@ -164,15 +198,12 @@ pub async fn remove_server(
                  safely; bring it back (or take it out first) and try again"
             )));
         }
-        let out = app
-            .meta
-            .write(Command::RemoveClusterServer { cluster, server })
-            .await?;
+        app.meta.write(removal).await?;
         app.meta.announce_commits().await;
         join_all(barriers.iter().map(|b| b.settle(true))).await;
-        Ok(out)
+        Ok(())
     }
     .await;
     join_all(barriers.iter().map(|b| b.release())).await;
-    Ok(Json(changed(&app, removed?)?))
+    removed
 }

@@ -125,18 +125,23 @@ fn command_status(e: &CommandError) -> StatusCode {
         | C::VolumeIdExists(_)
         | C::LayerInUse(_)
         | C::SnapshotExists { .. }
-        | C::StaleHead { .. } => StatusCode::CONFLICT,
+        | C::StaleHead { .. }
+        | C::JobExists(_)
+        | C::JobEnded { .. }
+        | C::JobBusy { .. } => StatusCode::CONFLICT,
         C::UnknownServer(_)
         | C::UnknownCluster(_)
         | C::UnknownVolume(_)
         | C::UnknownVolumeId(_)
-        | C::UnknownSnapshot { .. } => StatusCode::NOT_FOUND,
+        | C::UnknownSnapshot { .. }
+        | C::UnknownJob(_) => StatusCode::NOT_FOUND,
         C::MissingAddress { .. }
         | C::EmptyCluster(_)
         | C::NotInCluster { .. }
         | C::BadSize { .. }
         | C::Shrink { .. }
         | C::NotInLayout { .. }
-        | C::BadReplicas { .. } => StatusCode::BAD_REQUEST,
+        | C::BadReplicas { .. }
+        | C::BadJobState(_) => StatusCode::BAD_REQUEST,
     }
 }

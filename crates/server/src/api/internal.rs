@@ -1,10 +1,12 @@
 //! Server-to-server endpoints that are not part of the public API.
 //!
 //! Under `/v1/internal` (forwarded to the leader like any change): marking a replica stale or
-//! in sync, and a migration's steps (seeded; finish, which the leader runs under a barrier).
+//! in sync, a migration's steps (seeded; finish, which the leader runs under a barrier), and a
+//! job runner's progress and end (`jobs.rs`).
 //! Under `/internal/v1` (answered by the server asked, never forwarded): the barrier's steps
-//! on this server, and what this server holds of a volume (use, missed marks,
-//! changed ranges), which the leader gathers for `volume show` and `snapshot diff`.
+//! on this server, what this server holds of a volume (use, missed marks, changed ranges,
+//! chunks with data), which the leader gathers for `volume show`, `snapshot diff` and
+//! verify jobs, and the jobs it runs (for the leader's job watch).
 
 use super::barrier::Barrier;
 use super::{ApiError, AppState};
@@ -14,7 +16,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use strata_api_types::{LocalVolume, MarkReplica, MigrationStep, MissedSummary, OpenClient, Range};
+use strata_api_types::{
+    HeldChunks, LocalVolume, MarkReplica, MigrationStep, MissedSummary, OpenClient, Range,
+};
 use strata_meta::Command;
 use strata_types::{LayerId, ServerId, VolumeId};
 
@@ -25,6 +29,8 @@ pub fn router() -> Router<AppState> {
         .route("/internal/v1/volumes/{id}/clients", get(open_clients))
         .route("/internal/v1/volumes/{id}/missed", get(missed))
         .route("/internal/v1/volumes/{id}/delta", get(delta))
+        .route("/internal/v1/volumes/{id}/chunks", get(held_chunks))
+        .route("/internal/v1/jobs", get(super::jobs::running_here))
         .route("/internal/v1/barrier/{barrier}/persist", post(persist))
         .route("/internal/v1/barrier/{barrier}/pause", post(pause))
         .route("/internal/v1/barrier/{barrier}/freeze", post(freeze))
@@ -228,6 +234,20 @@ async fn local_volume(
         first_copy_bytes,
         missed: missed_summary(&app, id)?,
     }))
+}
+
+/// `GET /internal/v1/volumes/{id}/chunks`: the chunks this server holds data in, in any
+/// layer (verify reads only those; a volume this store lacks is an error, so that verify
+/// compares all of this server's chunks).
+async fn held_chunks(
+    State(app): State<AppState>,
+    Path(id): Path<VolumeId>,
+) -> Result<Json<HeldChunks>, ApiError> {
+    let store = app.store.clone();
+    let held = tokio::task::spawn_blocking(move || store.chunk_data_bytes(id))
+        .await
+        .map_err(|e| ApiError::internal(format!("chunk listing task failed: {e}")))??;
+    Ok(Json(HeldChunks::from_sorted(held.into_keys())))
 }
 
 /// Query of the delta endpoint.

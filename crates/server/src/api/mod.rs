@@ -13,12 +13,15 @@ mod barrier;
 mod clusters;
 mod error;
 mod internal;
+mod job_runs;
+mod jobs;
 mod managers;
 mod servers;
 mod system;
 mod volumes;
 
 pub use error::ApiError;
+pub(crate) use job_runs::resume_removal;
 pub use managers::MANAGER_COUNTS;
 pub use system::filesystem_space;
 
@@ -53,6 +56,18 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Low-priority threads for syncs that clients do not wait for.
     pub(crate) background: Arc<crate::background::Background>,
+    /// The jobs this server runs.
+    pub(crate) jobs: Arc<crate::jobs::Jobs>,
+    /// This server's own API base URL (listen address), through which its job runners and
+    /// engine send changes to the leader.
+    pub own_api: String,
+}
+
+/// Now, in Unix milliseconds (for the times commands carry).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Parses a user-given name, or answers 400 saying what kind of name was bad.
@@ -126,6 +141,9 @@ impl AppState {
         volumes::delete_snapshot,
         volumes::diff,
         volumes::verify,
+        jobs::list_jobs,
+        jobs::show_job,
+        jobs::cancel_job,
     ),
     components(schemas(strata_api_types::ErrorBody))
 )]
@@ -174,6 +192,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/volumes/{name}/diff", get(volumes::diff))
         .route("/v1/volumes/{name}/verify", post(volumes::verify))
+        .route("/v1/jobs", get(jobs::list_jobs))
+        .route(
+            "/v1/jobs/{id}",
+            get(jobs::show_job).delete(jobs::cancel_job),
+        )
+        .route("/v1/internal/jobs/{id}", post(jobs::change_job))
         .route(
             "/v1/internal/volumes/{id}/stale",
             post(internal::mark_stale),

@@ -10,20 +10,16 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::Duration;
 use strata_api_types::{
-    ChunkMismatch, CreateSnapshot, CreateVolume, DeleteQuery, DiffInfo, LocalVolume, OpenClient,
-    Range, ReplicaDigest, ResizeVolume, SnapshotInfo, VerifyReport, VerifyRequest, VolumeInfo,
+    CreateSnapshot, CreateVolume, DeleteQuery, DiffInfo, JobInfo, LocalVolume, OpenClient, Range,
+    ResizeVolume, SnapshotInfo, VerifyRequest, VolumeInfo,
 };
-use strata_meta::{Command, CommandError, MetaError, StateView, VolumeRecord};
+use strata_meta::{Command, CommandError, JobKind, MetaError, StateView, VolumeRecord};
 use strata_types::{LayerId, Name, ServerId, VolumeId};
 
 /// The largest volume accepted: 1 PiB.
 const MAX_VOLUME_SIZE: u64 = 1 << 50;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use super::now_ms;
 
 /// Refuses sizes past the largest volume; the state machine checks the rest (whole sectors).
 fn check_size(size: u64) -> Result<(), ApiError> {
@@ -62,7 +58,7 @@ fn snapshot_info(v: &VolumeRecord, s: &strata_meta::SnapshotRecord) -> SnapshotI
 const ASK_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The servers holding `v`'s chunks: its layout, then those a running migration adds.
-fn holders(v: &VolumeRecord) -> Vec<ServerId> {
+pub(super) fn holders(v: &VolumeRecord) -> Vec<ServerId> {
     let mut all = v.servers.clone();
     let added = v.target.iter().flatten().filter(|s| !v.servers.contains(s));
     all.extend(added.copied().collect::<Vec<_>>());
@@ -71,7 +67,7 @@ fn holders(v: &VolumeRecord) -> Vec<ServerId> {
 
 /// Asks every server holding `v` what it holds of it; servers that do not answer in time are
 /// missing from the result.
-async fn local_parts(
+pub(super) async fn local_parts(
     app: &AppState,
     state: &StateView,
     v: &VolumeRecord,
@@ -105,6 +101,20 @@ fn health(v: &VolumeRecord, parts: &HashMap<ServerId, LocalVolume>) -> String {
         Some(target) => ("migrating", target),
         None => return "healthy".into(),
     };
+    let (remaining, total) = copy_progress(parts, copying_to);
+    // Never 100% until the management group records the end.
+    let done = ((total - remaining.min(total)) * 100)
+        .checked_div(total)
+        .map_or(0, |p| p.min(99));
+    format!("{word} {done}%")
+}
+
+/// The chunk copies still to make to `copying_to` and the copies to make in all, summed over
+/// the holders' missed marks.
+pub(super) fn copy_progress(
+    parts: &HashMap<ServerId, LocalVolume>,
+    copying_to: &[ServerId],
+) -> (u64, u64) {
     let (mut remaining, mut total) = (0u64, 0u64);
     for part in parts.values() {
         for m in part
@@ -116,11 +126,7 @@ fn health(v: &VolumeRecord, parts: &HashMap<ServerId, LocalVolume>) -> String {
             total += m.total;
         }
     }
-    // Never 100% until the management group records the end.
-    let done = ((total - remaining.min(total)) * 100)
-        .checked_div(total)
-        .map_or(0, |p| p.min(99));
-    format!("{word} {done}%")
+    (remaining, total)
 }
 
 async fn volume_info(app: &AppState, state: &StateView, v: &VolumeRecord) -> VolumeInfo {
@@ -168,6 +174,7 @@ async fn volume_info(app: &AppState, state: &StateView, v: &VolumeRecord) -> Vol
         snapshots: v.snapshots.iter().map(|s| snapshot_info(v, s)).collect(),
         nbd_url: format!("nbd://{nbd_addr}/{}", v.name),
         created_unix_ms: v.created_unix_ms,
+        job: super::jobs::volume_job(state, v.id),
     }
 }
 
@@ -630,64 +637,62 @@ fn merge_ranges(mut ranges: Vec<Range>) -> Vec<Range> {
     out
 }
 
-/// `POST /v1/volumes/{name}/verify`: compare the replicas of every chunk by digest and, with
-/// `repair`, copy differing chunks from a good replica.
+/// `POST /v1/volumes/{name}/verify`: start a job that compares the replicas of every chunk
+/// by digest (reading only the chunks some replica holds data in) and, with `repair`, copies
+/// differing chunks from a good replica. Answers 202 with the job at once; its report is in
+/// `GET /v1/jobs/{id}` when it ends.
 #[utoipa::path(post, path = "/v1/volumes/{name}/verify", request_body = VerifyRequest,
-    responses((status = 200, body = VerifyReport), (status = 404, body = strata_api_types::ErrorBody)))]
+    responses((status = 202, body = JobInfo), (status = 404, body = strata_api_types::ErrorBody),
+              (status = 409, body = strata_api_types::ErrorBody)))]
 pub async fn verify(
     State(app): State<AppState>,
     Path(volume): Path<String>,
     body: Option<Json<VerifyRequest>>,
-) -> Result<Json<VerifyReport>, ApiError> {
+) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
     let req = body.map(|Json(b)| b).unwrap_or_default();
+    if req.max_rate == Some(0) {
+        return Err(ApiError::bad_request(
+            "a rate of 0 would never end; give a positive rate, or none for no limit",
+        ));
+    }
     let state = app.meta.read().await?;
     let v = find_volume(&state, &volume)?;
-    let layer = match &req.snapshot {
+    let snapshot = match &req.snapshot {
         Some(name) => Some(
             v.snapshots
                 .iter()
                 .find(|s| s.name.as_str() == name)
+                .map(|s| (s.name.clone(), s.layer))
                 .ok_or_else(|| {
                     ApiError::not_found(format!(
                         "volume {volume:?} has no snapshot {name:?}; see `strata snapshot list {volume}`"
                     ))
-                })?
-                .layer,
+                })?,
         ),
         None => None,
     };
-    let report = strata_volume::verify::verify(&app.engine, v.id, layer, req.repair)
-        .await
-        .map_err(ApiError::internal)?;
-    let name = |id: ServerId| {
-        state
-            .servers
-            .get(&id)
-            .map_or_else(|| id.to_string(), |s| s.name.to_string())
+    let layer = snapshot.as_ref().map(|(_, l)| *l);
+    let kind = JobKind::Verify {
+        volume: v.id,
+        volume_name: v.name.clone(),
+        snapshot,
+        repair: req.repair,
+        max_rate: req.max_rate,
     };
-    Ok(Json(VerifyReport {
-        volume: v.name.to_string(),
-        snapshot: req.snapshot,
-        chunks: report.chunks,
-        mismatches: report
-            .problems
-            .into_iter()
-            .map(|p| ChunkMismatch {
-                chunk: p.chunk,
-                offset: p.chunk * strata_types::CHUNK_SIZE,
-                replicas: p
-                    .replicas
-                    .into_iter()
-                    .map(|r| ReplicaDigest {
-                        server: name(r.server),
-                        digest: r.digest.clone().ok(),
-                        error: r.digest.err(),
-                    })
-                    .collect(),
-                repaired: p.repaired,
-            })
-            .collect(),
-    }))
+    let (handle, record) = super::job_runs::start(&app, kind).await?;
+    let work = super::job_runs::verify(
+        app.clone(),
+        handle.clone(),
+        v.id,
+        layer,
+        req.repair,
+        req.max_rate,
+    );
+    crate::jobs::spawn(app.clone(), handle, work);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(super::jobs::job_info(&app.meta.local_state(), &record)),
+    ))
 }
 
 #[cfg(test)]

@@ -454,8 +454,15 @@ impl Group {
         .await
     }
 
-    /// Runs `strata volume verify` through server `i`: the report.
-    pub async fn verify(&self, i: usize, target: &str, repair: bool) -> Value {
+    /// Starts a verify job of `target` (`VOL` or `VOL@SNAP`) through server `i`, at most
+    /// `max_rate` bytes per second: the job as the API answered (202).
+    pub async fn start_verify(
+        &self,
+        i: usize,
+        target: &str,
+        repair: bool,
+        max_rate: Option<u64>,
+    ) -> Value {
         let (volume, snapshot) = match target.split_once('@') {
             Some((v, s)) => (v, Some(s)),
             None => (target, None),
@@ -464,11 +471,28 @@ impl Group {
             .post(
                 i,
                 &format!("/v1/volumes/{volume}/verify"),
-                serde_json::json!({"snapshot": snapshot, "repair": repair}),
+                serde_json::json!({"snapshot": snapshot, "repair": repair, "max_rate": max_rate}),
             )
             .await;
-        assert_eq!(status, 200, "verify {target}: {body}");
+        assert_eq!(status, 202, "verify {target}: {body}");
+        assert_eq!(body["state"], "running", "{body}");
         body
+    }
+
+    /// Waits until job `id` has ended, asking server `i`: the job.
+    pub async fn wait_job(&self, i: usize, id: &str) -> Value {
+        self.wait_for(i, &format!("/v1/jobs/{id}"), "the job ends", |j| {
+            j["state"] != "running"
+        })
+        .await
+    }
+
+    /// Runs `strata volume verify` through server `i` (a job, waited for): the report.
+    pub async fn verify(&self, i: usize, target: &str, repair: bool) -> Value {
+        let job = self.start_verify(i, target, repair, None).await;
+        let done = self.wait_job(i, job["id"].as_str().unwrap()).await;
+        assert_eq!(done["state"], "succeeded", "verify {target}: {done}");
+        done["report"].clone()
     }
 
     /// Stops every running server.

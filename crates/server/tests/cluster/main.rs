@@ -6,6 +6,7 @@
 mod failover;
 mod faults;
 mod harness;
+mod jobs;
 mod membership;
 mod migration;
 mod ordering;

@@ -106,7 +106,9 @@ async fn servers_join_become_managers_and_form_clusters() {
     let (status, body) = g
         .call(1, Method::DELETE, "/v1/clusters/fast/servers/s1", None)
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 202, "{body}");
+    let job = g.wait_job(2, body["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
     let (status, body) = g
         .post(0, "/v1/clusters/default/servers", json!({"server": "s1"}))
         .await;

@@ -106,11 +106,12 @@ async fn check_content(g: &Group, i: usize, volume: &'static str, versions: Vec<
     .await;
 }
 
-/// Starts removing server `name` from `default` through server 0; returns the cluster record.
+/// Starts removing server `name` from `default` through server 0; returns the job.
 async fn remove(g: &Group, name: &str) -> Value {
     let path = format!("/v1/clusters/default/servers/{name}");
     let (status, body) = g.call(0, Method::DELETE, &path, None).await;
-    assert_eq!(status, 200, "remove {name}: {body}");
+    assert_eq!(status, 202, "remove {name}: {body}");
+    assert_eq!(body["kind"], "remove-server", "{body}");
     body
 }
 
@@ -145,8 +146,18 @@ async fn removing_a_server_moves_its_data_away_while_clients_write() {
         tokio::task::spawn_blocking(move || keep_writing(addr, "mv", w))
     };
     w.wait_writes(CHUNKS).await;
-    let started = remove(&g, "s4").await;
+    let job = remove(&g, "s4").await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let started = g.get(2, "/v1/clusters/default").await;
     assert_eq!(started["leaving"], json!(["s4"]), "{started}");
+    // The job is visible from every server while the data moves.
+    let running = g.get(3, &format!("/v1/jobs/{id}")).await;
+    assert_eq!(running["target"], "s4 from default", "{running}");
+    // The data is already moving: a removal cannot be cancelled.
+    let (status, body) = g
+        .call(1, Method::DELETE, &format!("/v1/jobs/{id}"), None)
+        .await;
+    assert_eq!(status, 409, "{body}");
     let moving = g.get(2, "/v1/volumes/mv").await;
     assert_eq!(
         moving["target_servers"],
@@ -164,6 +175,12 @@ async fn removing_a_server_moves_its_data_away_while_clients_write() {
     w.wait_writes(CHUNKS).await;
     let left = wait_left(&g, "s4").await;
     assert!(left["leaving"].as_array().unwrap().is_empty(), "{left}");
+    // The job ends when the server has left, having counted the chunk copies made.
+    let ended = g.wait_job(1, &id).await;
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    let copies = ended["progress"]["total"].as_u64().unwrap();
+    assert!(copies > 0, "{ended}");
+    assert_eq!(ended["progress"]["done"], copies, "{ended}");
     w.wait_writes(CHUNKS).await;
     w.stop.store(true, Ordering::Relaxed);
     let versions = writer.await.expect("writer");
@@ -268,5 +285,36 @@ async fn a_server_killed_during_a_migration_catches_up_and_the_migration_finishe
     let report = g.verify(1, "kd", false).await;
     assert_eq!(report["chunks"], CHUNKS, "{report}");
     assert_eq!(report["mismatches"], json!([]), "{report}");
+    g.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removal_whose_runner_dies_is_taken_up_by_the_new_leader() {
+    let mut g = Group::cluster(4).await;
+    g.create_volume("tu", CHUNKS * CHUNK, 2).await;
+    fill(&g, 0, "tu").await;
+    let managers = g.get(0, "/v1/managers").await;
+    let name = crate::harness::leader(&managers).unwrap();
+    let first: usize = name.trim_start_matches('s').parse::<usize>().unwrap() - 1;
+    let path = "/v1/clusters/default/servers/s4";
+    let (status, job) = g.call(first, Method::DELETE, path, None).await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["runner"], name.as_str(), "the leader runs it: {job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    // The runner (a holder of the volume, too) dies while the data moves.
+    g.kill(first).await;
+    let other = (first + 1) % 3;
+    let taken = g
+        .wait_for(other, &format!("/v1/jobs/{id}"), "another runner", |j| {
+            j["runner"] != name.as_str()
+        })
+        .await;
+    assert_eq!(taken["state"], "running", "{taken}");
+    // Back again, the move finishes and so does the job, with no error.
+    g.restart(first).await;
+    wait_left(&g, "s4").await;
+    let ended = g.wait_job(other, &id).await;
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    assert!(ended.get("error").is_none(), "{ended}");
     g.stop().await;
 }
