@@ -118,7 +118,7 @@ impl Outcome {
                 self.refused.push(server);
                 self.fenced.push(server);
             }
-            Err(ReplicaError::NotReady(_)) => self.refused.push(server),
+            Err(ReplicaError::NotReady(_) | ReplicaError::Rerouted(_)) => self.refused.push(server),
             Err(ReplicaError::Io(e)) => {
                 tracing::warn!(volume = %view.name, %server, error = %e, "replica write failed");
                 self.failed.push(server);
@@ -523,7 +523,9 @@ impl GatewayDevice {
     /// replica, so a write reaches `server` either after the copy or in its image, never before
     /// it to be overwritten. So a write it takes needs no mark, and copying converges while
     /// clients write. If `server` does not take it, the current replicas record the chunk as
-    /// missed by it, and it is copied again.
+    /// missed by it, and it is copied again — unless it refused the routing epoch and `reroute`
+    /// allows: then the view changed (it may be current now, and read from), so it answers
+    /// `Ok(false)` and the whole change is routed again.
     async fn write_lagging(
         &self,
         server: ServerId,
@@ -533,13 +535,17 @@ impl GatewayDevice {
         change: Change,
         fua: bool,
         epoch: u64,
-    ) -> Result<(), IoError> {
+        reroute: bool,
+    ) -> Result<bool, IoError> {
         let Err(e) = self
             .send_change(server, head, offset, change, fua, Vec::new(), epoch, None)
             .await
         else {
-            return Ok(());
+            return Ok(true);
         };
+        if reroute && matches!(e, ReplicaError::Rerouted(_)) {
+            return Ok(false);
+        }
         tracing::debug!(volume = %self.volume, %server, error = %e, "write to a lagging replica failed; marking it");
         if matches!(e, ReplicaError::Io(_)) {
             // Its connection may have dropped with earlier writes unflushed.
@@ -556,7 +562,7 @@ impl GatewayDevice {
                 ))
             })?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The copies of `differ` of the chunk at `offset` in `layer` and those of `keep` no longer
@@ -679,9 +685,17 @@ impl GatewayDevice {
                 self.engine.wait_change(Duration::from_millis(20)).await;
                 continue;
             }
+            let reroute = Instant::now() < deadline;
+            let mut rerouted = false;
             for s in late {
-                self.write_lagging(s, &current, head, offset, change.clone(), fua, view.epoch)
+                let (change, epoch) = (change.clone(), view.epoch);
+                rerouted |= !self
+                    .write_lagging(s, &current, head, offset, change, fua, epoch, reroute)
                     .await?;
+            }
+            if rerouted {
+                self.engine.wait_change(Duration::from_millis(20)).await;
+                continue;
             }
             return Ok(());
         }

@@ -26,6 +26,10 @@ pub enum ReplicaError {
     /// The replica has not caught up with the volume or layer yet; retry shortly.
     #[error("not ready: {0}")]
     NotReady(String),
+    /// The write was routed by another routing epoch than the replica admits: the gateway
+    /// routes the whole change again (see [`crate::order`]).
+    #[error("rerouted: {0}")]
+    Rerouted(String),
     /// The range lies outside the volume.
     #[error("{0}")]
     OutOfRange(String),
@@ -60,6 +64,7 @@ impl ReplicaError {
         let code = match self {
             Self::Fenced(_) => ErrorCode::Fenced,
             Self::NotReady(_) => ErrorCode::NotReady,
+            Self::Rerouted(_) => ErrorCode::Rerouted,
             Self::OutOfRange(_) => ErrorCode::OutOfRange,
             Self::NoSpace => ErrorCode::NoSpace,
             Self::Io(_) => ErrorCode::Io,
@@ -76,6 +81,7 @@ impl ReplicaError {
         match code {
             ErrorCode::Fenced => Self::Fenced(LayerId::from_bytes([0; 16])),
             ErrorCode::NotReady | ErrorCode::UnknownVolume => Self::NotReady(message),
+            ErrorCode::Rerouted => Self::Rerouted(message),
             ErrorCode::OutOfRange => Self::OutOfRange(message),
             ErrorCode::NoSpace => Self::NoSpace,
             ErrorCode::Io => Self::Io(message),
@@ -150,7 +156,7 @@ async fn admit(
         .epochs
         .admit(volume, order.epoch, known)
         .await
-        .map_err(ReplicaError::NotReady)
+        .map_err(ReplicaError::Rerouted)
 }
 
 /// While some replica of `volume` lags (a stale one, or a migration), the lock of the chunk at

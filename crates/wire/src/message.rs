@@ -32,7 +32,7 @@
 //! Version 2 added `missed`, GetChunk, PutChunk, Digest, Chunk, Digest and `NotReady`.
 //! Version 3 added `durable` to PutChunk, `run` to Pong, and Allocation.
 //! Version 4 added `hold` to Write and Trim (0: none), and Release.
-//! Version 5 added `epoch` to Write and Trim.
+//! Version 5 added `epoch` to Write and Trim, and the error code `Rerouted`.
 //!
 //! A new field or message means a new protocol version (negotiated in the handshake), never a
 //! silent reinterpretation of these bytes.
@@ -212,11 +212,14 @@ pub enum ErrorCode {
     /// The peer has not caught up with the management state yet (e.g. does not know that
     /// layer); retry shortly.
     NotReady = 7,
+    /// The write was routed by an older routing epoch of the volume than the peer admits
+    /// (or a newer one than it knows yet): route it again under the current one.
+    Rerouted = 8,
 }
 
 impl ErrorCode {
     /// Every code, for tests and exhaustive tables.
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         Self::Fenced,
         Self::OutOfRange,
         Self::NoSpace,
@@ -224,6 +227,7 @@ impl ErrorCode {
         Self::Io,
         Self::BadRequest,
         Self::NotReady,
+        Self::Rerouted,
     ];
 
     /// The code from its wire number.
