@@ -431,12 +431,6 @@ impl Store {
         self.inner.space.max_file()
     }
 
-    /// True while the store's filesystem is full: writes that need new space are refused
-    /// ([`StoreError::NoSpace`]) until deletes free some or the filesystem grows.
-    pub fn is_full(&self) -> bool {
-        self.inner.space.refresh(false)
-    }
-
     /// Blocks until no merge is pending (merges that failed are left for the next start;
     /// merges waiting for space are not waited for).
     pub fn wait_merges_idle(&self) {
