@@ -53,6 +53,10 @@ pub struct ServerStatus {
     pub capacity_bytes: Option<u64>,
     /// Bytes of volume data it stores.
     pub used_bytes: u64,
+    /// The largest file its data filesystem holds, so the largest volume it can keep a copy of
+    /// (a copy is one file per layer, blocks at their offsets); absent from older servers.
+    #[serde(default)]
+    pub max_file_bytes: Option<u64>,
 }
 
 /// `POST /v1/servers/join`: a new server asks the group to admit it (as a Raft learner). A

@@ -123,6 +123,8 @@ pub async fn start(
             &config.data_dir.join("store"),
             StoreOptions {
                 merge_rate_bytes_per_sec: config.merge_rate,
+                // A sixteenth of the filesystem, at most 64 MiB.
+                reserve_bytes: None,
             },
         )
         .context("cannot open the block store")?,

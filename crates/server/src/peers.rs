@@ -37,6 +37,7 @@ pub fn self_status(app: &AppState) -> ServerStatus {
         name: app.identity.name.to_string(),
         capacity_bytes: filesystem_space(&app.data_dir).map(|(c, _)| c),
         used_bytes: app.store.stats().data_bytes,
+        max_file_bytes: Some(app.store.max_file_size()),
     }
 }
 

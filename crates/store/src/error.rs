@@ -67,8 +67,26 @@ pub enum StoreError {
     #[error("chunk image refused: {0}; the sending replica is faulty or out of date")]
     BadChunkImage(String),
     /// The filesystem holding the store is full (ENOSPC).
-    #[error("no space left on the store's filesystem; free space or add capacity, then retry")]
+    #[error(
+        "no space left on this server's data filesystem: new data is refused (reads, \
+         overwrites of written blocks, trims and deletes go on); delete volumes or snapshots, \
+         or grow the filesystem"
+    )]
     NoSpace,
+    /// A volume this large needs layer files larger than the filesystem holds.
+    #[error(
+        "a volume of {} ({size} bytes) needs files of that size on this server's data \
+         filesystem, which holds files of at most {} ({max} bytes); make the volume at most \
+         that large, or put the data directory on a filesystem with larger files (XFS)",
+        strata_types::format_size(*size),
+        strata_types::format_size(*max)
+    )]
+    FileTooLarge {
+        /// The volume size asked for.
+        size: u64,
+        /// The largest file the filesystem holds.
+        max: u64,
+    },
     /// An I/O error, with what the store was doing.
     #[error("i/o error while {context}: {source}")]
     Io {

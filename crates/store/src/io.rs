@@ -167,8 +167,12 @@ impl Volume {
         let end = start + data.len() as u64;
         let (fb, lb) = (start / BS, (end - 1) / BS);
         let (astart, aend) = (fb * BS, (lb + 1) * BS);
+        let blocks = Bits::range(in_chunk(fb), in_chunk(lb) + 1);
+        self.check_space(head, chunk, &blocks)?;
+        let write =
+            |buf: &[u8], at: u64| head.data.write_at(buf, at).map_err(|e| self.space.note(e));
         if start == astart && end == aend {
-            head.data.write_at(data, start)?;
+            write(data, start)?;
         } else {
             let mut buf = vec![0u8; (aend - astart) as usize];
             let bs = BS as usize;
@@ -180,9 +184,8 @@ impl Volume {
                 self.read_at_pos(st, head_pos, lb * BS, &mut buf[off..], Wait::Yes)?;
             }
             buf[(start - astart) as usize..(end - astart) as usize].copy_from_slice(data);
-            head.data.write_at(&buf, astart)?;
+            write(&buf, astart)?;
         }
-        let blocks = Bits::range(in_chunk(fb), in_chunk(lb) + 1);
         debug_assert_eq!(fb / BLOCKS_PER_CHUNK, chunk);
         self.update_bits(head, chunk, |cb| cb.put_data(&blocks));
         Ok(())

@@ -12,6 +12,7 @@
 //!   [`MissedChunk`]); see [`meta`](crate::meta) for the tables and byte layouts;
 //! - `volumes/<volume-uuid>/<file-id>.layer`: one sparse data file per layer, blocks at their
 //!   logical offsets (see [`layer`](crate::layer));
+//! - `reserve`: space kept back for metadata, released when data fills the filesystem;
 //! - `orphaned/<unix time>/...`: files found at open that no record names and that hold
 //!   something (e.g. a merged layer's file a crash left behind), moved aside rather than
 //!   deleted; an operator checks and deletes them. Empty leftovers are removed.
@@ -27,6 +28,12 @@
 //! every flushed write reads back and an unflushed one reads either its new content or what was
 //! there before — never garbage.
 //!
+//! Full filesystem: when data fills it, new data is refused ([`StoreError::NoSpace`]) while
+//! reads, overwrites of written blocks, trims, flushes, snapshots and deletes go on; a delete
+//! that frees space lets new data in again, and the store opens on a full filesystem. A
+//! volume larger than the largest file the filesystem holds is refused at create and resize
+//! ([`StoreError::FileTooLarge`]). See `space.rs`.
+//!
 //! [`Store`] is `Send + Sync`; call it from many threads at once (e.g. `spawn_blocking`).
 
 #![warn(missing_docs)]
@@ -40,6 +47,7 @@ mod layer;
 mod merge;
 mod meta;
 mod replica;
+mod space;
 mod store;
 mod volume;
 
@@ -53,6 +61,9 @@ pub use strata_types::{ExtentKind, LayerId, VolumeId};
 pub struct StoreOptions {
     /// Maximum bytes per second that background merges copy; `None` = unthrottled.
     pub merge_rate_bytes_per_sec: Option<u64>,
+    /// Bytes of the filesystem kept back for metadata, released when data fills it (see
+    /// "Full filesystem" above); `None` = a sixteenth of the filesystem, at most 64 MiB.
+    pub reserve_bytes: Option<u64>,
 }
 
 /// A volume as [`Store::volume`] reports it.

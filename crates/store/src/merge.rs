@@ -86,24 +86,41 @@ fn run(inner: &Inner) {
             c.done = generation;
             inner.idle.notify_all();
             while c.requested == generation && !shutting_down(inner) {
-                inner.kick.wait(&mut c);
+                // Merges waiting for space are tried again when room comes back, however it
+                // came: look now and then.
+                if inner.kick.wait_for(&mut c, SPACE_RETRY).timed_out() {
+                    break;
+                }
             }
         }
     }
 }
 
-/// Runs merges until none is left, one failed on every volume that has some, or shutdown.
+/// How often an idle merger looks whether merges that found no space can go on.
+const SPACE_RETRY: Duration = Duration::from_secs(1);
+
+/// Runs merges until none is left, one failed (or waits for space) on every volume that has
+/// some, or shutdown.
 fn run_pending(inner: &Inner) {
+    inner.space_freed();
     while !shutting_down(inner) {
         let vols: Vec<_> = inner.volumes.read().values().cloned().collect();
         let next = vols.into_iter().find(|v| {
             !v.merge_stalled.load(Ordering::Acquire)
+                && !v.merge_waits_for_space.load(Ordering::Acquire)
                 && v.stack.read().layers.iter().any(|l| l.deleted)
         });
         let Some(v) = next else { return };
-        if let Err(e) = merge_volume(inner, &v) {
-            tracing::error!(volume = %v.id, error = %e, "merge failed; retried at the next start");
-            v.merge_stalled.store(true, Ordering::Release);
+        match merge_volume(inner, &v) {
+            Ok(()) => {}
+            Err(StoreError::NoSpace) => {
+                tracing::warn!(volume = %v.id, "merge found no space; it goes on when the filesystem has room");
+                v.merge_waits_for_space.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::error!(volume = %v.id, error = %e, "merge failed; retried at the next start");
+                v.merge_stalled.store(true, Ordering::Release);
+            }
         }
     }
 }
@@ -203,6 +220,11 @@ fn merge_volume(inner: &Inner, v: &Volume) -> Result<()> {
             .take(64)
             .collect();
         let mut copied = 0;
+        // On a full filesystem a merge up moves one chunk at a time and frees the merged
+        // layer's copy of it once the batch is durable, so it needs at most a chunk of room.
+        let full = v.space.is_full();
+        let limit = if full { 1 } else { batch_bytes };
+        let mut done = Vec::new();
         for &c in &chunks {
             if shutting_down(inner) {
                 return Ok(());
@@ -213,7 +235,8 @@ fn merge_volume(inner: &Inner, v: &Volume) -> Result<()> {
                 MergeDir::Down => copy_blocks(v, u, k, c, true)?,
             };
             p.next_chunk = c + 1;
-            if copied >= batch_bytes {
+            done.push(c);
+            if copied >= limit {
                 break;
             }
         }
@@ -221,6 +244,9 @@ fn merge_volume(inner: &Inner, v: &Volume) -> Result<()> {
         let rec = st.record(Some(p));
         v.flush_with(&inner.db, &st, |txn| meta::put_volume(txn, v.id, &rec))?;
         *v.merge.lock() = Some(p);
+        if full && p.dir == MergeDir::Up {
+            free_merged(k, &done)?;
+        }
         drop(st);
         inner.merged_bytes.fetch_add(copied, Ordering::Relaxed);
         copied_total += copied;
@@ -234,6 +260,24 @@ fn merge_volume(inner: &Inner, v: &Volume) -> Result<()> {
             return finish(inner, v, p);
         }
     }
+}
+
+/// Punches the data of `chunks` out of the file of `k`, a deleted layer merging up whose
+/// blocks in those chunks the layer above now holds durably: nothing reads them any more
+/// (reads at the layer above and higher find the upper copy first; `k` itself is not read), and
+/// a restart resumes the merge past them. Its maps are kept, so trims above still shadow them.
+fn free_merged(k: &Layer, chunks: &[u64]) -> Result<()> {
+    for &c in chunks {
+        let Some(bits) = k.data.get(c) else { continue };
+        let base = c * BLOCKS_PER_CHUNK;
+        for (a, b) in bits.data.runs() {
+            k.data.punch(
+                (base + u64::from(a)) * BLOCK_SIZE,
+                u64::from(b - a) * BLOCK_SIZE,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies chunk `c` from `from` into `to`: down (`overlay`) copies all of `from`'s blocks over
@@ -258,7 +302,7 @@ fn copy_blocks(v: &Volume, from: &Layer, to: &Layer, c: u64, overlay: bool) -> R
         let off = (base + u64::from(a)) * BLOCK_SIZE;
         let mut buf = vec![0u8; (u64::from(b - a) * BLOCK_SIZE) as usize];
         from.data.read_at(&mut buf, off)?;
-        to.data.write_at(&buf, off)?;
+        to.data.write_at(&buf, off).map_err(|e| v.space.note(e))?;
         bytes += buf.len() as u64;
     }
     for (a, b) in zero.and(&tb.data).runs() {
@@ -330,6 +374,9 @@ fn finish(inner: &Inner, v: &Volume, p: MergeProgress) -> Result<()> {
     if let Err(e) = removed {
         tracing::warn!(file = ?dropped.path, error = %e, "could not remove a merged layer file; the next start moves it aside");
     }
+    // Its blocks are freed when the last handle closes.
+    drop(dropped);
+    inner.space_freed();
     tracing::info!(volume = %v.id, layer = %p.layer, dir = ?p.dir, "merge finished");
     Ok(())
 }

@@ -200,14 +200,17 @@ impl Store {
         {
             let _g = v.stripe(chunk);
             let l = &st.layers[pos];
+            v.check_space(l, chunk, &data)?;
             let base = chunk * BLOCKS_PER_CHUNK;
             let mut at = 0usize;
             for (a, b) in data.runs() {
                 let len = (u64::from(b - a) * BLOCK_SIZE) as usize;
-                l.data.write_at(
-                    &image.blocks[at..at + len],
-                    (base + u64::from(a)) * BLOCK_SIZE,
-                )?;
+                l.data
+                    .write_at(
+                        &image.blocks[at..at + len],
+                        (base + u64::from(a)) * BLOCK_SIZE,
+                    )
+                    .map_err(|e| v.space.note(e))?;
                 at += len;
             }
             let old = l.data.get(chunk).unwrap_or_default();

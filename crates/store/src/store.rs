@@ -5,10 +5,11 @@ use crate::error::{Result, StoreError};
 use crate::layer::{create_dir_synced, file_name, sync_dir, LayerData};
 use crate::merge::{self, MergeCtl};
 use crate::meta;
+use crate::space::{Space, SpaceBackend};
 use crate::volume::{Layer, Stack, Volume};
 use crate::{LayerInfo, StoreOptions, StoreStats, VolumeInfo};
 use parking_lot::{Condvar, Mutex, RwLock};
-use redb::Database;
+use redb::{Builder, Database};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,6 +47,7 @@ pub(crate) struct Inner {
     pub idle: Condvar,
     pub shutdown: AtomicBool,
     pub merged_bytes: AtomicU64,
+    pub space: Arc<Space>,
 }
 
 impl Inner {
@@ -57,6 +59,23 @@ impl Inner {
     /// changed (a create or delete holds it across syncs).
     pub(crate) fn try_volume(&self, vol: VolumeId) -> Option<Result<Arc<Volume>>> {
         Some(find(&*self.volumes.try_read()?, vol))
+    }
+
+    /// Space was freed (a volume deleted, a merged layer's file removed): looks at the
+    /// filesystem at once, and when the store is no longer full, merges that waited for space
+    /// are tried again.
+    pub(crate) fn space_freed(&self) {
+        if self.space.refresh(true) {
+            return;
+        }
+        let vols: Vec<_> = self.volumes.read().values().cloned().collect();
+        let mut waiting = false;
+        for v in vols {
+            waiting |= v.merge_waits_for_space.swap(false, Ordering::AcqRel);
+        }
+        if waiting {
+            merge::kick(self);
+        }
     }
 }
 
@@ -71,6 +90,16 @@ fn find(volumes: &HashMap<VolumeId, Arc<Volume>>, vol: VolumeId) -> Result<Arc<V
 fn check_size(size: u64) -> Result<()> {
     if size == 0 || size % 512 != 0 || size > MAX_VOLUME_SIZE {
         return Err(StoreError::InvalidSize(size));
+    }
+    Ok(())
+}
+
+/// Like [`check_size`], and the layer files of a volume this large fit on the filesystem.
+fn check_new_size(space: &Space, size: u64) -> Result<()> {
+    check_size(size)?;
+    let max = space.max_file();
+    if size > max {
+        return Err(StoreError::FileTooLarge { size, max });
     }
     Ok(())
 }
@@ -97,7 +126,9 @@ impl Store {
         if !had_db && has_data {
             return Err(lost());
         }
-        let db = Database::create(&db_path)?;
+        let space = Arc::new(Space::open(dir, opts.reserve_bytes)?);
+        let db =
+            Builder::new().create_with_backend(SpaceBackend::open(&db_path, space.clone())?)?;
         if !had_db {
             sync_dir(dir)?;
         }
@@ -152,7 +183,7 @@ impl Store {
                 layers,
                 gone: false,
             };
-            let v = Volume::new(id, vdir, stack, rec.merge);
+            let v = Volume::new(id, vdir, stack, rec.merge, space.clone());
             *v.missed.lock() =
                 crate::replica::Missed::loaded(loaded.missed.remove(&id).unwrap_or_default());
             volumes.insert(id, Arc::new(v));
@@ -175,6 +206,7 @@ impl Store {
             idle: Condvar::new(),
             shutdown: AtomicBool::new(false),
             merged_bytes: AtomicU64::new(0),
+            space,
         });
         let merger = merge::spawn(inner.clone())?;
         Ok(Store {
@@ -201,9 +233,10 @@ impl Store {
         self.new
     }
 
-    /// Creates an empty volume of `size` bytes (a positive multiple of 512) whose head is `head`.
+    /// Creates an empty volume of `size` bytes (a positive multiple of 512, at most
+    /// [`Store::max_file_size`]) whose head is `head`.
     pub fn create_volume(&self, vol: VolumeId, size: u64, head: LayerId) -> Result<()> {
-        check_size(size)?;
+        check_new_size(&self.inner.space, size)?;
         let mut volumes = self.inner.volumes.write();
         if volumes.contains_key(&vol) {
             return Err(StoreError::VolumeExists(vol));
@@ -236,7 +269,8 @@ impl Store {
             let _ = std::fs::remove_dir_all(&vdir);
             return Err(e);
         }
-        volumes.insert(vol, Arc::new(Volume::new(vol, vdir, stack, None)));
+        let space = self.inner.space.clone();
+        volumes.insert(vol, Arc::new(Volume::new(vol, vdir, stack, None, space)));
         Ok(())
     }
 
@@ -266,6 +300,11 @@ impl Store {
         if let Err(e) = removed {
             tracing::warn!(volume = %vol, error = %e, "could not remove the deleted volume's files; the next start moves them aside");
         }
+        // The files' blocks are freed when their last handle closes.
+        drop(volumes);
+        drop(st);
+        drop(v);
+        self.inner.space_freed();
         Ok(())
     }
 
@@ -305,9 +344,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Grows a volume to `new_size` bytes; shrinking is refused.
+    /// Grows a volume to `new_size` bytes (at most [`Store::max_file_size`]); shrinking is
+    /// refused.
     pub fn resize(&self, vol: VolumeId, new_size: u64) -> Result<()> {
-        check_size(new_size)?;
+        check_new_size(&self.inner.space, new_size)?;
         let v = self.inner.volume(vol)?;
         let mut st = v.stack.write();
         if st.gone {
@@ -385,7 +425,14 @@ impl Store {
         Ok(())
     }
 
-    /// Blocks until no merge is pending (merges that failed are left for the next start).
+    /// The largest file the store's filesystem holds, so the largest volume it takes: a layer
+    /// file holds blocks at their logical offsets.
+    pub fn max_file_size(&self) -> u64 {
+        self.inner.space.max_file()
+    }
+
+    /// Blocks until no merge is pending (merges that failed are left for the next start;
+    /// merges waiting for space are not waited for).
     pub fn wait_merges_idle(&self) {
         merge::wait_idle(&self.inner);
     }

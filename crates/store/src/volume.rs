@@ -11,12 +11,13 @@
 //! files, and only then commits the rows to redb, so a persisted bit never names unwritten data.
 //! After a failed sync or commit the volume refuses writes until the store is reopened.
 
-use crate::bits::ChunkBits;
+use crate::bits::{Bits, ChunkBits};
 use crate::error::{Result, StoreError};
 use crate::index::{groups, ChunkIndex};
 use crate::layer::LayerData;
 use crate::meta::{self, LayerRecord, MergeProgress, VolumeRecord};
 use crate::replica::Missed;
+use crate::space::Space;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use redb::{Database, WriteTransaction};
 use std::collections::{BTreeSet, HashMap};
@@ -132,11 +133,21 @@ pub(crate) struct Volume {
     /// The layer stack changed (a snapshot) and its record is not persisted yet: the next flush
     /// writes it, in the same transaction as the map rows.
     pub stack_dirty: AtomicBool,
+    /// A merge found no space; the merger retries it when the store has room again.
+    pub merge_waits_for_space: AtomicBool,
+    /// The store's filesystem space: data writes that need new space ask it first.
+    pub space: Arc<Space>,
 }
 
 impl Volume {
     /// A volume from its stack; builds the read index from the layers' maps.
-    pub fn new(id: VolumeId, dir: PathBuf, stack: Stack, merge: Option<MergeProgress>) -> Volume {
+    pub fn new(
+        id: VolumeId,
+        dir: PathBuf,
+        stack: Stack,
+        merge: Option<MergeProgress>,
+        space: Arc<Space>,
+    ) -> Volume {
         let index = ChunkIndex::default();
         for l in &stack.layers {
             for (chunk, bits) in l.data.maps.read().iter() {
@@ -156,7 +167,23 @@ impl Volume {
             merge_stalled: AtomicBool::new(false),
             missed: Mutex::new(Missed::default()),
             stack_dirty: AtomicBool::new(false),
+            merge_waits_for_space: AtomicBool::new(false),
+            space,
         }
+    }
+
+    /// Refuses ([`StoreError::NoSpace`]) writing `blocks` of `chunk` into `layer` while the
+    /// store is full, unless the layer's file already holds every one of them (an overwrite
+    /// needs no new space).
+    pub fn check_space(&self, layer: &Layer, chunk: u64, blocks: &Bits) -> Result<()> {
+        if !self.space.is_full() {
+            return Ok(());
+        }
+        let held = layer.data.get(chunk).unwrap_or_default().data;
+        if blocks.and_not(&held).is_empty() || self.space.may_allocate() {
+            return Ok(());
+        }
+        Err(StoreError::NoSpace)
     }
 
     /// The write lock of a chunk.

@@ -249,6 +249,7 @@ fn a_copy_into_a_layer_being_merged_down_is_refused_until_the_merge_ends() {
     let tmp = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
         merge_rate_bytes_per_sec: Some(256 << 10),
+        ..StoreOptions::default()
     };
     let s = Store::open(tmp.path(), opts).unwrap();
     let vol = VolumeId::new_random();

@@ -243,6 +243,7 @@ fn merge_restarts_after_a_crash_and_keeps_reads_right() {
     {
         let opts = StoreOptions {
             merge_rate_bytes_per_sec: Some(8 * MIB),
+            ..StoreOptions::default()
         };
         let s = Store::open(tmp.path(), opts).unwrap();
         s.create_volume(vol, 64 * MIB, base).unwrap();

@@ -96,6 +96,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match e {
             StoreError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+            StoreError::FileTooLarge { .. } => StatusCode::BAD_REQUEST,
             StoreError::OutOfRange { .. } | StoreError::Shrink { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -13,7 +13,9 @@ use strata_api_types::{
     CreateSnapshot, CreateVolume, DeleteQuery, DiffInfo, JobInfo, LocalVolume, OpenClient, Range,
     ResizeVolume, SnapshotInfo, VerifyRequest, VolumeInfo,
 };
-use strata_meta::{Command, CommandError, JobKind, MetaError, StateView, VolumeRecord};
+use strata_meta::{
+    Command, CommandError, JobKind, MetaError, ServerRecord, StateView, VolumeRecord,
+};
 use strata_types::{LayerId, Name, ServerId, VolumeId};
 
 /// The largest volume accepted: 1 PiB.
@@ -28,6 +30,38 @@ fn check_size(size: u64) -> Result<(), ApiError> {
             "size {} is larger than the largest volume, 1PiB",
             strata_types::format_size(size)
         )));
+    }
+    Ok(())
+}
+
+/// Refuses a volume of `size` bytes on `servers` when the data filesystem of one of them
+/// cannot hold a file that large: a server keeps its copy of a volume as one file per layer,
+/// blocks at their logical offsets. Servers that do not answer are not asked; their store
+/// refuses the volume itself.
+async fn check_file_size(
+    app: &AppState,
+    state: &StateView,
+    servers: &[ServerId],
+    size: u64,
+) -> Result<(), ApiError> {
+    let records: Vec<ServerRecord> = servers
+        .iter()
+        .filter_map(|id| state.servers.get(id).cloned())
+        .collect();
+    let statuses = crate::peers::statuses(app, &records).await;
+    for s in statuses.values() {
+        if let Some(max) = s.max_file_bytes.filter(|max| size > *max) {
+            return Err(ApiError::bad_request(format!(
+                "size {} is larger than the largest file the data filesystem of server {} \
+                 holds ({}): each server keeps its copy of a volume as one file per layer; \
+                 make the volume at most {}, or move that server's data directory to a \
+                 filesystem with larger files (XFS)",
+                strata_types::format_size(size),
+                s.name,
+                strata_types::format_size(max),
+                strata_types::format_size(max)
+            )));
+        }
     }
     Ok(())
 }
@@ -206,6 +240,15 @@ pub async fn create_volume(
             "replicas must be 1, 2 or 3, not {replicas}"
         )));
     }
+    {
+        let state = app.meta.local_state();
+        let servers = state
+            .clusters
+            .get(&cluster)
+            .map(|c| c.servers.clone())
+            .unwrap_or_default();
+        check_file_size(&app, &state, &servers, req.size).await?;
+    }
     app.meta
         .write(Command::CreateVolume {
             id: VolumeId::new_random(),
@@ -259,6 +302,11 @@ pub async fn resize_volume(
 ) -> Result<Json<VolumeInfo>, ApiError> {
     let name = parse_name("volume", &name)?;
     check_size(req.size)?;
+    {
+        let state = app.meta.local_state();
+        let servers = holders(find_volume(&state, name.as_str())?);
+        check_file_size(&app, &state, &servers, req.size).await?;
+    }
     app.meta
         .write(Command::ResizeVolume {
             name: name.clone(),

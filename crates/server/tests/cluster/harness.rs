@@ -217,6 +217,12 @@ impl Group {
     /// Starts `n` servers `s1..sn`: `s1` bootstraps, each later one joins through the one before
     /// it (so joins are forwarded to the leader).
     pub async fn start(n: usize) -> Group {
+        Group::start_with(n, |_, _| {}).await
+    }
+
+    /// Like [`Group::start`], calling `prepare(i, dir)` before server `i` first starts in
+    /// `dir` (e.g. to mount a filesystem there).
+    pub async fn start_with(n: usize, mut prepare: impl FnMut(usize, &std::path::Path)) -> Group {
         // Server logs, shown for a failed test; `RUST_LOG` picks the level (default: warnings).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -261,6 +267,8 @@ impl Group {
                 proxies: Vec::new(),
                 running: None,
             };
+            std::fs::create_dir_all(&node.dir).expect("server dir");
+            prepare(i, &node.dir);
             node.open_proxies(&links).await;
             let join = nodes.last().map(|p: &Node| format!("http://{}", p.api));
             node.running = Some(start(&node.dir, &node.name, node.addrs(), join).await);

@@ -5,6 +5,7 @@
 
 mod failover;
 mod faults;
+mod full_disk;
 mod harness;
 mod jobs;
 mod membership;

@@ -1,0 +1,166 @@
+//! A server whose data filesystem fills up: clients get ENOSPC for new data only, the server
+//! goes on serving, restarts, and takes new data again once a volume is deleted; a volume
+//! larger than its filesystem's largest file is refused at create. The data directory is a
+//! loop-mounted ext4 made by the test (root and `mkfs.ext4` needed; a test that cannot make
+//! one says why and does nothing).
+
+use crate::harness::{blocking, connect, Group};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MIB: u64 = 1 << 20;
+const TIB: u64 = 1 << 40;
+/// NBD's ENOSPC.
+const ENOSPC: u32 = 28;
+
+/// A small ext4 mounted at a given directory; lazily unmounted on drop.
+struct SmallFs {
+    mnt: PathBuf,
+    _image: tempfile::TempDir,
+}
+
+impl SmallFs {
+    /// Mounts a fresh ext4 of `mib` MiB at `mnt`, or says why it cannot.
+    fn mount(mnt: &Path, mib: u64) -> Result<SmallFs, String> {
+        let image_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let image = image_dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(mib * MIB))
+            .map_err(|e| e.to_string())?;
+        let run = |cmd: &mut Command| match cmd.output() {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-b", "4096"])
+            .arg(&image))
+        .map_err(|e| format!("mkfs.ext4 failed: {e}"))?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(mnt))
+        .map_err(|e| format!("mount -o loop failed (root and loop devices needed): {e}"))?;
+        Ok(SmallFs {
+            mnt: mnt.to_path_buf(),
+            _image: image_dir,
+        })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_data_filesystem_refuses_new_data_only_and_a_delete_makes_room() {
+    let mut mounted = Vec::new();
+    let mut skip = None;
+    let mut g = Group::start_with(1, |_, dir| match SmallFs::mount(dir, 128) {
+        Ok(fs) => mounted.push(fs),
+        Err(why) => skip = Some(why),
+    })
+    .await;
+    if let Some(why) = skip {
+        eprintln!("SKIPPED: cannot make a small ext4 filesystem for this test: {why}");
+        g.stop().await;
+        return;
+    }
+
+    // Larger than ext4's largest file (16 TiB): refused at create, naming the server.
+    let (status, body) = g
+        .post(
+            0,
+            "/v1/volumes",
+            json!({"name": "huge", "size": 20 * TIB, "replicas": 1}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let msg = body.to_string();
+    assert!(msg.contains("server s1") && msg.contains("16TiB"), "{msg}");
+
+    g.create_volume("fill", 512 * MIB, 1).await;
+    g.create_volume("other", 512 * MIB, 1).await;
+    let a = g.nbd(0);
+    let written = blocking(move || {
+        let mut other = connect(&a, "other");
+        assert_eq!(other.write(0, &[7; 1 << 20], false).unwrap(), 0);
+        assert_eq!(other.flush().unwrap(), 0);
+        let mut c = connect(&a, "fill");
+        let mut written = 0u64;
+        loop {
+            assert!(
+                written < 512 * MIB,
+                "512 MiB went into a 128 MiB filesystem"
+            );
+            match c.write(written, &[9; 1 << 20], false).unwrap() {
+                0 => written += MIB,
+                e => {
+                    assert_eq!(e, ENOSPC, "a write to a full filesystem");
+                    break;
+                }
+            }
+            if written.is_multiple_of(8 * MIB) {
+                assert_eq!(c.flush().unwrap(), 0, "flush at {written}");
+            }
+        }
+        // What was acknowledged is flushed and reads back; overwrites still go in.
+        assert_eq!(c.flush().unwrap(), 0);
+        assert!(written >= 32 * MIB, "full after {written} bytes");
+        for off in (0..written).step_by(MIB as usize) {
+            assert_eq!(c.read(off, 1 << 20).unwrap().unwrap(), vec![9; 1 << 20]);
+        }
+        assert_eq!(c.write(0, &[10; 1 << 20], false).unwrap(), 0);
+        assert_eq!(c.flush().unwrap(), 0);
+        c.disconnect();
+        // The other volume reads and overwrites, but takes no new data.
+        assert_eq!(other.read(0, 1 << 20).unwrap().unwrap(), vec![7; 1 << 20]);
+        assert_eq!(other.write(0, &[8; 1 << 20], true).unwrap(), 0);
+        assert_eq!(other.write(64 * MIB, &[8; 1 << 20], false).unwrap(), ENOSPC);
+        assert_eq!(other.flush().unwrap(), 0);
+        other.disconnect();
+        written
+    })
+    .await;
+
+    // A restart on the full filesystem works.
+    g.kill(0).await;
+    g.restart(0).await;
+    g.wait_status(0, "fill", "healthy").await;
+    let a = g.nbd(0);
+    blocking(move || {
+        let mut c = connect(&a, "fill");
+        assert_eq!(c.read(0, 1 << 20).unwrap().unwrap(), vec![10; 1 << 20]);
+        let last = written - MIB;
+        assert_eq!(c.read(last, 1 << 20).unwrap().unwrap(), vec![9; 1 << 20]);
+        c.disconnect();
+    })
+    .await;
+
+    // Deleting a volume frees its space: new data goes in again without a restart.
+    let (status, body) = g
+        .call(0, reqwest::Method::DELETE, "/v1/volumes/fill", None)
+        .await;
+    assert_eq!(status, 204, "delete on a full filesystem: {body}");
+    let a = g.nbd(0);
+    blocking(move || {
+        let mut other = connect(&a, "other");
+        assert_eq!(other.read(0, 1 << 20).unwrap().unwrap(), vec![8; 1 << 20]);
+        for i in 0..16u64 {
+            let off = 64 * MIB + i * MIB;
+            assert_eq!(other.write(off, &[11; 1 << 20], false).unwrap(), 0);
+        }
+        assert_eq!(other.flush().unwrap(), 0);
+        assert_eq!(
+            other.read(79 * MIB, 1 << 20).unwrap().unwrap(),
+            vec![11; 1 << 20]
+        );
+        other.disconnect();
+    })
+    .await;
+    g.stop().await;
+    drop(mounted);
+}
