@@ -526,6 +526,7 @@ impl GatewayDevice {
     /// missed by it, and it is copied again — unless it refused the routing epoch and `reroute`
     /// allows: then the view changed (it may be current now, and read from), so it answers
     /// `Ok(false)` and the whole change is routed again.
+    #[allow(clippy::too_many_arguments)]
     async fn write_lagging(
         &self,
         server: ServerId,

@@ -52,11 +52,12 @@ async fn wait_job_until(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn verify_of_an_empty_petabyte_volume_is_a_quick_job() {
+async fn verify_of_a_large_empty_volume_is_a_quick_job() {
     let g = Group::cluster(3).await;
-    g.create_volume("huge", 1 << 50, 2).await;
+    // 8 TiB: ext4 holds files of at most 16 TiB, and larger volumes are refused there.
+    g.create_volume("huge", 1 << 43, 2).await;
     // A little data, far apart: only those chunks are read.
-    let far = (1u64 << 40) / CHUNK;
+    let far = (1u64 << 42) / CHUNK;
     write_chunks(g.nbd(0), "huge", vec![0, 1, far]).await;
     let start = Instant::now();
     let job = g.start_verify(1, "huge", false, None).await;
@@ -69,12 +70,12 @@ async fn verify_of_an_empty_petabyte_volume_is_a_quick_job() {
     assert!(took < Duration::from_secs(15), "verify took {took:?}");
     assert_eq!(done["state"], "succeeded", "{done}");
     let ran = done["ended_unix_ms"].as_u64().unwrap() - done["started_unix_ms"].as_u64().unwrap();
-    eprintln!("verify of a 1 PiB volume with 3 chunks written: job ran {ran} ms, {took:?} in all");
+    eprintln!("verify of an 8 TiB volume with 3 chunks written: job ran {ran} ms, {took:?} in all");
     let report = &done["report"];
-    assert_eq!(report["chunks"], (1u64 << 50) / CHUNK, "{report}");
+    assert_eq!(report["chunks"], (1u64 << 43) / CHUNK, "{report}");
     assert_eq!(
         report["unallocated_chunks"],
-        (1u64 << 50) / CHUNK - 3,
+        (1u64 << 43) / CHUNK - 3,
         "{report}"
     );
     assert_eq!(report["mismatches"], json!([]), "{report}");
