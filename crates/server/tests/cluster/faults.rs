@@ -431,7 +431,7 @@ fn seeds() -> Vec<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "still finds replicas that differ after faults (seed 1: a replica killed twice, the second time as the management leader; cause not found yet, issue 10, items 3 and 13); run with bench/faults.sh or --ignored"]
+#[ignore = "still finds replicas that differ after faults (seeds 1-4, 6, 7 passed on 5565f1e; 5 and 8 did not: after power failures of replicas, and a partition; cause not found yet, issue 10, items 3 and 13); run with bench/faults.sh or --ignored"]
 async fn randomized_faults_leave_acknowledged_writes_and_identical_replicas() {
     for seed in seeds() {
         eprintln!("fault seed {seed}");
