@@ -190,6 +190,25 @@ impl Engine {
         &self.store
     }
 
+    /// Records in this server's store, durably, that `server` missed the writes to each of
+    /// `chunks` (layer, chunk) of `volume`; whether that worked.
+    pub(crate) async fn record_missed(
+        &self,
+        volume: VolumeId,
+        server: ServerId,
+        chunks: Vec<(LayerId, u64)>,
+    ) -> bool {
+        let store = self.store.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            for (layer, chunk) in &chunks {
+                store.record_missed(volume, *layer, *chunk, server)?;
+            }
+            store.flush(volume)
+        })
+        .await;
+        matches!(done, Ok(Ok(())))
+    }
+
     /// The management group.
     pub fn control(&self) -> &Arc<dyn Control> {
         &self.control

@@ -506,13 +506,12 @@ impl GatewayDevice {
     /// from the others, which did not. Records that this server "missed" the chunk, so resync
     /// makes it stale and brings the chunk back from an in-sync replica.
     async fn mark_self(&self, layer: LayerId, chunk: u64) {
-        let (store, volume, me) = (self.engine.store().clone(), self.volume, self.engine.me());
-        let done = tokio::task::spawn_blocking(move || {
-            store.record_missed(volume, layer, chunk, me)?;
-            store.flush(volume)
-        })
-        .await;
-        if !matches!(done, Ok(Ok(()))) {
+        let (volume, me) = (self.volume, self.engine.me());
+        if !self
+            .engine
+            .record_missed(volume, me, vec![(layer, chunk)])
+            .await
+        {
             tracing::error!(%volume, chunk, "could not record that this server's copy of a chunk took a failed write; run `strata volume verify --repair`");
         }
     }

@@ -182,16 +182,8 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
             }
         }
         for (volume, chunks) in own {
-            let store = engine.store().clone();
             let n = chunks.len();
-            let recorded = tokio::task::spawn_blocking(move || {
-                for (layer, chunk) in &chunks {
-                    store.record_missed(volume, *layer, *chunk, me)?;
-                }
-                store.flush(volume)
-            })
-            .await;
-            if matches!(recorded, Ok(Ok(()))) {
+            if engine.record_missed(volume, me, chunks).await {
                 tracing::warn!(%volume, gateway = %peer, chunks = n,
                     "a gateway died with unflushed writes; this copy of them is copied back from another replica");
             } else {
@@ -216,16 +208,7 @@ async fn lost_with_gateway(
     server: ServerId,
     chunks: Vec<(LayerId, u64)>,
 ) {
-    let store = engine.store().clone();
-    let marks = chunks.clone();
-    let recorded = tokio::task::spawn_blocking(move || {
-        for (layer, chunk) in &marks {
-            store.record_missed(volume, *layer, *chunk, server)?;
-        }
-        store.flush(volume)
-    })
-    .await;
-    if !matches!(recorded, Ok(Ok(()))) {
+    if !engine.record_missed(volume, server, chunks.clone()).await {
         tracing::error!(%volume, %server, "could not record the writes a replica may have lost with its gateway; run `strata volume verify --repair`");
         return;
     }
