@@ -87,23 +87,42 @@ impl RunningServer {
 }
 
 /// After an unclean stop (a crash or power loss), this server's copies may lack writes it
-/// acknowledged after its last flush, which the other replicas have (they record such chunks as
-/// missed by it when its connections drop: `strata_volume`'s `incoming`). Before serving
-/// clients, it has itself marked stale for every volume it holds a copy of, so that nothing is
-/// read from its copies until resync has brought them back. A refusal (it is the only in-sync
-/// copy of some chunk) leaves that volume as it is.
+/// acknowledged after its last flush, or hold writes the other replicas lack (a write that
+/// reached it and not them before everything stopped). The store's activity log names the
+/// chunks where that can be; before serving clients this server records each as an *own* mark
+/// (its copy is suspect: resync makes it the same as another replica's, see
+/// `strata_volume::resync`), durably, and has itself marked stale for every volume it holds a
+/// copy of, so that nothing is read from its copies until resync has brought them back. A
+/// refusal (it is the only in-sync copy of some chunk) leaves that volume in sync; its own
+/// marks then make the stale replicas take its version.
 async fn distrust_own_copies(
     engine: &strata_volume::Engine,
     meta: &Meta,
     me: strata_types::ServerId,
-) {
+) -> anyhow::Result<()> {
     let state = meta.local_state();
     for v in state.volumes.values().filter(|v| v.servers.contains(&me)) {
         tracing::warn!(volume = %v.name, "the store was not closed cleanly; marking this server's copy stale until it is resynced");
+        let store = engine.store();
+        let suspect = store
+            .suspect_chunks(v.id)
+            .with_context(|| format!("cannot read the activity log of volume {}", v.name))?;
+        if !suspect.is_empty() {
+            tracing::warn!(volume = %v.name, chunks = suspect.len(), "chunks that may hold unflushed writes are resynced");
+            if !engine.record_missed(v.id, me, suspect).await {
+                anyhow::bail!(
+                    "cannot record which chunks of volume {} may hold unflushed writes (the \
+                     store refused a flush); check the data disk, then start the server again",
+                    v.name
+                );
+            }
+            store.forget_suspects(v.id)?;
+        }
         if let Err(e) = engine.mark_stale(v.id, me).await {
             tracing::warn!(volume = %v.name, error = %e, "could not mark this server's copy stale after an unclean stop");
         }
     }
+    Ok(())
 }
 
 /// Starts a server and returns once it serves.
@@ -270,7 +289,12 @@ pub async fn start(
         shutdown.child_token(),
     ));
     if store.was_unclean() {
-        distrust_own_copies(&engine, &meta, identity.id).await;
+        if let Err(e) = distrust_own_copies(&engine, &meta, identity.id).await {
+            shutdown.cancel();
+            while tasks.join_next().await.is_some() {}
+            meta.shutdown().await;
+            return Err(e);
+        }
     }
     let exports = Arc::new(exports::Exports::new(meta.clone(), engine));
     let nbd_shutdown = shutdown.child_token();

@@ -103,7 +103,9 @@ impl Store {
         }
         v.check_writable()?;
         st.check_range(offset, data.len() as u64)?;
+        let head = st.layers[st.head_pos()].data.fid;
         for (chunk, s, e) in pieces(offset, data.len() as u64) {
+            let _active = v.activity.enter(&self.inner.db, (head, chunk))?;
             let _g = v.stripe(chunk);
             v.write_piece(
                 &st,
@@ -147,7 +149,9 @@ impl Store {
         }
         v.check_writable()?;
         st.check_range(offset, len)?;
+        let head = st.layers[st.head_pos()].data.fid;
         for (chunk, s, e) in pieces(offset, len) {
+            let _active = v.activity.enter(&self.inner.db, (head, chunk))?;
             let _g = v.stripe(chunk);
             v.zero_piece(&st, chunk, s, e)?;
         }

@@ -9,7 +9,9 @@
 //! Layout on disk (in the directory given to [`Store::open`]):
 //! - `store.redb`: volumes, layer stacks, merges in progress and per-(layer file, chunk) block
 //!   maps, and the missed-write marks kept for other replicas (see [`ChunkImage`] and
-//!   [`MissedChunk`]); see [`meta`](crate::meta) for the tables and byte layouts;
+//!   [`MissedChunk`]), and the activity log: the chunks that may hold unflushed writes, which
+//!   [`Store::suspect_chunks`] names after an unclean stop (see `activity.rs`); see
+//!   [`meta`](crate::meta) for the tables and byte layouts;
 //! - `volumes/<volume-uuid>/<file-id>.layer`: one sparse data file per layer, blocks at their
 //!   logical offsets (see [`layer`](crate::layer));
 //! - `reserve`: space kept back for metadata, released when data fills the filesystem;
@@ -38,6 +40,7 @@
 
 #![warn(missing_docs)]
 
+mod activity;
 mod bits;
 mod data;
 mod error;

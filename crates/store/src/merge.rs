@@ -325,17 +325,20 @@ fn finish(inner: &Inner, v: &Volume, p: MergeProgress) -> Result<()> {
     }
     let (kp, up) = positions(&st, &p)?;
     let mut rec = st.record(None);
-    let dropped_fid = match p.dir {
-        MergeDir::Up => st.layers[kp].data.fid,
+    let (dropped_fid, kept_fid) = match p.dir {
+        MergeDir::Up => (st.layers[kp].data.fid, st.layers[up].data.fid),
         MergeDir::Down => {
             rec.layers[up].fid = st.layers[kp].data.fid;
-            st.layers[up].data.fid
+            (st.layers[up].data.fid, st.layers[kp].data.fid)
         }
     };
     rec.layers.remove(kp);
     v.flush_with(&inner.db, &st, |txn| {
         meta::put_volume(txn, v.id, &rec)?;
-        meta::remove_rows(txn, dropped_fid)
+        meta::remove_rows(txn, dropped_fid)?;
+        // Chunks still named as suspect (after an unclean stop) stay named, in the file that
+        // now holds their blocks.
+        v.activity.move_file(txn, dropped_fid, kept_fid)
     })?;
     let k = st.layers.remove(kp);
     let k_chunks: Vec<(u64, u64)> = k

@@ -30,6 +30,9 @@ pub(crate) const MAPS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new
 /// Key of a missed mark: (volume, server, layer, chunk).
 pub(crate) type MarkRow = ([u8; 16], [u8; 16], [u8; 16], u64);
 pub(crate) const MISSED: TableDefinition<MarkRow, u64> = TableDefinition::new("missed_v1");
+/// The activity log (see `activity.rs`): (layer file id, chunk) of chunks that may hold
+/// unflushed writes.
+pub(crate) const ACTIVE: TableDefinition<(u64, u64), ()> = TableDefinition::new("active_v1");
 
 const FORMAT_MAGIC: &[u8] = b"STRATA-STORE";
 /// Version of the whole on-disk format.
@@ -184,6 +187,8 @@ pub(crate) struct Loaded {
     pub maps: HashMap<u64, BTreeMap<u64, ChunkBits>>,
     /// Missed marks by volume: ((server, layer, chunk), generation).
     pub missed: HashMap<VolumeId, Vec<(MarkKey, u64)>>,
+    /// Activity log entries by fid: chunks.
+    pub active: HashMap<u64, Vec<u64>>,
 }
 
 /// True when the database has no format tag yet: it was just made (or emptied), and holds no
@@ -235,6 +240,7 @@ pub(crate) fn load(db: &Database) -> Result<Loaded> {
         txn.open_table(VOLUMES)?;
         txn.open_table(MAPS)?;
         txn.open_table(MISSED)?;
+        txn.open_table(ACTIVE)?;
     }
     txn.commit()?;
 
@@ -268,11 +274,17 @@ pub(crate) fn load(db: &Database) -> Result<Loaded> {
             v.value(),
         ));
     }
+    let mut active: HashMap<u64, Vec<u64>> = HashMap::new();
+    for row in txn.open_table(ACTIVE)?.iter()? {
+        let (fid, chunk) = row?.0.value();
+        active.entry(fid).or_default().push(chunk);
+    }
     Ok(Loaded {
         next_fid,
         volumes,
         maps,
         missed,
+        active,
     })
 }
 
@@ -319,9 +331,11 @@ pub(crate) fn remove_marks(txn: &WriteTransaction, vol: VolumeId) -> Result<()> 
     Ok(())
 }
 
-/// Removes all map rows of a file id.
+/// Removes all map rows and activity log entries of a file id.
 pub(crate) fn remove_rows(txn: &WriteTransaction, fid: u64) -> Result<()> {
     let mut t = txn.open_table(MAPS)?;
+    t.retain_in((fid, 0)..=(fid, u64::MAX), |_, _| false)?;
+    let mut t = txn.open_table(ACTIVE)?;
     t.retain_in((fid, 0)..=(fid, u64::MAX), |_, _| false)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! [`Store`]: opening and recovery, volume management, snapshots and layer deletion.
 //! The data path is in `data.rs`, the background merger in `merge.rs`.
 
+use crate::activity::ActivityLog;
 use crate::error::{Result, StoreError};
 use crate::layer::{create_dir_synced, file_name, sync_dir, LayerData};
 use crate::merge::{self, MergeCtl};
@@ -166,8 +167,11 @@ impl Store {
                 }
             }
             let mut layers = Vec::new();
+            let mut active = Vec::new();
             for l in &rec.layers {
                 max_fid = max_fid.max(l.fid);
+                let chunks = loaded.active.remove(&l.fid).unwrap_or_default();
+                active.extend(chunks.into_iter().map(|c| (l.fid, c)));
                 let maps = loaded.maps.remove(&l.fid).unwrap_or_default();
                 layers.push(Layer {
                     id: l.id,
@@ -183,7 +187,8 @@ impl Store {
                 layers,
                 gone: false,
             };
-            let v = Volume::new(id, vdir, stack, rec.merge, space.clone());
+            let mut v = Volume::new(id, vdir, stack, rec.merge, space.clone());
+            v.activity = ActivityLog::loaded(active, unclean);
             *v.missed.lock() =
                 crate::replica::Missed::loaded(loaded.missed.remove(&id).unwrap_or_default());
             volumes.insert(id, Arc::new(v));
@@ -193,7 +198,7 @@ impl Store {
             &mut Orphanage::new(dir),
             &volumes_dir,
             &volumes,
-            loaded.maps.keys().copied(),
+            loaded.maps.keys().chain(loaded.active.keys()).copied(),
         )?;
         let inner = Arc::new(Inner {
             db,
@@ -224,6 +229,29 @@ impl Store {
     /// may be older than those of other replicas.
     pub fn was_unclean(&self) -> bool {
         self.unclean
+    }
+
+    /// After an unclean stop: the (layer, chunk)s of the volume that may hold writes that were
+    /// not flushed — lost here, or here and not on another replica, or here and there in
+    /// different orders. They stay named (kept in the store's activity log, whatever is
+    /// flushed meanwhile) until [`Store::forget_suspects`]. Empty after a clean stop.
+    pub fn suspect_chunks(&self, vol: VolumeId) -> Result<Vec<(LayerId, u64)>> {
+        let v = self.inner.volume(vol)?;
+        let st = v.stack.read();
+        let layer_of: HashMap<u64, LayerId> =
+            st.layers.iter().map(|l| (l.data.fid, l.id)).collect();
+        Ok(v.activity
+            .pinned()
+            .into_iter()
+            .filter_map(|(fid, chunk)| Some((*layer_of.get(&fid)?, chunk)))
+            .collect())
+    }
+
+    /// The caller recorded [`Store::suspect_chunks`] durably elsewhere (as marks to resync):
+    /// later flushes may drop them from the activity log.
+    pub fn forget_suspects(&self, vol: VolumeId) -> Result<()> {
+        self.inner.volume(vol)?.activity.unpin();
+        Ok(())
     }
 
     /// True when this open made the store: its database recorded nothing before (and no

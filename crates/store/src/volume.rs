@@ -11,6 +11,7 @@
 //! files, and only then commits the rows to redb, so a persisted bit never names unwritten data.
 //! After a failed sync or commit the volume refuses writes until the store is reopened.
 
+use crate::activity::ActivityLog;
 use crate::bits::{Bits, ChunkBits};
 use crate::error::{Result, StoreError};
 use crate::index::{groups, ChunkIndex};
@@ -137,6 +138,8 @@ pub(crate) struct Volume {
     pub merge_waits_for_space: AtomicBool,
     /// The store's filesystem space: data writes that need new space ask it first.
     pub space: Arc<Space>,
+    /// Chunks that may hold unflushed writes (see `activity.rs`).
+    pub activity: ActivityLog,
 }
 
 impl Volume {
@@ -169,6 +172,7 @@ impl Volume {
             stack_dirty: AtomicBool::new(false),
             merge_waits_for_space: AtomicBool::new(false),
             space,
+            activity: ActivityLog::default(),
         }
     }
 
@@ -293,6 +297,8 @@ impl Volume {
         self.check_writable()?;
         let dirty = std::mem::take(&mut *self.dirty.lock());
         let marks = self.missed.lock().take_dirty();
+        // Before the sync: what this flush makes durable was written before this point.
+        let idle = self.activity.idle();
         let record = self
             .stack_dirty
             .swap(false, Ordering::AcqRel)
@@ -322,6 +328,7 @@ impl Volume {
                 let top_fid = rec.layers.iter().map(|l| l.fid).max().unwrap_or(0);
                 meta::bump_next_fid(&txn, top_fid + 1)?;
             }
+            self.activity.retire(&txn, &idle)?;
             extra(&txn)?;
             txn.commit()?;
             Ok(())
@@ -335,8 +342,9 @@ impl Volume {
         result
     }
 
-    /// Drops dirty rows of a file id that is going away.
+    /// Drops dirty rows and activity log entries of a file id that is going away.
     pub fn forget_dirty(&self, fid: u64) {
         self.dirty.lock().remove(&fid);
+        self.activity.forget_file(fid);
     }
 }

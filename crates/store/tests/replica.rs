@@ -287,3 +287,68 @@ fn a_copy_into_a_layer_being_merged_down_is_refused_until_the_merge_ends() {
         .iter()
         .all(|b| *b == 2));
 }
+
+/// After an unclean stop the store names every chunk that may hold writes it did not flush
+/// (its activity log), and keeps naming them, whatever is flushed, until told they are recorded
+/// elsewhere. Chunks flushed and left alone for a whole flush interval are not named.
+#[test]
+fn an_unclean_stop_names_every_chunk_that_may_hold_unflushed_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    let vol = VolumeId::new_random();
+    let (l0, l1) = (LayerId::new_random(), LayerId::new_random());
+    let s = open(&dir);
+    s.create_volume(vol, SIZE, l0).unwrap();
+    s.write(vol, 0, &[1u8; 4096], false).unwrap();
+    s.flush(vol).unwrap();
+    // Chunk 0 stays in the log for the flush interval after its write, then leaves it.
+    s.write(vol, CHUNK_SIZE, &[2u8; 4096], false).unwrap();
+    s.flush(vol).unwrap();
+    s.write(vol, CHUNK_SIZE + 4096, &[2u8; 4096], false)
+        .unwrap();
+    s.flush(vol).unwrap();
+    // Unflushed: an overwrite, a trim, and a write-zeroes in a new chunk.
+    s.write(vol, CHUNK_SIZE, &[3u8; 4096], false).unwrap();
+    s.write_zeroes(vol, 2 * CHUNK_SIZE, 8192, false).unwrap();
+    s.crash();
+    let s = open(&dir);
+    assert_eq!(s.suspect_chunks(vol).unwrap(), vec![(l0, 1), (l0, 2)]);
+    // Flushes (and a snapshot) do not drop them before they are forgotten.
+    s.write(vol, 0, &[4u8; 4096], false).unwrap();
+    s.flush(vol).unwrap();
+    s.snapshot(vol, l1).unwrap();
+    s.write(vol, 0, &[4u8; 4096], false).unwrap();
+    s.flush(vol).unwrap();
+    s.flush(vol).unwrap();
+    drop(s);
+    let s = open(&dir);
+    assert!(
+        s.suspect_chunks(vol).unwrap().is_empty(),
+        "a clean stop names none"
+    );
+    s.crash();
+    let s = open(&dir);
+    // The crash right after a clean open: what the log held then, the unforgotten suspects
+    // included, is named again.
+    let named = s.suspect_chunks(vol).unwrap();
+    assert!(
+        named.contains(&(l0, 1)) && named.contains(&(l0, 2)),
+        "{named:?}"
+    );
+    s.forget_suspects(vol).unwrap();
+    // Forgotten, idle for a flush interval: gone from the log, even after another crash.
+    s.write(vol, 0, &[5u8; 4096], false).unwrap();
+    s.flush(vol).unwrap();
+    s.write(vol, 4096, &[5u8; 4096], false).unwrap();
+    s.flush(vol).unwrap();
+    s.crash();
+    let s = open(&dir);
+    assert_eq!(s.suspect_chunks(vol).unwrap(), vec![(l1, 0)]);
+    // Merging a snapshot away keeps the chunks named in the layer that takes its blocks.
+    s.delete_layer(vol, l0).unwrap();
+    s.wait_merges_idle();
+    s.crash();
+    let s = open(&dir);
+    let named = s.suspect_chunks(vol).unwrap();
+    assert!(named.contains(&(l1, 0)), "{named:?}");
+}

@@ -192,7 +192,7 @@ impl Engine {
 
     /// Records in this server's store, durably, that `server` missed the writes to each of
     /// `chunks` (layer, chunk) of `volume`; whether that worked.
-    pub(crate) async fn record_missed(
+    pub async fn record_missed(
         &self,
         volume: VolumeId,
         server: ServerId,

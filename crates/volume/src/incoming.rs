@@ -9,18 +9,17 @@
 //! replica remembers, per incoming connection, the chunks written through it since the peer's
 //! last flush. When that connection closes with some left and the peer turns out to have died
 //! or restarted (it does not answer a ping, or answers with another run than when it wrote),
-//! this server records those chunks as missed by the peer and by every other current replica
-//! of them that does not answer either (durably), and marks those stale, so resync copies
-//! this server's version to them. (A replica that died with the gateway and is back before
-//! this ping is not caught: issue 10, item 3.) And the replicas that answer may differ too: the
-//! gateway may have died after a write reached some of them and before it reached the others.
-//! So of the current replicas that answer, the first in placement order keeps its version and
-//! every other one records the chunk as missed by itself, to have it copied back from an
-//! in-sync replica (an *own* mark, see [`crate::resync`]).
-//! A replica that cannot be marked (the management group refuses: it is the only other
-//! in-sync copy of some chunk) has its marks cleared again, as a current replica must not be
-//! copied to. A peer that is alive with the same run is left alone: its gateway keeps its own
-//! record.
+//! the replicas of each such chunk may hold it differently (the gateway died after a write
+//! reached some of them), so they agree on one version: the first current replica in
+//! placement order keeps its own, answering or not; every other current replica that answers
+//! records the chunk as missed by itself (an *own* mark, see [`crate::resync`]: its copy is
+//! replaced by a current replica's), and the keeper records it as missed by each one that does
+//! not answer (it died with the gateway) and marks those stale, so resync copies its version to
+//! them. If the group refuses that (the dead one is the only other in-sync copy of some chunk),
+//! the keeper takes the own mark instead. A replica that lost unflushed writes in a crash of its
+//! own names them itself when it starts again (the store's activity log, see
+//! `strata_server`'s `distrust_own_copies`). A peer that is alive with the same run is left
+//! alone: its gateway keeps its own record.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -142,11 +141,10 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
             return; // alive, and did not restart: its gateway keeps its own record
         }
         let me = engine.me();
-        // Per volume, the (layer, chunk)s each other current replica may have lost: the dead
-        // gateway's own copy, and those of replicas that do not answer either (they may have
-        // died with it; one that answers has its other gateways watching it).
-        let mut suspects: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>> =
-            HashMap::new();
+        // Per volume, the (layer, chunk)s each dead replica may hold differently from this
+        // server (the dead gateway's own copy, and those of replicas that died with it), when
+        // this server keeps its version; and those this server does not keep.
+        let mut dead: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>> = HashMap::new();
         let mut answers: HashMap<ServerId, bool> = HashMap::from([(peer, false), (me, true)]);
         let mut own: HashMap<VolumeId, Vec<(LayerId, u64)>> = HashMap::new();
         for (volume, layer, chunk) in chunks {
@@ -156,12 +154,17 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
             if !view.current(me, chunk) {
                 continue;
             }
-            // The first current replica that answers keeps its version.
-            let mut keeper = None;
-            for r in view.replicas_of(chunk) {
-                if !view.current(r, chunk) {
-                    continue;
-                }
+            // The first current replica keeps its version, whether it answers or not.
+            let current: Vec<ServerId> = view
+                .replicas_of(chunk)
+                .into_iter()
+                .filter(|r| view.current(*r, chunk))
+                .collect();
+            if current.first() != Some(&me) {
+                own.entry(volume).or_default().push((layer, chunk));
+                continue;
+            }
+            for r in current.into_iter().skip(1) {
                 let alive = match answers.get(&r) {
                     Some(a) => *a,
                     None => {
@@ -170,27 +173,17 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
                         a
                     }
                 };
-                if alive {
-                    keeper.get_or_insert(r);
-                } else {
-                    let per = suspects.entry(volume).or_default();
+                // One that answers records its own mark, as this server would.
+                if !alive {
+                    let per = dead.entry(volume).or_default();
                     per.entry(r).or_default().push((layer, chunk));
                 }
             }
-            if keeper != Some(me) {
-                own.entry(volume).or_default().push((layer, chunk));
-            }
         }
         for (volume, chunks) in own {
-            let n = chunks.len();
-            if engine.record_missed(volume, me, chunks).await {
-                tracing::warn!(%volume, gateway = %peer, chunks = n,
-                    "a gateway died with unflushed writes; this copy of them is copied back from another replica");
-            } else {
-                tracing::error!(%volume, "could not record that this copy may differ from another replica; run `strata volume verify --repair`");
-            }
+            record_own(&engine, volume, peer, chunks).await;
         }
-        for (volume, servers) in suspects {
+        for (volume, servers) in dead {
             for (server, chunks) in servers {
                 lost_with_gateway(&engine, volume, peer, server, chunks).await;
             }
@@ -198,9 +191,28 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
     });
 }
 
-/// Has `server` copy `chunks` of `volume` from here again, as it may have lost the writes that
-/// the dead gateway `peer` made there: records them as missed by it, durably, then marks it
-/// stale; if the group refuses that, clears the marks again.
+/// Records `chunks` of `volume` as missed by this server itself: its copy of them is replaced
+/// by another current replica's (see [`crate::resync`]).
+async fn record_own(
+    engine: &Arc<Engine>,
+    volume: VolumeId,
+    peer: ServerId,
+    chunks: Vec<(LayerId, u64)>,
+) {
+    let n = chunks.len();
+    if engine.record_missed(volume, engine.me(), chunks).await {
+        tracing::warn!(%volume, gateway = %peer, chunks = n,
+            "a gateway died with unflushed writes; this copy of them is copied back from another replica");
+    } else {
+        tracing::error!(%volume, "could not record that this copy may differ from another replica; run `strata volume verify --repair`");
+    }
+}
+
+/// Has `server` copy `chunks` of `volume` from here again, as it may hold them differently
+/// (it died with the gateway `peer`): records them as missed by it, durably, then marks it
+/// stale. If the group refuses that (`server` is the only other in-sync copy of some chunk),
+/// the marks are cleared again — a current replica is not copied to — and this server's copy
+/// of them is the one replaced instead, once it can be.
 async fn lost_with_gateway(
     engine: &Arc<Engine>,
     volume: VolumeId,
@@ -213,15 +225,16 @@ async fn lost_with_gateway(
         return;
     }
     tracing::warn!(%volume, gateway = %peer, replica = %server, chunks = chunks.len(),
-        "a gateway died with unflushed writes; a replica that may have lost them copies them again");
+        "a gateway died with unflushed writes; a replica that died with it copies them again");
     let Err(e) = engine.mark_stale(volume, server).await else {
         return;
     };
-    tracing::warn!(%volume, replica = %server, error = %e, "could not mark the replica stale; clearing its marks");
+    tracing::warn!(%volume, replica = %server, error = %e, "could not mark the replica stale; this copy takes its version instead");
     let store = engine.store().clone();
+    let mine = chunks.clone();
     let cleared = tokio::task::spawn_blocking(move || {
         for mark in store.missed(volume)? {
-            if mark.server == server && chunks.contains(&(mark.layer, mark.chunk)) {
+            if mark.server == server && mine.contains(&(mark.layer, mark.chunk)) {
                 store.clear_missed(volume, &mark)?;
             }
         }
@@ -231,4 +244,5 @@ async fn lost_with_gateway(
     if !matches!(cleared, Ok(Ok(()))) {
         tracing::error!(%volume, replica = %server, "could not clear marks for a current replica");
     }
+    record_own(engine, volume, peer, chunks).await;
 }

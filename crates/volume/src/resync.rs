@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use strata_store::MissedChunk;
-use strata_types::{ServerId, VolumeId, CHUNK_SIZE};
+use strata_types::{LayerId, ServerId, VolumeId, CHUNK_SIZE};
 use strata_wire::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
@@ -218,10 +218,13 @@ pub async fn drain(
     Ok(left.iter().filter(|m| servers.contains(&m.server)).count() as u64)
 }
 
-/// This server's own marks: its copy of those chunks took writes that failed elsewhere. It
-/// marks itself stale (so nobody reads from it meanwhile), then has an in-sync replica of each
-/// chunk record it as missed by this server (a marks-only write, for every layer of the stack),
-/// so that replica copies it here under its chunk lock like any other mark.
+/// This server's own marks: its copy of those chunks is suspect (it took writes that failed
+/// elsewhere, or it stopped uncleanly with writes not flushed). It marks itself stale (so
+/// nobody reads from it meanwhile), then has an in-sync replica of each chunk record it as
+/// missed by this server (a marks-only write, for every layer of the stack), so that replica
+/// copies it here under its chunk lock like any other mark. A chunk with no other current
+/// replica (the others are stale: they stopped too) keeps this server's version instead: the
+/// mark becomes marks for the other replicas, which resync copies it to.
 async fn repair_own(
     engine: &Arc<Engine>,
     view: &VolumeView,
@@ -229,6 +232,34 @@ async fn repair_own(
 ) -> Result<(), String> {
     let me = engine.me();
     if view.in_sync(me) {
+        // Where no other replica of the chunk is current, this copy is the one the others
+        // will be made the same as: its suspicion becomes marks for them.
+        let (alone, shared): (Vec<MissedChunk>, Vec<MissedChunk>) =
+            own.into_iter().partition(|m| {
+                !view
+                    .replicas_of(m.chunk)
+                    .iter()
+                    .any(|r| *r != me && view.current(*r, m.chunk))
+            });
+        let mut others: HashMap<ServerId, Vec<(LayerId, u64)>> = HashMap::new();
+        for m in &alone {
+            for r in view.replicas_of(m.chunk).into_iter().filter(|r| *r != me) {
+                others.entry(r).or_default().push((m.layer, m.chunk));
+            }
+        }
+        for (server, chunks) in others {
+            if !engine.record_missed(view.id, server, chunks).await {
+                return Err(format!(
+                    "recording chunks server {server} must copy from here"
+                ));
+            }
+        }
+        for m in alone {
+            clear(engine, view.id, m).await?;
+        }
+        if shared.is_empty() {
+            return Ok(());
+        }
         // The next pass sees this server stale and does the rest.
         return engine.mark_stale(view.id, me).await;
     }

@@ -120,7 +120,8 @@ pub(super) async fn local_parts(
 }
 
 /// `degraded` while a server holding chunks (stale or not) does not answer, even with no
-/// client I/O to notice it; `resyncing N%` while stale servers catch up; `migrating N%` while
+/// client I/O to notice it; `resyncing N%` while stale servers catch up, or a server holds
+/// marks for its own copy; `migrating N%` while
 /// chunks are copied to a new layout; else `healthy`.
 fn health(v: &VolumeRecord, parts: &HashMap<ServerId, LocalVolume>) -> String {
     if holders(v)
@@ -130,12 +131,20 @@ fn health(v: &VolumeRecord, parts: &HashMap<ServerId, LocalVolume>) -> String {
     {
         return "degraded".into();
     }
+    // A server holding marks for itself has a copy it does not trust (it stopped uncleanly,
+    // or took writes another replica did not) until resync replaces it.
+    let suspect: Vec<ServerId> = parts
+        .iter()
+        .filter(|(id, p)| p.missed.iter().any(|m| m.server == **id))
+        .map(|(id, _)| *id)
+        .collect();
     let (word, copying_to) = match &v.target {
-        _ if !v.stale.is_empty() => ("resyncing", &v.stale),
-        Some(target) => ("migrating", target),
+        _ if !v.stale.is_empty() => ("resyncing", v.stale.clone()),
+        _ if !suspect.is_empty() => ("resyncing", suspect),
+        Some(target) => ("migrating", target.clone()),
         None => return "healthy".into(),
     };
-    let (remaining, total) = copy_progress(parts, copying_to);
+    let (remaining, total) = copy_progress(parts, &copying_to);
     // Never 100% until the management group records the end.
     let done = ((total - remaining.min(total)) * 100)
         .checked_div(total)
