@@ -387,6 +387,10 @@ pub struct ReplicaDigest {
     /// Why it could not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The chunk's write generation there: the copy with the highest one took the latest
+    /// change, and a repair copies it to the others. Absent if the server could not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 /// A chunk whose replicas differ or did not all answer.

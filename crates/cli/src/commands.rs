@@ -329,7 +329,11 @@ pub(crate) fn verify_text(r: &VerifyReport) -> String {
         ));
         for d in &m.replicas {
             let what = match (&d.digest, &d.error) {
-                (Some(h), _) => h.get(..16).unwrap_or(h).to_string(),
+                (Some(h), _) => format!(
+                    "{} generation {}",
+                    h.get(..16).unwrap_or(h),
+                    d.generation.unwrap_or(0)
+                ),
                 (None, Some(e)) => format!("error: {e}"),
                 (None, None) => "-".into(),
             };

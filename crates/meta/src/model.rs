@@ -257,6 +257,9 @@ pub struct ReplicaAnswer {
     pub server: ServerId,
     /// The chunk's digest there (hex), or why it could not give one.
     pub digest: Result<String, String>,
+    /// The chunk's write generation there (0 when it could not be read).
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// A chunk whose replicas differ or did not all answer.

@@ -11,9 +11,17 @@
 //! untouched chunks. Fixed bitmaps (rather than roaring) make every operation a handful of word
 //! operations, and one chunk's maps are exactly one metadata row.
 //!
+//! Each also carries the chunk's *write generation* in the layer: the generation of the last
+//! change applied to it. The replica that applies a change first (the chunk's primary) gives it
+//! the next generation, above every layer's for the chunk; the others apply it with the same
+//! one, and a copy between replicas carries it, so of two copies that differ the one with the
+//! higher generation holds the later writes (see `strata_volume`'s verify).
+//!
 //! On disk (a value of the `maps_v1` table keyed by `(file id, chunk index)`): one version byte
-//! [`ROW_VERSION`], then 16 little-endian u64 words of `data`, then 16 of `zero` — 257 bytes.
-//! A chunk whose maps are empty has no row.
+//! [`ROW_VERSION`], then 16 little-endian u64 words of `data`, then 16 of `zero`, then the
+//! generation (little-endian u64) — 265 bytes. Rows of version 1 (257 bytes, before
+//! generations) read as generation 0. A chunk whose maps are empty and whose generation is 0
+//! has no row.
 
 use strata_types::BLOCKS_PER_CHUNK;
 
@@ -22,9 +30,11 @@ pub(crate) const WORDS: usize = (BLOCKS_PER_CHUNK / 64) as usize;
 const _: () = assert!(BLOCKS_PER_CHUNK % 64 == 0 && BLOCKS_PER_CHUNK <= u32::MAX as u64);
 
 /// Version byte at the start of every persisted row.
-pub(crate) const ROW_VERSION: u8 = 1;
+pub(crate) const ROW_VERSION: u8 = 2;
 /// Length of a persisted row.
-pub(crate) const ROW_LEN: usize = 1 + 2 * WORDS * 8;
+pub(crate) const ROW_LEN: usize = 1 + 2 * WORDS * 8 + 8;
+/// Length of a row of version 1, which had no generation.
+const ROW_V1_LEN: usize = 1 + 2 * WORDS * 8;
 
 /// One bit per block of a chunk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,6 +120,8 @@ pub(crate) struct ChunkBits {
     pub data: Bits,
     /// Blocks that read as zeros in this layer, shadowing lower layers.
     pub zero: Bits,
+    /// The write generation of the last change applied to the chunk in this layer.
+    pub generation: u64,
 }
 
 impl ChunkBits {
@@ -117,8 +129,9 @@ impl ChunkBits {
     pub fn held(&self) -> Bits {
         self.data.or(&self.zero)
     }
+    /// Nothing recorded: no block, no generation.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty() && self.zero.is_empty()
+        self.data.is_empty() && self.zero.is_empty() && self.generation == 0
     }
     /// Marks `blocks` as data here.
     pub fn put_data(&mut self, blocks: &Bits) {
@@ -143,12 +156,14 @@ impl ChunkBits {
         for (i, w) in self.data.0.iter().chain(self.zero.0.iter()).enumerate() {
             out[1 + i * 8..9 + i * 8].copy_from_slice(&w.to_le_bytes());
         }
+        out[ROW_V1_LEN..].copy_from_slice(&self.generation.to_le_bytes());
         out
     }
 
     /// Parses a persisted row.
     pub fn decode(row: &[u8]) -> Result<ChunkBits, String> {
-        if row.len() != ROW_LEN || row[0] != ROW_VERSION {
+        let v1 = row.len() == ROW_V1_LEN && row.first() == Some(&1);
+        if !v1 && (row.len() != ROW_LEN || row[0] != ROW_VERSION) {
             return Err(format!(
                 "block-map row of {} bytes with version {:?}, expected {ROW_LEN} bytes version {ROW_VERSION}",
                 row.len(),
@@ -161,9 +176,14 @@ impl ChunkBits {
             b.copy_from_slice(&row[1 + i * 8..9 + i * 8]);
             *w = u64::from_le_bytes(b);
         }
+        let mut generation = [0u8; 8];
+        if !v1 {
+            generation.copy_from_slice(&row[ROW_V1_LEN..]);
+        }
         Ok(ChunkBits {
             data: Bits(std::array::from_fn(|i| words[i])),
             zero: Bits(std::array::from_fn(|i| words[WORDS + i])),
+            generation: u64::from_le_bytes(generation),
         })
     }
 }
@@ -184,9 +204,14 @@ mod tests {
         let cb = ChunkBits {
             data: b,
             zero: Bits::range(900, 1000),
+            generation: 77,
         };
         assert_eq!(ChunkBits::decode(&cb.encode()), Ok(cb));
-        assert!(ChunkBits::decode(&[2u8; ROW_LEN]).is_err());
+        assert!(ChunkBits::decode(&[3u8; ROW_LEN]).is_err());
+        // A row written before generations reads as generation 0.
+        let v1 = [&[1u8][..], &cb.encode()[1..ROW_V1_LEN]].concat();
+        let old = ChunkBits::decode(&v1).unwrap();
+        assert_eq!((old.data, old.zero, old.generation), (cb.data, cb.zero, 0));
     }
 
     #[test]

@@ -69,11 +69,15 @@ impl Store {
 
     /// Writes `data` at `offset` into the volume's head; with `fua`, durable on return.
     pub fn write(&self, vol: VolumeId, offset: u64, data: &[u8], fua: bool) -> Result<()> {
-        self.write_checked(vol, None, offset, data, fua)
+        self.write_checked(vol, None, offset, data, fua, 0)
+            .map(|_| ())
     }
 
     /// Like [`Store::write`], but only if `layer` is still the head: a frozen layer gives
-    /// [`StoreError::ReadOnlyLayer`], so a caller never writes into a snapshot by mistake.
+    /// [`StoreError::ReadOnlyLayer`], so a caller never writes into a snapshot by mistake. The
+    /// change is the chunk's write `generation` (0: this store is the first to apply it and
+    /// gives it the next one, above every layer's for the chunk); returns the generation
+    /// applied (of the last chunk written, for a write that spans several).
     pub fn write_to(
         &self,
         vol: VolumeId,
@@ -81,8 +85,9 @@ impl Store {
         offset: u64,
         data: &[u8],
         fua: bool,
-    ) -> Result<()> {
-        self.write_checked(vol, Some(layer), offset, data, fua)
+        generation: u64,
+    ) -> Result<u64> {
+        self.write_checked(vol, Some(layer), offset, data, fua, generation)
     }
 
     fn write_checked(
@@ -92,7 +97,8 @@ impl Store {
         offset: u64,
         data: &[u8],
         fua: bool,
-    ) -> Result<()> {
+        generation: u64,
+    ) -> Result<u64> {
         let v = self.inner.volume(vol)?;
         let st = v.stack.read();
         live(&v, &st)?;
@@ -104,6 +110,7 @@ impl Store {
         v.check_writable()?;
         st.check_range(offset, data.len() as u64)?;
         let head = st.layers[st.head_pos()].data.fid;
+        let mut applied = generation;
         for (chunk, s, e) in pieces(offset, data.len() as u64) {
             let _active = v.activity.enter(&self.inner.db, (head, chunk))?;
             let _g = v.stripe(chunk);
@@ -113,22 +120,32 @@ impl Store {
                 s,
                 &data[(s - offset) as usize..(e - offset) as usize],
             )?;
+            applied = v.set_generation(&st, chunk, generation);
         }
         if fua {
             v.flush_with(&self.inner.db, &st, |_| Ok(()))?;
         }
-        Ok(())
+        Ok(applied)
     }
 
     /// Makes `[offset, offset+len)` read as zeros; with `fua`, durable on return.
     pub fn write_zeroes(&self, vol: VolumeId, offset: u64, len: u64, fua: bool) -> Result<()> {
-        self.zero_checked(vol, None, offset, len, fua)
+        self.zero_checked(vol, None, offset, len, fua, 0)
+            .map(|_| ())
     }
 
     /// Like [`Store::trim`], but only if `layer` is still the head: a frozen layer gives
     /// [`StoreError::ReadOnlyLayer`], so a trim meant for the head never lands in a snapshot.
-    pub fn trim_to(&self, vol: VolumeId, layer: LayerId, offset: u64, len: u64) -> Result<()> {
-        self.zero_checked(vol, Some(layer), offset, len, false)
+    /// Generations as for [`Store::write_to`].
+    pub fn trim_to(
+        &self,
+        vol: VolumeId,
+        layer: LayerId,
+        offset: u64,
+        len: u64,
+        generation: u64,
+    ) -> Result<u64> {
+        self.zero_checked(vol, Some(layer), offset, len, false, generation)
     }
 
     fn zero_checked(
@@ -138,7 +155,8 @@ impl Store {
         offset: u64,
         len: u64,
         fua: bool,
-    ) -> Result<()> {
+        generation: u64,
+    ) -> Result<u64> {
         let v = self.inner.volume(vol)?;
         let st = v.stack.read();
         live(&v, &st)?;
@@ -150,15 +168,27 @@ impl Store {
         v.check_writable()?;
         st.check_range(offset, len)?;
         let head = st.layers[st.head_pos()].data.fid;
+        let mut applied = generation;
         for (chunk, s, e) in pieces(offset, len) {
             let _active = v.activity.enter(&self.inner.db, (head, chunk))?;
             let _g = v.stripe(chunk);
             v.zero_piece(&st, chunk, s, e)?;
+            applied = v.set_generation(&st, chunk, generation);
         }
         if fua {
             v.flush_with(&self.inner.db, &st, |_| Ok(()))?;
         }
-        Ok(())
+        Ok(applied)
+    }
+
+    /// The write generation of `chunk` as read at `at` (`None`: the head): the highest of the
+    /// layers at or below it (0: never written there).
+    pub fn generation(&self, vol: VolumeId, at: Option<LayerId>, chunk: u64) -> Result<u64> {
+        let v = self.inner.volume(vol)?;
+        let st = v.stack.read();
+        live(&v, &st)?;
+        let pos = st.live_pos(vol, at)?;
+        Ok(v.generation_at(&st, pos, chunk))
     }
 
     /// Discards `[offset, offset+len)`: it reads back as zeros, shadowing lower layers, and

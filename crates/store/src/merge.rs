@@ -294,6 +294,9 @@ fn copy_blocks(v: &Volume, from: &Layer, to: &Layer, c: u64, overlay: bool) -> R
         (fb.data.and(&missing), fb.zero.and(&missing))
     };
     if data.is_empty() && zero.is_empty() {
+        if fb.generation > tb.generation {
+            v.update_bits(to, c, |cb| cb.generation = cb.generation.max(fb.generation));
+        }
         return Ok(0);
     }
     let base = c * BLOCKS_PER_CHUNK;
@@ -312,6 +315,7 @@ fn copy_blocks(v: &Volume, from: &Layer, to: &Layer, c: u64, overlay: bool) -> R
     v.update_bits(to, c, |cb| {
         cb.put_data(&data);
         cb.put_zero(&zero);
+        cb.generation = cb.generation.max(fb.generation);
     });
     Ok(bytes)
 }

@@ -26,6 +26,9 @@ pub struct ChunkImage {
     pub zero: [u64; 16],
     /// The content of the data blocks, in block order, 4096 bytes each.
     pub blocks: Bytes,
+    /// The chunk's write generation in the layer (see [`Store::generation`]); a copy that
+    /// replaces the image replaces it too.
+    pub generation: u64,
 }
 
 /// A chunk of one layer that a replica server missed writes to, recorded on a replica that has
@@ -145,6 +148,7 @@ impl Store {
             data: bits.data.0,
             zero: bits.zero.0,
             blocks: Bytes::from(blocks),
+            generation: bits.generation,
         })
     }
 
@@ -220,7 +224,13 @@ impl Store {
                     u64::from(b - a) * BLOCK_SIZE,
                 )?;
             }
-            v.update_bits(l, chunk, |cb| *cb = ChunkBits { data, zero });
+            v.update_bits(l, chunk, |cb| {
+                *cb = ChunkBits {
+                    data,
+                    zero,
+                    generation: image.generation,
+                }
+            });
         }
         if durable {
             v.flush_with(&self.inner.db, &st, |_| Ok(()))?;
@@ -243,9 +253,9 @@ impl Store {
         Ok(())
     }
 
-    /// Every (layer, chunk) of the volume that some layer's maps touch (data or zero bits),
-    /// layers being merged away included: the chunks a full copy of this server's data must
-    /// send.
+    /// Every (layer, chunk) of the volume that some layer's maps touch (data or zero bits, or a
+    /// write generation only), layers being merged away included: the chunks a full copy of this
+    /// server's data must send.
     pub fn touched_chunks(&self, vol: VolumeId) -> Result<Vec<(LayerId, u64)>> {
         let v = self.inner.volume(vol)?;
         let st = v.stack.read();

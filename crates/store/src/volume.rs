@@ -224,6 +224,31 @@ impl Volume {
         self.halt();
     }
 
+    /// The highest write generation of `chunk` in the layers at positions `0..=pos`.
+    pub fn generation_at(&self, st: &Stack, pos: usize, chunk: u64) -> u64 {
+        st.layers[..=pos]
+            .iter()
+            .filter_map(|l| l.data.get(chunk))
+            .map(|b| b.generation)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Records the change just applied to `chunk` in the head (the caller holds the chunk's
+    /// stripe) as of write generation `generation`, or, for 0, of the next one: above every
+    /// layer's. Returns the generation recorded.
+    pub fn set_generation(&self, st: &Stack, chunk: u64, generation: u64) -> u64 {
+        let head = st.head_pos();
+        let g = match generation {
+            0 => self.generation_at(st, head, chunk) + 1,
+            g => g,
+        };
+        self.update_bits(&st.layers[head], chunk, |cb| {
+            cb.generation = cb.generation.max(g);
+        });
+        g
+    }
+
     /// Changes one layer's maps of one chunk (caller holds the chunk's stripe), keeps the read
     /// index in step and records the row as dirty.
     pub fn update_bits(&self, layer: &Layer, chunk: u64, f: impl FnOnce(&mut ChunkBits)) {

@@ -326,7 +326,7 @@ fn run(ops: Vec<Op>) {
                 let h = m.head();
                 let mut data = vec![0u8; 4096];
                 assert!(matches!(
-                    s.write_to(vol, m.layers[h].id, 0, &data, false),
+                    s.write_to(vol, m.layers[h].id, 0, &data, false, 0),
                     Err(StoreError::ReadOnlyLayer(_))
                 ));
                 data.clear();

@@ -84,6 +84,7 @@ fn bad_images_are_refused() {
         data,
         zero: [0; 16],
         blocks: vec![0u8; 100].into(),
+        generation: 1,
     };
     assert!(matches!(
         a.put_chunk_image(vol, l0, 0, &short, true),
@@ -93,6 +94,7 @@ fn bad_images_are_refused() {
         data,
         zero: data,
         blocks: vec![0u8; 4096].into(),
+        generation: 1,
     };
     assert!(matches!(
         a.put_chunk_image(vol, l0, 0, &both, true),
@@ -102,6 +104,7 @@ fn bad_images_are_refused() {
         data,
         zero: [0; 16],
         blocks: vec![0u8; 4096].into(),
+        generation: 1,
     };
     assert!(matches!(
         a.put_chunk_image(vol, l0, 3, &past, true),
@@ -213,13 +216,14 @@ fn touched_chunks_lists_every_layer_that_holds_a_chunk() {
     assert!(a.touched_chunks(vol).unwrap().is_empty());
     a.write(vol, 0, &[1u8; 4096], false).unwrap();
     a.snapshot(vol, l1).unwrap();
-    // Zeroes over data below are recorded (they shadow it); over nothing, they are not.
+    // Zeroes over data below are recorded (they shadow it); over nothing, only their write
+    // generation is.
     a.write_zeroes(vol, 0, 4096, false).unwrap();
     a.write_zeroes(vol, CHUNK_SIZE, 4096, false).unwrap();
     a.write(vol, 2 * CHUNK_SIZE, &[2u8; 512], false).unwrap();
     let mut got = a.touched_chunks(vol).unwrap();
     got.sort();
-    let mut want = vec![(l0, 0), (l1, 0), (l1, 2)];
+    let mut want = vec![(l0, 0), (l1, 0), (l1, 1), (l1, 2)];
     want.sort();
     assert_eq!(got, want);
 }
@@ -351,4 +355,60 @@ fn an_unclean_stop_names_every_chunk_that_may_hold_unflushed_writes() {
     let s = open(&dir);
     let named = s.suspect_chunks(vol).unwrap();
     assert!(named.contains(&(l1, 0)), "{named:?}");
+}
+
+/// Every change of a chunk gets a write generation: the next one when the store is the first to
+/// apply it, the one given otherwise; it is kept per layer (a snapshot's head starts above the
+/// layers below), travels with chunk images, persists with a flush, and reads at a layer as the
+/// highest at or below it.
+#[test]
+fn write_generations_order_the_changes_of_each_chunk() {
+    let (tmp, a, b, vol, [l0, l1]) = pair();
+    assert_eq!(a.generation(vol, None, 1).unwrap(), 0);
+    assert_eq!(
+        a.write_to(vol, l0, CHUNK_SIZE, &[1u8; 4096], false, 0)
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        a.write_to(vol, l0, CHUNK_SIZE, &[2u8; 4096], false, 0)
+            .unwrap(),
+        2
+    );
+    // A replica applying the primary's change records the primary's generation.
+    assert_eq!(
+        b.write_to(vol, l0, CHUNK_SIZE, &[2u8; 4096], false, 2)
+            .unwrap(),
+        2
+    );
+    assert_eq!(b.generation(vol, None, 1).unwrap(), 2);
+    // Applying an older change again does not lower it.
+    assert_eq!(b.trim_to(vol, l0, CHUNK_SIZE, 4096, 1).unwrap(), 1);
+    assert_eq!(b.generation(vol, None, 1).unwrap(), 2);
+    // A whole-chunk trim keeps the generation though no block is left.
+    assert_eq!(a.trim_to(vol, l0, CHUNK_SIZE, CHUNK_SIZE, 0).unwrap(), 3);
+    assert_eq!(a.generation(vol, None, 1).unwrap(), 3);
+    a.snapshot(vol, l1).unwrap();
+    assert_eq!(
+        a.write_to(vol, l1, CHUNK_SIZE, &[4u8; 4096], false, 0)
+            .unwrap(),
+        4
+    );
+    assert_eq!(a.generation(vol, Some(l0), 1).unwrap(), 3);
+    assert_eq!(a.generation(vol, None, 1).unwrap(), 4);
+    // A copy carries it and replaces the receiver's.
+    let image = a.chunk_image(vol, l0, 1).unwrap();
+    assert_eq!(image.generation, 3);
+    b.put_chunk_image(vol, l0, 1, &image, true).unwrap();
+    assert_eq!(b.generation(vol, None, 1).unwrap(), 3);
+    // Durable with a flush.
+    a.flush(vol).unwrap();
+    a.crash();
+    let a = open(&tmp.path().join("a"));
+    assert_eq!(a.generation(vol, None, 1).unwrap(), 4);
+    assert_eq!(a.generation(vol, Some(l0), 1).unwrap(), 3);
+    // Merging the snapshot away keeps the highest.
+    a.delete_layer(vol, l0).unwrap();
+    a.wait_merges_idle();
+    assert_eq!(a.generation(vol, None, 1).unwrap(), 4);
 }

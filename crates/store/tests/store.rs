@@ -111,10 +111,10 @@ fn errors_are_reported_not_panics() {
         Err(StoreError::LayerExists(_))
     ));
     assert!(matches!(
-        s.write_to(vol, head, 0, &buf, false),
+        s.write_to(vol, head, 0, &buf, false, 0),
         Err(StoreError::ReadOnlyLayer(_))
     ));
-    s.write_to(vol, head2, 0, &buf, false).unwrap();
+    s.write_to(vol, head2, 0, &buf, false, 0).unwrap();
     assert!(matches!(
         s.delta(vol, Some(head2), head),
         Err(StoreError::BadLayerOrder { .. })
@@ -144,16 +144,16 @@ fn a_trim_is_fenced_like_a_write() {
     let s = open(tmp.path());
     let (vol, head) = (VolumeId::new_random(), LayerId::new_random());
     s.create_volume(vol, 8 * MIB, head).unwrap();
-    s.write_to(vol, head, 0, &fill(7, 8192), false).unwrap();
+    s.write_to(vol, head, 0, &fill(7, 8192), false, 0).unwrap();
     let head2 = LayerId::new_random();
     s.snapshot(vol, head2).unwrap();
     // A trim meant for the head that was frozen never lands in the snapshot.
     assert!(matches!(
-        s.trim_to(vol, head, 0, 4096),
+        s.trim_to(vol, head, 0, 4096, 0),
         Err(StoreError::ReadOnlyLayer(_))
     ));
     assert_eq!(read(&s, vol, Some(head), 0, 8192), fill(7, 8192));
-    s.trim_to(vol, head2, 0, 4096).unwrap();
+    s.trim_to(vol, head2, 0, 4096, 0).unwrap();
     assert_eq!(read(&s, vol, None, 0, 4096), vec![0; 4096]);
     assert_eq!(read(&s, vol, Some(head), 0, 8192), fill(7, 8192));
 }

@@ -89,8 +89,11 @@ enum Change {
 struct Outcome {
     /// Replicas that took the change.
     acked: Vec<ServerId>,
-    /// Replicas whose storage or connection failed: to be marked stale.
+    /// Replicas whose storage or connection failed, or that are out of space: to be marked
+    /// stale.
     failed: Vec<ServerId>,
+    /// Those of `failed` that are out of space.
+    full: Vec<ServerId>,
     /// Replicas not ready for the head layer or the routing epoch, or whose blocks were held:
     /// try again.
     refused: Vec<ServerId>,
@@ -98,6 +101,8 @@ struct Outcome {
     fenced: Vec<ServerId>,
     /// This server's copy took the change.
     written_here: bool,
+    /// The write generation the first replica to take the change gave it (0: none took it).
+    generation: u64,
 }
 
 impl Outcome {
@@ -106,13 +111,16 @@ impl Outcome {
         &mut self,
         view: &VolumeView,
         server: ServerId,
-        res: Result<(), ReplicaError>,
+        res: Result<u64, ReplicaError>,
         me: ServerId,
     ) -> Result<(), IoError> {
         match res {
-            Ok(()) => {
+            Ok(generation) => {
                 self.acked.push(server);
                 self.written_here |= server == me;
+                if self.generation == 0 {
+                    self.generation = generation;
+                }
             }
             Err(ReplicaError::Fenced(_)) => {
                 self.refused.push(server);
@@ -122,6 +130,14 @@ impl Outcome {
             Err(ReplicaError::Io(e)) => {
                 tracing::warn!(volume = %view.name, %server, error = %e, "replica write failed");
                 self.failed.push(server);
+            }
+            // A full replica is a failed one (as DRBD detaches a full disk): the change goes
+            // on to the others, and resync brings it back once it has room. Only when it is
+            // the last copy does the client see the error.
+            Err(ReplicaError::NoSpace) => {
+                tracing::warn!(volume = %view.name, %server, "replica out of space");
+                self.failed.push(server);
+                self.full.push(server);
             }
             Err(e) => return Err(io(e)),
         }
@@ -322,9 +338,10 @@ impl GatewayDevice {
         }
     }
 
-    /// Applies `change` at `offset` (within one chunk) on replica `server`, routed by `epoch`;
-    /// with `hold`, as the chunk's primary, which holds the blocks under that token (see
-    /// [`crate::order`]).
+    /// Applies `change` at `offset` (within one chunk) on replica `server`, routed by `epoch`,
+    /// as the chunk's change of write `generation` (0: `server` is the first to apply it and
+    /// gives it one); with `hold`, as the chunk's primary, which holds the blocks under that
+    /// token (see [`crate::order`]). Returns the generation applied.
     #[allow(clippy::too_many_arguments)]
     async fn send_change(
         &self,
@@ -336,23 +353,30 @@ impl GatewayDevice {
         missed: Vec<ServerId>,
         epoch: u64,
         hold: Option<u64>,
-    ) -> Result<(), ReplicaError> {
+        generation: u64,
+    ) -> Result<u64, ReplicaError> {
         let e = &self.engine;
         if server == e.me() {
             let order = Order {
                 epoch,
                 holder: hold.map(|token| Holder { token, conn: None }),
             };
+            let volume = self.volume;
             return match change {
                 Change::Write(data) => {
-                    replica::write(e, self.volume, layer, offset, data, fua, missed, order).await
+                    replica::write(
+                        e, volume, layer, offset, data, fua, missed, order, generation,
+                    )
+                    .await
                 }
                 Change::Zero(len) => {
-                    replica::trim(e, self.volume, layer, offset, len, missed, order).await?;
+                    let applied =
+                        replica::trim(e, volume, layer, offset, len, missed, order, generation)
+                            .await?;
                     if fua {
-                        replica::flush(e, self.volume).await?;
+                        replica::flush(e, volume).await?;
                     }
-                    Ok(())
+                    Ok(applied)
                 }
             };
         }
@@ -367,6 +391,7 @@ impl GatewayDevice {
                 missed,
                 hold,
                 epoch,
+                generation,
             },
             Change::Zero(len) => Request::Trim {
                 volume,
@@ -376,10 +401,18 @@ impl GatewayDevice {
                 missed,
                 hold,
                 epoch,
+                generation,
             },
         };
         let zero_fua = fua && matches!(req, Request::Trim { .. });
-        self.call(server, req).await?;
+        let applied = match self.call(server, req).await? {
+            Response::Applied { generation } => generation,
+            other => {
+                return Err(ReplicaError::Io(format!(
+                    "server {server} answered a write with {other:?}"
+                )))
+            }
+        };
         if zero_fua {
             self.call(server, Request::Flush { volume }).await?;
         } else if !fua {
@@ -391,7 +424,7 @@ impl GatewayDevice {
                 .unflushed
                 .insert((layer, offset / CHUNK_SIZE), n);
         }
-        Ok(())
+        Ok(applied)
     }
 
     /// Replica `server` failed: marks it stale in the management group, then has the other
@@ -477,6 +510,7 @@ impl GatewayDevice {
                         vec![server],
                         view.epoch,
                         None,
+                        0,
                     ));
                 }
             }
@@ -535,10 +569,21 @@ impl GatewayDevice {
         change: Change,
         fua: bool,
         epoch: u64,
+        generation: u64,
         reroute: bool,
     ) -> Result<bool, IoError> {
         let Err(e) = self
-            .send_change(server, head, offset, change, fua, Vec::new(), epoch, None)
+            .send_change(
+                server,
+                head,
+                offset,
+                change,
+                fua,
+                Vec::new(),
+                epoch,
+                None,
+                generation,
+            )
             .await
         else {
             return Ok(true);
@@ -553,7 +598,7 @@ impl GatewayDevice {
         }
         let marks = current.iter().map(|r| {
             let mark = Change::Write(Bytes::new());
-            self.send_change(*r, head, offset, mark, false, vec![server], epoch, None)
+            self.send_change(*r, head, offset, mark, false, vec![server], epoch, None, 0)
         });
         for r in join_all(marks).await {
             r.map_err(|e| {
@@ -591,7 +636,17 @@ impl GatewayDevice {
         }
         let marks = keep.iter().map(|r| {
             let mark = Change::Write(Bytes::new());
-            self.send_change(*r, layer, offset, mark, false, differ.to_vec(), epoch, None)
+            self.send_change(
+                *r,
+                layer,
+                offset,
+                mark,
+                false,
+                differ.to_vec(),
+                epoch,
+                None,
+                0,
+            )
         });
         for r in join_all(marks).await {
             r.map_err(|e| IoError::Io(format!("could not record a missed write: {e}")))?;
@@ -644,13 +699,17 @@ impl GatewayDevice {
                     down.clone(),
                     view.epoch,
                     hold,
+                    0,
                 )
                 .await;
             outcome.add(&view, primary, first, self.engine.me())?;
             if outcome.acked.len() == 1 {
+                // The others apply it as the primary's change: with its generation.
+                let generation = outcome.generation;
                 let sends = others.iter().map(|r| {
                     let (change, down) = (change.clone(), down.clone());
-                    self.send_change(*r, head, offset, change, fua, down, view.epoch, None)
+                    let epoch = view.epoch;
+                    self.send_change(*r, head, offset, change, fua, down, epoch, None, generation)
                 });
                 for (r, res) in others.iter().zip(join_all(sends).await) {
                     outcome.add(&view, *r, res, self.engine.me())?;
@@ -661,6 +720,9 @@ impl GatewayDevice {
                     if let Err(e) = self.replica_failed(f).await {
                         if outcome.written_here {
                             self.mark_self(head, chunk).await;
+                        }
+                        if outcome.full.contains(&f) {
+                            return Err(IoError::NoSpace);
                         }
                         return Err(e);
                     }
@@ -688,9 +750,11 @@ impl GatewayDevice {
             let reroute = Instant::now() < deadline;
             let mut rerouted = false;
             for s in late {
-                let (change, epoch) = (change.clone(), view.epoch);
+                let (change, epoch, generation) = (change.clone(), view.epoch, outcome.generation);
                 rerouted |= !self
-                    .write_lagging(s, &current, head, offset, change, fua, epoch, reroute)
+                    .write_lagging(
+                        s, &current, head, offset, change, fua, epoch, generation, reroute,
+                    )
                     .await?;
             }
             if rerouted {

@@ -177,9 +177,11 @@ async fn copy_lock(
     }
 }
 
-/// Writes `data` at `offset` into `layer` (the head) of this server's copy, then records the
-/// `missed` replicas; admitted by `order` first (see [`crate::order`]). A write with no data
-/// only records the marks, for any live layer.
+/// Writes `data` at `offset` into `layer` (the head) of this server's copy as the chunk's
+/// change of write `generation` (0: this replica is the first to apply it and gives it the
+/// next one), then records the `missed` replicas; admitted by `order` first (see
+/// [`crate::order`]). Returns the generation applied. A write with no data only records the
+/// marks, for any live layer (and returns 0).
 #[allow(clippy::too_many_arguments)]
 pub async fn write(
     engine: &Arc<Engine>,
@@ -190,7 +192,8 @@ pub async fn write(
     fua: bool,
     missed: Vec<ServerId>,
     order: Order,
-) -> Result<(), ReplicaError> {
+    generation: u64,
+) -> Result<u64, ReplicaError> {
     let marks_only = data.is_empty();
     let _admitted = if marks_only {
         None
@@ -205,20 +208,23 @@ pub async fn write(
         let store = engine.store();
         if marks_only {
             record_missed(&engine, volume, layer, offset, &missed)?;
-            return Ok(store.flush(volume)?);
+            store.flush(volume)?;
+            return Ok(0);
         }
-        store.write_to(volume, layer, offset, &data, fua)?;
+        let applied = store.write_to(volume, layer, offset, &data, fua, generation)?;
         if record_missed(&engine, volume, layer, offset, &missed)? && fua {
             // The marks recorded after the data must be as durable as it.
             store.flush(volume)?;
         }
-        Ok(())
+        Ok(applied)
     })
     .await
 }
 
-/// Zeroes `len` bytes at `offset` of `layer` (the head), then records the `missed` replicas;
-/// admitted by `order` first (see [`crate::order`]).
+/// Zeroes `len` bytes at `offset` of `layer` (the head) as the chunk's change of write
+/// `generation` (as for [`write`]), then records the `missed` replicas; admitted by `order`
+/// first (see [`crate::order`]). Returns the generation applied.
+#[allow(clippy::too_many_arguments)]
 pub async fn trim(
     engine: &Arc<Engine>,
     volume: VolumeId,
@@ -227,14 +233,18 @@ pub async fn trim(
     len: u64,
     missed: Vec<ServerId>,
     order: Order,
-) -> Result<(), ReplicaError> {
+    generation: u64,
+) -> Result<u64, ReplicaError> {
     let _admitted = admit(engine, volume, offset, len, order).await?;
     check_head(engine, volume, layer)?;
     let _copy = copy_lock(engine, volume, offset).await;
     let engine = engine.clone();
     blocking(move || {
-        engine.store().trim_to(volume, layer, offset, len)?;
-        record_missed(&engine, volume, layer, offset, &missed).map(|_| ())
+        let applied = engine
+            .store()
+            .trim_to(volume, layer, offset, len, generation)?;
+        record_missed(&engine, volume, layer, offset, &missed)?;
+        Ok(applied)
     })
     .await
 }
@@ -292,13 +302,14 @@ pub async fn allocation(
         .collect())
 }
 
-/// The digest of `chunk` as read at `layer` (`None`: the head): blake3 of its bytes.
+/// The digest of `chunk` as read at `layer` (`None`: the head): blake3 of its bytes, and the
+/// chunk's write generation there.
 pub async fn digest(
     engine: &Arc<Engine>,
     volume: VolumeId,
     layer: Option<LayerId>,
     chunk: u64,
-) -> Result<[u8; 32], ReplicaError> {
+) -> Result<([u8; 32], u64), ReplicaError> {
     let engine = engine.clone();
     blocking(move || {
         let store = engine.store();
@@ -311,8 +322,9 @@ pub async fn digest(
         }
         let len = CHUNK_SIZE.min(size - start) as usize;
         let mut buf = vec![0u8; len];
+        let generation = store.generation(volume, layer, chunk)?;
         store.read(volume, layer, start, &mut buf)?;
-        Ok(*blake3::hash(&buf).as_bytes())
+        Ok((*blake3::hash(&buf).as_bytes(), generation))
     })
     .await
 }
@@ -366,6 +378,13 @@ fn answer(r: Result<(), ReplicaError>) -> Response {
     }
 }
 
+fn applied(r: Result<u64, ReplicaError>) -> Response {
+    match r {
+        Ok(generation) => Response::Applied { generation },
+        Err(e) => e.to_response(),
+    }
+}
+
 #[async_trait]
 impl Handler for ReplicaHandler {
     async fn handle(&self, peer: ServerId, conn: u64, req: Request) -> Response {
@@ -387,14 +406,18 @@ impl Handler for ReplicaHandler {
                 missed,
                 hold,
                 epoch,
+                generation,
             } => {
                 let tracked = !data.is_empty() && !fua && peer != e.me();
                 let order = order(hold, epoch);
-                let done = write(e, volume, layer, offset, data, fua, missed, order).await;
+                let done = write(
+                    e, volume, layer, offset, data, fua, missed, order, generation,
+                )
+                .await;
                 if tracked && done.is_ok() && e.incoming.wrote(conn, peer, volume, layer, offset) {
                     crate::incoming::learn_run(e, conn, peer);
                 }
-                answer(done)
+                applied(done)
             }
             Request::Trim {
                 volume,
@@ -404,15 +427,17 @@ impl Handler for ReplicaHandler {
                 missed,
                 hold,
                 epoch,
+                generation,
             } => {
-                let done = trim(e, volume, layer, offset, len, missed, order(hold, epoch)).await;
+                let order = order(hold, epoch);
+                let done = trim(e, volume, layer, offset, len, missed, order, generation).await;
                 if done.is_ok()
                     && peer != e.me()
                     && e.incoming.wrote(conn, peer, volume, layer, offset)
                 {
                     crate::incoming::learn_run(e, conn, peer);
                 }
-                answer(done)
+                applied(done)
             }
             Request::Read {
                 volume,
@@ -449,6 +474,7 @@ impl Handler for ReplicaHandler {
                     maps: Box::new(ChunkMaps {
                         data: img.data,
                         zero: img.zero,
+                        generation: img.generation,
                     }),
                     blocks: img.blocks,
                 },
@@ -466,6 +492,7 @@ impl Handler for ReplicaHandler {
                     data: maps.data,
                     zero: maps.zero,
                     blocks,
+                    generation: maps.generation,
                 };
                 answer(put_chunk(e, volume, layer, chunk, image, durable).await)
             }
@@ -474,7 +501,7 @@ impl Handler for ReplicaHandler {
                 layer,
                 chunk,
             } => match digest(e, volume, layer, chunk).await {
-                Ok(d) => Response::Digest(d),
+                Ok((digest, generation)) => Response::Digest { digest, generation },
                 Err(err) => err.to_response(),
             },
             Request::Ping => Response::Pong { run: e.run() },

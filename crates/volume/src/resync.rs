@@ -281,6 +281,7 @@ async fn repair_own(
                 missed: vec![me],
                 hold: None,
                 epoch: view.epoch,
+                generation: 0,
             };
             engine
                 .ask(source, record, COPY_TIMEOUT)

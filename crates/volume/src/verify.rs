@@ -1,10 +1,16 @@
 //! Scrub: compare the replicas of every chunk of a volume (or of one snapshot) by digest, and
 //! optionally repair a differing replica from a good one.
 //!
-//! The digest is blake3 of the chunk's bytes as read at the layer. A replica is *good* when it
-//! is in sync and its digest is the one most in-sync replicas agree on (ties go to the replica
-//! placed first). Repair copies the chunk's image in every layer up to the one verified from the
-//! good replica to each differing one, then digests again to confirm.
+//! The digest is blake3 of the chunk's bytes as read at the layer, answered with the chunk's
+//! write generation there (see `strata_store`'s block maps: every change of a chunk gets a
+//! generation from the replica that applies it first, and the others apply it with the same).
+//! A replica is *good* when it is in sync, could be read, and holds the highest generation of
+//! those: its copy took the latest change, so a replica that missed changes (restored from an
+//! old backup, or left behind by a fault) is repaired from the others and never the other way.
+//! Among replicas of the same generation that still differ (the data itself was damaged), the
+//! digest most of them agree on wins, then the replica placed first. Repair copies the chunk's
+//! image (with its generation) in every layer up to the one verified from the good replica to
+//! each differing one, then digests again to confirm.
 //!
 //! The caller names the chunks to read: a chunk that no replica holds data in reads as zeros on
 //! every replica, so the server's job runner asks the replicas which chunks they hold and
@@ -31,6 +37,8 @@ pub struct ReplicaDigest {
     pub server: ServerId,
     /// Its digest (hex), or why it could not give one.
     pub digest: Result<String, String>,
+    /// The chunk's write generation there (0 when it could not be read).
+    pub generation: u64,
 }
 
 /// A chunk whose replicas disagree or did not all answer.
@@ -153,12 +161,16 @@ async fn digests(
             layer,
             chunk,
         };
-        let digest = match engine.ask(*r, req, TIMEOUT).await {
-            Ok(Response::Digest(d)) => Ok(hex(&d)),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(e) => Err(e.to_string()),
+        let (digest, generation) = match engine.ask(*r, req, TIMEOUT).await {
+            Ok(Response::Digest { digest, generation }) => (Ok(hex(&digest)), generation),
+            Ok(other) => (Err(format!("unexpected answer {other:?}")), 0),
+            Err(e) => (Err(e.to_string()), 0),
         };
-        ReplicaDigest { server: *r, digest }
+        ReplicaDigest {
+            server: *r,
+            digest,
+            generation,
+        }
     });
     futures::future::join_all(asks).await
 }
@@ -184,6 +196,32 @@ async fn check(
     })
 }
 
+/// The replica to repair the others of `problem` from: the in-sync, readable one with the
+/// highest write generation; then the digest most of those agree on; then the first placed.
+fn good_copy<'a>(view: &crate::VolumeView, problem: &'a ChunkProblem) -> Option<&'a ReplicaDigest> {
+    let in_sync: Vec<&ReplicaDigest> = problem
+        .replicas
+        .iter()
+        .filter(|r| view.in_sync(r.server) && r.digest.is_ok())
+        .collect();
+    in_sync
+        .iter()
+        .max_by_key(|r| {
+            let votes = in_sync
+                .iter()
+                .filter(|o| o.generation == r.generation && o.digest == r.digest)
+                .count();
+            let rank = problem.replicas.len()
+                - problem
+                    .replicas
+                    .iter()
+                    .position(|x| x.server == r.server)
+                    .unwrap_or(0);
+            (r.generation, votes, rank)
+        })
+        .copied()
+}
+
 fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -195,26 +233,7 @@ async fn fix(
     layer: Option<LayerId>,
     problem: &ChunkProblem,
 ) -> bool {
-    // The digest most in-sync replicas agree on; ties go to the first placed.
-    let in_sync: Vec<&ReplicaDigest> = problem
-        .replicas
-        .iter()
-        .filter(|r| view.in_sync(r.server) && r.digest.is_ok())
-        .collect();
-    let Some(good) = in_sync
-        .iter()
-        .max_by_key(|r| {
-            let votes = in_sync.iter().filter(|o| o.digest == r.digest).count();
-            let rank = problem.replicas.len()
-                - problem
-                    .replicas
-                    .iter()
-                    .position(|x| x.server == r.server)
-                    .unwrap_or(0);
-            (votes, rank)
-        })
-        .copied()
-    else {
+    let Some(good) = good_copy(view, problem) else {
         return false;
     };
     let top = layer

@@ -37,7 +37,7 @@ use crate::error::FrameError;
 /// The four bytes that open every frame and every handshake.
 pub const MAGIC: [u8; 4] = *b"STRW";
 /// The protocol version this build speaks, in the handshake and in every frame header.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 26;
 /// The default bound on a frame's payload: 64 MiB, well above one 4 MiB chunk.

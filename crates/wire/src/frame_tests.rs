@@ -28,6 +28,7 @@ fn write_req() -> Request {
         missed: vec![ServerId::from_bytes([3; 16])],
         hold: None,
         epoch: 0,
+        generation: 0,
     }
 }
 
@@ -242,10 +243,10 @@ fn arb_request() -> impl Strategy<Value = Request> {
             any::<bool>(),
             arb_missed(),
             prop::option::of(1..=u64::MAX),
-            any::<u64>()
+            (any::<u64>(), any::<u64>())
         )
             .prop_map(
-                |(v, l, offset, data, fua, missed, hold, epoch)| Request::Write {
+                |(v, l, offset, data, fua, missed, hold, (epoch, generation))| Request::Write {
                     volume: VolumeId::from_bytes(v),
                     layer: LayerId::from_bytes(l),
                     offset,
@@ -254,6 +255,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     missed,
                     hold,
                     epoch,
+                    generation,
                 }
             ),
         (
@@ -278,16 +280,19 @@ fn arb_request() -> impl Strategy<Value = Request> {
             any::<u64>(),
             arb_missed(),
             prop::option::of(1..=u64::MAX),
-            any::<u64>()
+            (any::<u64>(), any::<u64>())
         )
-            .prop_map(|(v, l, offset, len, missed, hold, epoch)| Request::Trim {
-                volume: VolumeId::from_bytes(v),
-                layer: LayerId::from_bytes(l),
-                offset,
-                len,
-                missed,
-                hold,
-                epoch,
+            .prop_map(|(v, l, offset, len, missed, hold, (epoch, generation))| {
+                Request::Trim {
+                    volume: VolumeId::from_bytes(v),
+                    layer: LayerId::from_bytes(l),
+                    offset,
+                    len,
+                    missed,
+                    hold,
+                    epoch,
+                    generation,
+                }
             }),
         (arb_id(), any::<u64>(), 1..=u64::MAX).prop_map(|(v, chunk, token)| Request::Release {
             volume: VolumeId::from_bytes(v),
@@ -306,7 +311,11 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 layer: LayerId::from_bytes(l),
                 chunk,
                 durable: chunk % 2 == 0,
-                maps: Box::new(ChunkMaps { data, zero }),
+                maps: Box::new(ChunkMaps {
+                    data,
+                    zero,
+                    generation: chunk / 3,
+                }),
                 blocks,
             }
         ),
@@ -344,11 +353,19 @@ fn arb_response() -> impl Strategy<Value = Response> {
         arb_data().prop_map(Response::Data),
         (prop::sample::select(ErrorCode::ALL.to_vec()), ".{0,80}")
             .prop_map(|(code, message)| Response::Error { code, message }),
-        arb_chunk().prop_map(|(data, zero, blocks)| Response::Chunk {
-            maps: Box::new(ChunkMaps { data, zero }),
-            blocks
+        (arb_chunk(), any::<u64>()).prop_map(|((data, zero, blocks), generation)| {
+            Response::Chunk {
+                maps: Box::new(ChunkMaps {
+                    data,
+                    zero,
+                    generation,
+                }),
+                blocks,
+            }
         }),
-        any::<[u8; 32]>().prop_map(Response::Digest),
+        (any::<[u8; 32]>(), any::<u64>())
+            .prop_map(|(digest, generation)| Response::Digest { digest, generation }),
+        any::<u64>().prop_map(|generation| Response::Applied { generation }),
         prop::collection::vec(arb_run(), 0..40).prop_map(Response::Allocation),
     ]
 }
@@ -407,6 +424,7 @@ fn bad_chunk_maps_are_refused() {
         maps: Box::new(ChunkMaps {
             data: std::array::from_fn(|i| u64::from(i == 0)),
             zero: [0; 16],
+            generation: 7,
         }),
         blocks: Bytes::from(vec![1; 4096]),
     };
@@ -422,6 +440,7 @@ fn bad_chunk_maps_are_refused() {
         maps: Box::new(ChunkMaps {
             data: std::array::from_fn(|i| u64::from(i == 0)),
             zero: std::array::from_fn(|i| u64::from(i == 0)),
+            generation: 0,
         }),
         blocks: Bytes::from(vec![1; 4096]),
     }
@@ -437,6 +456,7 @@ fn bad_chunk_maps_are_refused() {
         missed: vec![ServerId::from_bytes([3; 16]); 4],
         hold: None,
         epoch: 0,
+        generation: 0,
     }
     .put_payload(&mut four);
     assert!(Request::decode(0x0004, four.freeze()).is_err());

@@ -7,10 +7,10 @@
 //!
 //! ```text
 //! type   message  payload
-//! 0x0001 Write    volume 16 | layer 16 | offset u64 | flags u8 (bit 0 = FUA) | hold u64 | epoch u64 | missed | data ..
+//! 0x0001 Write    volume 16 | layer 16 | offset u64 | flags u8 (bit 0 = FUA) | hold u64 | epoch u64 | generation u64 | missed | data ..
 //! 0x0002 Read     volume 16 | has_layer u8 | layer 16 (zero if none) | offset u64 | len u32
 //! 0x0003 Flush    volume 16
-//! 0x0004 Trim     volume 16 | layer 16 | offset u64 | len u64 | hold u64 | epoch u64 | missed
+//! 0x0004 Trim     volume 16 | layer 16 | offset u64 | len u64 | hold u64 | epoch u64 | generation u64 | missed
 //! 0x0005 Ping     (empty)
 //! 0x0006 GetChunk volume 16 | layer 16 | chunk u64
 //! 0x0007 PutChunk volume 16 | layer 16 | chunk u64 | durable u8 | maps | blocks ..
@@ -22,17 +22,21 @@
 //! 0x8003 Error    code u16 | UTF-8 message ..
 //! 0x8004 Pong     run u64
 //! 0x8005 Chunk    maps | blocks ..
-//! 0x8006 Digest   digest 32
+//! 0x8006 Digest   digest 32 | generation u64
 //! 0x8007 Allocation runs ..: each len u32 (> 0) | kind u8 (0 data, 1 zero, 2 hole)
+//! 0x8008 Applied  generation u64
 //! ```
 //! `missed` is a count u8 (at most 3) and that many server ids. `maps` is two 1024-bit block
-//! maps of one 4 MiB chunk, 16 little-endian u64 words each: `data` then `zero`; no block may be
-//! in both, and `blocks` holds exactly 4096 bytes per `data` bit, in block order.
+//! maps of one 4 MiB chunk, 16 little-endian u64 words each: `data` then `zero`, then the
+//! chunk's write generation (u64); no block may be in both maps, and `blocks` holds exactly
+//! 4096 bytes per `data` bit, in block order.
 //!
 //! Version 2 added `missed`, GetChunk, PutChunk, Digest, Chunk, Digest and `NotReady`.
 //! Version 3 added `durable` to PutChunk, `run` to Pong, and Allocation.
 //! Version 4 added `hold` to Write and Trim (0: none), and Release.
 //! Version 5 added `epoch` to Write and Trim, and the error code `Rerouted`.
+//! Version 6 added write generations: `generation` to Write, Trim, the chunk maps and the
+//! Digest answer, and the `Applied` answer to Write and Trim.
 //!
 //! A new field or message means a new protocol version (negotiated in the handshake), never a
 //! silent reinterpretation of these bytes.
@@ -70,6 +74,9 @@ pub enum Request {
         /// seen a later one refuses the write (`NotReady`), and the gateway routes it again.
         /// Ignored for a write with no data.
         epoch: u64,
+        /// The write generation of this change of the chunk, from the replica that applied it
+        /// first ([`Response::Applied`]); 0 asks the receiver, the first, to give it one.
+        generation: u64,
     },
     /// Read `len` bytes at `offset`, as seen from `layer` (the head when `None`); answered with
     /// [`Response::Data`].
@@ -104,6 +111,8 @@ pub enum Request {
         hold: Option<u64>,
         /// The routing epoch (see `Write`).
         epoch: u64,
+        /// The write generation (see `Write`).
+        generation: u64,
     },
     /// Liveness check; answered with [`Response::Pong`].
     Ping,
@@ -188,6 +197,8 @@ pub struct ChunkMaps {
     pub data: [u64; MAP_WORDS],
     /// Blocks recorded as zeroed.
     pub zero: [u64; MAP_WORDS],
+    /// The chunk's write generation in the layer: that of the last change applied to it.
+    pub generation: u64,
 }
 /// Bytes of one block.
 const BLOCK: usize = 4096;
@@ -265,9 +276,20 @@ pub enum Response {
         blocks: Bytes,
     },
     /// The answer to [`Request::Digest`].
-    Digest([u8; 32]),
+    Digest {
+        /// blake3 of the chunk's bytes as read at the layer.
+        digest: [u8; 32],
+        /// The highest write generation of the chunk in the layers read (0: never written).
+        generation: u64,
+    },
     /// The answer to [`Request::Allocation`]: consecutive runs covering the range asked for.
     Allocation(Vec<Run>),
+    /// The answer to [`Request::Write`] and [`Request::Trim`]: done, as the chunk's change of
+    /// this write generation (0 for a write that only recorded marks).
+    Applied {
+        /// The generation.
+        generation: u64,
+    },
 }
 
 const T_WRITE: u16 = 0x0001;
@@ -287,8 +309,9 @@ const T_PONG: u16 = 0x8004;
 const T_CHUNK: u16 = 0x8005;
 const T_DIGEST: u16 = 0x8006;
 const T_ALLOCATION: u16 = 0x8007;
+const T_APPLIED: u16 = 0x8008;
 
-const MAPS: usize = 2 * MAP_WORDS * 8;
+const MAPS: usize = 2 * MAP_WORDS * 8 + 8;
 
 fn put_missed(dst: &mut BytesMut, missed: &[ServerId]) {
     dst.put_u8(missed.len() as u8);
@@ -316,6 +339,7 @@ fn put_maps(dst: &mut BytesMut, maps: &ChunkMaps) {
     for w in maps.data.iter().chain(&maps.zero) {
         dst.put_u64_le(*w);
     }
+    dst.put_u64(maps.generation);
 }
 
 /// Reads the two maps and checks them against the blocks that follow.
@@ -328,6 +352,7 @@ fn get_maps(t: u16, p: &mut Bytes) -> Result<Box<ChunkMaps>, MessageError> {
     }
     let data: [u64; MAP_WORDS] = std::array::from_fn(|_| p.get_u64_le());
     let zero: [u64; MAP_WORDS] = std::array::from_fn(|_| p.get_u64_le());
+    let generation = p.get_u64();
     if data.iter().zip(&zero).any(|(d, z)| d & z != 0) {
         return Err(MessageError::BadField {
             msg_type: t,
@@ -341,7 +366,11 @@ fn get_maps(t: u16, p: &mut Bytes) -> Result<Box<ChunkMaps>, MessageError> {
             field: "chunk blocks (length does not match the data map)",
         });
     }
-    Ok(Box::new(ChunkMaps { data, zero }))
+    Ok(Box::new(ChunkMaps {
+        data,
+        zero,
+        generation,
+    }))
 }
 
 const ID: usize = 16;
@@ -400,7 +429,7 @@ impl Request {
     pub fn answer_bound(&self) -> u64 {
         match self {
             Self::Read { len, .. } => u64::from(*len),
-            Self::GetChunk { .. } => (2 * MAP_WORDS * 8) as u64 + strata_types::CHUNK_SIZE,
+            Self::GetChunk { .. } => MAPS as u64 + strata_types::CHUNK_SIZE,
             _ => 0,
         }
     }
@@ -427,11 +456,11 @@ impl WireMessage for Request {
     fn payload_len(&self) -> usize {
         match self {
             Self::Write { data, missed, .. } => {
-                ID + ID + 8 + 1 + 8 + 8 + 1 + missed.len() * ID + data.len()
+                ID + ID + 8 + 1 + 8 + 8 + 8 + 1 + missed.len() * ID + data.len()
             }
             Self::Read { .. } | Self::Allocation { .. } => ID + 1 + ID + 8 + 4,
             Self::Flush { .. } => ID,
-            Self::Trim { missed, .. } => ID + ID + 8 + 8 + 8 + 8 + 1 + missed.len() * ID,
+            Self::Trim { missed, .. } => ID + ID + 8 + 8 + 8 + 8 + 8 + 1 + missed.len() * ID,
             Self::Ping => 0,
             Self::GetChunk { .. } => ID + ID + 8,
             Self::PutChunk { blocks, .. } => ID + ID + 8 + 1 + MAPS + blocks.len(),
@@ -458,6 +487,7 @@ impl WireMessage for Request {
                 missed,
                 hold,
                 epoch,
+                generation,
                 ..
             } => {
                 dst.put_slice(&volume.to_bytes());
@@ -466,6 +496,7 @@ impl WireMessage for Request {
                 dst.put_u8(u8::from(*fua));
                 dst.put_u64(hold.unwrap_or(0));
                 dst.put_u64(*epoch);
+                dst.put_u64(*generation);
                 put_missed(dst, missed);
             }
             Self::Read {
@@ -495,6 +526,7 @@ impl WireMessage for Request {
                 missed,
                 hold,
                 epoch,
+                generation,
             } => {
                 dst.put_slice(&volume.to_bytes());
                 dst.put_slice(&layer.to_bytes());
@@ -502,6 +534,7 @@ impl WireMessage for Request {
                 dst.put_u64(*len);
                 dst.put_u64(hold.unwrap_or(0));
                 dst.put_u64(*epoch);
+                dst.put_u64(*generation);
                 put_missed(dst, missed);
             }
             Self::Ping => {}
@@ -553,13 +586,14 @@ impl WireMessage for Request {
     fn decode(t: u16, mut p: Bytes) -> Result<Self, MessageError> {
         match t {
             T_WRITE => {
-                need(t, &p, ID + ID + 8 + 1 + 8 + 8 + 1, true)?;
+                need(t, &p, ID + ID + 8 + 1 + 8 + 8 + 8 + 1, true)?;
                 let volume = VolumeId::from_bytes(get_id(&mut p));
                 let layer = LayerId::from_bytes(get_id(&mut p));
                 let offset = p.get_u64();
                 let fua = flag(t, p.get_u8(), "fua flag")?;
                 let hold = Some(p.get_u64()).filter(|h| *h != 0);
                 let epoch = p.get_u64();
+                let generation = p.get_u64();
                 let missed = get_missed(t, &mut p)?;
                 Ok(Self::Write {
                     volume,
@@ -570,6 +604,7 @@ impl WireMessage for Request {
                     missed,
                     hold,
                     epoch,
+                    generation,
                 })
             }
             T_READ | T_ALLOCATION_REQ => {
@@ -602,13 +637,14 @@ impl WireMessage for Request {
                 })
             }
             T_TRIM => {
-                need(t, &p, ID + ID + 8 + 8 + 8 + 8 + 1, true)?;
+                need(t, &p, ID + ID + 8 + 8 + 8 + 8 + 8 + 1, true)?;
                 let volume = VolumeId::from_bytes(get_id(&mut p));
                 let layer = LayerId::from_bytes(get_id(&mut p));
                 let offset = p.get_u64();
                 let len = p.get_u64();
                 let hold = Some(p.get_u64()).filter(|h| *h != 0);
                 let epoch = p.get_u64();
+                let generation = p.get_u64();
                 let missed = get_missed(t, &mut p)?;
                 need(t, &p, 0, false)?;
                 Ok(Self::Trim {
@@ -619,6 +655,7 @@ impl WireMessage for Request {
                     missed,
                     hold,
                     epoch,
+                    generation,
                 })
             }
             T_PING => need(t, &p, 0, false).map(|()| Self::Ping),
@@ -665,7 +702,7 @@ impl WireMessage for Request {
                     token: p.get_u64(),
                 })
             }
-            T_OK | T_DATA | T_ERROR | T_PONG | T_CHUNK | T_DIGEST | T_ALLOCATION => {
+            T_OK | T_DATA | T_ERROR | T_PONG | T_CHUNK | T_DIGEST | T_ALLOCATION | T_APPLIED => {
                 Err(MessageError::WrongKind(t))
             }
             _ => Err(MessageError::UnknownType(t)),
@@ -683,8 +720,9 @@ impl WireMessage for Response {
             Self::Error { .. } => T_ERROR,
             Self::Pong { .. } => T_PONG,
             Self::Chunk { .. } => T_CHUNK,
-            Self::Digest(_) => T_DIGEST,
+            Self::Digest { .. } => T_DIGEST,
             Self::Allocation(_) => T_ALLOCATION,
+            Self::Applied { .. } => T_APPLIED,
         }
     }
 
@@ -695,8 +733,9 @@ impl WireMessage for Response {
             Self::Data(d) => d.len(),
             Self::Error { message, .. } => 2 + message.len(),
             Self::Chunk { blocks, .. } => MAPS + blocks.len(),
-            Self::Digest(_) => 32,
+            Self::Digest { .. } => 32 + 8,
             Self::Allocation(runs) => runs.len() * RUN,
+            Self::Applied { .. } => 8,
         }
     }
 
@@ -717,7 +756,11 @@ impl WireMessage for Response {
                 dst.put_slice(message.as_bytes());
             }
             Self::Chunk { maps, .. } => put_maps(dst, maps),
-            Self::Digest(d) => dst.put_slice(d),
+            Self::Digest { digest, generation } => {
+                dst.put_slice(digest);
+                dst.put_u64(*generation);
+            }
+            Self::Applied { generation } => dst.put_u64(*generation),
             Self::Allocation(runs) => {
                 for r in runs {
                     dst.put_u32(r.len);
@@ -754,11 +797,17 @@ impl WireMessage for Response {
                 Ok(Self::Chunk { maps, blocks: p })
             }
             T_DIGEST => {
-                need(t, &p, 32, false)?;
-                let mut d = [0u8; 32];
-                p.copy_to_slice(&mut d);
-                Ok(Self::Digest(d))
+                need(t, &p, 32 + 8, false)?;
+                let mut digest = [0u8; 32];
+                p.copy_to_slice(&mut digest);
+                Ok(Self::Digest {
+                    digest,
+                    generation: p.get_u64(),
+                })
             }
+            T_APPLIED => need(t, &p, 8, false).map(|()| Self::Applied {
+                generation: p.get_u64(),
+            }),
             T_ALLOCATION => {
                 if !p.len().is_multiple_of(RUN) {
                     return Err(MessageError::BadLength {

@@ -147,6 +147,7 @@ mod tests {
                     missed: Vec::new(),
                     hold: None,
                     epoch: 0,
+                    generation: 0,
                 };
                 (i as u64 + 1, req)
             })

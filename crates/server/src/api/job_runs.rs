@@ -201,6 +201,7 @@ pub(super) async fn verify(
                         .map(|d| ReplicaAnswer {
                             server: d.server,
                             digest: d.digest,
+                            generation: d.generation,
                         })
                         .collect(),
                     repaired: p.repaired,

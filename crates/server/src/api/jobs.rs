@@ -52,6 +52,7 @@ pub(super) fn verify_report(
                         server: server_name(state, a.server),
                         digest: a.digest.clone().ok(),
                         error: a.digest.clone().err(),
+                        generation: a.digest.is_ok().then_some(a.generation),
                     })
                     .collect(),
                 repaired: m.repaired,

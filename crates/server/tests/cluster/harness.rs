@@ -435,7 +435,12 @@ impl Group {
 
     /// `n` servers, three of them managers, all in the `default` cluster.
     pub async fn cluster(n: usize) -> Group {
-        let g = Group::start(n).await;
+        Group::cluster_with(n, |_, _| {}).await
+    }
+
+    /// Like [`Group::cluster`], calling `prepare` as [`Group::start_with`] does.
+    pub async fn cluster_with(n: usize, prepare: impl FnMut(usize, &std::path::Path)) -> Group {
+        let g = Group::start_with(n, prepare).await;
         g.three_managers().await;
         g.one_cluster().await;
         g

@@ -50,6 +50,7 @@ async fn pipelined_calls_from_many_tasks_each_get_their_own_answer() {
                     missed: Vec::new(),
                     hold: None,
                     epoch: 0,
+                    generation: 0,
                 })
             });
             for resp in futures::future::join_all(writes).await {
@@ -118,6 +119,7 @@ async fn handler_refusals_travel_as_error_responses() {
         missed: Vec::new(),
         hold: None,
         epoch: 0,
+        generation: 0,
     };
     let code = |resp: Response| match resp {
         Response::Error { code, message } => {
@@ -143,6 +145,7 @@ async fn handler_refusals_travel_as_error_responses() {
         missed: Vec::new(),
         hold: None,
         epoch: 0,
+        generation: 0,
     };
     assert_eq!(
         pool.call(server.addr, trim).await.expect("trim"),
@@ -178,6 +181,7 @@ async fn a_large_write_travels_whole_and_an_oversized_one_is_refused_before_send
         missed: Vec::new(),
         hold: None,
         epoch: 0,
+        generation: 0,
     };
     let ok = client
         .call(write(chunk.clone()))
