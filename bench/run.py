@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Strata benchmarks: run Strata and its peer side by side in one run and print ratios.
 
-    cargo build --release && python3 bench/run.py [fio|snapshots|deep|cluster|pause|resync|all] [--size 2G] [--runtime 20]
+    cargo build --release && python3 bench/run.py [fio|snapshots|deep|cluster|pause|resync|migrate|slowreader|all] [--size 2G] [--runtime 20]
 
 Each section starts its own `strata server` (release build) on loopback ports in a temporary
 directory on the filesystem holding --dir (default: bench/results/tmp), and tears it down after.
@@ -30,9 +30,18 @@ directory on the filesystem holding --dir (default: bench/results/tmp), and tear
   written during the outage (missed-chunk marks), the chunk-layers the resync copied (from the
   servers' `strata_resync_chunk_layers_total`), and the time until the volume is healthy again,
   for two volume sizes.
+- slowreader: the slow-reader attack of issue 10 item 8 on one server with a 1 GiB volume written
+  in full: N raw NBD connections (NBD_OPT_GO, simple replies, a 4 KiB SO_RCVBUF) each send 2,000
+  READs of 32 MiB and never read a reply, and hold for --runtime seconds (longer while the
+  probes still wait). Prints the server's RSS before, its peak (VmHWM, reset before the attack
+  where the kernel allows it, and the highest VmRSS sampled every 0.1 s), whether a new client is still served during the attack (a 4 KiB
+  READ over a new connection and `qemu-io -c 'read 0 1M'`, with their latency), and whether the
+  server answers NBD and /healthz after the attackers hang up. Runs with 2 connections (the
+  issue's case), with 8 (more than the server-wide budget holds), and with 8 against a server
+  started with `--nbd-idle-timeout 5s`.
 Machines here are noisy: compare the ratios, not the absolute numbers.
 """
-import argparse, json, os, re, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, json, os, re, resource, shutil, signal, socket, statistics, struct, subprocess, sys, tempfile, threading, time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,9 +71,10 @@ def wait_port(port, timeout=30):
 
 
 class Strata:
-    def __init__(self, base, join=None, name=None, cpus=None):
+    def __init__(self, base, join=None, name=None, cpus=None, flags=()):
         self.dir = tempfile.mkdtemp(prefix="strata-", dir=base)
         self.cpus = cpus
+        self.flags = list(flags)  # more `strata server` flags
         self.api_port, self.nbd_port, self.peer_port = free_port(), free_port(), free_port()
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.join = join
@@ -78,17 +88,20 @@ class Strata:
         if self.name:
             args += ["--name", self.name]
         args += ["--join", self.join] if self.join else ["--bootstrap"]
+        args += self.flags
         self.proc = subprocess.Popen(
             pinned(args, self.cpus), stdout=subprocess.DEVNULL,
             stderr=open(os.path.join(self.dir, "server.log"), "a"),
             env={"RUST_LOG": "warn", **os.environ})
         wait_port(self.api_port)
         wait_port(self.nbd_port)
-        # A joining server answers on its API before its join completes.
+        # A joining server answers on its API before its join completes, a bootstrapping one
+        # before its `default` cluster exists (a volume created then gets a 404).
+        ready = "/v1/clusters/default" if not self.join else "/v1/servers/self"
         end = time.time() + 60
         while time.time() < end:
             try:
-                self.call("GET", "/v1/servers/self")
+                self.call("GET", ready)
                 break
             except Exception:
                 time.sleep(0.1)
@@ -129,11 +142,24 @@ class Strata:
         return time.perf_counter() - t
 
     def peak_rss_mib(self):
+        return self.status_mib("VmHWM")
+
+    def status_mib(self, field):
+        """A memory field of /proc/PID/status (VmHWM, VmRSS, ...) in MiB."""
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
         return float("nan")
+
+    def reset_peak_rss(self):
+        """Resets VmHWM to the current RSS (`5` to /proc/PID/clear_refs); False if refused."""
+        try:
+            with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -503,13 +529,154 @@ def bench_migrate(base, sizes=(512 << 20, 2 << 30), runtime=30):
     print()
 
 
+NBD_OPT_GO, NBD_REP_ACK, NBD_REP_INFO, NBD_INFO_EXPORT = 7, 1, 3, 0
+NBD_REQUEST_MAGIC, NBD_SIMPLE_REPLY_MAGIC, NBD_CMD_READ = 0x25609513, 0x67446698, 0
+
+
+def recv_exact(sock, n):
+    out = bytearray()
+    while len(out) < n:
+        got = sock.recv(n - len(out))
+        if not got:
+            raise ConnectionError("the server closed the connection")
+        out += got
+    return bytes(out)
+
+
+def nbd_connect(port, export, rcvbuf=None, timeout=30):
+    """A raw NBD connection in transmission (fixed newstyle, NBD_OPT_GO, simple replies):
+    (socket, export size)."""
+    sock = socket.socket()
+    if rcvbuf:  # before connect, so the advertised window stays small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    hello = recv_exact(sock, 18)
+    if hello[:16] != b"NBDMAGICIHAVEOPT":
+        raise RuntimeError(f"not an NBD newstyle server: {hello!r}")
+    sock.sendall(struct.pack(">I", 1 | 2))  # FIXED_NEWSTYLE | NO_ZEROES
+    name = export.encode()
+    data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
+    sock.sendall(b"IHAVEOPT" + struct.pack(">II", NBD_OPT_GO, len(data)) + data)
+    size = None
+    while True:
+        _magic, _opt, kind, length = struct.unpack(">QIII", recv_exact(sock, 20))
+        body = recv_exact(sock, length)
+        if kind & 0x80000000:
+            raise RuntimeError(f"NBD_OPT_GO refused: {kind:#x} {body!r}")
+        if kind == NBD_REP_INFO and struct.unpack(">H", body[:2])[0] == NBD_INFO_EXPORT:
+            size = struct.unpack(">Q", body[2:10])[0]
+        if kind == NBD_REP_ACK:
+            return sock, size
+
+
+def nbd_read_request(cookie, offset, length):
+    return struct.pack(">IHHQQI", NBD_REQUEST_MAGIC, 0, NBD_CMD_READ, cookie, offset, length)
+
+
+def probe_read(port, export, length=4096):
+    """Seconds for a new connection's handshake and one READ of `length` bytes, or the error."""
+    t = time.perf_counter()
+    try:
+        sock, _ = nbd_connect(port, export, timeout=30)
+        with sock:
+            sock.sendall(nbd_read_request(1, 0, length))
+            magic, error, cookie = struct.unpack(">IIQ", recv_exact(sock, 16))
+            if magic != NBD_SIMPLE_REPLY_MAGIC or error or cookie != 1:
+                return f"bad reply {magic:#x} error {error}"
+            recv_exact(sock, length)
+        return time.perf_counter() - t
+    except Exception as e:  # a timeout or a refusal is the result, not a failure of the run
+        return f"{type(e).__name__}: {e}"
+
+
+def probe_qemu_io(uri):
+    """Seconds for `qemu-io -r -c 'read 0 1M'`, or why it failed (30 s at most)."""
+    t = time.perf_counter()
+    try:
+        r = subprocess.run(["qemu-io", "-f", "raw", "-r", "-c", "read 0 1M", uri],
+                           capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "timed out after 30 s"
+    if r.returncode != 0 or "read 1048576/1048576" not in r.stdout:
+        return f"failed: {(r.stdout + r.stderr).strip()[:200]}"
+    return time.perf_counter() - t
+
+
+def shown(probe):
+    return f"{probe * 1000:.0f} ms" if isinstance(probe, float) else probe
+
+
+def bench_slowreader(base, hold, requests=2000, length=32 << 20, size=1 << 30):
+    print(f"## Slow-reader attack: {requests} × {length >> 20} MiB READs per connection, never "
+          f"read, held {hold}s or until the probes end (1 GiB volume written in full, one "
+          f"server)\n")
+    print("Probes start 2 s into the attack and give up after 30 s.\n")
+    print("| connections | server flags | RSS before MiB | peak VmHWM MiB | peak VmRSS sampled MiB | "
+          "RSS at end MiB | new client 4K READ | qemu-io read 1M | served after | /healthz |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    # 2 connections: the issue's case. 8: more than the server-wide budget (512 MiB) holds at
+    # 128 MiB each, so new clients wait for it; with an idle timeout the stuck ones are closed.
+    for n, flags in ((2, ()), (8, ()), (8, ("--nbd-idle-timeout", "5s"))):
+        strata = Strata(base, flags=flags)
+        try:
+            uri = strata.create("victim", size)
+            fio(uri, "fill", "write", "1M", 16, size, extra=["--end_fsync=1"])
+            time.sleep(2)  # let the fill's buffers go back before measuring
+            before = strata.status_mib("VmRSS")
+            reset = strata.reset_peak_rss()
+            socks = [nbd_connect(strata.nbd_port, "victim", rcvbuf=4096)[0] for _ in range(n)]
+
+            def attack(sock):
+                burst = b"".join(nbd_read_request(i, (i * length) % size, length)
+                                 for i in range(requests))
+                try:
+                    sock.sendall(burst)
+                except OSError:
+                    pass  # the server may stop reading or close; the attack is what got through
+
+            senders = [threading.Thread(target=attack, args=(s,), daemon=True) for s in socks]
+            for t in senders:
+                t.start()
+            peak_sampled, probes, probing = 0.0, {}, []
+            started = time.time()
+            # Sample until the hold is over and both probes have their answer.
+            while time.time() < started + hold or len(probes) < len(probing) or not probing:
+                peak_sampled = max(peak_sampled, strata.status_mib("VmRSS"))
+                if not probing and time.time() > started + 2:
+                    # Probes run in threads so the sampling goes on while they wait.
+                    probing = [
+                        threading.Thread(target=lambda: probes.update(
+                            nbd=probe_read(strata.nbd_port, "victim")), daemon=True),
+                        threading.Thread(target=lambda: probes.update(
+                            qemu=probe_qemu_io(uri)), daemon=True)]
+                    for t in probing:
+                        t.start()
+                time.sleep(0.1)
+            peak_hwm = strata.peak_rss_mib()
+            at_end = strata.status_mib("VmRSS")
+            for s in socks:
+                s.close()
+            alive = strata.proc.poll() is None
+            after = probe_read(strata.nbd_port, "victim") if alive else "server exited"
+            served = f"yes, {shown(after)}" if isinstance(after, float) else after
+            health = shown(strata.timed_get("/healthz")) if alive else "server exited"
+            hwm = f"{peak_hwm:.0f}" if reset else f"{peak_hwm:.0f} (not reset: includes the fill)"
+            print(f"| {n} | {' '.join(flags) or 'defaults'} | {before:.0f} | {hwm} | "
+                  f"{peak_sampled:.0f} | {at_end:.0f} | {shown(probes['nbd'])} | "
+                  f"{shown(probes['qemu'])} | {served} | {health} |")
+        finally:
+            strata.stop()
+    print()
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("what", nargs="?", default="all",
                    choices=["fio", "snapshots", "deep", "cluster", "pause", "resync", "migrate",
-                            "all"])
+                            "slowreader", "all"])
     p.add_argument("--size", default="2G", help="volume size for fio and deep (e.g. 2G)")
-    p.add_argument("--runtime", type=int, default=20)
+    p.add_argument("--runtime", type=int, default=20,
+                   help="seconds per fio job; slowreader: seconds the attack is held")
     p.add_argument("--pin", action="store_true",
                    help="cluster: fio, the first server, the single server and qemu-nbd on CPU 0, "
                         "the other two servers on CPU 1")
@@ -535,6 +702,8 @@ def main():
         bench_resync(a.dir)
     if a.what in ("migrate", "all"):
         bench_migrate(a.dir)
+    if a.what in ("slowreader", "all"):
+        bench_slowreader(a.dir, a.runtime)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,23 @@ pub struct ServerArgs {
     /// A TOML file with the same settings; flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Most NBD connections open at once; more are closed as soon as accepted [default: 256].
+    #[arg(long, value_name = "N")]
+    pub nbd_max_connections: Option<usize>,
+    /// Close an NBD connection idle this long (no request, no reply written): seconds or a
+    /// duration such as 5m [default: never; 0 is never too].
+    #[arg(long, value_name = "DURATION")]
+    pub nbd_idle_timeout: Option<String>,
+    /// Most requests of one NBD connection in flight [default: 64].
+    #[arg(long, value_name = "N")]
+    pub nbd_max_requests_per_connection: Option<usize>,
+    /// Most payload bytes of one NBD connection in flight, until the replies are written; at
+    /// least 32MiB, at most --nbd-max-bytes [default: 128MiB].
+    #[arg(long, value_name = "SIZE")]
+    pub nbd_max_bytes_per_connection: Option<String>,
+    /// Most payload bytes in flight over all NBD connections [default: 512MiB].
+    #[arg(long, value_name = "SIZE")]
+    pub nbd_max_bytes: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -35,6 +35,11 @@ pub async fn server(args: ServerArgs, global: GlobalArgs) -> Result<()> {
         peer: args.peer,
         bootstrap: args.bootstrap,
         join: args.join,
+        nbd_max_connections: args.nbd_max_connections,
+        nbd_idle_timeout: args.nbd_idle_timeout,
+        nbd_max_requests_per_connection: args.nbd_max_requests_per_connection,
+        nbd_max_bytes_per_connection: args.nbd_max_bytes_per_connection,
+        nbd_max_bytes: args.nbd_max_bytes,
         ..Default::default()
     };
     let file = match &args.config {

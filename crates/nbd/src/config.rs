@@ -52,22 +52,22 @@ impl Default for ServerConfig {
 #[derive(Clone, Debug)]
 pub(crate) struct Budget {
     permits: Arc<Semaphore>,
-    size: u32,
+    size: usize,
 }
 
 impl Budget {
-    /// A budget of `bytes` (at least one; at most what one acquire can take).
+    /// A budget of `bytes` (at least one; at most what a semaphore holds).
     pub(crate) fn new(bytes: usize) -> Self {
-        let size = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
+        let size = bytes.clamp(1, Semaphore::MAX_PERMITS);
         Self {
-            permits: Arc::new(Semaphore::new(size as usize)),
+            permits: Arc::new(Semaphore::new(size)),
             size,
         }
     }
 
     /// Waits for `cost` bytes (the whole budget if it is larger); `None` if the budget closed.
     pub(crate) async fn take(&self, cost: u32) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let n = cost.min(self.size);
+        let n = cost.min(u32::try_from(self.size).unwrap_or(u32::MAX));
         self.permits.clone().acquire_many_owned(n).await.ok()
     }
 }

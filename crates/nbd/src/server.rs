@@ -54,7 +54,10 @@ pub async fn serve_with(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "nbd server listening");
     }
-    let connections = Arc::new(Semaphore::new(config.max_connections));
+    // Beyond what a semaphore counts is as good as no limit.
+    let connections = Arc::new(Semaphore::new(
+        config.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let limits = Limits::new(config);
     loop {
         let accepted = tokio::select! {

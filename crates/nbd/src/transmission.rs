@@ -144,7 +144,9 @@ where
 {
     let Negotiated { device, session } = neg;
     let config = &limits.config;
-    let max_requests = config.max_requests_per_connection.max(1);
+    let max_requests = config
+        .max_requests_per_connection
+        .clamp(1, Semaphore::MAX_PERMITS);
     let stop = CancellationToken::new();
     let kill = CancellationToken::new();
     let activity = Arc::new(Activity::new());

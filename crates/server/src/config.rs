@@ -1,6 +1,9 @@
 //! Server configuration in two steps: [`ServerConfigFile`] is what a TOML file (`--config`) and
 //! the command line say, every field optional with a documented default; [`ServerConfig`] is the
-//! validated result the server runs with. Command-line flags override the file.
+//! validated result the server runs with. Command-line flags override the file. The NBD
+//! server's limits (`nbd_*`) are checked in `config/nbd.rs`.
+
+mod nbd;
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -41,6 +44,23 @@ pub struct ServerConfigFile {
     pub join: Option<String>,
     /// Throttle for background snapshot merges, bytes per second (default: unthrottled).
     pub merge_rate: Option<String>,
+    /// Most NBD connections open at once (default 256); more are closed as soon as accepted.
+    pub nbd_max_connections: Option<usize>,
+    /// Close an NBD connection after this long with no request read and no reply written:
+    /// seconds (`300`) or a duration (`5m`, `1h 30m`). Default, and `0`: never (the Linux
+    /// kernel client keeps idle connections while the device is attached).
+    #[serde(default, deserialize_with = "nbd::text_or_number")]
+    pub nbd_idle_timeout: Option<String>,
+    /// Most requests of one NBD connection in flight (default 64).
+    pub nbd_max_requests_per_connection: Option<usize>,
+    /// Most payload bytes of one NBD connection's requests in flight, counted until each reply
+    /// is written to the socket (default 128MiB; at least 32MiB, the largest request, and at
+    /// most `nbd_max_bytes`).
+    #[serde(default, deserialize_with = "nbd::text_or_number")]
+    pub nbd_max_bytes_per_connection: Option<String>,
+    /// Most payload bytes in flight over all NBD connections together (default 512MiB).
+    #[serde(default, deserialize_with = "nbd::text_or_number")]
+    pub nbd_max_bytes: Option<String>,
 }
 
 impl ServerConfigFile {
@@ -70,6 +90,15 @@ impl ServerConfigFile {
             bootstrap: self.bootstrap || file.bootstrap,
             join: self.join.or(file.join),
             merge_rate: self.merge_rate.or(file.merge_rate),
+            nbd_max_connections: self.nbd_max_connections.or(file.nbd_max_connections),
+            nbd_idle_timeout: self.nbd_idle_timeout.or(file.nbd_idle_timeout),
+            nbd_max_requests_per_connection: self
+                .nbd_max_requests_per_connection
+                .or(file.nbd_max_requests_per_connection),
+            nbd_max_bytes_per_connection: self
+                .nbd_max_bytes_per_connection
+                .or(file.nbd_max_bytes_per_connection),
+            nbd_max_bytes: self.nbd_max_bytes.or(file.nbd_max_bytes),
         }
     }
 
@@ -121,6 +150,14 @@ impl ServerConfigFile {
             ),
             None => None,
         };
+        let nbd_limits = nbd::NbdLimits {
+            max_connections: self.nbd_max_connections,
+            idle_timeout: self.nbd_idle_timeout.as_deref(),
+            max_requests_per_connection: self.nbd_max_requests_per_connection,
+            max_bytes_per_connection: self.nbd_max_bytes_per_connection.as_deref(),
+            max_bytes: self.nbd_max_bytes.as_deref(),
+        }
+        .validate()?;
         Ok(ServerConfig {
             data_dir,
             name,
@@ -133,6 +170,7 @@ impl ServerConfigFile {
             bootstrap: self.bootstrap,
             join: self.join,
             merge_rate,
+            nbd_limits,
         })
     }
 }
@@ -170,6 +208,9 @@ pub struct ServerConfig {
     pub join: Option<String>,
     /// Background merge throttle in bytes per second.
     pub merge_rate: Option<u64>,
+    /// What the NBD server lets clients make it hold: connections, idle time, requests and
+    /// payload bytes in flight.
+    pub nbd_limits: strata_nbd::ServerConfig,
 }
 
 impl ServerConfig {
@@ -187,6 +228,7 @@ impl ServerConfig {
             bootstrap: true,
             join: None,
             merge_rate: None,
+            nbd_limits: strata_nbd::ServerConfig::default(),
         }
     }
 }

@@ -298,8 +298,11 @@ pub async fn start(
     }
     let exports = Arc::new(exports::Exports::new(meta.clone(), engine));
     let nbd_shutdown = shutdown.child_token();
+    let nbd_limits = config.nbd_limits.clone();
     tasks.spawn(async move {
-        if let Err(e) = strata_nbd::serve(nbd_listener, exports, nbd_shutdown).await {
+        if let Err(e) =
+            strata_nbd::serve_with(nbd_listener, exports, nbd_limits, nbd_shutdown).await
+        {
             tracing::error!(error = %e, "NBD server failed");
         }
     });

@@ -145,6 +145,29 @@ impl NbdClient {
         self.request(CMD_FLUSH, 0, 0, 0, &[], &mut [])
     }
 
+    /// Waits up to `timeout` for the server to close the connection, sending nothing: true if
+    /// it did (end of stream or a reset), false if it stayed open.
+    pub fn closed_within(&mut self, timeout: std::time::Duration) -> io::Result<bool> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        let mut byte = [0u8; 1];
+        let result = match self.stream.read(&mut byte) {
+            Ok(0) => Ok(true),
+            Ok(_) => Err(io::Error::other("the server sent bytes nobody asked for")),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(true),
+            Err(e) => Err(e),
+        };
+        self.stream.set_read_timeout(None)?;
+        result
+    }
+
     /// Disconnects politely.
     pub fn disconnect(mut self) {
         let mut req = Vec::new();

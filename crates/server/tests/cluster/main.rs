@@ -1,5 +1,6 @@
 //! Multi-server tests: joining, managers, forwarding to the leader, failover, a minority that
-//! refuses changes, and clusters. Each test starts its own in-process group (`harness.rs`).
+//! refuses changes, and clusters. Each test starts its own in-process group (`harness.rs`);
+//! `limits.rs` starts one server from a TOML file to check the NBD limits it configures.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,6 +9,7 @@ mod faults;
 mod full_disk;
 mod harness;
 mod jobs;
+mod limits;
 mod membership;
 mod migration;
 mod ordering;
