@@ -29,7 +29,7 @@ passed=0
 failed=()
 for seed in $(seq "$first" "$last"); do
     if STRATA_FAULT_SEEDS=$seed RUST_LOG=${RUST_LOG:-strata_volume=info,strata_server=info} \
-        "$copy" faults --ignored >"/tmp/strata-fault-$seed.log" 2>&1; then
+        "$copy" faults:: --ignored >"/tmp/strata-fault-$seed.log" 2>&1; then
         passed=$((passed + 1))
         rm -f "/tmp/strata-fault-$seed.log"
     else

@@ -4,57 +4,14 @@
 //! loop-mounted ext4 made by the test (root and `mkfs.ext4` needed; a test that cannot make
 //! one says why and does nothing).
 
-use crate::harness::{blocking, connect, Group};
+use crate::harness::{blocking, connect, Group, SmallFs};
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 const TIB: u64 = 1 << 40;
 /// NBD's ENOSPC.
 const ENOSPC: u32 = 28;
-
-/// A small ext4 mounted at a given directory; lazily unmounted on drop.
-struct SmallFs {
-    mnt: PathBuf,
-    _image: tempfile::TempDir,
-}
-
-impl SmallFs {
-    /// Mounts a fresh ext4 of `mib` MiB at `mnt`, or says why it cannot.
-    fn mount(mnt: &Path, mib: u64) -> Result<SmallFs, String> {
-        let image_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let image = image_dir.path().join("fs.img");
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(mib * MIB))
-            .map_err(|e| e.to_string())?;
-        let run = |cmd: &mut Command| match cmd.output() {
-            Ok(o) if o.status.success() => Ok(()),
-            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0", "-b", "4096"])
-            .arg(&image))
-        .map_err(|e| format!("mkfs.ext4 failed: {e}"))?;
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&image)
-            .arg(mnt))
-        .map_err(|e| format!("mount -o loop failed (root and loop devices needed): {e}"))?;
-        Ok(SmallFs {
-            mnt: mnt.to_path_buf(),
-            _image: image_dir,
-        })
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_data_filesystem_refuses_new_data_only_and_a_delete_makes_room() {

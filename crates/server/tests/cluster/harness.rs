@@ -13,7 +13,8 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_server::config::ServerConfig;
@@ -526,4 +527,45 @@ pub fn leader(managers: &Value) -> Option<String> {
         .find(|m| m["leader"] == true)
         .and_then(|m| m["name"].as_str())
         .map(String::from)
+}
+
+/// A small ext4 mounted at a given directory; lazily unmounted on drop.
+pub struct SmallFs {
+    mnt: PathBuf,
+    _image: tempfile::TempDir,
+}
+
+impl SmallFs {
+    /// Mounts a fresh ext4 of `mib` MiB at `mnt`, or says why it cannot.
+    pub fn mount(mnt: &Path, mib: u64) -> Result<SmallFs, String> {
+        let image_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let image = image_dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(mib << 20))
+            .map_err(|e| e.to_string())?;
+        let run = |cmd: &mut Command| match cmd.output() {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-b", "4096"])
+            .arg(&image))
+        .map_err(|e| format!("mkfs.ext4 failed: {e}"))?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(mnt))
+        .map_err(|e| format!("mount -o loop failed (root and loop devices needed): {e}"))?;
+        Ok(SmallFs {
+            mnt: mnt.to_path_buf(),
+            _image: image_dir,
+        })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
 }
