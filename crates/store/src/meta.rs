@@ -2,7 +2,9 @@
 //!
 //! Tables (the version is in each table name, so a format change adds tables beside old ones):
 //! - `meta` (`&str -> bytes`): `format` = `b"STRATA-STORE"` + u32 LE [`FORMAT_VERSION`];
-//!   `next_fid` = u64 LE, the next unused file id.
+//!   `next_fid` = u64 LE, the next unused file id; `generation_floor` = u64 LE, the least write
+//!   generation a change this store is first to apply gets (raised at each unclean open, so
+//!   generations lost with unflushed map rows are never given again).
 //! - `volumes_v1` (`volume id bytes -> record`): a [`VolumeRecord`]:
 //!   `b"SVOL"`, u16 LE version (1), u64 size, u64 next rank,
 //!   u8 merge flag [+ 16-byte layer id, u8 direction (0 up, 1 down), u64 next chunk],
@@ -356,6 +358,34 @@ pub(crate) fn put_row(
         }
     }
     Ok(())
+}
+
+/// The step `generation_floor` rises by at each unclean open: more changes than one chunk
+/// takes between two crashes.
+const FLOOR_STEP: u64 = 1 << 32;
+
+/// Reads `generation_floor` and, with `raise` (an unclean open), raises it first by
+/// [`FLOOR_STEP`], durably; returns the floor to use.
+pub(crate) fn generation_floor(db: &Database, raise: bool) -> Result<u64> {
+    let txn = db.begin_write()?;
+    let floor = {
+        let mut meta = txn.open_table(META)?;
+        let cur = match meta.get("generation_floor")? {
+            Some(v) => v.value().try_into().map(u64::from_le_bytes).unwrap_or(0),
+            None => 0,
+        };
+        let floor = if raise {
+            cur.saturating_add(FLOOR_STEP)
+        } else {
+            cur
+        };
+        if floor != cur {
+            meta.insert("generation_floor", floor.to_le_bytes().as_slice())?;
+        }
+        floor
+    };
+    txn.commit()?;
+    Ok(floor)
 }
 
 /// Raises the persisted `next_fid` to at least `next`.

@@ -49,6 +49,8 @@ pub(crate) struct Inner {
     pub shutdown: AtomicBool,
     pub merged_bytes: AtomicU64,
     pub space: Arc<Space>,
+    /// See [`Volume::generation_floor`].
+    pub generation_floor: u64,
 }
 
 impl Inner {
@@ -145,6 +147,7 @@ impl Store {
             Err(e) => return Err(io_err(format!("removing {}", clean_marker.display()))(e)),
         }
         let mut loaded = meta::load(&db)?;
+        let generation_floor = meta::generation_floor(&db, unclean)?;
         let mut volumes = HashMap::new();
         let mut max_fid = 0;
         for (id, rec) in loaded.volumes {
@@ -187,7 +190,7 @@ impl Store {
                 layers,
                 gone: false,
             };
-            let mut v = Volume::new(id, vdir, stack, rec.merge, space.clone());
+            let mut v = Volume::new(id, vdir, stack, rec.merge, space.clone(), generation_floor);
             v.activity = ActivityLog::loaded(active, unclean);
             *v.missed.lock() =
                 crate::replica::Missed::loaded(loaded.missed.remove(&id).unwrap_or_default());
@@ -212,6 +215,7 @@ impl Store {
             shutdown: AtomicBool::new(false),
             merged_bytes: AtomicU64::new(0),
             space,
+            generation_floor,
         });
         let merger = merge::spawn(inner.clone())?;
         Ok(Store {
@@ -298,7 +302,11 @@ impl Store {
             return Err(e);
         }
         let space = self.inner.space.clone();
-        volumes.insert(vol, Arc::new(Volume::new(vol, vdir, stack, None, space)));
+        let floor = self.inner.generation_floor;
+        volumes.insert(
+            vol,
+            Arc::new(Volume::new(vol, vdir, stack, None, space, floor)),
+        );
         Ok(())
     }
 

@@ -140,6 +140,10 @@ pub(crate) struct Volume {
     pub space: Arc<Space>,
     /// Chunks that may hold unflushed writes (see `activity.rs`).
     pub activity: ActivityLog,
+    /// The least write generation this store gives a change it is first to apply: raised at
+    /// each unclean open, so the generations of changes whose map rows a crash lost are not
+    /// given again to other changes.
+    pub generation_floor: u64,
 }
 
 impl Volume {
@@ -150,6 +154,7 @@ impl Volume {
         stack: Stack,
         merge: Option<MergeProgress>,
         space: Arc<Space>,
+        generation_floor: u64,
     ) -> Volume {
         let index = ChunkIndex::default();
         for l in &stack.layers {
@@ -173,6 +178,7 @@ impl Volume {
             merge_waits_for_space: AtomicBool::new(false),
             space,
             activity: ActivityLog::default(),
+            generation_floor,
         }
     }
 
@@ -240,7 +246,7 @@ impl Volume {
     pub fn set_generation(&self, st: &Stack, chunk: u64, generation: u64) -> u64 {
         let head = st.head_pos();
         let g = match generation {
-            0 => self.generation_at(st, head, chunk) + 1,
+            0 => (self.generation_at(st, head, chunk) + 1).max(self.generation_floor),
             g => g,
         };
         self.update_bits(&st.layers[head], chunk, |cb| {

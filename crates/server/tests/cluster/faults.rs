@@ -255,6 +255,82 @@ async fn wait_healthy(g: &Group, within: Duration) -> Value {
     panic!("not healthy within {within:?} of the last fault healing: {last}");
 }
 
+/// For each chunk `report` lists as differing, the blocks whose copies differ, read straight
+/// from each replica over the wire, with the value each holds and what the writing client's
+/// history allows there: what a failing seed needs to be understood.
+async fn explain(g: &Group, report: &Value, models: &[(Model, u64)]) -> String {
+    let vol = g.get(0, "/v1/volumes/faults").await;
+    let volume: strata_types::VolumeId = serde_json::from_value(vol["id"].clone()).unwrap();
+    let servers = g.get(0, "/v1/servers").await;
+    let mut out = String::new();
+    for m in report["mismatches"].as_array().into_iter().flatten() {
+        let chunk = m["chunk"].as_u64().unwrap();
+        let mut copies = Vec::new();
+        for r in m["replicas"].as_array().into_iter().flatten() {
+            let name = r["server"].as_str().unwrap().to_string();
+            let peer: std::net::SocketAddr = servers
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == name.as_str())
+                .and_then(|s| s["peer_addr"].as_str()?.parse().ok())
+                .unwrap();
+            let read = strata_wire::Request::Read {
+                volume,
+                layer: None,
+                offset: chunk * 4 * MIB,
+                len: (4 * MIB) as u32,
+            };
+            let got =
+                match strata_wire::WireClient::connect(peer, strata_types::ServerId::new_random())
+                    .await
+                {
+                    Ok(c) => c.call(read).await.ok(),
+                    Err(_) => None,
+                };
+            if let Some(strata_wire::Response::Data(d)) = got {
+                copies.push((name, d));
+            }
+        }
+        if copies.len() < 2 {
+            continue;
+        }
+        for b in 0..(4 * MIB / BLOCK) {
+            let at = (b * BLOCK) as usize..((b + 1) * BLOCK) as usize;
+            let values: Vec<Option<u64>> = copies
+                .iter()
+                .map(|(_, d)| value_of(&d[at.clone()]))
+                .collect();
+            if values.windows(2).all(|w| w[0] == w[1]) {
+                continue;
+            }
+            let block = chunk * 4 * MIB / BLOCK + b;
+            let shown: Vec<String> = copies
+                .iter()
+                .zip(&values)
+                .map(|((n, _), v)| format!("{n}={v:x?}"))
+                .collect();
+            let allowed = if block < BLOCKS {
+                let owner = ((block / RUN) % CLIENTS) as usize;
+                models[owner]
+                    .0
+                    .blocks
+                    .get(&block)
+                    .map_or("never written".into(), |h| {
+                        format!("durable {:x}, since {:x?}", h.durable, h.since)
+                    })
+            } else {
+                "overlap.py's half".into()
+            };
+            out.push_str(&format!(
+                "chunk {chunk} block {block}: {} (client history: {allowed})\n",
+                shown.join(" ")
+            ));
+        }
+    }
+    out
+}
+
 /// The index of the current management leader, asking any server that answers.
 async fn leader_index(g: &Group) -> Option<usize> {
     for i in 0..3 {
@@ -406,11 +482,10 @@ async fn run_seed(seed: u64) {
         "seed {seed}: no operation was acknowledged ({history})"
     );
     let report = g.verify(0, "faults", false).await;
-    assert_eq!(
-        report["mismatches"],
-        json!([]),
-        "seed {seed} ({history}): {report}"
-    );
+    if report["mismatches"] != json!([]) {
+        let explained = explain(&g, &report, &models).await;
+        panic!("seed {seed} ({history}): {report}\n{explained}");
+    }
     for s in &snapshots {
         let report = g.verify(1, &format!("faults@{s}"), false).await;
         assert_eq!(
