@@ -91,6 +91,10 @@ pub struct ServerArgs {
     /// duration such as 5m [default: never; 0 is never too].
     #[arg(long, value_name = "DURATION")]
     pub nbd_idle_timeout: Option<String>,
+    /// Close an NBD connection whose client has not taken a reply for this long, giving back
+    /// the bytes it held: seconds or a duration [default: 60; 0 is never].
+    #[arg(long, value_name = "DURATION")]
+    pub nbd_reply_timeout: Option<String>,
     /// Most requests of one NBD connection in flight [default: 64].
     #[arg(long, value_name = "N")]
     pub nbd_max_requests_per_connection: Option<usize>,

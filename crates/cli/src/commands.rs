@@ -37,6 +37,7 @@ pub async fn server(args: ServerArgs, global: GlobalArgs) -> Result<()> {
         join: args.join,
         nbd_max_connections: args.nbd_max_connections,
         nbd_idle_timeout: args.nbd_idle_timeout,
+        nbd_reply_timeout: args.nbd_reply_timeout,
         nbd_max_requests_per_connection: args.nbd_max_requests_per_connection,
         nbd_max_bytes_per_connection: args.nbd_max_bytes_per_connection,
         nbd_max_bytes: args.nbd_max_bytes,

@@ -27,6 +27,10 @@ pub struct ServerConfig {
     /// (the default) never closes one for being idle: the Linux kernel client keeps idle
     /// connections for as long as the device is attached.
     pub idle_timeout: Option<Duration>,
+    /// Close a connection whose client has not taken a reply for this long (default 60 s): a
+    /// client that stops reading would otherwise keep the bytes of its replies counted against
+    /// the server-wide budget, and other clients would wait for them. `None`: never.
+    pub reply_timeout: Option<Duration>,
     /// Most requests of one connection in flight (default 64).
     pub max_requests_per_connection: usize,
     /// Most payload bytes of one connection's requests in flight, counted until the reply is
@@ -41,6 +45,7 @@ impl Default for ServerConfig {
         Self {
             max_connections: 256,
             idle_timeout: None,
+            reply_timeout: Some(Duration::from_secs(60)),
             max_requests_per_connection: 64,
             max_bytes_per_connection: 128 * 1024 * 1024,
             max_bytes: 512 * 1024 * 1024,

@@ -152,7 +152,15 @@ where
     let activity = Arc::new(Activity::new());
     let (tx, rx) = mpsc::channel::<Queued>(max_requests);
     let writer = tokio::spawn(
-        write_loop(wr, rx, stop.clone(), kill.clone(), activity.clone()).in_current_span(),
+        write_loop(
+            wr,
+            rx,
+            stop.clone(),
+            kill.clone(),
+            activity.clone(),
+            config.reply_timeout,
+        )
+        .in_current_span(),
     );
     let requests = Arc::new(Semaphore::new(max_requests));
     let connection_bytes = Budget::new(config.max_bytes_per_connection);
@@ -335,6 +343,7 @@ async fn write_loop<W>(
     stop: CancellationToken,
     kill: CancellationToken,
     activity: Arc<Activity>,
+    reply_timeout: Option<Duration>,
 ) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
@@ -366,8 +375,20 @@ where
             if !small.is_empty() {
                 segments.push(small.split().freeze());
             }
-            write_segments(&mut wr, &mut segments).await?;
-            wr.flush().await?;
+            let write = async {
+                write_segments(&mut wr, &mut segments).await?;
+                wr.flush().await
+            };
+            match reply_timeout {
+                Some(t) => tokio::time::timeout(t, write).await.map_err(|_| {
+                    debug!(timeout = ?t, "the client took no reply in time; closing the connection");
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client took no reply within the reply timeout",
+                    )
+                })??,
+                None => write.await?,
+            }
             // Only now are these replies off the server's hands.
             written.clear();
             activity.touch();

@@ -51,6 +51,10 @@ pub struct ServerConfigFile {
     /// kernel client keeps idle connections while the device is attached).
     #[serde(default, deserialize_with = "nbd::text_or_number")]
     pub nbd_idle_timeout: Option<String>,
+    /// Close an NBD connection whose client has not taken a reply for this long, giving the
+    /// bytes it held back (default 60 s; `0`: never): seconds or a duration.
+    #[serde(default, deserialize_with = "nbd::text_or_number")]
+    pub nbd_reply_timeout: Option<String>,
     /// Most requests of one NBD connection in flight (default 64).
     pub nbd_max_requests_per_connection: Option<usize>,
     /// Most payload bytes of one NBD connection's requests in flight, counted until each reply
@@ -92,6 +96,7 @@ impl ServerConfigFile {
             merge_rate: self.merge_rate.or(file.merge_rate),
             nbd_max_connections: self.nbd_max_connections.or(file.nbd_max_connections),
             nbd_idle_timeout: self.nbd_idle_timeout.or(file.nbd_idle_timeout),
+            nbd_reply_timeout: self.nbd_reply_timeout.or(file.nbd_reply_timeout),
             nbd_max_requests_per_connection: self
                 .nbd_max_requests_per_connection
                 .or(file.nbd_max_requests_per_connection),
@@ -153,6 +158,7 @@ impl ServerConfigFile {
         let nbd_limits = nbd::NbdLimits {
             max_connections: self.nbd_max_connections,
             idle_timeout: self.nbd_idle_timeout.as_deref(),
+            reply_timeout: self.nbd_reply_timeout.as_deref(),
             max_requests_per_connection: self.nbd_max_requests_per_connection,
             max_bytes_per_connection: self.nbd_max_bytes_per_connection.as_deref(),
             max_bytes: self.nbd_max_bytes.as_deref(),

@@ -11,11 +11,11 @@
 //! or restarted (it does not answer a ping, or answers with another run than when it wrote),
 //! the replicas of each such chunk may hold it differently (the gateway died after a write
 //! reached some of them), so they agree on one version: the first current replica in
-//! placement order keeps its own, answering or not; every other current replica that answers
+//! placement order that answers keeps its own; every other current replica that answers
 //! records the chunk as missed by itself (an *own* mark, see [`crate::resync`]: its copy is
 //! replaced by a current replica's), and the keeper records it as missed by each one that does
-//! not answer (it died with the gateway) and marks those stale, so resync copies its version to
-//! them. If the group refuses that (the dead one is the only other in-sync copy of some chunk),
+//! not answer (it died with the gateway, or is cut off) and marks those stale, so resync copies
+//! its version to them. If the group refuses that (the dead one is the only other in-sync copy of some chunk),
 //! the keeper takes the own mark instead. A replica that lost unflushed writes in a crash of its
 //! own names them itself when it starts again (the store's activity log, see
 //! `strata_server`'s `distrust_own_copies`). A peer that is alive with the same run is left
@@ -154,17 +154,15 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
             if !view.current(me, chunk) {
                 continue;
             }
-            // The first current replica keeps its version, whether it answers or not.
-            let current: Vec<ServerId> = view
-                .replicas_of(chunk)
-                .into_iter()
-                .filter(|r| view.current(*r, chunk))
-                .collect();
-            if current.first() != Some(&me) {
-                own.entry(volume).or_default().push((layer, chunk));
-                continue;
-            }
-            for r in current.into_iter().skip(1) {
+            // The first current replica that answers keeps its version: the others that
+            // answer take it (own marks), and the keeper has each one that does not answer
+            // (it died with the gateway, or is cut off) take it too.
+            let mut keeper = None;
+            let mut silent = Vec::new();
+            for r in view.replicas_of(chunk) {
+                if !view.current(r, chunk) {
+                    continue;
+                }
                 let alive = match answers.get(&r) {
                     Some(a) => *a,
                     None => {
@@ -173,11 +171,19 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
                         a
                     }
                 };
-                // One that answers records its own mark, as this server would.
                 if !alive {
-                    let per = dead.entry(volume).or_default();
-                    per.entry(r).or_default().push((layer, chunk));
+                    silent.push(r);
+                } else if keeper.is_none() {
+                    keeper = Some(r);
                 }
+            }
+            if keeper != Some(me) {
+                own.entry(volume).or_default().push((layer, chunk));
+                continue;
+            }
+            for r in silent {
+                let per = dead.entry(volume).or_default();
+                per.entry(r).or_default().push((layer, chunk));
             }
         }
         for (volume, chunks) in own {

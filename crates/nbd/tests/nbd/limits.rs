@@ -217,3 +217,45 @@ async fn idle_connections_are_closed_and_give_their_budget_back() {
     );
     drop(stuck);
 }
+
+/// A client that stops taking its replies, with no idle timeout set: once a reply has waited
+/// longer than the reply timeout to be written, the connection is closed and the bytes it held
+/// go back to the server's budget, so other clients are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_no_replies_is_closed_after_the_reply_timeout() {
+    let config = ServerConfig {
+        idle_timeout: None,
+        reply_timeout: Some(Duration::from_millis(500)),
+        max_bytes: 2 * BIG as usize,
+        ..ServerConfig::default()
+    };
+    let (server, dev) = serve(config).await;
+    let mut stuck = Client::connect(server.addr).await;
+    stuck.go("").await;
+    send_big_reads(&mut stuck, 8).await;
+    reads_reach(&dev, 2).await;
+    let mut late = Client::connect(server.addr).await;
+    late.go("").await;
+    late.request(0, consts::CMD_READ, 1, 0, BIG, &[]).await;
+    let served = tokio::time::timeout(Duration::from_secs(10), late.read_result(0, BIG));
+    assert_eq!(
+        served
+            .await
+            .expect("served after the stuck client was closed")
+            .map(|d| d.len()),
+        Ok(BIG as usize)
+    );
+    // What the server had written before it gave up is still buffered; then the stream ends.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; MIB as usize];
+        loop {
+            match stuck.io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    ended
+        .await
+        .expect("the stuck client's connection was closed");
+}

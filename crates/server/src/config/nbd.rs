@@ -20,6 +20,7 @@ use super::ConfigError;
 pub(super) struct NbdLimits<'a> {
     pub(super) max_connections: Option<usize>,
     pub(super) idle_timeout: Option<&'a str>,
+    pub(super) reply_timeout: Option<&'a str>,
     pub(super) max_requests_per_connection: Option<usize>,
     pub(super) max_bytes_per_connection: Option<&'a str>,
     pub(super) max_bytes: Option<&'a str>,
@@ -42,8 +43,12 @@ impl NbdLimits<'_> {
             "no request would ever be served",
         )?;
         let idle_timeout = match self.idle_timeout {
-            Some(text) => parse_timeout(text)?,
+            Some(text) => parse_timeout("nbd_idle_timeout", text)?,
             None => default.idle_timeout,
+        };
+        let reply_timeout = match self.reply_timeout {
+            Some(text) => parse_timeout("nbd_reply_timeout", text)?,
+            None => default.reply_timeout,
         };
         let max_bytes_per_connection = bytes(
             "nbd_max_bytes_per_connection",
@@ -73,6 +78,7 @@ impl NbdLimits<'_> {
         Ok(strata_nbd::ServerConfig {
             max_connections,
             idle_timeout,
+            reply_timeout,
             max_requests_per_connection,
             max_bytes_per_connection,
             max_bytes,
@@ -108,13 +114,13 @@ fn bytes(key: &str, value: Option<&str>, default: usize) -> Result<usize, Config
         .map_err(|_| ConfigError::Invalid(format!("{key} {text} is larger than this machine")))
 }
 
-/// The idle timeout: seconds or a duration; 0 is never.
-fn parse_timeout(text: &str) -> Result<Option<Duration>, ConfigError> {
+/// A timeout (`key` names it in errors): seconds or a duration; 0 is never.
+fn parse_timeout(key: &str, text: &str) -> Result<Option<Duration>, ConfigError> {
     let t = text.trim();
     let refused = || {
         ConfigError::Invalid(format!(
-            "nbd_idle_timeout {text:?} is not a duration: write seconds (300) or a duration such \
-             as 5m or 1h 30m; 0 closes no connection for being idle"
+            "{key} {text:?} is not a duration: write seconds (300) or a duration such as 5m or \
+             1h 30m; 0 is never"
         ))
     };
     let duration = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
@@ -182,6 +188,7 @@ mod tests {
         assert_eq!(c.nbd_limits, strata_nbd::ServerConfig::default());
         assert_eq!(c.nbd_limits.max_connections, 256);
         assert_eq!(c.nbd_limits.idle_timeout, None);
+        assert_eq!(c.nbd_limits.reply_timeout, Some(Duration::from_secs(60)));
         assert_eq!(c.nbd_limits.max_requests_per_connection, 64);
         assert_eq!(c.nbd_limits.max_bytes_per_connection, 128 * MIB);
         assert_eq!(c.nbd_limits.max_bytes, 512 * MIB);
@@ -190,7 +197,7 @@ mod tests {
     #[test]
     fn a_file_sets_every_limit() {
         let c = file(
-            "nbd_max_connections = 8\nnbd_idle_timeout = \"1h 30m\"\n\
+            "nbd_max_connections = 8\nnbd_idle_timeout = \"1h 30m\"\nnbd_reply_timeout = 0\n\
              nbd_max_requests_per_connection = 16\nnbd_max_bytes_per_connection = \"64MiB\"\n\
              nbd_max_bytes = 1073741824",
         )
@@ -201,6 +208,7 @@ mod tests {
             strata_nbd::ServerConfig {
                 max_connections: 8,
                 idle_timeout: Some(Duration::from_secs(5400)),
+                reply_timeout: None,
                 max_requests_per_connection: 16,
                 max_bytes_per_connection: 64 * MIB,
                 max_bytes: 1024 * MIB,
@@ -278,6 +286,7 @@ mod tests {
             ("nbd_idle_timeout = \"soon\"", "write seconds (300) or a duration"),
             ("nbd_idle_timeout = \"-5s\"", "is not a duration"),
             ("nbd_idle_timeout = -5", "is not a duration"),
+            ("nbd_reply_timeout = \"later\"", "nbd_reply_timeout \"later\" is not a duration"),
         ] {
             let message = refusal(toml_text);
             assert!(message.contains(expected), "{toml_text}: {message}");
