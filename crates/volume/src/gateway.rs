@@ -612,7 +612,10 @@ impl GatewayDevice {
 
     /// The copies of `differ` of the chunk at `offset` in `layer` and those of `keep` no longer
     /// agree: one side took a change the other refused. Marks `differ` stale and has `keep`
-    /// record the chunk as missed by them, so resync copies `keep`'s version to them.
+    /// record the chunk as missed by them, so resync copies `keep`'s version to them. If the
+    /// group refuses (a `differ` server is the only in-sync copy of some chunk), it goes the
+    /// other way: each of `keep` records the chunk as missed by itself (an own mark), so resync
+    /// replaces its copy with a current replica's, wherever this gateway runs.
     async fn missed_by(
         &self,
         differ: &[ServerId],
@@ -626,9 +629,20 @@ impl GatewayDevice {
         }
         for server in differ {
             if let Err(e) = self.engine.mark_stale(self.volume, *server).await {
-                if keep.contains(&self.engine.me()) {
-                    self.mark_self(layer, offset / CHUNK_SIZE).await;
-                }
+                let own = keep.iter().map(|k| async move {
+                    if *k == self.engine.me() {
+                        self.mark_self(layer, offset / CHUNK_SIZE).await;
+                        return;
+                    }
+                    let mark = Change::Write(Bytes::new());
+                    let sent = self
+                        .send_change(*k, layer, offset, mark, false, vec![*k], epoch, None, 0)
+                        .await;
+                    if let Err(e) = sent {
+                        tracing::error!(volume = %self.volume, server = %k, error = %e, "could not record that a replica's copy differs from another; run `strata volume verify --repair`");
+                    }
+                });
+                join_all(own).await;
                 return Err(IoError::Io(format!(
                     "the replicas of a chunk disagree and server {server} could not be marked stale: {e}"
                 )));
