@@ -114,13 +114,9 @@ impl Store {
         for (chunk, s, e) in pieces(offset, data.len() as u64) {
             let _active = v.activity.enter(&self.inner.db, (head, chunk))?;
             let _g = v.stripe(chunk);
-            v.write_piece(
-                &st,
-                chunk,
-                s,
-                &data[(s - offset) as usize..(e - offset) as usize],
-            )?;
-            applied = v.set_generation(&st, chunk, generation);
+            applied = v.generation_for(&st, chunk, generation);
+            let piece = &data[(s - offset) as usize..(e - offset) as usize];
+            v.write_piece(&st, chunk, s, piece, applied)?;
         }
         if fua {
             v.flush_with(&self.inner.db, &st, |_| Ok(()))?;
@@ -172,8 +168,8 @@ impl Store {
         for (chunk, s, e) in pieces(offset, len) {
             let _active = v.activity.enter(&self.inner.db, (head, chunk))?;
             let _g = v.stripe(chunk);
-            v.zero_piece(&st, chunk, s, e)?;
-            applied = v.set_generation(&st, chunk, generation);
+            applied = v.generation_for(&st, chunk, generation);
+            v.zero_piece(&st, chunk, s, e, applied)?;
         }
         if fua {
             v.flush_with(&self.inner.db, &st, |_| Ok(()))?;

@@ -161,6 +161,7 @@ impl Volume {
         chunk: u64,
         start: u64,
         data: &[u8],
+        generation: u64,
     ) -> Result<()> {
         let head_pos = st.head_pos();
         let head = &st.layers[head_pos];
@@ -187,7 +188,10 @@ impl Volume {
             write(&buf, astart)?;
         }
         debug_assert_eq!(fb / BLOCKS_PER_CHUNK, chunk);
-        self.update_bits(head, chunk, |cb| cb.put_data(&blocks));
+        self.update_bits(head, chunk, |cb| {
+            cb.put_data(&blocks);
+            cb.generation = cb.generation.max(generation);
+        });
         Ok(())
     }
 
@@ -195,7 +199,14 @@ impl Volume {
     /// from the head (or marked zero when a lower layer has data there) and their bytes freed;
     /// partial blocks get zeros written. A range ending at the volume's end covers its last
     /// block. The caller holds the chunk's stripe.
-    pub(crate) fn zero_piece(&self, st: &Stack, chunk: u64, start: u64, end: u64) -> Result<()> {
+    pub(crate) fn zero_piece(
+        &self,
+        st: &Stack,
+        chunk: u64,
+        start: u64,
+        end: u64,
+        generation: u64,
+    ) -> Result<()> {
         let head = &st.layers[st.head_pos()];
         let eff_end = if end == st.size {
             end.div_ceil(BS) * BS
@@ -206,15 +217,15 @@ impl Volume {
         let end_full = eff_end / BS;
         if first_full >= end_full {
             let zeros = vec![0u8; (end - start) as usize];
-            return self.write_piece(st, chunk, start, &zeros);
+            return self.write_piece(st, chunk, start, &zeros, generation);
         }
         if start < first_full * BS {
             let zeros = vec![0u8; (first_full * BS - start) as usize];
-            self.write_piece(st, chunk, start, &zeros)?;
+            self.write_piece(st, chunk, start, &zeros, generation)?;
         }
         if end_full * BS < end {
             let zeros = vec![0u8; (end - end_full * BS) as usize];
-            self.write_piece(st, chunk, end_full * BS, &zeros)?;
+            self.write_piece(st, chunk, end_full * BS, &zeros, generation)?;
         }
         let base = chunk * BLOCKS_PER_CHUNK;
         let full = Bits::range((first_full - base) as u32, (end_full - base) as u32);
@@ -240,6 +251,7 @@ impl Volume {
         self.update_bits(head, chunk, |cb| {
             cb.put_zero(&shadow);
             cb.clear(&drop);
+            cb.generation = cb.generation.max(generation);
         });
         for (a, b) in had_data.runs() {
             let off = (base + u64::from(a)) * BS;

@@ -240,19 +240,14 @@ impl Volume {
             .unwrap_or(0)
     }
 
-    /// Records the change just applied to `chunk` in the head (the caller holds the chunk's
-    /// stripe) as of write generation `generation`, or, for 0, of the next one: above every
-    /// layer's. Returns the generation recorded.
-    pub fn set_generation(&self, st: &Stack, chunk: u64, generation: u64) -> u64 {
-        let head = st.head_pos();
-        let g = match generation {
-            0 => (self.generation_at(st, head, chunk) + 1).max(self.generation_floor),
+    /// The write generation a change of `chunk` about to be applied to the head is recorded
+    /// as (the caller holds the chunk's stripe): `generation`, or, for 0, the next one, above
+    /// every layer's and the store's floor.
+    pub fn generation_for(&self, st: &Stack, chunk: u64, generation: u64) -> u64 {
+        match generation {
+            0 => (self.generation_at(st, st.head_pos(), chunk) + 1).max(self.generation_floor),
             g => g,
-        };
-        self.update_bits(&st.layers[head], chunk, |cb| {
-            cb.generation = cb.generation.max(g);
-        });
-        g
+        }
     }
 
     /// Changes one layer's maps of one chunk (caller holds the chunk's stripe), keeps the read

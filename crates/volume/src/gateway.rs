@@ -427,6 +427,22 @@ impl GatewayDevice {
         Ok(applied)
     }
 
+    /// Has `holder` record, durably, that each of `missed` lacks the chunk at `offset` of
+    /// `layer` (a marks-only write; `missed` naming `holder` itself is an own mark).
+    async fn record_marks(
+        &self,
+        holder: ServerId,
+        layer: LayerId,
+        offset: u64,
+        missed: Vec<ServerId>,
+        epoch: u64,
+    ) -> Result<u64, ReplicaError> {
+        // Durable on the answer (the receiver flushes marks at once), so no flush owes it.
+        let mark = Change::Write(Bytes::new());
+        self.send_change(holder, layer, offset, mark, true, missed, epoch, None, 0)
+            .await
+    }
+
     /// Replica `server` failed: marks it stale in the management group, then has the other
     /// in-sync replicas record the chunks it may have lost (written to it and not flushed).
     async fn replica_failed(&self, server: ServerId) -> Result<(), IoError> {
@@ -501,16 +517,12 @@ impl GatewayDevice {
         for (layer, chunk) in unflushed.iter().map(|(k, _)| k).chain(&lost) {
             for r in view.replicas_of(*chunk) {
                 if r != server && view.current(r, *chunk) {
-                    marks.push(self.send_change(
+                    marks.push(self.record_marks(
                         r,
                         *layer,
                         chunk * CHUNK_SIZE,
-                        Change::Write(Bytes::new()),
-                        true,
                         vec![server],
                         view.epoch,
-                        None,
-                        0,
                     ));
                 }
             }
@@ -596,10 +608,9 @@ impl GatewayDevice {
             // Its connection may have dropped with earlier writes unflushed.
             self.lost_writes(server).await?;
         }
-        let marks = current.iter().map(|r| {
-            let mark = Change::Write(Bytes::new());
-            self.send_change(*r, head, offset, mark, false, vec![server], epoch, None, 0)
-        });
+        let marks = current
+            .iter()
+            .map(|r| self.record_marks(*r, head, offset, vec![server], epoch));
         for r in join_all(marks).await {
             r.map_err(|e| {
                 IoError::Io(format!(
@@ -630,14 +641,7 @@ impl GatewayDevice {
         for server in differ {
             if let Err(e) = self.engine.mark_stale(self.volume, *server).await {
                 let own = keep.iter().map(|k| async move {
-                    if *k == self.engine.me() {
-                        self.mark_self(layer, offset / CHUNK_SIZE).await;
-                        return;
-                    }
-                    let mark = Change::Write(Bytes::new());
-                    let sent = self
-                        .send_change(*k, layer, offset, mark, false, vec![*k], epoch, None, 0)
-                        .await;
+                    let sent = self.record_marks(*k, layer, offset, vec![*k], epoch).await;
                     if let Err(e) = sent {
                         tracing::error!(volume = %self.volume, server = %k, error = %e, "could not record that a replica's copy differs from another; run `strata volume verify --repair`");
                     }
@@ -648,20 +652,9 @@ impl GatewayDevice {
                 )));
             }
         }
-        let marks = keep.iter().map(|r| {
-            let mark = Change::Write(Bytes::new());
-            self.send_change(
-                *r,
-                layer,
-                offset,
-                mark,
-                false,
-                differ.to_vec(),
-                epoch,
-                None,
-                0,
-            )
-        });
+        let marks = keep
+            .iter()
+            .map(|r| self.record_marks(*r, layer, offset, differ.to_vec(), epoch));
         for r in join_all(marks).await {
             r.map_err(|e| IoError::Io(format!("could not record a missed write: {e}")))?;
         }
