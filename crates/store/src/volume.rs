@@ -245,7 +245,10 @@ impl Volume {
     /// every layer's and the store's floor.
     pub fn generation_for(&self, st: &Stack, chunk: u64, generation: u64) -> u64 {
         match generation {
-            0 => (self.generation_at(st, st.head_pos(), chunk) + 1).max(self.generation_floor),
+            0 => (self
+                .generation_at(st, st.head_pos(), chunk)
+                .saturating_add(1))
+            .max(self.generation_floor),
             g => g,
         }
     }
