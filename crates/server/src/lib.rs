@@ -89,40 +89,51 @@ impl RunningServer {
 /// After an unclean stop (a crash or power loss), this server's copies may lack writes it
 /// acknowledged after its last flush, or hold writes the other replicas lack (a write that
 /// reached it and not them before everything stopped). The store's activity log names the
-/// chunks where that can be; before serving clients this server records each as an *own* mark
-/// (its copy is suspect: resync makes it the same as another replica's, see
-/// `strata_volume::resync`), durably, and has itself marked stale for every volume it holds a
+/// chunks where that can be; this records each as an *own* mark (its copy is suspect: resync
+/// makes it the same as another replica's, see `strata_volume::resync`), durably. It runs
+/// right after the store opens, before this server answers anyone: a resync source that asked
+/// it for its marks before they were recorded would find none and mark it in sync with the
+/// writes it lost, and a later failure of the other replica left only the copy without them.
+fn record_suspect_chunks(store: &Store, me: strata_types::ServerId) -> anyhow::Result<()> {
+    for v in store.volumes() {
+        let suspect = store
+            .suspect_chunks(v.id)
+            .with_context(|| format!("cannot read the activity log of volume {}", v.id))?;
+        if suspect.is_empty() {
+            continue;
+        }
+        tracing::warn!(volume = %v.id, chunks = suspect.len(), "the store was not closed cleanly; chunks that may hold unflushed writes are resynced");
+        for (layer, chunk) in suspect {
+            store.record_missed(v.id, layer, chunk, me)?;
+        }
+        store.flush(v.id).with_context(|| {
+            format!(
+                "cannot record which chunks of volume {} may hold unflushed writes (the store \
+                 refused a flush); check the data disk, then start the server again",
+                v.id
+            )
+        })?;
+        store.forget_suspects(v.id)?;
+    }
+    Ok(())
+}
+
+/// After an unclean stop, this server has itself marked stale for every volume it holds a
 /// copy of, so that nothing is read from its copies until resync has brought them back. A
 /// refusal (it is the only in-sync copy of some chunk) leaves that volume in sync; its own
-/// marks then make the stale replicas take its version.
+/// marks (see [`record_suspect_chunks`]) then make the stale replicas take its version.
 async fn distrust_own_copies(
     engine: &strata_volume::Engine,
     meta: &Meta,
     me: strata_types::ServerId,
-) -> anyhow::Result<()> {
+) {
     let state = meta.local_state();
     for v in state.volumes.values().filter(|v| v.servers.contains(&me)) {
         tracing::warn!(volume = %v.name, "the store was not closed cleanly; marking this server's copy stale until it is resynced");
-        let store = engine.store();
-        let suspect = store
-            .suspect_chunks(v.id)
-            .with_context(|| format!("cannot read the activity log of volume {}", v.name))?;
-        if !suspect.is_empty() {
-            tracing::warn!(volume = %v.name, chunks = suspect.len(), "chunks that may hold unflushed writes are resynced");
-            if !engine.record_missed(v.id, me, suspect).await {
-                anyhow::bail!(
-                    "cannot record which chunks of volume {} may hold unflushed writes (the \
-                     store refused a flush); check the data disk, then start the server again",
-                    v.name
-                );
-            }
-            store.forget_suspects(v.id)?;
-        }
         if let Err(e) = engine.mark_stale(v.id, me).await {
             tracing::warn!(volume = %v.name, error = %e, "could not mark this server's copy stale after an unclean stop");
         }
     }
-    Ok(())
 }
 
 /// Starts a server and returns once it serves.
@@ -148,6 +159,9 @@ pub async fn start(
         )
         .context("cannot open the block store")?,
     );
+    if store.was_unclean() {
+        record_suspect_chunks(&store, identity.id)?;
+    }
     let api_listener = TcpListener::bind(config.api).await.with_context(|| {
         format!(
             "cannot listen for the API on {}; is another server using it? pick another with --api",
@@ -289,12 +303,7 @@ pub async fn start(
         shutdown.child_token(),
     ));
     if store.was_unclean() {
-        if let Err(e) = distrust_own_copies(&engine, &meta, identity.id).await {
-            shutdown.cancel();
-            while tasks.join_next().await.is_some() {}
-            meta.shutdown().await;
-            return Err(e);
-        }
+        distrust_own_copies(&engine, &meta, identity.id).await;
     }
     let exports = Arc::new(exports::Exports::new(meta.clone(), engine));
     let nbd_shutdown = shutdown.child_token();

@@ -721,6 +721,79 @@ async fn a_down_replica_server_shows_degraded_without_io_and_use_counts_each_chu
     g.stop().await;
 }
 
+/// A server restarted after a power failure names the chunks that may hold its unflushed writes
+/// (its own marks) from the first answer it gives: a resync source that asked earlier and was
+/// told "nothing left" marked it in sync with the writes it lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_server_names_its_suspect_chunks_from_its_first_answer() {
+    const CHUNKS: u64 = 16;
+    let mut g = Group::cluster(3).await;
+    let vol = g.create_volume("sc", CHUNKS * CHUNK, 3).await;
+    let id = vol["id"].as_str().unwrap().to_string();
+    let servers = g.get(0, "/v1/servers").await;
+    let s2 = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "s2")
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .unwrap();
+    let a = g.nbd(0);
+    blocking(move || {
+        let mut c = connect(&a, "sc");
+        for chunk in 0..CHUNKS {
+            assert_eq!(
+                c.write(chunk * CHUNK, &pattern(chunk, 8192), false)
+                    .unwrap(),
+                0
+            );
+        }
+        c.disconnect();
+    })
+    .await;
+    g.crash(1).await;
+    let url = format!("{}/internal/v1/volumes/{id}/missed", g.api(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                let answer = http
+                    .get(&url)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status());
+                if let Ok(r) = answer {
+                    return Some(r.json::<Value>().await.unwrap());
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            None
+        })
+    };
+    g.restart(1).await;
+    stop.store(true, Ordering::SeqCst);
+    let first = poller
+        .await
+        .unwrap()
+        .expect("the restarted server answered");
+    let own = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["server"] == s2.as_str())
+        .map_or(0, |m| m["remaining"].as_u64().unwrap());
+    assert!(
+        own > 0,
+        "the restarted s2 first answered that it holds no marks for itself: {first}"
+    );
+    g.wait_status(0, "sc", "healthy").await;
+    g.stop().await;
+}
+
 /// Both replicas of some chunks lose power, one after the other, while a third server writes
 /// through to them: the first to go is marked stale and the second records what it missed in
 /// memory only, then goes down too, keeping the data of its overwrites but not those records.
