@@ -723,16 +723,25 @@ impl GatewayDevice {
                 }
             }
             if !outcome.failed.is_empty() {
-                for f in outcome.failed {
-                    if let Err(e) = self.replica_failed(f).await {
+                for f in &outcome.failed {
+                    if let Err(e) = self.replica_failed(*f).await {
                         if outcome.written_here {
                             self.mark_self(head, chunk).await;
                         }
-                        if outcome.full.contains(&f) {
+                        if outcome.full.contains(f) {
                             return Err(IoError::NoSpace);
                         }
                         return Err(e);
                     }
+                }
+                // Those that took it record the failed ones as missing it in `head`, now: the
+                // next attempt may write to a newer head (a snapshot committed meanwhile), and
+                // its marks would name that layer, not this one, whose copies then differ.
+                let marks = outcome.acked.iter().map(|r| {
+                    self.record_marks(*r, head, offset, outcome.failed.clone(), view.epoch)
+                });
+                for r in join_all(marks).await {
+                    r.map_err(|e| IoError::Io(format!("could not record a missed write: {e}")))?;
                 }
                 continue; // again, now with the failed replicas recorded as missing it
             }

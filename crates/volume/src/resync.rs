@@ -247,14 +247,29 @@ async fn repair_own(
                 others.entry(r).or_default().push((m.layer, m.chunk));
             }
         }
-        for (server, chunks) in others {
-            if !engine.record_missed(view.id, server, chunks).await {
+        for (server, chunks) in &others {
+            if !engine.record_missed(view.id, *server, chunks.clone()).await {
                 return Err(format!(
                     "recording chunks server {server} must copy from here"
                 ));
             }
         }
+        // The marks make them take this version only while they stay stale: one marked in
+        // sync meanwhile (its resync ended by another source that asked this server for marks
+        // before they were recorded) would drop them unused and keep its own version. So each
+        // is marked stale again, after the marks are durable (a no-op for one still stale);
+        // if the group refuses, this copy is not alone any more and is repaired instead.
+        for server in others.keys() {
+            engine
+                .control()
+                .mark_stale(view.id, *server)
+                .await
+                .map_err(|e| {
+                    format!("server {server} was to take this copy and cannot be marked stale: {e}")
+                })?;
+        }
         for m in alone {
+            tracing::info!(volume = %view.name, chunk = m.chunk, "resync: no other current replica holds this suspect chunk; this copy is given to the stale ones");
             clear(engine, view.id, m).await?;
         }
         if shared.is_empty() {
@@ -293,6 +308,7 @@ async fn repair_own(
                     )
                 })?;
         }
+        tracing::info!(volume = %view.name, chunk = mark.chunk, %source, "resync: this suspect copy is copied back from a current replica");
         clear(engine, view.id, mark).await?;
     }
     Ok(())

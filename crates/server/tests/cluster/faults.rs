@@ -377,6 +377,19 @@ async fn run_seed(seed: u64) {
         None => None,
     };
     g.create_volume("faults", 32 * MIB, 2).await;
+    // The servers' logs name servers by id: which is which, for reading a failing seed's log.
+    for s in g
+        .get(0, "/v1/servers")
+        .await
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        eprintln!(
+            "fault test server {} is {} ({})",
+            s["name"], s["id"], s["api_addr"]
+        );
+    }
     let gateways: Vec<String> = (0..3).map(|i| g.nbd(i)).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
