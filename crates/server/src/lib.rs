@@ -54,8 +54,12 @@ impl RunningServer {
         format!("http://{}", self.api_addr)
     }
 
-    /// Stops serving and waits until every task has ended and the state is closed.
+    /// Stops serving and waits until every task has ended and the state is closed. Requests
+    /// in flight are cut off, so the next start resyncs the chunks written lately
+    /// ([`Store::close_as_unclean`]): a write this server applied may not have reached the
+    /// other replicas.
     pub async fn stop(mut self) {
+        self.store.close_as_unclean();
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
         self.meta.shutdown().await;
@@ -64,6 +68,7 @@ impl RunningServer {
     /// Stops the server abruptly, as a crash would as far as its peers can tell: the Raft node
     /// stops first (in-flight changes fail instead of completing), then every task.
     pub async fn kill(mut self) {
+        self.store.close_as_unclean();
         self.meta.shutdown().await;
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
@@ -81,6 +86,7 @@ impl RunningServer {
     /// stop through the token it was started with.
     pub async fn wait(mut self) {
         self.shutdown.cancelled().await;
+        self.store.close_as_unclean(); // as for `stop`
         while self.tasks.join_next().await.is_some() {}
         self.meta.shutdown().await;
     }

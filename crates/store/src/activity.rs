@@ -159,6 +159,14 @@ impl ActivityLog {
         Ok(())
     }
 
+    /// Keeps every entry through the next flush, as if each chunk had just been written: the
+    /// store's last flush before a close that must leave them for the next open.
+    pub fn keep_all(&self) {
+        for e in self.state.lock().entries.values_mut() {
+            e.written = true;
+        }
+    }
+
     /// The pinned entries (found at open after an unclean stop).
     pub fn pinned(&self) -> Vec<ActiveKey> {
         let st = self.state.lock();

@@ -27,6 +27,8 @@ pub struct Store {
     merger: Option<JoinHandle<()>>,
     /// Set by the crash test hooks: the last handle's drop flushes nothing.
     crashed: AtomicBool,
+    /// Set by [`Store::close_as_unclean`].
+    close_unclean: AtomicBool,
     /// See [`Store::is_new`].
     new: bool,
     /// See [`Store::was_unclean`].
@@ -222,6 +224,7 @@ impl Store {
             inner,
             merger: Some(merger),
             crashed: AtomicBool::new(false),
+            close_unclean: AtomicBool::new(false),
             new,
             unclean,
             clean_marker,
@@ -496,6 +499,14 @@ impl Store {
         s
     }
 
+    /// The next open treats this store as stopped uncleanly ([`Store::was_unclean`]: the
+    /// activity log names the chunks written lately), although its last drop still flushes
+    /// everything: for a server stopped while requests were in flight, whose copies may hold
+    /// changes it applied and never passed on to the other replicas.
+    pub fn close_as_unclean(&self) {
+        self.close_unclean.store(true, Ordering::Release);
+    }
+
     /// Test hook: drops the store like a crash would — no final flush; merges stop where they
     /// are. Unflushed map changes are lost (data already written stays in the files).
     #[doc(hidden)]
@@ -681,8 +692,12 @@ impl Drop for Store {
             return;
         }
         let vols: Vec<_> = self.inner.volumes.read().values().cloned().collect();
-        let mut clean = true;
+        let keep_log = self.close_unclean.load(Ordering::Acquire);
+        let mut clean = !keep_log;
         for v in vols {
+            if keep_log {
+                v.activity.keep_all();
+            }
             let st = v.stack.read();
             if st.gone || v.is_failed() {
                 clean &= st.gone;

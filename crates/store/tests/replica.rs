@@ -436,3 +436,34 @@ fn write_generations_order_the_changes_of_each_chunk() {
         after + 1
     );
 }
+
+/// A store closed with [`Store::close_as_unclean`] (its server stopped with requests in
+/// flight) keeps everything it was given, and the next open names the chunks written in the
+/// last flush interval as suspect, as after a crash: a write it applied may never have reached
+/// the other replicas. Before, a stopped server's final flush retired them and wrote the
+/// clean-close marker, so such a write stayed in one copy only (fault seed 41).
+#[test]
+fn a_close_as_unclean_keeps_data_and_names_the_chunks_written_lately() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    let vol = VolumeId::new_random();
+    let l0 = LayerId::new_random();
+    let s = open(&dir);
+    s.create_volume(vol, SIZE, l0).unwrap();
+    s.write(vol, 0, &[1u8; 4096], false).unwrap();
+    s.flush(vol).unwrap();
+    s.write(vol, CHUNK_SIZE, &[2u8; 4096], false).unwrap();
+    s.flush(vol).unwrap();
+    // Chunk 2: written after the last flush, so not durable until the close's own flush.
+    s.write(vol, 2 * CHUNK_SIZE, &[3u8; 4096], false).unwrap();
+    s.close_as_unclean();
+    drop(s);
+    let s = open(&dir);
+    assert!(s.was_unclean());
+    assert_eq!(s.suspect_chunks(vol).unwrap(), vec![(l0, 1), (l0, 2)]);
+    assert!(chunk(&s, vol, None, 2)[..4096].iter().all(|b| *b == 3));
+    s.forget_suspects(vol).unwrap();
+    drop(s);
+    let s = open(&dir);
+    assert!(!s.was_unclean(), "a plain drop is a clean close");
+}
