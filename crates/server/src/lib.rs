@@ -54,19 +54,17 @@ impl RunningServer {
         format!("http://{}", self.api_addr)
     }
 
-    /// Stops serving and waits until every task has ended and the state is closed. Requests
-    /// in flight are cut off, so the next start resyncs the chunks written lately
-    /// ([`Store::close_as_unclean`]): a write this server applied may not have reached the
-    /// other replicas.
+    /// Stops serving and waits until every task has ended and the state is closed.
     pub async fn stop(mut self) {
-        self.store.close_as_unclean();
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
         self.meta.shutdown().await;
     }
 
     /// Stops the server abruptly, as a crash would as far as its peers can tell: the Raft node
-    /// stops first (in-flight changes fail instead of completing), then every task.
+    /// stops first (in-flight changes fail instead of completing), then every task. The store
+    /// still flushes, but the next start is unclean ([`Store::close_as_unclean`]), as after a
+    /// SIGKILL: a write this server applied may not have reached the other replicas.
     pub async fn kill(mut self) {
         self.store.close_as_unclean();
         self.meta.shutdown().await;
@@ -86,7 +84,6 @@ impl RunningServer {
     /// stop through the token it was started with.
     pub async fn wait(mut self) {
         self.shutdown.cancelled().await;
-        self.store.close_as_unclean(); // as for `stop`
         while self.tasks.join_next().await.is_some() {}
         self.meta.shutdown().await;
     }
