@@ -271,6 +271,23 @@ pub struct MarkReplica {
     /// The server whose gateway saw the failure (for `stale`).
     #[serde(default)]
     pub reporter: Option<ServerId>,
+    /// The routing epoch the replica's marks were sealed at (for `in-sync`): the change is
+    /// refused if the volume's epoch moved since.
+    #[serde(default)]
+    pub epoch: Option<u64>,
+}
+
+/// Internal: seal a stale replica's marks at a routing epoch before it is declared in sync
+/// (`POST /internal/v1/volumes/{id}/seal`; answers the number of marks for it left here).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SealMarks {
+    /// The stale replica's server.
+    pub server: ServerId,
+    /// The volume's routing epoch as the resync source sees it.
+    pub epoch: u64,
+    /// Lift the seal instead (the replica is not declared in sync after all); answers 0.
+    #[serde(default)]
+    pub lift: bool,
 }
 
 /// Internal: a step of a volume's migration to `target` (seeded by `server`, or finish).

@@ -86,8 +86,19 @@ pub fn apply_command(state: &mut StateView, cmd: Command) -> Result<CommandOutpu
             server,
             reporter,
         } => mark_stale(state, volume, server, reporter),
-        Command::MarkReplicaInSync { volume, server } => {
+        Command::MarkReplicaInSync {
+            volume,
+            server,
+            epoch,
+        } => {
             let vol = volume_by_id_mut(state, volume)?;
+            if let Some(expected) = epoch.filter(|e| *e != vol.epoch) {
+                return Err(CommandError::EpochMoved {
+                    volume: vol.name.clone(),
+                    expected,
+                    now: vol.epoch,
+                });
+            }
             if vol.stale.contains(&server) {
                 vol.stale.retain(|s| *s != server);
                 vol.rerouted();

@@ -346,11 +346,19 @@ fn replicas_are_marked_stale_and_in_sync() {
         refused(&mut st, stale(ids[2], ids[0])),
         CommandError::NoReplicaLeft { replicas: 2, .. }
     ));
-    let in_sync = Command::MarkReplicaInSync {
+    // Declared in sync as of an epoch the volume has left: refused, it stays stale.
+    let epoch = st.volumes[&name("v")].epoch;
+    let in_sync = |epoch| Command::MarkReplicaInSync {
         volume: vid,
         server: ids[1],
+        epoch: Some(epoch),
     };
-    apply_command(&mut st, in_sync).expect("repaired");
+    assert!(matches!(
+        refused(&mut st, in_sync(epoch - 1)),
+        CommandError::EpochMoved { .. }
+    ));
+    assert_eq!(st.volumes[&name("v")].stale, vec![ids[1]]);
+    apply_command(&mut st, in_sync(epoch)).expect("repaired");
     assert!(st.volumes[&name("v")].stale.is_empty());
     // A single-replica volume has no other copy to fall back on.
     volume(&mut st, "one", "default", 1);

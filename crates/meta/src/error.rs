@@ -106,6 +106,19 @@ pub enum CommandError {
         /// Its replica count.
         replicas: u8,
     },
+    /// A replica was to be declared in sync as of a routing epoch the volume has left.
+    #[error(
+        "volume {volume:?} is routed by epoch {now}, not {expected}: the replica's resync is \
+         checked again"
+    )]
+    EpochMoved {
+        /// The volume.
+        volume: Name,
+        /// The epoch the change was made for.
+        expected: u64,
+        /// The volume's epoch.
+        now: u64,
+    },
     /// Taking the server out would leave a volume with fewer servers than replicas.
     #[error(
         "volume {volume:?} has {replicas} replicas and would be left with {left} server(s); add \

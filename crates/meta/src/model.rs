@@ -421,6 +421,10 @@ pub enum Command {
         volume: VolumeId,
         /// The repaired server.
         server: ServerId,
+        /// Refused unless the volume is still routed by this epoch (the one its resync source
+        /// sealed the marks at); `None` (older entries): unconditionally.
+        #[serde(default)]
+        epoch: Option<u64>,
     },
     /// Record that `server` has recorded, as missed, every chunk it holds that a server gains
     /// in the migration to `target`. Ignored (refused) if the migration changed meanwhile.

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use std::time::Duration;
-use strata_api_types::{MarkReplica, MigrationStep, MissedSummary};
+use strata_api_types::{MarkReplica, MigrationStep, MissedSummary, SealMarks};
 use strata_meta::{Meta, StateView};
 use strata_types::{ServerId, VolumeId};
 
@@ -35,6 +35,33 @@ impl ServerControl {
             http,
             own_api,
         }
+    }
+
+    /// Sends a seal (or its lift) of `body.server`'s marks for `volume` to server `at`; answers
+    /// the marks left there.
+    async fn seal_request(
+        &self,
+        at: ServerId,
+        volume: VolumeId,
+        body: &SealMarks,
+    ) -> Result<u64, String> {
+        let api = api_of(&self.meta.local_state(), at)?;
+        self.http
+            .post(format!("{api}/internal/v1/volumes/{volume}/seal"))
+            .json(body)
+            .timeout(ASK_TIMEOUT)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| {
+                format!(
+                    "cannot ask server {at} to seal the marks of server {}: {e}",
+                    body.server
+                )
+            })?
+            .json()
+            .await
+            .map_err(|e| format!("bad answer from server {at}: {e}"))
     }
 
     async fn post(&self, path: String, body: &impl serde::Serialize) -> Result<(), String> {
@@ -92,15 +119,22 @@ impl strata_volume::Control for ServerControl {
         let body = MarkReplica {
             server,
             reporter: Some(self.me),
+            epoch: None,
         };
         self.post(format!("/v1/internal/volumes/{volume}/stale"), &body)
             .await
     }
 
-    async fn mark_in_sync(&self, volume: VolumeId, server: ServerId) -> Result<(), String> {
+    async fn mark_in_sync(
+        &self,
+        volume: VolumeId,
+        server: ServerId,
+        epoch: u64,
+    ) -> Result<(), String> {
         let body = MarkReplica {
             server,
             reporter: None,
+            epoch: Some(epoch),
         };
         self.post(format!("/v1/internal/volumes/{volume}/in-sync"), &body)
             .await
@@ -128,6 +162,36 @@ impl strata_volume::Control for ServerControl {
             .await
     }
 
+    async fn seal_marks_at(
+        &self,
+        at: ServerId,
+        volume: VolumeId,
+        server: ServerId,
+        epoch: u64,
+    ) -> Result<u64, String> {
+        let body = SealMarks {
+            server,
+            epoch,
+            lift: false,
+        };
+        self.seal_request(at, volume, &body).await
+    }
+
+    async fn lift_seal_at(
+        &self,
+        at: ServerId,
+        volume: VolumeId,
+        server: ServerId,
+        epoch: u64,
+    ) -> Result<(), String> {
+        let body = SealMarks {
+            server,
+            epoch,
+            lift: true,
+        };
+        self.seal_request(at, volume, &body).await.map(|_| ())
+    }
+
     async fn missed_at(
         &self,
         at: ServerId,
@@ -142,6 +206,15 @@ impl strata_volume::Control for ServerControl {
     }
 }
 
+/// The API base URL of server `at`.
+fn api_of(state: &StateView, at: ServerId) -> Result<String, String> {
+    state
+        .servers
+        .get(&at)
+        .map(|s| s.api_addr.clone())
+        .ok_or_else(|| format!("server {at} is unknown"))
+}
+
 /// The missed marks server `at` holds for `volume`, counted by the server that missed them.
 pub async fn missed_at(
     http: &reqwest::Client,
@@ -149,11 +222,7 @@ pub async fn missed_at(
     at: ServerId,
     volume: VolumeId,
 ) -> Result<Vec<MissedSummary>, String> {
-    let api = state
-        .servers
-        .get(&at)
-        .map(|s| s.api_addr.clone())
-        .ok_or_else(|| format!("server {at} is unknown"))?;
+    let api = api_of(state, at)?;
     let url = format!("{api}/internal/v1/volumes/{volume}/missed");
     http.get(&url)
         .timeout(ASK_TIMEOUT)

@@ -49,6 +49,8 @@ pub struct Engine {
     pub(crate) epochs: crate::order::EpochFences,
     /// Writes other servers' gateways made here and have not flushed.
     pub(crate) incoming: crate::incoming::Incoming,
+    /// Stale replicas being declared in sync, whose marks this server refuses.
+    pub(crate) seals: crate::seal::Seals,
     /// Names this run of the server (see [`Engine::run`]).
     run: u64,
     /// Counts the tokens of [`Engine::new_token`].
@@ -125,6 +127,7 @@ impl Engine {
             ranges: crate::order::RangeLocks::default(),
             epochs: crate::order::EpochFences::default(),
             incoming: crate::incoming::Incoming::default(),
+            seals: crate::seal::Seals::default(),
             run: new_run_id(),
             tokens: std::sync::atomic::AtomicU64::new(0),
             opens: Arc::default(),
@@ -207,6 +210,36 @@ impl Engine {
         })
         .await;
         matches!(done, Ok(Ok(())))
+    }
+
+    /// Seals stale replica `server` of `volume` at routing `epoch` (see [`crate::seal`]) and
+    /// returns how many marks for it this server holds: none left means none can come from a
+    /// change routed by that epoch or an earlier one.
+    pub async fn seal_marks(
+        &self,
+        volume: VolumeId,
+        server: ServerId,
+        epoch: u64,
+    ) -> Result<u64, String> {
+        // Counted under the seal's lock, which the recording of marks shares.
+        let sealed = self.seals.seal(volume, server, epoch).await;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let left = match store.missed(volume) {
+                Ok(marks) => marks.iter().filter(|m| m.server == server).count() as u64,
+                Err(strata_store::StoreError::NoSuchVolume(_)) => 0,
+                Err(e) => return Err(e.to_string()),
+            };
+            drop(sealed);
+            Ok(left)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Lifts the seal of `server` for `volume` at `epoch` (see [`crate::seal`]).
+    pub async fn lift_seal(&self, volume: VolumeId, server: ServerId, epoch: u64) {
+        self.seals.lift(volume, server, epoch).await;
     }
 
     /// The management group.

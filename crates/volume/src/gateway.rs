@@ -569,8 +569,9 @@ impl GatewayDevice {
     /// it to be overwritten. So a write it takes needs no mark, and copying converges while
     /// clients write. If `server` does not take it, the current replicas record the chunk as
     /// missed by it, and it is copied again — unless it refused the routing epoch and `reroute`
-    /// allows: then the view changed (it may be current now, and read from), so it answers
-    /// `Ok(false)` and the whole change is routed again.
+    /// allows, or the current replicas refuse the marks (it is being declared in sync, see
+    /// [`crate::seal`]): then the view changes (it may be current now, and read from), so it
+    /// answers `Ok(false)` and the whole change is routed again.
     #[allow(clippy::too_many_arguments)]
     async fn write_lagging(
         &self,
@@ -611,14 +612,21 @@ impl GatewayDevice {
         let marks = current
             .iter()
             .map(|r| self.record_marks(*r, head, offset, vec![server], epoch));
+        let mut rerouted = false;
         for r in join_all(marks).await {
-            r.map_err(|e| {
-                IoError::Io(format!(
-                    "could not record that server {server} missed a write: {e}"
-                ))
-            })?;
+            match r {
+                Ok(_) => {}
+                // It is being declared in sync, or is by now (see `crate::seal`): the change
+                // is routed again by the new view, where it is current and takes the change.
+                Err(ReplicaError::Rerouted(_)) => rerouted = true,
+                Err(e) => {
+                    return Err(IoError::Io(format!(
+                        "could not record that server {server} missed a write: {e}"
+                    )))
+                }
+            }
         }
-        Ok(true)
+        Ok(!rerouted)
     }
 
     /// The copies of `differ` of the chunk at `offset` in `layer` and those of `keep` no longer
@@ -741,7 +749,18 @@ impl GatewayDevice {
                     self.record_marks(*r, head, offset, outcome.failed.clone(), view.epoch)
                 });
                 for r in join_all(marks).await {
-                    r.map_err(|e| IoError::Io(format!("could not record a missed write: {e}")))?;
+                    match r {
+                        // A failed one is being declared in sync again, or is by now (see
+                        // `crate::seal`): the next attempt, by the new view, writes to it.
+                        Err(ReplicaError::Rerouted(_)) => {
+                            self.engine.wait_change(Duration::from_millis(20)).await;
+                        }
+                        r => {
+                            r.map_err(|e| {
+                                IoError::Io(format!("could not record a missed write: {e}"))
+                            })?;
+                        }
+                    }
                 }
                 continue; // again, now with the failed replicas recorded as missing it
             }

@@ -25,6 +25,7 @@
 //!   chunk from a good replica.
 
 mod engine;
+mod failpoint;
 mod gateway;
 mod incoming;
 mod metrics;
@@ -33,6 +34,7 @@ mod order;
 pub mod placement;
 mod replica;
 pub mod resync;
+mod seal;
 pub mod verify;
 mod view;
 
@@ -49,8 +51,14 @@ use strata_types::{ServerId, VolumeId};
 pub trait Control: Send + Sync + 'static {
     /// Commits that `server` missed writes to `volume` (through the leader).
     async fn mark_stale(&self, volume: VolumeId, server: ServerId) -> Result<(), String>;
-    /// Commits that `server` has caught up with every write of `volume` it missed.
-    async fn mark_in_sync(&self, volume: VolumeId, server: ServerId) -> Result<(), String>;
+    /// Commits that `server` has caught up with every write of `volume` it missed, if the
+    /// volume's routing epoch is still `epoch` (the one its marks were sealed at).
+    async fn mark_in_sync(
+        &self,
+        volume: VolumeId,
+        server: ServerId,
+        epoch: u64,
+    ) -> Result<(), String>;
     /// Whether this server is the management leader, which drives group-wide background work
     /// (the end of migrations).
     fn is_leader(&self) -> bool;
@@ -58,6 +66,23 @@ pub trait Control: Send + Sync + 'static {
     async fn migration_seeded(&self, volume: VolumeId, target: &[ServerId]) -> Result<(), String>;
     /// Asks the leader to finish the migration of `volume` to `target` (under a barrier).
     async fn finish_migration(&self, volume: VolumeId, target: &[ServerId]) -> Result<(), String>;
+    /// Has server `at` seal stale replica `server` of `volume` at routing `epoch` (see
+    /// [`Engine::seal_marks`]); returns how many marks for it `at` holds.
+    async fn seal_marks_at(
+        &self,
+        at: ServerId,
+        volume: VolumeId,
+        server: ServerId,
+        epoch: u64,
+    ) -> Result<u64, String>;
+    /// Has server `at` lift its seal of `server` for `volume` at `epoch`.
+    async fn lift_seal_at(
+        &self,
+        at: ServerId,
+        volume: VolumeId,
+        server: ServerId,
+        epoch: u64,
+    ) -> Result<(), String>;
     /// How many chunks of `volume` server `at` records as missed by `server`.
     async fn missed_at(
         &self,

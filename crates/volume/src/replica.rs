@@ -159,6 +159,32 @@ async fn admit(
         .map_err(ReplicaError::Rerouted)
 }
 
+/// Admits the marks for `missed` that a change of the chunk at `offset`, routed by `epoch`,
+/// records here (see [`crate::seal`]): refused (`Rerouted`, the gateway routes the change again)
+/// for a replica being declared in sync, or current by now. Returns the guard to hold until
+/// they are recorded.
+async fn admit_marks(
+    engine: &Engine,
+    volume: VolumeId,
+    offset: u64,
+    missed: &[ServerId],
+    epoch: u64,
+) -> Result<Option<crate::seal::MarksAdmitted>, ReplicaError> {
+    let view = engine.view(volume);
+    engine
+        .seals
+        .admit(
+            volume,
+            offset / CHUNK_SIZE,
+            missed,
+            epoch,
+            engine.me(),
+            view.as_deref(),
+        )
+        .await
+        .map_err(ReplicaError::Rerouted)
+}
+
 /// While some replica of `volume` lags (a stale one, or a migration), the lock of the chunk at
 /// `offset`: a copy of the chunk from here to a lagging replica holds it (see
 /// [`crate::resync`]), so a write lands here before or after the copy, never during it.
@@ -202,9 +228,11 @@ pub async fn write(
         check_head(engine, volume, layer)?;
         Some(admitted)
     };
+    let marks = admit_marks(engine, volume, offset, &missed, order.epoch).await?;
     let _copy = copy_lock(engine, volume, offset).await;
     let engine = engine.clone();
     blocking(move || {
+        let _marks = marks;
         let store = engine.store();
         if marks_only {
             record_missed(&engine, volume, layer, offset, &missed)?;
@@ -237,9 +265,11 @@ pub async fn trim(
 ) -> Result<u64, ReplicaError> {
     let _admitted = admit(engine, volume, offset, len, order).await?;
     check_head(engine, volume, layer)?;
+    let marks = admit_marks(engine, volume, offset, &missed, order.epoch).await?;
     let _copy = copy_lock(engine, volume, offset).await;
     let engine = engine.clone();
     blocking(move || {
+        let _marks = marks;
         let applied = engine
             .store()
             .trim_to(volume, layer, offset, len, generation)?;

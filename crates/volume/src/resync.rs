@@ -434,21 +434,71 @@ async fn finish_if_done(
     view: &VolumeView,
     server: ServerId,
 ) -> Result<(), String> {
-    let mine = marks(engine, view.id).await?;
-    if mine.iter().any(|m| m.server == server) {
-        return Ok(()); // written again meanwhile: next pass
-    }
-    // Every in-sync server may hold marks for it, and it may hold marks for itself.
-    let holders = view.layout.iter().chain(view.target.iter().flatten());
-    for other in holders {
-        if *other == engine.me() || (*other != server && !view.in_sync(*other)) {
-            continue;
-        }
-        let left = engine.control().missed_at(*other, view.id, server).await?;
-        if left > 0 {
-            return Ok(()); // that server is still copying
+    // Every in-sync server may hold marks for it, and it may hold marks for itself. Each seals
+    // it at this view's epoch first: a change routed by it can no longer add a mark unseen
+    // (see [`crate::seal`]).
+    let mut holders: Vec<ServerId> = Vec::new();
+    for h in view.layout.iter().chain(view.target.iter().flatten()) {
+        if (*h == server || view.in_sync(*h)) && !holders.contains(h) {
+            holders.push(*h);
         }
     }
+    let mut sealed = Vec::new();
+    let mut done = Ok(true);
+    for holder in &holders {
+        let left = if *holder == engine.me() {
+            engine.seal_marks(view.id, server, view.epoch).await
+        } else {
+            let control = engine.control();
+            control
+                .seal_marks_at(*holder, view.id, server, view.epoch)
+                .await
+        };
+        sealed.push(*holder);
+        match left {
+            Ok(0) => {}
+            // Written again meanwhile, or that server is still copying.
+            Ok(_) => {
+                done = Ok(false);
+                break;
+            }
+            Err(e) => {
+                done = Err(e);
+                break;
+            }
+        }
+    }
+    if matches!(done, Ok(true)) {
+        done = declare_in_sync(engine, view, server).await;
+    }
+    if !matches!(done, Ok(true)) {
+        // Not declared in sync after all: its marks are needed again (it may itself be asking
+        // a holder to record one). A seal that cannot be lifted lapses.
+        for holder in sealed {
+            let lifted = if holder == engine.me() {
+                engine.lift_seal(view.id, server, view.epoch).await;
+                Ok(())
+            } else {
+                let control = engine.control();
+                control
+                    .lift_seal_at(holder, view.id, server, view.epoch)
+                    .await
+            };
+            if let Err(e) = lifted {
+                tracing::info!(volume = %view.name, %server, error = %e, "resync: a seal was not lifted; it lapses");
+            }
+        }
+    }
+    done.map(|_| ())
+}
+
+/// Declares `server` in sync for `view`'s volume once every holder has sealed it with no
+/// marks left; whether the group took it.
+async fn declare_in_sync(
+    engine: &Arc<Engine>,
+    view: &VolumeView,
+    server: ServerId,
+) -> Result<bool, String> {
     // Make this server's clears durable before declaring the replica current.
     let store = engine.store().clone();
     let volume = view.id;
@@ -456,8 +506,18 @@ async fn finish_if_done(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    engine.control().mark_in_sync(view.id, server).await?;
+    crate::failpoint::pause("resync::before_in_sync", &view.name).await;
+    // Refused if the epoch moved (another source declared it in sync first, or the view
+    // changed what the marks mean): the next pass looks again.
+    if let Err(e) = engine
+        .control()
+        .mark_in_sync(view.id, server, view.epoch)
+        .await
+    {
+        tracing::info!(volume = %view.name, %server, error = %e, "resync: not declared in sync; checked again on the next pass");
+        return Ok(false);
+    }
     engine.resync.forget(view.id, server);
     tracing::info!(volume = %view.name, %server, "replica resynced; in sync again");
-    Ok(())
+    Ok(true)
 }

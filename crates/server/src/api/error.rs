@@ -122,6 +122,7 @@ fn command_status(e: &CommandError) -> StatusCode {
         | C::AlreadyLeaving { .. }
         | C::ReporterStale { .. }
         | C::NoReplicaLeft { .. }
+        | C::EpochMoved { .. }
         | C::VolumeExists(_)
         | C::VolumeIdExists(_)
         | C::LayerInUse(_)

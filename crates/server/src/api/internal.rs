@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use strata_api_types::{
     HeldChunks, LocalVolume, MarkReplica, MigrationStep, MissedSummary, OpenClient, Range,
+    SealMarks,
 };
 use strata_meta::Command;
 use strata_types::{LayerId, ServerId, VolumeId};
@@ -28,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/internal/v1/volumes/{id}/local", get(local_volume))
         .route("/internal/v1/volumes/{id}/clients", get(open_clients))
         .route("/internal/v1/volumes/{id}/missed", get(missed))
+        .route("/internal/v1/volumes/{id}/seal", post(seal))
         .route("/internal/v1/volumes/{id}/delta", get(delta))
         .route("/internal/v1/volumes/{id}/chunks", get(held_chunks))
         .route("/internal/v1/jobs", get(super::jobs::running_here))
@@ -68,6 +70,7 @@ pub async fn mark_in_sync(
         .write(Command::MarkReplicaInSync {
             volume: id,
             server: req.server,
+            epoch: req.epoch,
         })
         .await?;
     Ok(Json(()))
@@ -179,6 +182,25 @@ async fn missed(
     Path(id): Path<VolumeId>,
 ) -> Result<Json<Vec<MissedSummary>>, ApiError> {
     Ok(Json(missed_summary(&app, id)?))
+}
+
+/// `POST /internal/v1/volumes/{id}/seal`: a resync source seals a stale replica's marks here
+/// before it declares the replica in sync, and answers how many marks for it are left; or lifts
+/// the seal (`lift`).
+async fn seal(
+    State(app): State<AppState>,
+    Path(id): Path<VolumeId>,
+    Json(req): Json<SealMarks>,
+) -> Result<Json<u64>, ApiError> {
+    if req.lift {
+        app.engine.lift_seal(id, req.server, req.epoch).await;
+        return Ok(Json(0));
+    }
+    app.engine
+        .seal_marks(id, req.server, req.epoch)
+        .await
+        .map(Json)
+        .map_err(ApiError::internal)
 }
 
 /// `GET /internal/v1/volumes/{id}/clients`: the exports of the volume that clients have open

@@ -5,7 +5,7 @@
 use crate::harness::{blocking, connect, Group};
 use crate::nbd_client::NbdClient;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -791,6 +791,70 @@ async fn a_restarted_server_names_its_suspect_chunks_from_its_first_answer() {
         "the restarted s2 first answered that it holds no marks for itself: {first}"
     );
     g.wait_status(0, "sc", "healthy").await;
+    g.stop().await;
+}
+
+/// A stale replica is fully copied and its resync source is about to declare it in sync when a
+/// write routed by the old view cannot reach it: the write must reach it after all (or leave
+/// it stale), not be recorded as missed just after the source counted no marks left — the
+/// replica would be declared in sync without it and the mark dropped as no longer needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_missed_while_a_replica_is_declared_in_sync_reaches_it() {
+    const POINT: &str = "resync::before_in_sync";
+    let g = Group::cluster(3).await;
+    g.create_volume("ds", CHUNK, 3).await;
+    let write = |g: &Group, seed: u64| {
+        let a = g.nbd(0);
+        blocking(move || {
+            let mut c = connect(&a, "ds");
+            assert_eq!(c.write(0, &pattern(seed, 8192), true).unwrap(), 0);
+            c.disconnect();
+        })
+    };
+    write(&g, 1).await;
+    // s3 misses a write and is stale.
+    g.cut(2, &[0, 1]);
+    write(&g, 2).await;
+    g.wait_status(0, "ds", "degraded").await;
+    // Its resync sources (s1 and s2) copy the chunk, then hold before the in-sync commit.
+    fail::cfg(POINT, "return(ds)").unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let seen = reached.clone();
+    fail::cfg_callback(format!("{POINT}::reached::ds"), move || {
+        seen.fetch_add(1, Ordering::SeqCst);
+    })
+    .unwrap();
+    g.heal();
+    let deadline = std::time::Instant::now() + crate::harness::WAIT;
+    while reached.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resync never got to its end"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The gateway on s1 cannot pass the next write to s3.
+    g.cut(2, &[0]);
+    let late = write(&g, 3);
+    let late = tokio::spawn(late);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    fail::remove(POINT);
+    late.await.unwrap();
+    g.heal();
+    g.wait_status(0, "ds", "healthy").await;
+    // s3 reads its own copy first.
+    let c = g.nbd(2);
+    let got = blocking(move || {
+        let mut c = connect(&c, "ds");
+        let got = c.read(0, 8192).unwrap().unwrap();
+        c.disconnect();
+        got
+    })
+    .await;
+    assert!(
+        got == pattern(3, 8192),
+        "s3 was declared in sync without the last acknowledged write"
+    );
     g.stop().await;
 }
 
