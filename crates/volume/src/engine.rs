@@ -194,19 +194,42 @@ impl Engine {
     }
 
     /// Records in this server's store, durably, that `server` missed the writes to each of
-    /// `chunks` (layer, chunk) of `volume`; whether that worked.
+    /// `chunks` (layer, chunk) of `volume`; whether that worked. Marks for another server are
+    /// admitted by the seals like those a change carries (see [`crate::seal`]), as routed by
+    /// this server's view now: while `server` is being declared in sync at that epoch this
+    /// waits (up to [`crate::seal::SEAL_LEASE`]) until it is, or is not after all, so that the
+    /// mark is either counted before the declaration or recorded after it — when the caller
+    /// marks `server` stale again.
     pub async fn record_missed(
         &self,
         volume: VolumeId,
         server: ServerId,
         chunks: Vec<(LayerId, u64)>,
     ) -> bool {
+        let deadline = Instant::now() + crate::seal::SEAL_LEASE;
+        let admitted = loop {
+            let epoch = self.view(volume).map_or(0, |v| v.epoch);
+            match self
+                .seals
+                .admit(volume, 0, &[server], epoch, self.me, None)
+                .await
+            {
+                Ok(admitted) => break admitted,
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::warn!(%volume, %server, error = %e, "a mark was not recorded");
+                    return false;
+                }
+                Err(_) => self.wait_change(Duration::from_millis(50)).await,
+            }
+        };
         let store = self.store.clone();
         let done = tokio::task::spawn_blocking(move || {
             for (layer, chunk) in &chunks {
                 store.record_missed(volume, *layer, *chunk, server)?;
             }
-            store.flush(volume)
+            let flushed = store.flush(volume);
+            drop(admitted);
+            flushed
         })
         .await;
         matches!(done, Ok(Ok(())))

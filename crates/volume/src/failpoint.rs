@@ -1,18 +1,20 @@
 //! Pauses for tests, compiled in only with the `failpoints` feature (the test suites enable
-//! it; a release build has none). A test turns one on for one key (a volume's name) with
-//! `fail::cfg(name, "return(key)")`, learns that a task reached it through a callback on
-//! `"{name}::reached::{key}"` (`fail::cfg_callback`), and lets the task go on with
-//! `fail::remove(name)`. Keys keep tests that run at once in one process apart.
+//! it; a release build has none). A pause is named by a place and a key (a volume's name), so
+//! that tests running at once in one process keep apart: a test turns on
+//! `"{name}::{key}"` with `fail::cfg(…, "return")`, learns that a task reached it through a
+//! callback on `"{name}::{key}::reached"` (`fail::cfg_callback`), and lets the task go on with
+//! `fail::remove`.
 
-/// Waits while the fail point `name` is on for `key`; does nothing without the `failpoints`
+/// Waits while the pause `name` is on for `key`; does nothing without the `failpoints`
 /// feature.
 pub async fn pause(name: &str, key: &str) {
     #[cfg(feature = "failpoints")]
     {
+        let point = format!("{name}::{key}");
         let mut told = false;
-        while fail::eval(name, |arg| arg.as_deref() == Some(key)) == Some(true) {
+        while fail::eval(&point, |_| ()).is_some() {
             if !told {
-                fail::eval(&format!("{name}::reached::{key}"), |_| ());
+                fail::eval(&format!("{point}::reached"), |_| ());
                 told = true;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -784,6 +784,9 @@ impl GatewayDevice {
             }
             let reroute = Instant::now() < deadline;
             let mut rerouted = false;
+            if !late.is_empty() {
+                crate::failpoint::pause("gateway::before_lagging", &view.name).await;
+            }
             for s in late {
                 let (change, epoch, generation) = (change.clone(), view.epoch, outcome.generation);
                 rerouted |= !self

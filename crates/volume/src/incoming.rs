@@ -10,12 +10,15 @@
 //! last flush. When that connection closes with some left and the peer turns out to have died
 //! or restarted (it does not answer a ping, or answers with another run than when it wrote),
 //! the replicas of each such chunk may hold it differently (the gateway died after a write
-//! reached some of them), so they agree on one version: the first current replica in
-//! placement order that answers keeps its own; every other current replica that answers
-//! records the chunk as missed by itself (an *own* mark, see [`crate::resync`]: its copy is
-//! replaced by a current replica's), and the keeper records it as missed by each one that does
-//! not answer (it died with the gateway, or is cut off) and marks those stale, so resync copies
-//! its version to them. If the group refuses that (the dead one is the only other in-sync copy of some chunk),
+//! reached some of them, or before it reached a lagging replica, which it writes last), so
+//! they agree on one version: the first current replica in placement order that answers keeps
+//! its own; every other current replica that answers records the chunk as missed by itself (an
+//! *own* mark, see [`crate::resync`]: its copy is replaced by a current replica's), and the
+//! keeper records it as missed by every other replica — one that does not answer (it died with
+//! the gateway, or is cut off), one that answers but may never have been sent the write, and
+//! one that is not current — and marks them stale (a server a migration copies the chunk to
+//! only gets the mark), so resync copies its version to them. If the group refuses that (the
+//! other one is the only other in-sync copy of some chunk),
 //! the keeper takes the own mark instead. A replica that lost unflushed writes in a crash of its
 //! own names them itself when it starts again (the store's activity log, see
 //! `strata_server`'s `distrust_own_copies`). A peer that is alive with the same run is left
@@ -141,10 +144,11 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
             return; // alive, and did not restart: its gateway keeps its own record
         }
         let me = engine.me();
-        // Per volume, the (layer, chunk)s each dead replica may hold differently from this
-        // server (the dead gateway's own copy, and those of replicas that died with it), when
-        // this server keeps its version; and those this server does not keep.
-        let mut dead: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>> = HashMap::new();
+        // Per volume, where this server keeps its version: the (layer, chunk)s each other
+        // replica may hold differently (`differ`; `gain` for servers a migration copies the
+        // chunk to); and the (layer, chunk)s this server does not keep (`own`).
+        let mut differ: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>> = HashMap::new();
+        let mut gain: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>> = HashMap::new();
         let mut answers: HashMap<ServerId, bool> = HashMap::from([(peer, false), (me, true)]);
         let mut own: HashMap<VolumeId, Vec<(LayerId, u64)>> = HashMap::new();
         for (volume, layer, chunk) in chunks {
@@ -154,44 +158,59 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
             if !view.current(me, chunk) {
                 continue;
             }
-            // The first current replica that answers keeps its version: the others that
-            // answer take it (own marks), and the keeper has each one that does not answer
-            // (it died with the gateway, or is cut off) take it too.
+            // The first current replica that answers keeps its version, and has every other
+            // replica take it: one that did not answer (it died with the gateway, or is cut
+            // off), one that answers (the gateway may have died before it sent it the write)
+            // and one that is not current (the gateway writes to a lagging replica last). The
+            // others that answer take it on their own too (own marks).
             let mut keeper = None;
-            let mut silent = Vec::new();
+            let mut others = Vec::new();
             for r in view.replicas_of(chunk) {
-                if !view.current(r, chunk) {
-                    continue;
-                }
-                let alive = match answers.get(&r) {
-                    Some(a) => *a,
-                    None => {
-                        let a = run_of(&engine, r).await.is_some();
-                        answers.insert(r, a);
-                        a
+                if keeper.is_none() && view.current(r, chunk) {
+                    let alive = match answers.get(&r) {
+                        Some(a) => *a,
+                        None => {
+                            let a = run_of(&engine, r).await.is_some();
+                            answers.insert(r, a);
+                            a
+                        }
+                    };
+                    if alive {
+                        keeper = Some(r);
+                        continue;
                     }
-                };
-                if !alive {
-                    silent.push(r);
-                } else if keeper.is_none() {
-                    keeper = Some(r);
                 }
+                others.push(r);
             }
             if keeper != Some(me) {
                 own.entry(volume).or_default().push((layer, chunk));
                 continue;
             }
-            for r in silent {
-                let per = dead.entry(volume).or_default();
+            let gaining = view.gaining(chunk);
+            for r in others {
+                let to = if gaining.contains(&r) {
+                    &mut gain
+                } else {
+                    &mut differ
+                };
+                let per = to.entry(volume).or_default();
                 per.entry(r).or_default().push((layer, chunk));
             }
         }
         for (volume, chunks) in own {
             record_own(&engine, volume, peer, chunks).await;
         }
-        for (volume, servers) in dead {
+        for (volume, servers) in differ {
             for (server, chunks) in servers {
                 lost_with_gateway(&engine, volume, peer, server, chunks).await;
+            }
+        }
+        // A server a migration copies the chunk to takes it from its marks alone.
+        for (volume, servers) in gain {
+            for (server, chunks) in servers {
+                if !engine.record_missed(volume, server, chunks).await {
+                    tracing::error!(%volume, %server, "could not record the writes a server gaining a chunk may lack; run `strata volume verify --repair` after the migration");
+                }
             }
         }
     });
@@ -215,8 +234,8 @@ async fn record_own(
 }
 
 /// Has `server` copy `chunks` of `volume` from here again, as it may hold them differently
-/// (it died with the gateway `peer`): records them as missed by it, durably, then marks it
-/// stale. If the group refuses that (`server` is the only other in-sync copy of some chunk),
+/// (it died with the gateway `peer`, or the gateway died before it sent it a write): records
+/// them as missed by it, durably, then marks it stale. If the group refuses that (`server` is the only other in-sync copy of some chunk),
 /// the marks are cleared again — a current replica is not copied to — and this server's copy
 /// of them is the one replaced instead, once it can be.
 async fn lost_with_gateway(
@@ -231,7 +250,7 @@ async fn lost_with_gateway(
         return;
     }
     tracing::warn!(%volume, gateway = %peer, replica = %server, chunks = chunks.len(),
-        "a gateway died with unflushed writes; a replica that died with it copies them again");
+        "a gateway died with unflushed writes; a replica that may lack some copies them again");
     let Err(e) = engine.mark_stale(volume, server).await else {
         return;
     };

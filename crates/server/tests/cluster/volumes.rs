@@ -817,28 +817,15 @@ async fn a_write_missed_while_a_replica_is_declared_in_sync_reaches_it() {
     write(&g, 2).await;
     g.wait_status(0, "ds", "degraded").await;
     // Its resync sources (s1 and s2) copy the chunk, then hold before the in-sync commit.
-    fail::cfg(POINT, "return(ds)").unwrap();
-    let reached = Arc::new(AtomicUsize::new(0));
-    let seen = reached.clone();
-    fail::cfg_callback(format!("{POINT}::reached::ds"), move || {
-        seen.fetch_add(1, Ordering::SeqCst);
-    })
-    .unwrap();
+    let reached = pause_at(POINT, "ds");
     g.heal();
-    let deadline = std::time::Instant::now() + crate::harness::WAIT;
-    while reached.load(Ordering::SeqCst) < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the resync never got to its end"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_reached(&reached, 2, "the end of the resync").await;
     // The gateway on s1 cannot pass the next write to s3.
     g.cut(2, &[0]);
     let late = write(&g, 3);
     let late = tokio::spawn(late);
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    fail::remove(POINT);
+    resume(POINT, "ds");
     late.await.unwrap();
     g.heal();
     g.wait_status(0, "ds", "healthy").await;
@@ -855,6 +842,102 @@ async fn a_write_missed_while_a_replica_is_declared_in_sync_reaches_it() {
         got == pattern(3, 8192),
         "s3 was declared in sync without the last acknowledged write"
     );
+    g.stop().await;
+}
+
+/// Turns the pause `point` on for volume `key` (see `strata_volume`'s `failpoint`) and
+/// returns how many tasks have reached it.
+fn pause_at(point: &str, key: &str) -> Arc<AtomicUsize> {
+    fail::cfg(format!("{point}::{key}"), "return").unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let seen = reached.clone();
+    fail::cfg_callback(format!("{point}::{key}::reached"), move || {
+        seen.fetch_add(1, Ordering::SeqCst);
+    })
+    .unwrap();
+    reached
+}
+
+/// Lets the tasks paused at `point` for volume `key` go on.
+fn resume(point: &str, key: &str) {
+    fail::remove(format!("{point}::{key}"));
+}
+
+/// Waits until `n` tasks reached the fail point `reached` counts for.
+async fn wait_reached(reached: &AtomicUsize, n: usize, what: &str) {
+    let deadline = std::time::Instant::now() + crate::harness::WAIT;
+    while reached.load(Ordering::SeqCst) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A gateway is cut off (it might as well have died) after a chunk's current replica took a
+/// write and before the stale replica (which lags behind it) got it: nothing was
+/// acknowledged, but one copy holds the write and the other does not. The current replica,
+/// which sees the gateway go with the write unflushed, must have the stale one copy the chunk
+/// again, also if it is declared in sync meanwhile, so the two never end up different while
+/// the volume says `healthy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_write_lost_with_its_gateway_is_copied_again() {
+    const IN_SYNC: &str = "resync::before_in_sync";
+    const LAGGING: &str = "gateway::before_lagging";
+    let g = Group::cluster(3).await;
+    let vol = g.create_volume("lg", CHUNK, 2).await;
+    let id: strata_types::VolumeId = serde_json::from_value(vol["id"].clone()).unwrap();
+    let servers = g.get(0, "/v1/servers").await;
+    let ids: Vec<(usize, strata_types::ServerId)> = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let i = s["name"].as_str().unwrap()[1..].parse::<usize>().unwrap() - 1;
+            (i, serde_json::from_value(s["id"].clone()).unwrap())
+        })
+        .collect();
+    let layout: Vec<strata_types::ServerId> = ids.iter().map(|(_, s)| *s).collect();
+    let replicas = strata_volume::placement::replicas_of(id, 0, &layout, 2);
+    let index = |s: strata_types::ServerId| ids.iter().find(|(_, x)| *x == s).unwrap().0;
+    let (current, stale) = (index(replicas[0]), index(replicas[1]));
+    let gateway = 3 - current - stale;
+    let write = |addr: String, seed: u64, fua: bool| {
+        blocking(move || {
+            let mut c = connect(&addr, "lg");
+            let done = c.write(0, &pattern(seed, 8192), fua);
+            c.disconnect();
+            done
+        })
+    };
+    assert_eq!(write(g.nbd(gateway), 1, true).await.unwrap(), 0);
+    // The second replica is stale, with nothing to copy; its declaration in sync waits.
+    let declaring = pause_at(IN_SYNC, "lg");
+    let (status, body) = g
+        .post(
+            current,
+            &format!("/v1/internal/volumes/{id}/stale"),
+            json!({ "server": replicas[1], "reporter": replicas[0] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_reached(&declaring, 1, "the stale replica's resync").await;
+    // The next write reaches the current replica; its gateway dies before the stale one.
+    let lagging = pause_at(LAGGING, "lg");
+    let lost = tokio::spawn(write(g.nbd(gateway), 2, false));
+    wait_reached(&lagging, 1, "the write to the lagging replica").await;
+    // The gateway is cut off from both replicas: to them it is gone, its connections closed
+    // with the write unflushed; it fails the write.
+    g.cut(gateway, &[current, stale]);
+    resume(LAGGING, "lg");
+    let _ = lost.await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    resume(IN_SYNC, "lg");
+    g.heal();
+    g.wait_status(current, "lg", "healthy").await;
+    let report = g.verify(current, "lg", false).await;
+    assert_eq!(report["mismatches"], json!([]), "{report}");
     g.stop().await;
 }
 
