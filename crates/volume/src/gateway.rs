@@ -99,8 +99,6 @@ struct Outcome {
     refused: Vec<ServerId>,
     /// Those of `refused` that had frozen the layer (a snapshot was taken meanwhile).
     fenced: Vec<ServerId>,
-    /// This server's copy took the change.
-    written_here: bool,
     /// The write generation the first replica to take the change gave it (0: none took it).
     generation: u64,
 }
@@ -112,12 +110,10 @@ impl Outcome {
         view: &VolumeView,
         server: ServerId,
         res: Result<u64, ReplicaError>,
-        me: ServerId,
     ) -> Result<(), IoError> {
         match res {
             Ok(generation) => {
                 self.acked.push(server);
-                self.written_here |= server == me;
                 if self.generation == 0 {
                     self.generation = generation;
                 }
@@ -548,18 +544,20 @@ impl GatewayDevice {
         Ok(())
     }
 
-    /// A write failed after this server's copy of `chunk` took it: this copy may now differ
-    /// from the others, which did not. Records that this server "missed" the chunk, so resync
-    /// makes it stale and brings the chunk back from an in-sync replica.
-    async fn mark_self(&self, layer: LayerId, chunk: u64) {
-        let (volume, me) = (self.volume, self.engine.me());
-        if !self
-            .engine
-            .record_missed(volume, me, vec![(layer, chunk)])
-            .await
-        {
-            tracing::error!(%volume, chunk, "could not record that this server's copy of a chunk took a failed write; run `strata volume verify --repair`");
-        }
+    /// A change failed after `took` took it, and the replicas that did not could not be
+    /// marked stale: the copies of `took` may now hold a write the others lack, and no mark
+    /// says so. Each records the chunk as missed by itself (an own mark, never refused), so
+    /// resync replaces its copy with a current replica's (see [`crate::resync`]). One that
+    /// cannot be reached names the chunk itself when it sees this gateway's connection go
+    /// (see [`crate::incoming`]).
+    async fn distrust(&self, took: &[ServerId], layer: LayerId, offset: u64, epoch: u64) {
+        let own = took.iter().map(|k| async move {
+            let sent = self.record_marks(*k, layer, offset, vec![*k], epoch).await;
+            if let Err(e) = sent {
+                tracing::error!(volume = %self.volume, server = %k, error = %e, "could not record that a replica's copy of a chunk took a failed write; run `strata volume verify --repair`");
+            }
+        });
+        join_all(own).await;
     }
 
     /// Applies `change`, already on the `current` replicas, to `server`, whose copy of the chunk
@@ -648,13 +646,7 @@ impl GatewayDevice {
         }
         for server in differ {
             if let Err(e) = self.engine.mark_stale(self.volume, *server).await {
-                let own = keep.iter().map(|k| async move {
-                    let sent = self.record_marks(*k, layer, offset, vec![*k], epoch).await;
-                    if let Err(e) = sent {
-                        tracing::error!(volume = %self.volume, server = %k, error = %e, "could not record that a replica's copy differs from another; run `strata volume verify --repair`");
-                    }
-                });
-                join_all(own).await;
+                self.distrust(keep, layer, offset, epoch).await;
                 return Err(IoError::Io(format!(
                     "the replicas of a chunk disagree and server {server} could not be marked stale: {e}"
                 )));
@@ -717,7 +709,7 @@ impl GatewayDevice {
                     0,
                 )
                 .await;
-            outcome.add(&view, primary, first, self.engine.me())?;
+            outcome.add(&view, primary, first)?;
             if outcome.acked.len() == 1 {
                 // The others apply it as the primary's change: with its generation.
                 let generation = outcome.generation;
@@ -727,15 +719,14 @@ impl GatewayDevice {
                     self.send_change(*r, head, offset, change, fua, down, epoch, None, generation)
                 });
                 for (r, res) in others.iter().zip(join_all(sends).await) {
-                    outcome.add(&view, *r, res, self.engine.me())?;
+                    outcome.add(&view, *r, res)?;
                 }
             }
             if !outcome.failed.is_empty() {
                 for f in &outcome.failed {
                     if let Err(e) = self.replica_failed(*f).await {
-                        if outcome.written_here {
-                            self.mark_self(head, chunk).await;
-                        }
+                        self.distrust(&outcome.acked, head, offset, view.epoch)
+                            .await;
                         if outcome.full.contains(f) {
                             return Err(IoError::NoSpace);
                         }

@@ -888,21 +888,8 @@ async fn a_lagging_write_lost_with_its_gateway_is_copied_again() {
     let g = Group::cluster(3).await;
     let vol = g.create_volume("lg", CHUNK, 2).await;
     let id: strata_types::VolumeId = serde_json::from_value(vol["id"].clone()).unwrap();
-    let servers = g.get(0, "/v1/servers").await;
-    let ids: Vec<(usize, strata_types::ServerId)> = servers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let i = s["name"].as_str().unwrap()[1..].parse::<usize>().unwrap() - 1;
-            (i, serde_json::from_value(s["id"].clone()).unwrap())
-        })
-        .collect();
-    let layout: Vec<strata_types::ServerId> = ids.iter().map(|(_, s)| *s).collect();
-    let replicas = strata_volume::placement::replicas_of(id, 0, &layout, 2);
-    let index = |s: strata_types::ServerId| ids.iter().find(|(_, x)| *x == s).unwrap().0;
-    let (current, stale) = (index(replicas[0]), index(replicas[1]));
-    let gateway = 3 - current - stale;
+    let (replicas, gateway) = chunk_zero_replicas(&g, id).await;
+    let (current, stale) = (replicas[0].0, replicas[1].0);
     let write = |addr: String, seed: u64, fua: bool| {
         blocking(move || {
             let mut c = connect(&addr, "lg");
@@ -918,7 +905,7 @@ async fn a_lagging_write_lost_with_its_gateway_is_copied_again() {
         .post(
             current,
             &format!("/v1/internal/volumes/{id}/stale"),
-            json!({ "server": replicas[1], "reporter": replicas[0] }),
+            json!({ "server": replicas[1].1, "reporter": replicas[0].1 }),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -937,6 +924,86 @@ async fn a_lagging_write_lost_with_its_gateway_is_copied_again() {
     g.heal();
     g.wait_status(current, "lg", "healthy").await;
     let report = g.verify(current, "lg", false).await;
+    assert_eq!(report["mismatches"], json!([]), "{report}");
+    g.stop().await;
+}
+
+/// The replicas of chunk 0 of `id` best first, and the index of the server holding none.
+async fn chunk_zero_replicas(
+    g: &Group,
+    id: strata_types::VolumeId,
+) -> (Vec<(usize, strata_types::ServerId)>, usize) {
+    let servers = g.get(0, "/v1/servers").await;
+    let ids: Vec<(usize, strata_types::ServerId)> = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let i = s["name"].as_str().unwrap()[1..].parse::<usize>().unwrap() - 1;
+            (i, serde_json::from_value(s["id"].clone()).unwrap())
+        })
+        .collect();
+    let layout: Vec<strata_types::ServerId> = ids.iter().map(|(_, s)| *s).collect();
+    let replicas: Vec<(usize, strata_types::ServerId)> =
+        strata_volume::placement::replicas_of(id, 0, &layout, 2)
+            .into_iter()
+            .map(|r| *ids.iter().find(|(_, s)| *s == r).unwrap())
+            .collect();
+    let other = 3 - replicas[0].0 - replicas[1].0;
+    (replicas, other)
+}
+
+/// A gateway whose own copy is stale cannot have a replica marked stale: when the second
+/// replica of a chunk fails a write the first took, the write fails, and the first one's
+/// copy, which holds it, must be replaced by the second's, not left different.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_that_one_replica_took_and_could_not_be_fenced_is_undone() {
+    const IN_SYNC: &str = "resync::before_in_sync";
+    let g = Group::cluster(3).await;
+    let vol = g.create_volume("rs", CHUNK, 2).await;
+    let id: strata_types::VolumeId = serde_json::from_value(vol["id"].clone()).unwrap();
+    let (replicas, gateway) = chunk_zero_replicas(&g, id).await;
+    let write = |addr: String, seed: u64| {
+        blocking(move || {
+            let mut c = connect(&addr, "rs");
+            let done = c.write(0, &pattern(seed, 8192), true);
+            c.disconnect();
+            done
+        })
+    };
+    assert_eq!(write(g.nbd(gateway), 1).await.unwrap(), 0);
+    // The gateway's server is stale (for chunks it holds), and stays so for now.
+    let gateway_id = {
+        let servers = g.get(0, "/v1/servers").await;
+        let name = format!("s{}", gateway + 1);
+        let s = servers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name.as_str());
+        s.unwrap()["id"].clone()
+    };
+    let declaring = pause_at(IN_SYNC, "rs");
+    let (status, body) = g
+        .post(
+            replicas[0].0,
+            &format!("/v1/internal/volumes/{id}/stale"),
+            json!({ "server": gateway_id, "reporter": replicas[0].1 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_reached(&declaring, 1, "the stale gateway's resync").await;
+    // The first replica takes the next write, the second cannot be reached nor fenced.
+    g.cut(gateway, &[replicas[1].0]);
+    let failed = write(g.nbd(gateway), 2).await;
+    assert!(
+        !matches!(failed, Ok(0)),
+        "the write was acknowledged without its second replica"
+    );
+    g.heal();
+    resume(IN_SYNC, "rs");
+    g.wait_status(replicas[0].0, "rs", "healthy").await;
+    let report = g.verify(replicas[0].0, "rs", false).await;
     assert_eq!(report["mismatches"], json!([]), "{report}");
     g.stop().await;
 }
