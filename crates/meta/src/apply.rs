@@ -218,6 +218,9 @@ fn mark_stale(
 ) -> Result<CommandOutput, CommandError> {
     let vol = volume_by_id_mut(state, volume)?;
     if vol.stale.contains(&server) {
+        // Missing data as of now: a declaration in sync decided before this, which names the
+        // epoch it was decided at, must not commit after it.
+        vol.rerouted();
         return Ok(CommandOutput::Volume(vol.clone()));
     }
     if !vol.holds(server) {

@@ -335,8 +335,11 @@ fn replicas_are_marked_stale_and_in_sync() {
         CommandError::NotInLayout { .. }
     ));
     apply_command(&mut st, stale(ids[1], ids[0])).expect("first loss");
-    apply_command(&mut st, stale(ids[1], ids[2])).expect("marking again is a no-op");
+    let epoch = st.volumes[&name("v")].epoch;
+    apply_command(&mut st, stale(ids[1], ids[2])).expect("marking again");
     assert_eq!(st.volumes[&name("v")].stale, vec![ids[1]]);
+    // Marking again moves the epoch: a declaration in sync decided before it is refused.
+    assert_eq!(st.volumes[&name("v")].epoch, epoch + 1);
     // The stale server cannot fence its peers, and a second loss would leave no current copy.
     assert!(matches!(
         refused(&mut st, stale(ids[0], ids[1])),

@@ -407,6 +407,8 @@ pub enum Command {
     /// Record that `server` missed writes to the volume: a gateway (`reporter`) could not write
     /// to it. Refused when the reporter is itself stale or when the volume would have no
     /// in-sync copy of some chunk left: then the write must fail rather than be acknowledged.
+    /// Marking a stale server again moves the volume's epoch, so that a declaration in sync
+    /// decided before the report is refused.
     MarkReplicaStale {
         /// The volume.
         volume: VolumeId,

@@ -51,6 +51,8 @@ pub struct Engine {
     pub(crate) incoming: crate::incoming::Incoming,
     /// Stale replicas being declared in sync, whose marks this server refuses.
     pub(crate) seals: crate::seal::Seals,
+    /// Own marks this server's gateways owe to replicas they could not reach.
+    pub(crate) owed: crate::owed::Owed,
     /// Names this run of the server (see [`Engine::run`]).
     run: u64,
     /// Counts the tokens of [`Engine::new_token`].
@@ -127,6 +129,7 @@ impl Engine {
             ranges: crate::order::RangeLocks::default(),
             epochs: crate::order::EpochFences::default(),
             incoming: crate::incoming::Incoming::default(),
+            owed: crate::owed::Owed::default(),
             seals: crate::seal::Seals::default(),
             run: new_run_id(),
             tokens: std::sync::atomic::AtomicU64::new(0),
@@ -196,10 +199,11 @@ impl Engine {
     /// Records in this server's store, durably, that `server` missed the writes to each of
     /// `chunks` (layer, chunk) of `volume`; whether that worked. Marks for another server are
     /// admitted by the seals like those a change carries (see [`crate::seal`]), as routed by
-    /// this server's view now: while `server` is being declared in sync at that epoch this
-    /// waits (up to [`crate::seal::SEAL_LEASE`]) until it is, or is not after all, so that the
-    /// mark is either counted before the declaration or recorded after it — when the caller
-    /// marks `server` stale again.
+    /// this server's view now. While `server` is being declared in sync at that epoch (by a
+    /// count of marks taken before this one), `server` is reported stale again, which moves the
+    /// epoch so that the declaration is refused, and this waits (up to
+    /// [`crate::seal::SEAL_LEASE`]) for the new epoch to admit the mark. If the declaration
+    /// committed first, the mark is recorded after it, and the caller marks `server` stale.
     pub async fn record_missed(
         &self,
         volume: VolumeId,
@@ -207,6 +211,7 @@ impl Engine {
         chunks: Vec<(LayerId, u64)>,
     ) -> bool {
         let deadline = Instant::now() + crate::seal::SEAL_LEASE;
+        let mut reported = false;
         let admitted = loop {
             let epoch = self.view(volume).map_or(0, |v| v.epoch);
             match self
@@ -219,7 +224,19 @@ impl Engine {
                     tracing::warn!(%volume, %server, error = %e, "a mark was not recorded");
                     return false;
                 }
-                Err(_) => self.wait_change(Duration::from_millis(50)).await,
+                Err(e) => {
+                    if !reported {
+                        // `server` is being declared in sync by a count of marks that misses
+                        // this one: reporting it stale again moves the epoch, so that the
+                        // declaration is refused, and the mark is then admitted by the new one.
+                        reported = true;
+                        if let Err(stale) = self.control.mark_stale(volume, server).await {
+                            tracing::warn!(%volume, %server, sealed = %e, error = %stale,
+                                "could not stop a replica that lacks a write from being declared in sync");
+                        }
+                    }
+                    self.wait_change(Duration::from_millis(50)).await
+                }
             }
         };
         let store = self.store.clone();

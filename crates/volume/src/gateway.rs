@@ -545,16 +545,17 @@ impl GatewayDevice {
     }
 
     /// A change failed after `took` took it, and the replicas that did not could not be
-    /// marked stale: the copies of `took` may now hold a write the others lack, and no mark
-    /// says so. Each records the chunk as missed by itself (an own mark, never refused), so
-    /// resync replaces its copy with a current replica's (see [`crate::resync`]). One that
-    /// cannot be reached names the chunk itself when it sees this gateway's connection go
-    /// (see [`crate::incoming`]).
+    /// marked stale or recorded as missing it: the copies of `took` may now hold a write the
+    /// others lack, and no mark says so. Each records the chunk as missed by itself (an own
+    /// mark, never refused), so resync replaces its copy with a current replica's (see
+    /// [`crate::resync`]). One that cannot be reached is told again in the background until it
+    /// is ([`crate::owed`]).
     async fn distrust(&self, took: &[ServerId], layer: LayerId, offset: u64, epoch: u64) {
         let own = took.iter().map(|k| async move {
             let sent = self.record_marks(*k, layer, offset, vec![*k], epoch).await;
             if let Err(e) = sent {
-                tracing::error!(volume = %self.volume, server = %k, error = %e, "could not record that a replica's copy of a chunk took a failed write; run `strata volume verify --repair`");
+                tracing::warn!(volume = %self.volume, server = %k, error = %e, "could not tell a replica that its copy of a chunk took a failed write; telling it again in the background");
+                crate::owed::owe(&self.engine, self.volume, *k, layer, offset / CHUNK_SIZE);
             }
         });
         join_all(own).await;
@@ -610,19 +611,24 @@ impl GatewayDevice {
         let marks = current
             .iter()
             .map(|r| self.record_marks(*r, head, offset, vec![server], epoch));
-        let mut rerouted = false;
+        let (mut rerouted, mut recorded, mut failed) = (false, false, None);
         for r in join_all(marks).await {
             match r {
-                Ok(_) => {}
+                Ok(_) => recorded = true,
                 // It is being declared in sync, or is by now (see `crate::seal`): the change
                 // is routed again by the new view, where it is current and takes the change.
                 Err(ReplicaError::Rerouted(_)) => rerouted = true,
-                Err(e) => {
-                    return Err(IoError::Io(format!(
-                        "could not record that server {server} missed a write: {e}"
-                    )))
-                }
+                Err(e) => failed = Some(e),
             }
+        }
+        if let Some(e) = failed {
+            if !recorded && !rerouted {
+                // The current replicas hold a write `server` lacks, and no mark says so.
+                self.distrust(current, head, offset, epoch).await;
+            }
+            return Err(IoError::Io(format!(
+                "could not record that server {server} missed a write: {e}"
+            )));
         }
         Ok(!rerouted)
     }
@@ -655,10 +661,15 @@ impl GatewayDevice {
         let marks = keep
             .iter()
             .map(|r| self.record_marks(*r, layer, offset, differ.to_vec(), epoch));
-        for r in join_all(marks).await {
-            r.map_err(|e| IoError::Io(format!("could not record a missed write: {e}")))?;
+        let results = join_all(marks).await;
+        let Some(e) = results.iter().find_map(|r| r.as_ref().err()) else {
+            return Ok(());
+        };
+        let error = IoError::Io(format!("could not record a missed write: {e}"));
+        if results.iter().all(|r| r.is_err()) {
+            self.distrust(keep, layer, offset, epoch).await;
         }
-        Ok(())
+        Err(error)
     }
 
     /// Applies `change` to one chunk on all its replicas: first on the chunk's primary (its
@@ -739,6 +750,7 @@ impl GatewayDevice {
                 let marks = outcome.acked.iter().map(|r| {
                     self.record_marks(*r, head, offset, outcome.failed.clone(), view.epoch)
                 });
+                let (mut recorded, mut failed) = (false, None);
                 for r in join_all(marks).await {
                     match r {
                         // A failed one is being declared in sync again, or is by now (see
@@ -746,12 +758,18 @@ impl GatewayDevice {
                         Err(ReplicaError::Rerouted(_)) => {
                             self.engine.wait_change(Duration::from_millis(20)).await;
                         }
-                        r => {
-                            r.map_err(|e| {
-                                IoError::Io(format!("could not record a missed write: {e}"))
-                            })?;
-                        }
+                        Err(e) => failed = Some(e),
+                        Ok(_) => recorded = true,
                     }
+                }
+                if let Some(e) = failed {
+                    if !recorded {
+                        // The failed replicas are stale, but nothing says they lack this
+                        // chunk: the copies of those that took it are replaced instead.
+                        self.distrust(&outcome.acked, head, offset, view.epoch)
+                            .await;
+                    }
+                    return Err(IoError::Io(format!("could not record a missed write: {e}")));
                 }
                 continue; // again, now with the failed replicas recorded as missing it
             }

@@ -21,8 +21,13 @@
 //! other one is the only other in-sync copy of some chunk),
 //! the keeper takes the own mark instead. A replica that lost unflushed writes in a crash of its
 //! own names them itself when it starts again (the store's activity log, see
-//! `strata_server`'s `distrust_own_copies`). A peer that is alive with the same run is left
-//! alone: its gateway keeps its own record.
+//! `strata_server`'s `distrust_own_copies`). A peer that is alive with the same run keeps its
+//! own record of what the current replicas took (one it cannot deliver it sends again, see
+//! [`crate::owed`]) — but not of the lagging replicas, which it writes last and with no mark:
+//! the connection may have gone (the gateway cut off from here and from them) with a write to
+//! them still to come. So every current replica that took the write records the lagging ones
+//! as missing the chunk, whether the gateway is alive or not. The ping that tells a dead
+//! gateway from a live one may also reach it over a link about to be cut.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -140,9 +145,13 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
     let engine = engine.clone();
     runtime.spawn(async move {
         let now = run_of(&engine, peer).await;
-        if now.is_some() && now == run {
-            return; // alive, and did not restart: its gateway keeps its own record
-        }
+        // Alive, and not restarted: its gateway keeps its own record of what the replicas
+        // took, except for lagging replicas, written last and with no mark: this connection
+        // may have gone with a write to one still to come (the gateway may be cut off from
+        // here and from it, and fail the write with no mark recorded anywhere).
+        let alive = now.is_some() && now == run;
+        tracing::debug!(gateway = %peer, chunks = chunks.len(), alive,
+            "a gateway's connection closed with unflushed writes");
         let me = engine.me();
         // Per volume, where this server keeps its version: the (layer, chunk)s each other
         // replica may hold differently (`differ`; `gain` for servers a migration copies the
@@ -158,34 +167,43 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
             if !view.current(me, chunk) {
                 continue;
             }
-            // The first current replica that answers keeps its version, and has every other
-            // replica take it: one that did not answer (it died with the gateway, or is cut
-            // off), one that answers (the gateway may have died before it sent it the write)
-            // and one that is not current (the gateway writes to a lagging replica last). The
-            // others that answer take it on their own too (own marks).
-            let mut keeper = None;
-            let mut others = Vec::new();
-            for r in view.replicas_of(chunk) {
-                if keeper.is_none() && view.current(r, chunk) {
-                    let alive = match answers.get(&r) {
-                        Some(a) => *a,
-                        None => {
-                            let a = run_of(&engine, r).await.is_some();
-                            answers.insert(r, a);
-                            a
+            let others = if alive {
+                // Every current replica that took the write has the lagging ones copy it.
+                view.replicas_of(chunk)
+                    .into_iter()
+                    .filter(|r| !view.current(*r, chunk))
+                    .collect()
+            } else {
+                // The first current replica that answers keeps its version, and has every
+                // other replica take it: one that did not answer (it died with the gateway,
+                // or is cut off), one that answers (the gateway may have died before it sent
+                // it the write) and one that is not current (the gateway writes to a lagging
+                // replica last). The others that answer take it on their own too (own marks).
+                let mut keeper = None;
+                let mut others = Vec::new();
+                for r in view.replicas_of(chunk) {
+                    if keeper.is_none() && view.current(r, chunk) {
+                        let alive = match answers.get(&r) {
+                            Some(a) => *a,
+                            None => {
+                                let a = run_of(&engine, r).await.is_some();
+                                answers.insert(r, a);
+                                a
+                            }
+                        };
+                        if alive {
+                            keeper = Some(r);
+                            continue;
                         }
-                    };
-                    if alive {
-                        keeper = Some(r);
-                        continue;
                     }
+                    others.push(r);
                 }
-                others.push(r);
-            }
-            if keeper != Some(me) {
-                own.entry(volume).or_default().push((layer, chunk));
-                continue;
-            }
+                if keeper != Some(me) {
+                    own.entry(volume).or_default().push((layer, chunk));
+                    continue;
+                }
+                others
+            };
             let gaining = view.gaining(chunk);
             for r in others {
                 let to = if gaining.contains(&r) {
@@ -234,7 +252,7 @@ async fn record_own(
 }
 
 /// Has `server` copy `chunks` of `volume` from here again, as it may hold them differently
-/// (it died with the gateway `peer`, or the gateway died before it sent it a write): records
+/// (it died with the gateway `peer`, or the gateway went before it sent it a write): records
 /// them as missed by it, durably, then marks it stale. If the group refuses that (`server` is the only other in-sync copy of some chunk),
 /// the marks are cleared again — a current replica is not copied to — and this server's copy
 /// of them is the one replaced instead, once it can be.
@@ -250,7 +268,7 @@ async fn lost_with_gateway(
         return;
     }
     tracing::warn!(%volume, gateway = %peer, replica = %server, chunks = chunks.len(),
-        "a gateway died with unflushed writes; a replica that may lack some copies them again");
+        "a gateway's connection went with unflushed writes; a replica that may lack some copies them again");
     let Err(e) = engine.mark_stale(volume, server).await else {
         return;
     };

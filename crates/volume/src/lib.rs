@@ -31,6 +31,7 @@ mod incoming;
 mod metrics;
 pub mod migrate;
 mod order;
+mod owed;
 pub mod placement;
 mod replica;
 pub mod resync;

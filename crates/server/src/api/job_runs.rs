@@ -26,8 +26,9 @@ use strata_volume::verify::{Monitor, VerifyError};
 
 /// How long a server may take to say which chunks of a volume it holds.
 const CHUNKS_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a server removal looks at the data still moving.
-const REMOVE_POLL: Duration = Duration::from_secs(1);
+/// How often a server removal looks at the data still moving: often enough that a volume
+/// whose chunks move within a second is seen with its copies counted.
+const REMOVE_POLL: Duration = Duration::from_millis(200);
 
 /// Registers and records a new running job of `kind` run by this server.
 pub(super) async fn start(

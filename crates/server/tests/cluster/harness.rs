@@ -38,9 +38,15 @@ impl Links {
     }
 
     fn cut(&self, a: IpAddr, b: IpAddr) {
-        self.cut.lock().extend([(a, b), (b, a)]);
+        self.cut_from(a, b);
+        self.cut_from(b, a);
+    }
+
+    /// Cuts the connections `a` makes to `b`: those open now, and new ones.
+    fn cut_from(&self, a: IpAddr, b: IpAddr) {
+        self.cut.lock().insert((a, b));
         self.open.lock().retain(|(x, y, token)| {
-            let hit = (*x, *y) == (a, b) || (*x, *y) == (b, a);
+            let hit = (*x, *y) == (a, b);
             if hit {
                 token.cancel();
             }
@@ -290,6 +296,14 @@ impl Group {
     pub fn cut(&self, a: usize, others: &[usize]) {
         for b in others {
             self.links.cut(self.nodes[a].ip, self.nodes[*b].ip);
+        }
+    }
+
+    /// Cuts the connections server `a` makes to each of `others`, open and new; theirs to `a`
+    /// still work, so `a` answers them while it cannot reach them.
+    pub fn cut_from(&self, a: usize, others: &[usize]) {
+        for b in others {
+            self.links.cut_from(self.nodes[a].ip, self.nodes[*b].ip);
         }
     }
 

@@ -883,6 +883,20 @@ async fn wait_reached(reached: &AtomicUsize, n: usize, what: &str) {
 /// the volume says `healthy`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lagging_write_lost_with_its_gateway_is_copied_again() {
+    lagging_write_lost_with_its_gateway(false).await;
+}
+
+/// The same, with the gateway alive and answering the replicas while it cannot reach them:
+/// the current replica cannot leave the record to it (the gateway could not make one), so it
+/// has the lagging replica copy the chunk all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_write_lost_while_its_gateway_lives_on_is_copied_again() {
+    lagging_write_lost_with_its_gateway(true).await;
+}
+
+/// A write reaches a chunk's current replica, then its gateway is cut off from both replicas
+/// (`one_way`: it still answers them) before it writes to the lagging one.
+async fn lagging_write_lost_with_its_gateway(one_way: bool) {
     const IN_SYNC: &str = "resync::before_in_sync";
     const LAGGING: &str = "gateway::before_lagging";
     let g = Group::cluster(3).await;
@@ -914,12 +928,37 @@ async fn a_lagging_write_lost_with_its_gateway_is_copied_again() {
     let lagging = pause_at(LAGGING, "lg");
     let lost = tokio::spawn(write(g.nbd(gateway), 2, false));
     wait_reached(&lagging, 1, "the write to the lagging replica").await;
-    // The gateway is cut off from both replicas: to them it is gone, its connections closed
-    // with the write unflushed; it fails the write.
-    g.cut(gateway, &[current, stale]);
+    // The gateway is cut off from both replicas: its connections close with the write
+    // unflushed; it fails the write.
+    if one_way {
+        g.cut_from(gateway, &[current, stale]);
+    } else {
+        g.cut(gateway, &[current, stale]);
+    }
     resume(LAGGING, "lg");
     let _ = lost.await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The current replica sees the gateway go and records the write as missed by the stale
+    // one while its declaration in sync, counted before, still waits: that declaration must
+    // not commit, and the mark must be there for the next one.
+    let url = format!("/internal/v1/volumes/{id}/missed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let marks = g.get(current, &url).await;
+        let server = serde_json::to_value(replicas[1].1).unwrap();
+        if marks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["server"] == server)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the current replica recorded no mark for the stale one: {marks}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     resume(IN_SYNC, "lg");
     g.heal();
     g.wait_status(current, "lg", "healthy").await;
