@@ -84,6 +84,19 @@ enum Change {
     Zero(u64),
 }
 
+/// How the holders of a chunk answered when asked to record marks
+/// ([`GatewayDevice::record_marks_at`]).
+#[derive(Default)]
+struct MarksRecorded {
+    /// Some holder recorded them.
+    by_any: bool,
+    /// A holder refused them: the replica they name is being declared in sync, or is current
+    /// in a later view (see [`crate::seal`]).
+    rerouted: Option<ReplicaError>,
+    /// A holder could not record them.
+    failed: Option<ReplicaError>,
+}
+
 /// What the current replicas answered to one attempt of a change.
 #[derive(Default)]
 struct Outcome {
@@ -439,6 +452,30 @@ impl GatewayDevice {
             .await
     }
 
+    /// Has each of `holders` record that each of `missed` lacks the chunk at `offset` of
+    /// `layer` ([`GatewayDevice::record_marks`], all at once), and sums up their answers.
+    async fn record_marks_at(
+        &self,
+        holders: &[ServerId],
+        layer: LayerId,
+        offset: u64,
+        missed: &[ServerId],
+        epoch: u64,
+    ) -> MarksRecorded {
+        let marks = holders
+            .iter()
+            .map(|r| self.record_marks(*r, layer, offset, missed.to_vec(), epoch));
+        let mut sum = MarksRecorded::default();
+        for r in join_all(marks).await {
+            match r {
+                Ok(_) => sum.by_any = true,
+                Err(e @ ReplicaError::Rerouted(_)) => sum.rerouted = Some(e),
+                Err(e) => sum.failed = Some(e),
+            }
+        }
+        sum
+    }
+
     /// Replica `server` failed: marks it stale in the management group, then has the other
     /// in-sync replicas record the chunks it may have lost (written to it and not flushed).
     async fn replica_failed(&self, server: ServerId) -> Result<(), IoError> {
@@ -608,21 +645,14 @@ impl GatewayDevice {
             // Its connection may have dropped with earlier writes unflushed.
             self.lost_writes(server).await?;
         }
-        let marks = current
-            .iter()
-            .map(|r| self.record_marks(*r, head, offset, vec![server], epoch));
-        let (mut rerouted, mut recorded, mut failed) = (false, false, None);
-        for r in join_all(marks).await {
-            match r {
-                Ok(_) => recorded = true,
-                // It is being declared in sync, or is by now (see `crate::seal`): the change
-                // is routed again by the new view, where it is current and takes the change.
-                Err(ReplicaError::Rerouted(_)) => rerouted = true,
-                Err(e) => failed = Some(e),
-            }
-        }
-        if let Some(e) = failed {
-            if !recorded && !rerouted {
+        let marks = self
+            .record_marks_at(current, head, offset, &[server], epoch)
+            .await;
+        // Rerouted: it is being declared in sync, or is by now (see `crate::seal`): the change
+        // is routed again by the new view, where it is current and takes the change.
+        let rerouted = marks.rerouted.is_some();
+        if let Some(e) = marks.failed {
+            if !marks.by_any && !rerouted {
                 // The current replicas hold a write `server` lacks, and no mark says so.
                 self.distrust(current, head, offset, epoch).await;
             }
@@ -658,18 +688,16 @@ impl GatewayDevice {
                 )));
             }
         }
-        let marks = keep
-            .iter()
-            .map(|r| self.record_marks(*r, layer, offset, differ.to_vec(), epoch));
-        let results = join_all(marks).await;
-        let Some(e) = results.iter().find_map(|r| r.as_ref().err()) else {
+        let marks = self
+            .record_marks_at(keep, layer, offset, differ, epoch)
+            .await;
+        let Some(e) = marks.failed.or(marks.rerouted) else {
             return Ok(());
         };
-        let error = IoError::Io(format!("could not record a missed write: {e}"));
-        if results.iter().all(|r| r.is_err()) {
+        if !marks.by_any {
             self.distrust(keep, layer, offset, epoch).await;
         }
-        Err(error)
+        Err(IoError::Io(format!("could not record a missed write: {e}")))
     }
 
     /// Applies `change` to one chunk on all its replicas: first on the chunk's primary (its
@@ -747,29 +775,22 @@ impl GatewayDevice {
                 // Those that took it record the failed ones as missing it in `head`, now: the
                 // next attempt may write to a newer head (a snapshot committed meanwhile), and
                 // its marks would name that layer, not this one, whose copies then differ.
-                let marks = outcome.acked.iter().map(|r| {
-                    self.record_marks(*r, head, offset, outcome.failed.clone(), view.epoch)
-                });
-                let (mut recorded, mut failed) = (false, None);
-                for r in join_all(marks).await {
-                    match r {
-                        // A failed one is being declared in sync again, or is by now (see
-                        // `crate::seal`): the next attempt, by the new view, writes to it.
-                        Err(ReplicaError::Rerouted(_)) => {
-                            self.engine.wait_change(Duration::from_millis(20)).await;
-                        }
-                        Err(e) => failed = Some(e),
-                        Ok(_) => recorded = true,
-                    }
-                }
-                if let Some(e) = failed {
-                    if !recorded {
+                let marks = self
+                    .record_marks_at(&outcome.acked, head, offset, &outcome.failed, view.epoch)
+                    .await;
+                if let Some(e) = marks.failed {
+                    if !marks.by_any {
                         // The failed replicas are stale, but nothing says they lack this
                         // chunk: the copies of those that took it are replaced instead.
                         self.distrust(&outcome.acked, head, offset, view.epoch)
                             .await;
                     }
                     return Err(IoError::Io(format!("could not record a missed write: {e}")));
+                }
+                if marks.rerouted.is_some() {
+                    // A failed one is being declared in sync again, or is by now (see
+                    // `crate::seal`): the next attempt, by the new view, writes to it.
+                    self.engine.wait_change(Duration::from_millis(20)).await;
                 }
                 continue; // again, now with the failed replicas recorded as missing it
             }

@@ -37,6 +37,7 @@ use strata_types::{LayerId, ServerId, VolumeId, CHUNK_SIZE};
 use strata_wire::{Request, Response};
 
 use crate::engine::Engine;
+use crate::view::VolumeView;
 
 /// The unflushed writes of one incoming connection.
 struct Conn {
@@ -174,35 +175,13 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
                     .filter(|r| !view.current(*r, chunk))
                     .collect()
             } else {
-                // The first current replica that answers keeps its version, and has every
-                // other replica take it: one that did not answer (it died with the gateway,
-                // or is cut off), one that answers (the gateway may have died before it sent
-                // it the write) and one that is not current (the gateway writes to a lagging
-                // replica last). The others that answer take it on their own too (own marks).
-                let mut keeper = None;
-                let mut others = Vec::new();
-                for r in view.replicas_of(chunk) {
-                    if keeper.is_none() && view.current(r, chunk) {
-                        let alive = match answers.get(&r) {
-                            Some(a) => *a,
-                            None => {
-                                let a = run_of(&engine, r).await.is_some();
-                                answers.insert(r, a);
-                                a
-                            }
-                        };
-                        if alive {
-                            keeper = Some(r);
-                            continue;
-                        }
+                match kept_from(&engine, &view, chunk, &mut answers).await {
+                    Some(others) => others,
+                    None => {
+                        own.entry(volume).or_default().push((layer, chunk));
+                        continue;
                     }
-                    others.push(r);
                 }
-                if keeper != Some(me) {
-                    own.entry(volume).or_default().push((layer, chunk));
-                    continue;
-                }
-                others
             };
             let gaining = view.gaining(chunk);
             for r in others {
@@ -232,6 +211,40 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
             }
         }
     });
+}
+
+/// With the gateway gone: the replicas of `chunk` that are to take this server's version of
+/// it, or `None` if another keeps its own. The first current replica that answers keeps its
+/// version, and has every other replica take it: one that did not answer (it died with the
+/// gateway, or is cut off), one that answers (the gateway may have died before it sent it the
+/// write) and one that is not current (the gateway writes to a lagging replica last). The
+/// others that answer take it on their own too (own marks). `answers` remembers who answered.
+async fn kept_from(
+    engine: &Arc<Engine>,
+    view: &VolumeView,
+    chunk: u64,
+    answers: &mut HashMap<ServerId, bool>,
+) -> Option<Vec<ServerId>> {
+    let mut keeper = None;
+    let mut others = Vec::new();
+    for r in view.replicas_of(chunk) {
+        if keeper.is_none() && view.current(r, chunk) {
+            let answered = match answers.get(&r) {
+                Some(a) => *a,
+                None => {
+                    let a = run_of(engine, r).await.is_some();
+                    answers.insert(r, a);
+                    a
+                }
+            };
+            if answered {
+                keeper = Some(r);
+                continue;
+            }
+        }
+        others.push(r);
+    }
+    (keeper == Some(engine.me())).then_some(others)
 }
 
 /// Records `chunks` of `volume` as missed by this server itself: its copy of them is replaced

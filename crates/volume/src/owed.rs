@@ -13,8 +13,7 @@ use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use strata_types::{LayerId, ServerId, VolumeId, CHUNK_SIZE};
-use strata_wire::Request;
+use strata_types::{LayerId, ServerId, VolumeId};
 
 use crate::engine::Engine;
 
@@ -79,17 +78,13 @@ async fn deliver(engine: Arc<Engine>, volume: VolumeId, holder: ServerId) {
                 None => true,
                 Some(view) if !view.replicas_of(chunk).contains(&holder) => true,
                 Some(view) => {
-                    let mark = Request::Write {
+                    let mark = crate::replica::marks_request(
                         volume,
                         layer,
-                        offset: chunk * CHUNK_SIZE,
-                        data: bytes::Bytes::new(),
-                        fua: true,
-                        missed: vec![holder],
-                        hold: None,
-                        epoch: view.epoch,
-                        generation: 0,
-                    };
+                        chunk,
+                        vec![holder],
+                        view.epoch,
+                    );
                     match engine.ask(holder, mark, TRY_TIMEOUT).await {
                         Ok(_) => {
                             tracing::info!(%volume, server = %holder, layer = %layer, chunk,

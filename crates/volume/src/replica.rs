@@ -114,6 +114,29 @@ fn check_head(engine: &Engine, volume: VolumeId, layer: LayerId) -> Result<(), R
     }
 }
 
+/// The request that has its receiver record, durably on the answer, that each of `missed`
+/// lacks `chunk` of `layer` of `volume` (a marks-only write, routed by `epoch`; naming the
+/// receiver itself is an own mark).
+pub(crate) fn marks_request(
+    volume: VolumeId,
+    layer: LayerId,
+    chunk: u64,
+    missed: Vec<ServerId>,
+    epoch: u64,
+) -> Request {
+    Request::Write {
+        volume,
+        layer,
+        offset: chunk * CHUNK_SIZE,
+        data: Bytes::new(),
+        fua: false,
+        missed,
+        hold: None,
+        epoch,
+        generation: 0,
+    }
+}
+
 /// Records that each of `missed` missed writes to the chunk at `offset` of `layer`; returns
 /// whether there were any.
 fn record_missed(

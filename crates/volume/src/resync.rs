@@ -287,17 +287,8 @@ async fn repair_own(
             continue;
         };
         for layer in &view.layers {
-            let record = Request::Write {
-                volume: view.id,
-                layer: *layer,
-                offset: mark.chunk * CHUNK_SIZE,
-                data: bytes::Bytes::new(),
-                fua: false,
-                missed: vec![me],
-                hold: None,
-                epoch: view.epoch,
-                generation: 0,
-            };
+            let record =
+                crate::replica::marks_request(view.id, *layer, mark.chunk, vec![me], view.epoch);
             engine
                 .ask(source, record, COPY_TIMEOUT)
                 .await
