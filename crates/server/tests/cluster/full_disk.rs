@@ -155,16 +155,30 @@ async fn a_replica_whose_disk_fills_is_resynced_and_never_differs() {
         g.stop().await;
         return;
     }
-    g.create_volume("big", 1024 * MIB, 2).await;
-    // Room the test gives back later: with it, s3's share of the writes below (about two
-    // thirds of 120 MiB) does not fit; without it, it does.
+    let vol = g.create_volume("big", 1024 * MIB, 2).await;
+    let id: strata_types::VolumeId = serde_json::from_value(vol["id"].clone()).unwrap();
+    // The leading chunks written below hold `SHARE` chunks on s3, wherever placement puts them
+    // (a fixed range gives s3 anywhere from half to nine tenths of it).
+    const SHARE: usize = 16;
+    let mut chunks = 0u64;
+    let mut held = 0;
+    while held < SHARE {
+        held += usize::from(g.holders(id, chunks, 2).await.contains(&2));
+        chunks += 1;
+    }
+    // Room the test gives back later: with it, s3's share (64 MiB) does not fit; without it,
+    // it does, with room to spare for metadata and the store's reserve.
     let ballast = g.dir(2).join("ballast");
-    std::fs::write(&ballast, vec![1u8; 80 << 20]).unwrap();
+    let room = {
+        let fs = rustix::fs::statvfs(g.dir(2)).unwrap();
+        fs.f_bavail * fs.f_frsize
+    };
+    std::fs::write(&ballast, vec![1u8; (room - 32 * MIB) as usize]).unwrap();
     let a = g.nbd(0);
     let failed = blocking(move || {
         let mut c = connect(&a, "big");
         let mut failed = Vec::new();
-        for mib in 0..120u64 {
+        for mib in 0..chunks * 4 {
             let e = c
                 .write(mib * MIB, &[mib as u8 | 1; 1 << 20], false)
                 .unwrap();
@@ -180,6 +194,8 @@ async fn a_replica_whose_disk_fills_is_resynced_and_never_differs() {
     })
     .await;
     assert_eq!(failed, vec![], "writes the client saw fail");
+    let shown = g.get(0, "/v1/volumes/big").await;
+    assert_ne!(shown["status"], "healthy", "s3's disk never filled: {shown}");
     std::fs::remove_file(&ballast).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {

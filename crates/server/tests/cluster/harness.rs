@@ -461,6 +461,31 @@ impl Group {
         g
     }
 
+    /// The servers (by index) that hold `chunk` of volume `id` with `replicas` copies, best
+    /// first, by the placement every server computes.
+    pub async fn holders(
+        &self,
+        id: strata_types::VolumeId,
+        chunk: u64,
+        replicas: u8,
+    ) -> Vec<usize> {
+        let servers = self.get(0, "/v1/servers").await;
+        let ids: Vec<(usize, strata_types::ServerId)> = servers
+            .as_array()
+            .expect("a list of servers")
+            .iter()
+            .map(|s| {
+                let i = s["name"].as_str().unwrap()[1..].parse::<usize>().unwrap() - 1;
+                (i, serde_json::from_value(s["id"].clone()).unwrap())
+            })
+            .collect();
+        let layout: Vec<strata_types::ServerId> = ids.iter().map(|(_, s)| *s).collect();
+        strata_volume::placement::replicas_of(id, chunk, &layout, usize::from(replicas))
+            .into_iter()
+            .map(|r| ids.iter().find(|(_, s)| *s == r).unwrap().0)
+            .collect()
+    }
+
     /// Creates volume `name` of `size` bytes with `replicas` on `default`; returns its record.
     pub async fn create_volume(&self, name: &str, size: u64, replicas: u8) -> Value {
         let (status, body) = self

@@ -972,24 +972,19 @@ async fn chunk_zero_replicas(
     g: &Group,
     id: strata_types::VolumeId,
 ) -> (Vec<(usize, strata_types::ServerId)>, usize) {
+    let holders = g.holders(id, 0, 2).await;
     let servers = g.get(0, "/v1/servers").await;
-    let ids: Vec<(usize, strata_types::ServerId)> = servers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let i = s["name"].as_str().unwrap()[1..].parse::<usize>().unwrap() - 1;
-            (i, serde_json::from_value(s["id"].clone()).unwrap())
-        })
-        .collect();
-    let layout: Vec<strata_types::ServerId> = ids.iter().map(|(_, s)| *s).collect();
-    let replicas: Vec<(usize, strata_types::ServerId)> =
-        strata_volume::placement::replicas_of(id, 0, &layout, 2)
-            .into_iter()
-            .map(|r| *ids.iter().find(|(_, s)| *s == r).unwrap())
-            .collect();
-    let other = 3 - replicas[0].0 - replicas[1].0;
-    (replicas, other)
+    let id_of = |i: usize| -> strata_types::ServerId {
+        let name = format!("s{}", i + 1);
+        let s = servers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name.as_str());
+        serde_json::from_value(s.unwrap()["id"].clone()).unwrap()
+    };
+    let replicas = holders.iter().map(|i| (*i, id_of(*i))).collect();
+    (replicas, 3 - holders[0] - holders[1])
 }
 
 /// A gateway whose own copy is stale cannot have a replica marked stale: when the second
