@@ -195,7 +195,10 @@ async fn a_replica_whose_disk_fills_is_resynced_and_never_differs() {
     .await;
     assert_eq!(failed, vec![], "writes the client saw fail");
     let shown = g.get(0, "/v1/volumes/big").await;
-    assert_ne!(shown["status"], "healthy", "s3's disk never filled: {shown}");
+    assert_ne!(
+        shown["status"], "healthy",
+        "s3's disk never filled: {shown}"
+    );
     std::fs::remove_file(&ballast).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
