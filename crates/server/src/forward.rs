@@ -10,7 +10,9 @@
 //!   server record. If the leader cannot be reached at all (the request was not sent), the
 //!   middleware waits for a new leader and tries it; if the leader went away after the request
 //!   was sent, the answer is a 503 saying the change may or may not have been applied.
-//! - No leader within [`LEADER_WAIT`]: 503 "no quorum of managers: N of M reachable; ...".
+//! - No leader within [`LEADER_WAIT`]: 503 "no quorum of managers: N of M reachable; ..." if
+//!   only a minority of managers answers; while a majority does, an election is under way and
+//!   the request waits again, up to [`ELECTION_WAIT`] in all.
 //!
 //! Every wait is bounded, so a minority answers within a few seconds and never hangs.
 //! A forwarded request carries a hop count, so leadership moving mid-request cannot loop it.
@@ -22,10 +24,15 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long to wait for a leader to be known before answering that there is no quorum.
 pub const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// How long a request waits for a leader with a quorum while a majority of managers answers
+/// (several election timeouts, and more on a loaded machine), before it is refused.
+const ELECTION_WAIT: Duration = Duration::from_secs(15);
+/// How many leaders a request is forwarded to before it is refused.
+const MAX_FORWARDS: usize = 3;
 /// How long a forwarded request may take (longer than a write's own quorum timeout).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// A leader whose last quorum acknowledgement is older than this has lost its managers.
@@ -67,12 +74,21 @@ pub async fn forward_to_leader(State(app): State<AppState>, req: Request, next: 
         parts.uri.clone(),
         parts.headers.clone(),
     );
+    let deadline = Instant::now() + ELECTION_WAIT;
     let mut unreachable = None;
-    for _ in 0..3 {
+    let mut forwards = 0;
+    while forwards < MAX_FORWARDS {
         match leader(&app, unreachable).await {
-            None => break,
+            None => {
+                if !worth_waiting(&app, deadline).await {
+                    break;
+                }
+            }
             Some(id) if id == app.meta.node_id() => {
                 if !has_quorum(&app).await {
+                    if worth_waiting(&app, deadline).await {
+                        continue;
+                    }
                     break;
                 }
                 let run = next.run(Request::from_parts(parts, Body::from(body)));
@@ -101,6 +117,7 @@ pub async fn forward_to_leader(State(app): State<AppState>, req: Request, next: 
                     body: body.clone(),
                     hops: hops + 1,
                 };
+                forwards += 1;
                 match proxy(&app, &url, req).await {
                     Ok(resp) => return resp,
                     Err(ProxyError::NotSent(e)) => {
@@ -118,6 +135,17 @@ pub async fn forward_to_leader(State(app): State<AppState>, req: Request, next: 
         }
     }
     no_quorum(&app).await.into_response()
+}
+
+/// After a wait for a leader or a quorum came to nothing: whether to wait again, because a
+/// majority of managers answers (an election is under way, slow on a loaded machine) and
+/// `deadline` has not passed. A minority is refused at once.
+async fn worth_waiting(app: &AppState, deadline: Instant) -> bool {
+    if Instant::now() >= deadline {
+        return false;
+    }
+    let (reachable, total) = peers::reachable_managers(app).await;
+    reachable > total / 2
 }
 
 /// Waits up to [`LEADER_WAIT`] for a known leader other than `not`.
