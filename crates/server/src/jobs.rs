@@ -182,7 +182,9 @@ pub fn spawn<F>(app: AppState, handle: Arc<JobHandle>, work: F)
 where
     F: Future<Output = Outcome> + Send + 'static,
 {
-    tokio::spawn(async move {
+    // It ends with the server: the leader's watch then ends its record.
+    let engine = app.engine.clone();
+    engine.spawn_background(async move {
         let id = handle.id;
         let reporter = async {
             let mut sent = JobProgress::default();

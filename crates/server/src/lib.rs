@@ -44,6 +44,7 @@ pub struct RunningServer {
     /// The management state handle.
     pub meta: Meta,
     store: Arc<Store>,
+    engine: Arc<strata_volume::Engine>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -58,6 +59,7 @@ impl RunningServer {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+        self.engine.stop().await;
         self.meta.shutdown().await;
     }
 
@@ -67,6 +69,8 @@ impl RunningServer {
     /// SIGKILL: a write this server applied may not have reached the other replicas.
     pub async fn kill(mut self) {
         self.store.close_as_unclean();
+        // Nothing the engine started in the background outlives the crash.
+        self.engine.stop().await;
         self.meta.shutdown().await;
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
@@ -85,6 +89,7 @@ impl RunningServer {
     pub async fn wait(mut self) {
         self.shutdown.cancelled().await;
         while self.tasks.join_next().await.is_some() {}
+        self.engine.stop().await;
         self.meta.shutdown().await;
     }
 }
@@ -308,7 +313,7 @@ pub async fn start(
     if store.was_unclean() {
         distrust_own_copies(&engine, &meta, identity.id).await;
     }
-    let exports = Arc::new(exports::Exports::new(meta.clone(), engine));
+    let exports = Arc::new(exports::Exports::new(meta.clone(), engine.clone()));
     let nbd_shutdown = shutdown.child_token();
     let nbd_limits = config.nbd_limits.clone();
     tasks.spawn(async move {
@@ -326,6 +331,7 @@ pub async fn start(
         identity,
         meta,
         store,
+        engine,
         shutdown,
         tasks,
     })

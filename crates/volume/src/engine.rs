@@ -8,6 +8,7 @@
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use strata_store::Store;
 use strata_types::{LayerId, ServerId, VolumeId};
 use strata_wire::{ClientConfig, Pool, Request, Response, WireClient, WireError};
 use tokio::sync::{watch, OwnedRwLockWriteGuard, RwLock as AsyncRwLock};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::view::{Topology, VolumeView};
 use crate::Control;
@@ -59,6 +62,10 @@ pub struct Engine {
     tokens: std::sync::atomic::AtomicU64,
     /// The exports clients have open on this server, by a number each.
     opens: Arc<Mutex<HashMap<u64, OpenInfo>>>,
+    /// The engine's own work in the background ([`Engine::spawn_background`]).
+    background: TaskTracker,
+    /// Cancelled when the server stops: the background work ends.
+    stopping: CancellationToken,
 }
 
 /// One export a client has open through this server (see [`Engine::open_exports`]).
@@ -134,7 +141,36 @@ impl Engine {
             run: new_run_id(),
             tokens: std::sync::atomic::AtomicU64::new(0),
             opens: Arc::default(),
+            background: TaskTracker::new(),
+            stopping: CancellationToken::new(),
         })
+    }
+
+    /// Runs `work` in the background until it ends or the server stops ([`Engine::stop`]),
+    /// which waits for it. Nothing runs if there is no runtime (the server is going away).
+    pub fn spawn_background(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let stopping = self.stopping.clone();
+        self.background.spawn_on(
+            async move {
+                tokio::select! {
+                    biased;
+                    () = stopping.cancelled() => {}
+                    () = work => {}
+                }
+            },
+            &runtime,
+        );
+    }
+
+    /// Ends the background work and waits until it has: the server stops, and nothing it
+    /// started keeps its store open or talks to its peers afterwards.
+    pub async fn stop(&self) {
+        self.stopping.cancel();
+        self.background.close();
+        self.background.wait().await;
     }
 
     /// Names this run of the server: a new value at each start, answered to pings, so that a

@@ -194,11 +194,10 @@ impl Drop for Holds {
                 self.engine.ranges.release(volume, chunk, token);
                 continue;
             }
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                continue; // shutting down: the connection closes, which releases the holds
-            };
+            // Without a runtime (shutting down) nothing is sent: the connection closes, which
+            // releases the holds.
             let engine = self.engine.clone();
-            runtime.spawn(async move {
+            self.engine.spawn_background(async move {
                 let release = Request::Release {
                     volume,
                     chunk,

@@ -125,10 +125,12 @@ async fn run_of(engine: &Engine, peer: ServerId) -> Option<u64> {
 
 /// Learns, in the background, the run of the peer that writes over `conn`.
 pub(crate) fn learn_run(engine: &Arc<Engine>, conn: u64, peer: ServerId) {
-    let engine = engine.clone();
-    tokio::spawn(async move {
+    let learner = engine.clone();
+    engine.spawn_background(async move {
+        let engine = learner;
         let run = run_of(&engine, peer).await;
-        if let Some(c) = engine.incoming.conns.lock().get_mut(&conn) {
+        let mut conns = engine.incoming.conns.lock();
+        if let Some(c) = conns.get_mut(&conn) {
             c.run = run;
         }
     });
@@ -140,11 +142,9 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
     let Some((peer, run, chunks)) = engine.incoming.take(conn) else {
         return;
     };
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let engine = engine.clone();
-    runtime.spawn(async move {
+    let handler = engine.clone();
+    engine.spawn_background(async move {
+        let engine = handler;
         let now = run_of(&engine, peer).await;
         // Alive, and not restarted: its gateway keeps its own record of what the replicas
         // took, except for lagging replicas, written last and with no mark: this connection

@@ -52,13 +52,10 @@ pub(crate) fn owe(
             .insert((layer, chunk));
         new
     };
-    if !new {
-        return; // its task is running, and takes this one too
+    if new {
+        // Otherwise its task is running, and takes this one too.
+        engine.spawn_background(deliver(engine.clone(), volume, holder));
     }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(deliver(engine.clone(), volume, holder));
 }
 
 /// Sends `holder` the marks owed to it for `volume` until none is left.
