@@ -461,6 +461,19 @@ impl Group {
         g
     }
 
+    /// The id of server `i` (named `s{i+1}`), from the server list.
+    pub async fn server_id(&self, i: usize) -> strata_types::ServerId {
+        let servers = self.get(0, "/v1/servers").await;
+        let name = format!("s{}", i + 1);
+        let s = servers
+            .as_array()
+            .expect("a list of servers")
+            .iter()
+            .find(|s| s["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("no server {name} in {servers}"));
+        serde_json::from_value(s["id"].clone()).unwrap()
+    }
+
     /// The servers (by index) that hold `chunk` of volume `id` with `replicas` copies, best
     /// first, by the placement every server computes.
     pub async fn holders(

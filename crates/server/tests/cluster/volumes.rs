@@ -899,14 +899,16 @@ async fn a_lagging_write_lost_while_its_gateway_lives_on_is_copied_again() {
 async fn lagging_write_lost_with_its_gateway(one_way: bool) {
     const IN_SYNC: &str = "resync::before_in_sync";
     const LAGGING: &str = "gateway::before_lagging";
+    // Fail points are process-wide and keyed by volume name: the two variants run at once.
+    let name = if one_way { "lg-one-way" } else { "lg" };
     let g = Group::cluster(3).await;
-    let vol = g.create_volume("lg", CHUNK, 2).await;
+    let vol = g.create_volume(name, CHUNK, 2).await;
     let id: strata_types::VolumeId = serde_json::from_value(vol["id"].clone()).unwrap();
     let (replicas, gateway) = chunk_zero_replicas(&g, id).await;
     let (current, stale) = (replicas[0].0, replicas[1].0);
     let write = |addr: String, seed: u64, fua: bool| {
         blocking(move || {
-            let mut c = connect(&addr, "lg");
+            let mut c = connect(&addr, name);
             let done = c.write(0, &pattern(seed, 8192), fua);
             c.disconnect();
             done
@@ -914,7 +916,7 @@ async fn lagging_write_lost_with_its_gateway(one_way: bool) {
     };
     assert_eq!(write(g.nbd(gateway), 1, true).await.unwrap(), 0);
     // The second replica is stale, with nothing to copy; its declaration in sync waits.
-    let declaring = pause_at(IN_SYNC, "lg");
+    let declaring = pause_at(IN_SYNC, name);
     let (status, body) = g
         .post(
             current,
@@ -925,7 +927,7 @@ async fn lagging_write_lost_with_its_gateway(one_way: bool) {
     assert_eq!(status, 200, "{body}");
     wait_reached(&declaring, 1, "the stale replica's resync").await;
     // The next write reaches the current replica; its gateway dies before the stale one.
-    let lagging = pause_at(LAGGING, "lg");
+    let lagging = pause_at(LAGGING, name);
     let lost = tokio::spawn(write(g.nbd(gateway), 2, false));
     wait_reached(&lagging, 1, "the write to the lagging replica").await;
     // The gateway is cut off from both replicas: its connections close with the write
@@ -935,7 +937,7 @@ async fn lagging_write_lost_with_its_gateway(one_way: bool) {
     } else {
         g.cut(gateway, &[current, stale]);
     }
-    resume(LAGGING, "lg");
+    resume(LAGGING, name);
     let _ = lost.await;
     // The current replica sees the gateway go and records the write as missed by the stale
     // one while its declaration in sync, counted before, still waits: that declaration must
@@ -959,10 +961,10 @@ async fn lagging_write_lost_with_its_gateway(one_way: bool) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    resume(IN_SYNC, "lg");
+    resume(IN_SYNC, name);
     g.heal();
-    g.wait_status(current, "lg", "healthy").await;
-    let report = g.verify(current, "lg", false).await;
+    g.wait_status(current, name, "healthy").await;
+    let report = g.verify(current, name, false).await;
     assert_eq!(report["mismatches"], json!([]), "{report}");
     g.stop().await;
 }
@@ -973,17 +975,10 @@ async fn chunk_zero_replicas(
     id: strata_types::VolumeId,
 ) -> (Vec<(usize, strata_types::ServerId)>, usize) {
     let holders = g.holders(id, 0, 2).await;
-    let servers = g.get(0, "/v1/servers").await;
-    let id_of = |i: usize| -> strata_types::ServerId {
-        let name = format!("s{}", i + 1);
-        let s = servers
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name.as_str());
-        serde_json::from_value(s.unwrap()["id"].clone()).unwrap()
-    };
-    let replicas = holders.iter().map(|i| (*i, id_of(*i))).collect();
+    let mut replicas = Vec::new();
+    for i in &holders {
+        replicas.push((*i, g.server_id(*i).await));
+    }
     (replicas, 3 - holders[0] - holders[1])
 }
 
@@ -1007,16 +1002,7 @@ async fn a_write_that_one_replica_took_and_could_not_be_fenced_is_undone() {
     };
     assert_eq!(write(g.nbd(gateway), 1).await.unwrap(), 0);
     // The gateway's server is stale (for chunks it holds), and stays so for now.
-    let gateway_id = {
-        let servers = g.get(0, "/v1/servers").await;
-        let name = format!("s{}", gateway + 1);
-        let s = servers
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name.as_str());
-        s.unwrap()["id"].clone()
-    };
+    let gateway_id = g.server_id(gateway).await;
     let declaring = pause_at(IN_SYNC, "rs");
     let (status, body) = g
         .post(
