@@ -341,6 +341,13 @@ impl Engine {
         self.topology.read().volumes.get(&volume).cloned()
     }
 
+    /// The routing epoch to copy a chunk of `view`'s volume by: the latest this server knows,
+    /// which may be past `view`'s (see [`crate::replica::put_chunk`]).
+    pub fn epoch_of(&self, view: &crate::VolumeView) -> u64 {
+        self.view(view.id)
+            .map_or(view.epoch, |v| v.epoch.max(view.epoch))
+    }
+
     /// Waits until the view of `volume` satisfies `pred`, at most `timeout`; returns whether it
     /// does.
     pub async fn wait_view(

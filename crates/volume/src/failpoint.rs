@@ -23,3 +23,18 @@ pub async fn pause(name: &str, key: &str) {
     #[cfg(not(feature = "failpoints"))]
     let _ = (name, key);
 }
+
+/// Sleeps for the milliseconds the fail point `"{name}::{key()}"` returns, if it is on (a
+/// test turns it on with `fail::cfg(…, "1*return(7000)")` to delay the first task that gets
+/// there, and only that one); does nothing without the `failpoints` feature.
+pub async fn delay(name: &str, key: impl FnOnce() -> String) {
+    #[cfg(feature = "failpoints")]
+    {
+        let point = format!("{name}::{}", key());
+        if let Some(ms) = fail::eval(&point, |arg| arg.and_then(|a| a.parse::<u64>().ok())) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms.unwrap_or(0))).await;
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = (name, key);
+}

@@ -249,6 +249,14 @@ pub async fn write(
     } else {
         let admitted = admit(engine, volume, offset, data.len() as u64, order).await?;
         check_head(engine, volume, layer)?;
+        crate::failpoint::delay("replica::before_apply", || {
+            let name = engine
+                .view(volume)
+                .map(|v| v.name.clone())
+                .unwrap_or_default();
+            format!("{name}@{}", engine.me())
+        })
+        .await;
         Some(admitted)
     };
     let marks = admit_marks(engine, volume, offset, &missed, order.epoch).await?;
@@ -394,7 +402,10 @@ pub async fn get_chunk(
 }
 
 /// Replaces this server's image of `chunk` in `layer` (repair or resync; with `durable`,
-/// durable on return, otherwise with the next flush).
+/// durable on return, otherwise with the next flush), as a change routed by `epoch`, the
+/// copying server's: a write of an earlier epoch still on its way here (its gateway gave up
+/// on it, and the image already holds it or a later write) lands before the image or is
+/// refused, never on top of it (see [`crate::order`]).
 pub async fn put_chunk(
     engine: &Arc<Engine>,
     volume: VolumeId,
@@ -402,9 +413,16 @@ pub async fn put_chunk(
     chunk: u64,
     image: ChunkImage,
     durable: bool,
+    epoch: u64,
 ) -> Result<(), ReplicaError> {
+    let order = Order {
+        epoch,
+        holder: None,
+    };
+    let admitted = admit(engine, volume, chunk * CHUNK_SIZE, CHUNK_SIZE, order).await?;
     let engine = engine.clone();
     blocking(move || {
+        let _admitted = admitted;
         Ok(engine
             .store()
             .put_chunk_image(volume, layer, chunk, &image, durable)?)
@@ -538,6 +556,7 @@ impl Handler for ReplicaHandler {
                 layer,
                 chunk,
                 durable,
+                epoch,
                 maps,
                 blocks,
             } => {
@@ -547,7 +566,7 @@ impl Handler for ReplicaHandler {
                     blocks,
                     generation: maps.generation,
                 };
-                answer(put_chunk(e, volume, layer, chunk, image, durable).await)
+                answer(put_chunk(e, volume, layer, chunk, image, durable, epoch).await)
             }
             Request::Digest {
                 volume,

@@ -394,6 +394,7 @@ async fn copy_between(
             layer,
             chunk: mark.chunk,
             durable: false,
+            epoch: engine.epoch_of(view),
             maps,
             blocks,
         };

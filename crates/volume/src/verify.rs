@@ -260,6 +260,7 @@ async fn fix(
                 layer: *l,
                 chunk: problem.chunk,
                 durable: true,
+                epoch: engine.epoch_of(view),
                 maps,
                 blocks,
             };

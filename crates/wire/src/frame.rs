@@ -6,7 +6,7 @@
 //! ```text
 //! offset size field
 //!      0    4 magic          b"STRW" (0x5354_5257)
-//!      4    2 version        PROTOCOL_VERSION (5)
+//!      4    2 version        PROTOCOL_VERSION (7)
 //!      6    1 kind           0 = request, 1 = response
 //!      7    1 flags          reserved, must be 0
 //!      8    8 request id     chosen by the client, echoed in the response
@@ -37,7 +37,7 @@ use crate::error::FrameError;
 /// The four bytes that open every frame and every handshake.
 pub const MAGIC: [u8; 4] = *b"STRW";
 /// The protocol version this build speaks, in the handshake and in every frame header.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 26;
 /// The default bound on a frame's payload: 64 MiB, well above one 4 MiB chunk.

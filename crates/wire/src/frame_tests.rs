@@ -311,6 +311,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 layer: LayerId::from_bytes(l),
                 chunk,
                 durable: chunk % 2 == 0,
+                epoch: chunk / 5,
                 maps: Box::new(ChunkMaps {
                     data,
                     zero,

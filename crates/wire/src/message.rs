@@ -13,7 +13,7 @@
 //! 0x0004 Trim     volume 16 | layer 16 | offset u64 | len u64 | hold u64 | epoch u64 | generation u64 | missed
 //! 0x0005 Ping     (empty)
 //! 0x0006 GetChunk volume 16 | layer 16 | chunk u64
-//! 0x0007 PutChunk volume 16 | layer 16 | chunk u64 | durable u8 | maps | blocks ..
+//! 0x0007 PutChunk volume 16 | layer 16 | chunk u64 | durable u8 | epoch u64 | maps | blocks ..
 //! 0x0008 Digest   volume 16 | has_layer u8 | layer 16 (zero if none) | chunk u64
 //! 0x0009 Allocation volume 16 | has_layer u8 | layer 16 (zero if none) | offset u64 | len u32
 //! 0x000a Release  volume 16 | chunk u64 | token u64
@@ -37,6 +37,7 @@
 //! Version 5 added `epoch` to Write and Trim, and the error code `Rerouted`.
 //! Version 6 added write generations: `generation` to Write, Trim, the chunk maps and the
 //! Digest answer, and the `Applied` answer to Write and Trim.
+//! Version 7 added `epoch` to PutChunk.
 //!
 //! A new field or message means a new protocol version (negotiated in the handshake), never a
 //! silent reinterpretation of these bytes.
@@ -135,6 +136,10 @@ pub enum Request {
         chunk: u64,
         /// Durable on the answer (synced); otherwise it is made durable by the next `Flush`.
         durable: bool,
+        /// The volume's routing epoch at the copying server: the receiver admits the copy as a
+        /// change of that epoch, so a write of an earlier one still on its way lands before
+        /// the copy or not at all.
+        epoch: u64,
         /// The chunk's block maps.
         maps: Box<ChunkMaps>,
         /// The data blocks' bytes, in block order.
@@ -463,7 +468,7 @@ impl WireMessage for Request {
             Self::Trim { missed, .. } => ID + ID + 8 + 8 + 8 + 8 + 8 + 1 + missed.len() * ID,
             Self::Ping => 0,
             Self::GetChunk { .. } => ID + ID + 8,
-            Self::PutChunk { blocks, .. } => ID + ID + 8 + 1 + MAPS + blocks.len(),
+            Self::PutChunk { blocks, .. } => ID + ID + 8 + 1 + 8 + MAPS + blocks.len(),
             Self::Digest { .. } => ID + 1 + ID + 8,
             Self::Release { .. } => ID + 8 + 8,
         }
@@ -552,6 +557,7 @@ impl WireMessage for Request {
                 layer,
                 chunk,
                 durable,
+                epoch,
                 maps,
                 ..
             } => {
@@ -559,6 +565,7 @@ impl WireMessage for Request {
                 dst.put_slice(&layer.to_bytes());
                 dst.put_u64(*chunk);
                 dst.put_u8(u8::from(*durable));
+                dst.put_u64(*epoch);
                 put_maps(dst, maps);
             }
             Self::Digest {
@@ -668,17 +675,19 @@ impl WireMessage for Request {
                 })
             }
             T_PUT_CHUNK => {
-                need(t, &p, ID + ID + 8 + 1 + MAPS, true)?;
+                need(t, &p, ID + ID + 8 + 1 + 8 + MAPS, true)?;
                 let volume = VolumeId::from_bytes(get_id(&mut p));
                 let layer = LayerId::from_bytes(get_id(&mut p));
                 let chunk = p.get_u64();
                 let durable = flag(t, p.get_u8(), "durable flag")?;
+                let epoch = p.get_u64();
                 let maps = get_maps(t, &mut p)?;
                 Ok(Self::PutChunk {
                     volume,
                     layer,
                     chunk,
                     durable,
+                    epoch,
                     maps,
                     blocks: p,
                 })

@@ -969,6 +969,63 @@ async fn lagging_write_lost_with_its_gateway(one_way: bool) {
     g.stop().await;
 }
 
+/// A write to a chunk's second replica is held up there, after it was admitted, past its
+/// gateway's patience: the gateway marks that replica stale and acknowledges through the
+/// first, and the client writes the blocks again while the second is still counted down. When
+/// resync copies the chunk over, the held-up write must land before the copy, not on top of it:
+/// else the second replica ends up with the older write and says it is in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_held_up_at_a_replica_never_lands_on_a_later_copy() {
+    const APPLY: &str = "replica::before_apply";
+    let name = "held";
+    let g = Group::cluster(3).await;
+    let vol = g.create_volume(name, CHUNK, 2).await;
+    let id: strata_types::VolumeId = serde_json::from_value(vol["id"].clone()).unwrap();
+    let (replicas, gateway) = chunk_zero_replicas(&g, id).await;
+    let second = replicas[1].1;
+    let write = |addr: String, seed: u64| {
+        blocking(move || {
+            let mut c = connect(&addr, name);
+            let done = c.write(0, &pattern(seed, 8192), true);
+            c.disconnect();
+            done
+        })
+    };
+    assert_eq!(write(g.nbd(gateway), 1).await.unwrap(), 0);
+    // The next write to the second replica waits there 9 s, well past the gateway's 5 s.
+    let held = std::time::Instant::now();
+    fail::cfg(format!("{APPLY}::{name}@{second}"), "1*return(9000)").unwrap();
+    assert_eq!(
+        write(g.nbd(gateway), 2).await.unwrap(),
+        0,
+        "acknowledged through the first"
+    );
+    assert!(
+        held.elapsed() < Duration::from_secs(9),
+        "the gateway waited for the held write"
+    );
+    assert_eq!(write(g.nbd(gateway), 3).await.unwrap(), 0);
+    g.wait_status(gateway, name, "healthy").await;
+    // Whatever resync did meanwhile, the held write is in by now.
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(held.elapsed())).await;
+    fail::remove(format!("{APPLY}::{name}@{second}"));
+    g.wait_status(gateway, name, "healthy").await;
+    let report = g.verify(gateway, name, false).await;
+    assert_eq!(report["mismatches"], json!([]), "{report}");
+    for (i, _) in &replicas {
+        let c = g.nbd(*i);
+        let got = blocking(move || {
+            let mut c = connect(&c, name);
+            let got = c.read(0, 8192).unwrap().unwrap();
+            c.disconnect();
+            got
+        })
+        .await;
+        assert!(got == pattern(3, 8192), "server {i} lost the last write");
+    }
+    g.stop().await;
+}
+
 /// The replicas of chunk 0 of `id` best first, and the index of the server holding none.
 async fn chunk_zero_replicas(
     g: &Group,
