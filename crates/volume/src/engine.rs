@@ -44,6 +44,8 @@ pub struct Engine {
     chunk_locks: Box<[tokio::sync::Mutex<()>]>,
     held: Mutex<HashMap<u64, Vec<OwnedRwLockWriteGuard<()>>>>,
     down: Mutex<HashMap<ServerId, Instant>>,
+    /// Taken while [`Engine::move_epoch_past`] commits a move.
+    epoch_moves: tokio::sync::Mutex<()>,
     /// Resync progress of this server's copies to stale replicas.
     pub resync: crate::resync::Tracker,
     /// The blocks held by writes for which this server is the chunk's primary.
@@ -132,6 +134,7 @@ impl Engine {
                 .collect(),
             held: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
+            epoch_moves: tokio::sync::Mutex::new(()),
             resync: crate::resync::Tracker::default(),
             ranges: crate::order::RangeLocks::default(),
             epochs: crate::order::EpochFences::default(),
@@ -482,6 +485,44 @@ impl Engine {
     /// Snapshot barrier, last step: lets the writes held by `barrier` go.
     pub fn release(&self, barrier: u64) {
         self.held.lock().remove(&barrier);
+    }
+
+    /// Has the management group move the routing epoch of `volume` past `epoch`, if this
+    /// server's view has not moved past it already, by recording again that `server` (a stale
+    /// replica) missed writes; waits until this server's view shows it and returns the view's
+    /// epoch. A write of `epoch` that `server` may still apply later (its gateway gave up on
+    /// it) can then never land on a copy made by a later epoch (see
+    /// [`crate::replica::put_chunk`]). `None` (nothing to do) when `server` is not stale.
+    pub async fn move_epoch_past(
+        &self,
+        volume: VolumeId,
+        server: ServerId,
+        epoch: u64,
+    ) -> Result<Option<u64>, String> {
+        let moved = |v: &crate::VolumeView| (v.epoch > epoch).then_some(v.epoch);
+        let Some(view) = self.view(volume) else {
+            return Ok(None);
+        };
+        if !view.stale.contains(&server) {
+            return Ok(None);
+        }
+        // One commit per epoch: the writes that failed together wait for the first one's.
+        let _one = self.epoch_moves.lock().await;
+        if let Some(now) = self.view(volume).as_deref().and_then(moved) {
+            return Ok(Some(now));
+        }
+        tracing::info!(%volume, %server, epoch, "a write to a stale replica is in doubt; moving the volume's routing epoch");
+        self.control.mark_stale(volume, server).await?;
+        self.wait_view(volume, Duration::from_secs(5), |v| {
+            v.is_none_or(|v| v.epoch > epoch)
+        })
+        .await;
+        match self.view(volume) {
+            None => Ok(None),
+            Some(v) => moved(&v).map(Some).ok_or_else(|| {
+                "the routing epoch was moved but the move has not reached this server yet".into()
+            }),
+        }
     }
 
     /// Records through the management group that `server` missed writes to `volume`, and waits

@@ -36,6 +36,8 @@ use crate::view::VolumeView;
 const RETRY_WINDOW: Duration = Duration::from_secs(10);
 /// How long one replica may take to answer one request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a replica asked to record marks may take to reach their routing epoch.
+const MARKS_WAIT: Duration = Duration::from_secs(2);
 
 /// What was written to one replica since its last flush.
 #[derive(Default)]
@@ -447,8 +449,29 @@ impl GatewayDevice {
     ) -> Result<u64, ReplicaError> {
         // Durable on the answer (the receiver flushes marks at once), so no flush owes it.
         let mark = Change::Write(Bytes::new());
-        self.send_change(holder, layer, offset, mark, true, missed, epoch, None, 0)
-            .await
+        let deadline = Instant::now() + MARKS_WAIT;
+        loop {
+            let sent = self
+                .send_change(
+                    holder,
+                    layer,
+                    offset,
+                    mark.clone(),
+                    true,
+                    missed.clone(),
+                    epoch,
+                    None,
+                    0,
+                )
+                .await;
+            match sent {
+                // It has not caught up with `epoch` yet.
+                Err(ReplicaError::NotReady(_)) if Instant::now() < deadline => {
+                    self.engine.wait_change(Duration::from_millis(20)).await;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Has each of `holders` record that each of `missed` lacks the chunk at `offset` of
@@ -640,12 +663,20 @@ impl GatewayDevice {
             return Ok(false);
         }
         tracing::debug!(volume = %self.volume, %server, error = %e, "write to a lagging replica failed; marking it");
+        let mut moved = Ok(None);
         if matches!(e, ReplicaError::Io(_)) {
             // Its connection may have dropped with earlier writes unflushed.
             self.lost_writes(server).await?;
+            // It may still apply this write, after the copy the marks ask for: that copy must
+            // be made by a later epoch, which it admits only after the write or never.
+            moved = self
+                .engine
+                .move_epoch_past(self.volume, server, epoch)
+                .await;
         }
+        let marks_epoch = moved.as_ref().ok().copied().flatten().unwrap_or(epoch);
         let marks = self
-            .record_marks_at(current, head, offset, &[server], epoch)
+            .record_marks_at(current, head, offset, &[server], marks_epoch)
             .await;
         // Rerouted: it is being declared in sync, or is by now (see `crate::seal`): the change
         // is routed again by the new view, where it is current and takes the change.
@@ -657,6 +688,11 @@ impl GatewayDevice {
             }
             return Err(IoError::Io(format!(
                 "could not record that server {server} missed a write: {e}"
+            )));
+        }
+        if let Err(e) = moved {
+            return Err(IoError::Io(format!(
+                "server {server} may still apply a write it did not answer, and the volume's routing could not be moved past it: {e}"
             )));
         }
         Ok(!rerouted)

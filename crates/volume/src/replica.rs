@@ -245,6 +245,15 @@ pub async fn write(
 ) -> Result<u64, ReplicaError> {
     let marks_only = data.is_empty();
     let _admitted = if marks_only {
+        // A mark made by an epoch this server has not reached could be copied by an earlier
+        // one, which a write the mark is about may still follow (see `put_chunk`).
+        let known = engine.view(volume).map_or(0, |v| v.epoch);
+        if order.epoch > known {
+            return Err(ReplicaError::NotReady(format!(
+                "routing epoch {} of volume {volume} is not known here yet (at {known})",
+                order.epoch
+            )));
+        }
         None
     } else {
         let admitted = admit(engine, volume, offset, data.len() as u64, order).await?;

@@ -327,6 +327,7 @@ async fn copy_mark(
     view: &VolumeView,
     mark: &MissedChunk,
 ) -> Result<(), String> {
+    crate::failpoint::pause("resync::before_copy", &view.name).await;
     let to = mark.server;
     let run = run_of(engine, to).await?;
     {
