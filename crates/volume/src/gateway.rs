@@ -71,6 +71,10 @@ pub(crate) struct Links {
     map: Mutex<HashMap<ServerId, Link>>,
     /// Numbers the writes, for [`Link::unflushed`].
     writes: AtomicU64,
+    /// Counts the times a replica turned out to have lost unflushed writes of which it was the
+    /// only current copy: each fails the next flush of every export open then (see
+    /// [`GatewayDevice::reported`]).
+    losses: AtomicU64,
 }
 
 impl Links {
@@ -224,6 +228,9 @@ pub struct GatewayDevice {
     read_only: bool,
     gate: Arc<AsyncRwLock<()>>,
     links: Arc<Links>,
+    /// The [`Links::losses`] this export's client has been told of (by a failed flush), or
+    /// that came before it opened.
+    reported: AtomicU64,
     metrics: DeviceMetrics,
     /// Keeps this export listed among the volume's open ones while it lives.
     _open: crate::engine::OpenExport,
@@ -265,10 +272,12 @@ impl GatewayDevice {
         read_only: bool,
         client: String,
     ) -> Self {
+        let links = engine.links(volume);
         Self {
             _open: engine.opened(volume, layer, client),
             gate: engine.gate(volume),
-            links: engine.links(volume),
+            reported: AtomicU64::new(links.losses.load(Ordering::SeqCst)),
+            links,
             engine,
             volume,
             layer,
@@ -535,11 +544,14 @@ impl GatewayDevice {
         }
         if sole {
             // It is the only current copy of some of them: nothing can be marked or repaired,
-            // so the flush fails, once (the client learns its unflushed writes may be lost, as
-            // with a failed disk); what it still holds as unflushed is flushed again next time.
+            // so the next flush of every open export fails, once (each client learns its
+            // unflushed writes may be lost, as with a failed disk; the writes of several
+            // connections share these records); what it still holds as unflushed is flushed
+            // again next time.
             if let Some(l) = self.links.lock().get_mut(&server) {
                 l.lost.clear();
             }
+            self.links.losses.fetch_add(1, Ordering::SeqCst);
             return Err(IoError::Io(format!(
                 "server {server}, the only current replica of some chunks, may have lost unflushed writes"
             )));
@@ -1067,7 +1079,16 @@ impl BlockDevice for GatewayDevice {
             return Ok(());
         }
         let started = Instant::now();
-        let result = self.flush_all().await;
+        let mut result = self.flush_all().await;
+        let losses = self.links.losses.load(Ordering::SeqCst);
+        if self.reported.swap(losses, Ordering::SeqCst) < losses && result.is_ok() {
+            // Another export found the loss first: it may have taken writes of this one too.
+            result = Err(IoError::Io(
+                "a replica that was the only current copy of some chunks lost unflushed writes; \
+                 writes made since the last successful flush may be lost"
+                    .into(),
+            ));
+        }
         self.metrics.record(Op::Flush, 0, started, &result);
         result
     }

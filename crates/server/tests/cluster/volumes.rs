@@ -419,6 +419,50 @@ async fn a_flush_on_one_connection_covers_the_writes_of_another() {
     g.stop().await;
 }
 
+/// A power failure takes unflushed writes from a chunk's last current replica: nothing can
+/// bring them back, so a flush must fail — on every connection that may have written them, not
+/// only on the first to flush after the loss. Here one connection flushes first (and fails);
+/// the other, whose write was lost, must not then be told its writes are durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_unflushed_write_fails_the_flush_of_every_connection() {
+    let name = "lost-mc";
+    let mut g = Group::cluster(3).await;
+    let vol = g.create_volume(name, CHUNK, 2).await;
+    let id: strata_types::VolumeId = serde_json::from_value(vol["id"].clone()).unwrap();
+    let (replicas, gateway) = chunk_zero_replicas(&g, id).await;
+    let (last, down) = (replicas[0].0, replicas[1].0);
+    let addr = g.nbd(gateway);
+    let (mut first, mut second) =
+        blocking(move || (connect(&addr, name), connect(&addr, name))).await;
+    g.kill(down).await;
+    // The first connection's write finds the other replica gone and has it marked stale.
+    let (first, second) = blocking(move || {
+        assert_eq!(first.write(0, &pattern(1, 4096), false).unwrap(), 0);
+        assert_eq!(first.flush().unwrap(), 0);
+        // The second connection's write is on the last current replica only, not flushed.
+        assert_eq!(second.write(65536, &pattern(2, 4096), false).unwrap(), 0);
+        (first, second)
+    })
+    .await;
+    g.crash(last).await;
+    g.restart(last).await;
+    blocking(move || {
+        let (mut first, mut second) = (first, second);
+        assert_ne!(first.flush().unwrap(), 0, "the first flush after the loss");
+        let flushed = second.flush().unwrap();
+        let got = second.read(65536, 4096).unwrap();
+        assert!(
+            flushed != 0 || got.as_deref() == Ok(&pattern(2, 4096)[..]),
+            "the second connection's write was lost and its flush succeeded"
+        );
+        first.disconnect();
+        second.disconnect();
+    })
+    .await;
+    g.restart(down).await;
+    g.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn verify_finds_and_repairs_a_damaged_replica() {
     let g = Group::start(2).await;
