@@ -154,6 +154,11 @@ fn record_missed(
     Ok(!missed.is_empty())
 }
 
+/// The routing epoch of `volume` in this server's management state (0: not known here).
+fn known_epoch(engine: &Engine, volume: VolumeId) -> u64 {
+    engine.view(volume).map_or(0, |v| v.epoch)
+}
+
 /// Admits a change of `[offset, offset+len)` ordered by `order` (see [`crate::order`]): as the
 /// chunk's primary, first holds the blocks, waiting for overlapping writes of other gateways to
 /// be released; then checks the routing epoch. Answers `NotReady` (the gateway retries) if the
@@ -174,7 +179,7 @@ async fn admit(
             )));
         }
     }
-    let known = engine.view(volume).map_or(0, |v| v.epoch);
+    let known = known_epoch(engine, volume);
     engine
         .epochs
         .admit(volume, order.epoch, known)
@@ -247,7 +252,7 @@ pub async fn write(
     let _admitted = if marks_only {
         // A mark made by an epoch this server has not reached could be copied by an earlier
         // one, which a write the mark is about may still follow (see `put_chunk`).
-        let known = engine.view(volume).map_or(0, |v| v.epoch);
+        let known = known_epoch(engine, volume);
         if order.epoch > known {
             return Err(ReplicaError::NotReady(format!(
                 "routing epoch {} of volume {volume} is not known here yet (at {known})",

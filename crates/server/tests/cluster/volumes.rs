@@ -426,10 +426,7 @@ async fn a_flush_on_one_connection_covers_the_writes_of_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_unflushed_write_fails_the_flush_of_every_connection() {
     let name = "lost-mc";
-    let mut g = Group::cluster(3).await;
-    let vol = g.create_volume(name, CHUNK, 2).await;
-    let id: strata_types::VolumeId = serde_json::from_value(vol["id"].clone()).unwrap();
-    let (replicas, gateway) = chunk_zero_replicas(&g, id).await;
+    let (mut g, replicas, gateway) = one_chunk_volume(name).await;
     let (last, down) = (replicas[0].0, replicas[1].0);
     let addr = g.nbd(gateway);
     let (mut first, mut second) =
@@ -1022,25 +1019,15 @@ async fn lagging_write_lost_with_its_gateway(one_way: bool) {
 async fn a_write_held_up_at_a_replica_never_lands_on_a_later_copy() {
     const APPLY: &str = "replica::before_apply";
     let name = "held";
-    let g = Group::cluster(3).await;
-    let vol = g.create_volume(name, CHUNK, 2).await;
-    let id: strata_types::VolumeId = serde_json::from_value(vol["id"].clone()).unwrap();
-    let (replicas, gateway) = chunk_zero_replicas(&g, id).await;
+    let (g, replicas, gateway) = one_chunk_volume(name).await;
     let second = replicas[1].1;
-    let write = |addr: String, seed: u64| {
-        blocking(move || {
-            let mut c = connect(&addr, name);
-            let done = c.write(0, &pattern(seed, 8192), true);
-            c.disconnect();
-            done
-        })
-    };
-    assert_eq!(write(g.nbd(gateway), 1).await.unwrap(), 0);
+    let write = |addr: String, seed: u64| durable_write(addr, name, 0, seed);
+    assert_eq!(write(g.nbd(gateway), 1).await, 0);
     // The next write to the second replica waits there 9 s, well past the gateway's 5 s.
     let held = std::time::Instant::now();
     fail::cfg(format!("{APPLY}::{name}@{second}"), "1*return(9000)").unwrap();
     assert_eq!(
-        write(g.nbd(gateway), 2).await.unwrap(),
+        write(g.nbd(gateway), 2).await,
         0,
         "acknowledged through the first"
     );
@@ -1048,7 +1035,7 @@ async fn a_write_held_up_at_a_replica_never_lands_on_a_later_copy() {
         held.elapsed() < Duration::from_secs(9),
         "the gateway waited for the held write"
     );
-    assert_eq!(write(g.nbd(gateway), 3).await.unwrap(), 0);
+    assert_eq!(write(g.nbd(gateway), 3).await, 0);
     g.wait_status(gateway, name, "healthy").await;
     // Whatever resync did meanwhile, the held write is in by now.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(held.elapsed())).await;
@@ -1066,39 +1053,29 @@ async fn a_write_held_up_at_a_lagging_replica_never_lands_on_a_later_copy() {
     const APPLY: &str = "replica::before_apply";
     const COPY: &str = "resync::before_copy";
     let name = "held-lagging";
-    let g = Group::cluster(3).await;
-    let vol = g.create_volume(name, CHUNK, 2).await;
-    let id: strata_types::VolumeId = serde_json::from_value(vol["id"].clone()).unwrap();
-    let (replicas, gateway) = chunk_zero_replicas(&g, id).await;
+    let (g, replicas, gateway) = one_chunk_volume(name).await;
     let second = replicas[1].1;
     let delay = format!("{APPLY}::{name}@{second}");
-    let write = |addr: String, offset: u64, seed: u64| {
-        blocking(move || {
-            let mut c = connect(&addr, name);
-            let done = c.write(offset, &pattern(seed, 8192), true);
-            c.disconnect();
-            done
-        })
-    };
-    assert_eq!(write(g.nbd(gateway), 0, 1).await.unwrap(), 0);
+    let write = |addr: String, offset: u64, seed: u64| durable_write(addr, name, offset, seed);
+    assert_eq!(write(g.nbd(gateway), 0, 1).await, 0);
     // The second replica becomes stale (a write to it is held up 6 s, past its gateway's
     // patience), and its resync waits before it copies anything.
     let copying = pause_at(COPY, name);
     fail::cfg(&delay, "1*return(6000)").unwrap();
     let started = std::time::Instant::now();
-    assert_eq!(write(g.nbd(gateway), 0, 5).await.unwrap(), 0);
+    assert_eq!(write(g.nbd(gateway), 0, 5).await, 0);
     wait_reached(&copying, 1, "the stale replica's resync").await;
     // The held write is in, and the gateway no longer counts the replica as down.
     tokio::time::sleep(Duration::from_secs(8).saturating_sub(started.elapsed())).await;
     // Now a write to it while it lags is held up 9 s; the client writes the blocks again.
     let held = std::time::Instant::now();
     fail::cfg(&delay, "1*return(9000)").unwrap();
-    assert_eq!(write(g.nbd(gateway), 0, 2).await.unwrap(), 0);
+    assert_eq!(write(g.nbd(gateway), 0, 2).await, 0);
     assert!(
         held.elapsed() < Duration::from_secs(9),
         "the gateway waited for the held write"
     );
-    assert_eq!(write(g.nbd(gateway), 0, 3).await.unwrap(), 0);
+    assert_eq!(write(g.nbd(gateway), 0, 3).await, 0);
     resume(COPY, name);
     g.wait_status(gateway, name, "healthy").await;
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(held.elapsed())).await;
@@ -1106,6 +1083,28 @@ async fn a_write_held_up_at_a_lagging_replica_never_lands_on_a_later_copy() {
     g.wait_status(gateway, name, "healthy").await;
     last_write_on_every_replica(&g, gateway, &replicas, name, 3).await;
     g.stop().await;
+}
+
+/// A group of 3 servers with a volume `name` of one chunk and 2 replicas: the group, the
+/// chunk's replicas best first, and the server holding none (to use as the gateway).
+async fn one_chunk_volume(name: &str) -> (Group, Vec<(usize, strata_types::ServerId)>, usize) {
+    let g = Group::cluster(3).await;
+    let vol = g.create_volume(name, CHUNK, 2).await;
+    let id: strata_types::VolumeId = serde_json::from_value(vol["id"].clone()).unwrap();
+    let (replicas, gateway) = chunk_zero_replicas(&g, id).await;
+    (g, replicas, gateway)
+}
+
+/// Writes 8 KiB of the pattern of `seed` at `offset` of export `name` through the NBD server at
+/// `addr`, with FUA, on a connection of its own; returns the NBD error (0: done).
+async fn durable_write(addr: String, name: &'static str, offset: u64, seed: u64) -> u32 {
+    blocking(move || {
+        let mut c = connect(&addr, name);
+        let done = c.write(offset, &pattern(seed, 8192), true).unwrap();
+        c.disconnect();
+        done
+    })
+    .await
 }
 
 /// Checks that `verify` finds the copies of volume `name` the same, and that each of
