@@ -61,6 +61,38 @@ struct BlockModel {
     since: Vec<u64>,
     /// The connection whose flush would make the latest acknowledged value durable.
     conn: u64,
+    /// Every value sent here, with when it was sent, and every value made durable, with when
+    /// its flush returned: what a snapshot taken at some moment may hold.
+    sent: Vec<(u64, Instant)>,
+    made_durable: Vec<(u64, Instant)>,
+}
+
+impl BlockModel {
+    /// Whether a snapshot requested at `requested` and acknowledged at `acked` may hold
+    /// `value` here: the value durable when it was requested, or one sent after that value and
+    /// before the snapshot was acknowledged — a crash-consistent prefix of the history.
+    fn allows_in_snapshot(&self, value: u64, requested: Instant, acked: Instant) -> bool {
+        let durable = self
+            .made_durable
+            .iter()
+            .rev()
+            .find(|(_, at)| *at < requested)
+            .map(|(v, at)| (*v, *at));
+        // Where the durable value was sent (values are unique per client but for zeros: the
+        // last time it was sent before it was made durable).
+        let from = match durable {
+            None => 0,
+            Some((v, at)) => self
+                .sent
+                .iter()
+                .rposition(|(s, sent)| *s == v && *sent < at)
+                .map_or(0, |i| i + 1),
+        };
+        durable.map_or(0, |(v, _)| v) == value
+            || self.sent[from..]
+                .iter()
+                .any(|(s, sent)| *s == value && *sent < acked)
+    }
 }
 
 /// One client's view of its blocks.
@@ -73,6 +105,7 @@ impl Model {
     fn written(&mut self, block: u64, value: u64, conn: u64) {
         let b = self.blocks.entry(block).or_default();
         b.since.push(value);
+        b.sent.push((value, Instant::now()));
         b.conn = conn;
     }
 
@@ -83,14 +116,37 @@ impl Model {
             if b.conn == conn && b.since.last() == Some(value) {
                 b.durable = *value;
                 b.since.clear();
+                b.made_durable.push((*value, Instant::now()));
             }
         }
+    }
+
+    /// What the history of `block` allows, for a failure message.
+    fn describe(&self, block: u64) -> String {
+        self.blocks.get(&block).map_or("never written".into(), |h| {
+            format!("durable {:x}, since {:x?}", h.durable, h.since)
+        })
     }
 
     fn allows(&self, block: u64, value: u64) -> bool {
         match self.blocks.get(&block) {
             None => value == 0,
             Some(b) => b.durable == value || b.since.contains(&value),
+        }
+    }
+
+    /// Whether a snapshot requested at `requested` and acknowledged at `acked` may hold
+    /// `value` at `block` (see [`BlockModel::allows_in_snapshot`]).
+    fn allows_in_snapshot(
+        &self,
+        block: u64,
+        value: u64,
+        requested: Instant,
+        acked: Instant,
+    ) -> bool {
+        match self.blocks.get(&block) {
+            None => value == 0,
+            Some(b) => b.allows_in_snapshot(value, requested, acked),
         }
     }
 }
@@ -312,13 +368,7 @@ async fn explain(g: &Group, report: &Value, models: &[(Model, u64)]) -> String {
                 .collect();
             let allowed = if block < BLOCKS {
                 let owner = ((block / RUN) % CLIENTS) as usize;
-                models[owner]
-                    .0
-                    .blocks
-                    .get(&block)
-                    .map_or("never written".into(), |h| {
-                        format!("durable {:x}, since {:x?}", h.durable, h.since)
-                    })
+                models[owner].0.describe(block)
             } else {
                 "overlap.py's half".into()
             };
@@ -463,6 +513,7 @@ async fn run_seed(seed: u64) {
             }
             _ => {
                 let name = format!("s{step}");
+                let requested = Instant::now();
                 let (status, body) = g
                     .post(
                         victim,
@@ -472,7 +523,7 @@ async fn run_seed(seed: u64) {
                     .await;
                 log.push(format!("snapshot {name} through s{}: {status}", victim + 1));
                 if status == 201 {
-                    snapshots.push(name);
+                    snapshots.push((name, requested, Instant::now()));
                 } else {
                     tracing::info!(%body, "snapshot refused during faults");
                 }
@@ -507,27 +558,31 @@ async fn run_seed(seed: u64) {
         let explained = explain(&g, &report, &models).await;
         panic!("seed {seed} ({history}): {report}\n{explained}");
     }
-    for s in &snapshots {
-        let report = g.verify(1, &format!("faults@{s}"), false).await;
+    // Every snapshot's replicas are identical and it holds a crash-consistent prefix of each
+    // client's history: per block, the value durable when it was requested or one sent after
+    // that and before it was acknowledged.
+    for (s, requested, acked) in &snapshots {
+        let export = format!("faults@{s}");
+        let report = g.verify(1, &export, false).await;
         assert_eq!(
             report["mismatches"],
             json!([]),
             "seed {seed} ({history}) @{s}: {report}"
         );
+        let img = read_blocks(g.nbd(2), export).await;
+        for b in 0..BLOCKS {
+            let owner = ((b / RUN) % CLIENTS) as usize;
+            let value = value_of(&img[(b * BLOCK) as usize..((b + 1) * BLOCK) as usize]);
+            assert!(
+                value.is_some_and(|v| models[owner].0.allows_in_snapshot(b, v, *requested, *acked)),
+                "seed {seed} ({history}): block {b} of snapshot @{s} holds {value:x?}, which is not in a prefix of client {owner}'s writes at the snapshot ({})",
+                models[owner].0.describe(b)
+            );
+        }
     }
     // Every block reads back what its client's history allows, through every gateway.
-    let images: Vec<Vec<u8>> = futures::future::join_all((0..3).map(|i| {
-        let addr = g.nbd(i);
-        blocking(move || {
-            let mut c = crate::harness::connect(&addr, "faults");
-            let mut all = Vec::new();
-            for m in 0..BLOCKS * BLOCK / MIB {
-                all.extend(c.read(m * MIB, MIB as u32).unwrap().unwrap());
-            }
-            all
-        })
-    }))
-    .await;
+    let images: Vec<Vec<u8>> =
+        futures::future::join_all((0..3).map(|i| read_blocks(g.nbd(i), "faults".into()))).await;
     for b in 0..BLOCKS {
         let at = (b * BLOCK) as usize..((b + 1) * BLOCK) as usize;
         let owner = ((b / RUN) % CLIENTS) as usize;
@@ -535,13 +590,27 @@ async fn run_seed(seed: u64) {
             let value = value_of(&img[at.clone()]);
             assert!(
                 value.is_some_and(|v| models[owner].0.allows(b, v)),
-                "seed {seed} ({history}): block {b} through s{} holds {value:?}, which client {owner} never left there",
-                i + 1
+                "seed {seed} ({history}): block {b} through s{} holds {value:x?}, which client {owner} never left there ({})",
+                i + 1,
+                models[owner].0.describe(b)
             );
         }
     }
     tracing::info!(seed, %history, acked, status = %shown["status"], "fault seed passed");
     g.stop().await;
+}
+
+/// The clients' blocks of `export`, read through the gateway at `addr`.
+async fn read_blocks(addr: String, export: String) -> Vec<u8> {
+    blocking(move || {
+        let mut c = crate::harness::connect(&addr, &export);
+        let mut all = Vec::new();
+        for m in 0..BLOCKS * BLOCK / MIB {
+            all.extend(c.read(m * MIB, MIB as u32).unwrap().unwrap());
+        }
+        all
+    })
+    .await
 }
 
 /// Whether the nemesis may fill s3's disk: off unless `STRATA_FAULT_FILL_DISK=1`. With it,
