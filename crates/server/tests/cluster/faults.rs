@@ -52,13 +52,12 @@ impl Rng {
     }
 }
 
-/// What one block may hold, from its client's history: `durable` (written and acknowledged
-/// before a successful flush on the connection that wrote it, with no failed flush between;
-/// 0 = zeros) or any of `since` (written after it, acknowledged or not, or acknowledged but
-/// not made durable).
+/// What one block may hold, from its client's history: the value last made durable (written
+/// and acknowledged before a successful flush on the connection that wrote it, with no failed
+/// flush between; 0 = zeros) or any of `since` (written after it, acknowledged or not, or
+/// acknowledged but not made durable).
 #[derive(Clone, Default)]
 struct BlockModel {
-    durable: u64,
     since: Vec<u64>,
     /// The connection whose flush would make the latest acknowledged value durable.
     conn: u64,
@@ -69,6 +68,11 @@ struct BlockModel {
 }
 
 impl BlockModel {
+    /// The value last made durable (0: zeros, never written).
+    fn durable(&self) -> u64 {
+        self.made_durable.last().map_or(0, |(v, _)| *v)
+    }
+
     /// Whether a snapshot requested at `requested` and acknowledged at `acked` may hold
     /// `value` here: the value durable when it was requested, or one sent after that value and
     /// before the snapshot was acknowledged — a crash-consistent prefix of the history.
@@ -115,7 +119,6 @@ impl Model {
         for (block, value) in acked {
             let b = self.blocks.entry(*block).or_default();
             if b.conn == conn && b.since.last() == Some(value) {
-                b.durable = *value;
                 b.since.clear();
                 b.made_durable.push((*value, Instant::now()));
             }
@@ -125,14 +128,14 @@ impl Model {
     /// What the history of `block` allows, for a failure message.
     fn describe(&self, block: u64) -> String {
         self.blocks.get(&block).map_or("never written".into(), |h| {
-            format!("durable {:x}, since {:x?}", h.durable, h.since)
+            format!("durable {:x}, since {:x?}", h.durable(), h.since)
         })
     }
 
     fn allows(&self, block: u64, value: u64) -> bool {
         match self.blocks.get(&block) {
             None => value == 0,
-            Some(b) => b.durable == value || b.since.contains(&value),
+            Some(b) => b.durable() == value || b.since.contains(&value),
         }
     }
 
@@ -150,6 +153,16 @@ impl Model {
             Some(b) => b.allows_in_snapshot(value, requested, acked),
         }
     }
+}
+
+/// The client whose runs hold `block`.
+fn owner(block: u64) -> usize {
+    ((block / RUN) % CLIENTS) as usize
+}
+
+/// Block `block` of an image read from the start of the volume (or of its chunk).
+fn block_in(img: &[u8], block: u64) -> &[u8] {
+    &img[(block * BLOCK) as usize..((block + 1) * BLOCK) as usize]
 }
 
 /// The 4 KiB image of `value` (0: zeros): the value repeated, so a torn block shows.
@@ -353,10 +366,9 @@ async fn explain(g: &Group, report: &Value, models: &[(Model, u64)]) -> String {
             continue;
         }
         for b in 0..(4 * MIB / BLOCK) {
-            let at = (b * BLOCK) as usize..((b + 1) * BLOCK) as usize;
             let values: Vec<Option<u64>> = copies
                 .iter()
-                .map(|(_, d)| value_of(&d[at.clone()]))
+                .map(|(_, d)| value_of(block_in(d, b)))
                 .collect();
             if values.windows(2).all(|w| w[0] == w[1]) {
                 continue;
@@ -368,8 +380,7 @@ async fn explain(g: &Group, report: &Value, models: &[(Model, u64)]) -> String {
                 .map(|((n, _), v)| format!("{n}={v:x?}"))
                 .collect();
             let allowed = if block < BLOCKS {
-                let owner = ((block / RUN) % CLIENTS) as usize;
-                models[owner].0.describe(block)
+                models[owner(block)].0.describe(block)
             } else {
                 "overlap.py's half".into()
             };
@@ -572,8 +583,8 @@ async fn run_seed(seed: u64) {
         );
         let img = read_blocks(g.nbd(2), export).await;
         for b in 0..BLOCKS {
-            let owner = ((b / RUN) % CLIENTS) as usize;
-            let value = value_of(&img[(b * BLOCK) as usize..((b + 1) * BLOCK) as usize]);
+            let owner = owner(b);
+            let value = value_of(block_in(&img, b));
             assert!(
                 value.is_some_and(|v| models[owner].0.allows_in_snapshot(b, v, *requested, *acked)),
                 "seed {seed} ({history}): block {b} of snapshot @{s} holds {value:x?}, which is not in a prefix of client {owner}'s writes at the snapshot ({})",
@@ -585,10 +596,9 @@ async fn run_seed(seed: u64) {
     let images: Vec<Vec<u8>> =
         futures::future::join_all((0..3).map(|i| read_blocks(g.nbd(i), "faults".into()))).await;
     for b in 0..BLOCKS {
-        let at = (b * BLOCK) as usize..((b + 1) * BLOCK) as usize;
-        let owner = ((b / RUN) % CLIENTS) as usize;
+        let owner = owner(b);
         for (i, img) in images.iter().enumerate() {
-            let value = value_of(&img[at.clone()]);
+            let value = value_of(block_in(img, b));
             assert!(
                 value.is_some_and(|v| models[owner].0.allows(b, v)),
                 "seed {seed} ({history}): block {b} through s{} holds {value:x?}, which client {owner} never left there ({})",
