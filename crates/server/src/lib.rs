@@ -30,6 +30,7 @@ use strata_store::{Store, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// A server that is serving. Dropping it does not stop it; call [`RunningServer::stop`].
 pub struct RunningServer {
@@ -63,17 +64,20 @@ impl RunningServer {
         self.meta.shutdown().await;
     }
 
-    /// Stops the server abruptly, as a crash would as far as its peers can tell: the Raft node
-    /// stops first (in-flight changes fail instead of completing), then every task. The store
+    /// Stops the server abruptly, as a crash would as far as its peers can tell: every task
+    /// ends at once (no request is answered and no resync copies from here after this
+    /// starts), then the engine's background work, then the Raft node. The store
     /// still flushes, but the next start is unclean ([`Store::close_as_unclean`]), as after a
     /// SIGKILL: a write this server applied may not have reached the other replicas.
     pub async fn kill(mut self) {
         self.store.close_as_unclean();
-        // Nothing the engine started in the background outlives the crash.
+        // Nothing serves any more (NBD, the wire listener, resync, the API), and nothing the
+        // engine started in the background outlives the crash; the Raft node stops last.
+        self.shutdown.cancel();
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
         self.engine.stop().await;
         self.meta.shutdown().await;
-        self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
     }
 
     /// Test hook: stops the server as a power loss would: like [`RunningServer::kill`], and
@@ -251,14 +255,17 @@ pub async fn start(
     let mut tasks = JoinSet::new();
     let router = api::router(state.clone());
     let api_shutdown = shutdown.child_token();
-    tasks.spawn(async move {
-        let served = axum::serve(api_listener, router)
-            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "API server failed");
+    tasks.spawn(
+        async move {
+            let served = axum::serve(api_listener, router)
+                .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "API server failed");
+            }
         }
-    });
+        .in_current_span(),
+    );
     let me = JoinRequest {
         id: identity.id,
         name: identity.name.to_string(),
@@ -283,46 +290,42 @@ pub async fn start(
         return Err(e);
     }
 
-    tasks.spawn(follow_meta(state.clone(), shutdown.child_token()));
-    tasks.spawn(jobs::watch(state.clone(), shutdown.child_token()));
-    tasks.spawn(join::keep_record_current(
-        meta.clone(),
-        http,
-        api_url,
-        me,
-        shutdown.child_token(),
-    ));
+    tasks.spawn(follow_meta(state.clone(), shutdown.child_token()).in_current_span());
+    tasks.spawn(jobs::watch(state.clone(), shutdown.child_token()).in_current_span());
+    tasks.spawn(
+        join::keep_record_current(meta.clone(), http, api_url, me, shutdown.child_token())
+            .in_current_span(),
+    );
     // Serve other servers only once the store follows the management state: a replica must
     // not accept a write for a layer it has not frozen yet.
     let wire_config = strata_wire::ServerConfig::new(identity.id);
     let handler = Arc::new(strata_volume::ReplicaHandler::new(engine.clone()));
-    tasks.spawn(strata_wire::serve(
-        peer_listener,
-        wire_config,
-        handler,
-        shutdown.child_token(),
-    ));
-    tasks.spawn(strata_volume::resync::run(
-        engine.clone(),
-        shutdown.child_token(),
-    ));
-    tasks.spawn(strata_volume::migrate::run(
-        engine.clone(),
-        shutdown.child_token(),
-    ));
+    tasks.spawn(
+        strata_wire::serve(peer_listener, wire_config, handler, shutdown.child_token())
+            .in_current_span(),
+    );
+    tasks.spawn(
+        strata_volume::resync::run(engine.clone(), shutdown.child_token()).in_current_span(),
+    );
+    tasks.spawn(
+        strata_volume::migrate::run(engine.clone(), shutdown.child_token()).in_current_span(),
+    );
     if store.was_unclean() {
         distrust_own_copies(&engine, &meta, identity.id).await;
     }
     let exports = Arc::new(exports::Exports::new(meta.clone(), engine.clone()));
     let nbd_shutdown = shutdown.child_token();
     let nbd_limits = config.nbd_limits.clone();
-    tasks.spawn(async move {
-        if let Err(e) =
-            strata_nbd::serve_with(nbd_listener, exports, nbd_limits, nbd_shutdown).await
-        {
-            tracing::error!(error = %e, "NBD server failed");
+    tasks.spawn(
+        async move {
+            if let Err(e) =
+                strata_nbd::serve_with(nbd_listener, exports, nbd_limits, nbd_shutdown).await
+            {
+                tracing::error!(error = %e, "NBD server failed");
+            }
         }
-    });
+        .in_current_span(),
+    );
     tracing::info!(server = %identity.name, api = %api_addr, nbd = %nbd_addr, peer = %peer_addr, "strata server serving");
     Ok(RunningServer {
         api_addr,

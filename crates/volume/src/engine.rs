@@ -18,6 +18,7 @@ use strata_wire::{ClientConfig, Pool, Request, Response, WireClient, WireError};
 use tokio::sync::{watch, OwnedRwLockWriteGuard, RwLock as AsyncRwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::view::{Topology, VolumeView};
 use crate::Control;
@@ -163,7 +164,8 @@ impl Engine {
                     () = stopping.cancelled() => {}
                     () = work => {}
                 }
-            },
+            }
+            .in_current_span(),
             &runtime,
         );
     }

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::WireError;
 use crate::frame::{FrameCodec, FrameKind, WireMessage};
@@ -115,11 +116,14 @@ pub async fn serve(
             }
         };
         let (config, handler) = (config.clone(), handler.clone());
-        conns.spawn(async move {
-            if let Err(e) = connection(stream, config, handler).await {
-                tracing::debug!(%addr, error = %e, "wire connection closed");
+        conns.spawn(
+            async move {
+                if let Err(e) = connection(stream, config, handler).await {
+                    tracing::debug!(%addr, error = %e, "wire connection closed");
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
     drop(listener);
     conns.shutdown().await;
@@ -215,10 +219,13 @@ async fn requests(
             Some(held)
         };
         let (handler, tx) = (handler.clone(), tx.clone());
-        tasks.spawn(async move {
-            let resp = handler.handle(peer, conn, req).await;
-            let _ = tx.send((id, resp, held)).await;
-        });
+        tasks.spawn(
+            async move {
+                let resp = handler.handle(peer, conn, req).await;
+                let _ = tx.send((id, resp, held)).await;
+            }
+            .in_current_span(),
+        );
     }
     // The peer closed its side: finish the requests already read, then let the writer drain.
     drop(tx);

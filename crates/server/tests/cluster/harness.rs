@@ -21,6 +21,7 @@ use strata_server::config::ServerConfig;
 use strata_server::RunningServer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How long any wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -192,7 +193,12 @@ async fn start(
     // of the killed server that are finishing.
     let deadline = Instant::now() + WAIT;
     loop {
-        match strata_server::start(config.clone(), CancellationToken::new()).await {
+        // Every task of the server logs in a span naming it: one log, three servers.
+        let span = tracing::info_span!(target: "strata_server", "server", name);
+        match strata_server::start(config.clone(), CancellationToken::new())
+            .instrument(span)
+            .await
+        {
             Ok(s) => return s,
             Err(e) if Instant::now() < deadline => {
                 eprintln!("server {name} did not start yet ({e:#}); retrying");
@@ -321,14 +327,26 @@ impl Group {
     pub async fn kill(&mut self, i: usize) {
         let running = self.nodes[i].running.take().expect("server is running");
         self.nodes[i].close_proxies();
+        let started = Instant::now();
         running.kill().await;
+        eprintln!(
+            "server {} killed in {:?}",
+            self.nodes[i].name,
+            started.elapsed()
+        );
     }
 
     /// Kills server `i` as a power loss would: what its store had not flushed is lost.
     pub async fn crash(&mut self, i: usize) {
         let running = self.nodes[i].running.take().expect("server is running");
         self.nodes[i].close_proxies();
+        let started = Instant::now();
         running.crash().await;
+        eprintln!(
+            "server {} power-failed in {:?}",
+            self.nodes[i].name,
+            started.elapsed()
+        );
     }
 
     /// Starts server `i` again from its directory on its old ports.
