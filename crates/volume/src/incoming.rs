@@ -137,8 +137,18 @@ pub(crate) fn learn_run(engine: &Arc<Engine>, conn: u64, peer: ServerId) {
 }
 
 /// Handles the close of incoming connection `conn` (see the module doc), in the background:
-/// the wire server calls this from a drop.
+/// the wire server calls this from a drop. The holds taken over it (this server is the
+/// primary of their chunks) are released only once the other replicas of those chunks are
+/// recorded as possibly differing ([`held_at_close`]).
 pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
+    let held = engine.ranges.held_over(conn);
+    if !held.is_empty() {
+        let handler = engine.clone();
+        engine.spawn_background(async move {
+            held_at_close(&handler, held).await;
+            handler.ranges.release_conn(conn);
+        });
+    }
     let Some((peer, run, chunks)) = engine.incoming.take(conn) else {
         return;
     };
@@ -195,7 +205,9 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
             }
         }
         for (volume, chunks) in own {
-            record_own(&engine, volume, peer, chunks).await;
+            tracing::warn!(%volume, gateway = %peer, chunks = chunks.len(),
+                "a gateway died with unflushed writes; another replica keeps its version of them");
+            record_own(&engine, volume, chunks).await;
         }
         for (volume, servers) in differ {
             for (server, chunks) in servers {
@@ -211,6 +223,71 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
             }
         }
     });
+}
+
+/// A hold orders a write at its chunk's primary until every other replica took it. When the
+/// connection it came over closes first, the gateway may still be sending the write to the
+/// others (it is alive, only that link went) or may have left it queued at one (it died):
+/// once the hold goes, an overlapping write of another gateway can pass it there, and that
+/// replica would end up with the older write of the two while this one holds the newer. So
+/// this server, the primary, keeps its version of each such chunk: every other replica is
+/// recorded as missing it and is marked stale — a stale one has the routing epoch moved past
+/// the one of the write, so that a copy made later is never overtaken by it — before the
+/// holds are let go.
+async fn held_at_close(engine: &Arc<Engine>, held: Vec<(VolumeId, u64)>) {
+    let me = engine.me();
+    let mut per: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>> = HashMap::new();
+    let mut gain: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>> = HashMap::new();
+    let mut epochs: HashMap<VolumeId, u64> = HashMap::new();
+    for (volume, chunk) in held {
+        let Some(view) = engine.view(volume) else {
+            continue;
+        };
+        let Some(head) = view.head() else {
+            continue;
+        };
+        epochs.insert(volume, view.epoch);
+        let gaining = view.gaining(chunk);
+        for r in view.replicas_of(chunk).into_iter().filter(|r| *r != me) {
+            let to = if gaining.contains(&r) {
+                &mut gain
+            } else {
+                &mut per
+            };
+            to.entry(volume)
+                .or_default()
+                .entry(r)
+                .or_default()
+                .push((head, chunk));
+        }
+    }
+    // A server a migration copies the chunk to takes it from its marks alone.
+    for (volume, servers) in gain {
+        for (server, chunks) in servers {
+            if !engine.record_missed(volume, server, chunks).await {
+                tracing::error!(%volume, %server, "could not record the writes a server gaining a chunk may hold in another order; run `strata volume verify --repair` after the migration");
+            }
+        }
+    }
+    for (volume, servers) in per {
+        for (server, chunks) in servers {
+            tracing::info!(%volume, replica = %server, chunks = chunks.len(),
+                "a connection closed while its writes were held in order here; a replica that may hold them in another order copies this version");
+            let stale = engine.view(volume).is_some_and(|v| !v.in_sync(server));
+            if !stale {
+                keep_this_version(engine, volume, server, chunks).await;
+                continue;
+            }
+            if !engine.record_missed(volume, server, chunks).await {
+                tracing::error!(%volume, %server, "could not record the writes a stale replica may hold in another order; run `strata volume verify --repair`");
+                continue;
+            }
+            let epoch = epochs.get(&volume).copied().unwrap_or_default();
+            if let Err(e) = engine.move_epoch_past(volume, server, epoch).await {
+                tracing::warn!(%volume, replica = %server, error = %e, "could not move the routing epoch past writes a stale replica may still apply");
+            }
+        }
+    }
 }
 
 /// With the gateway gone: the replicas of `chunk` that are to take this server's version of
@@ -249,26 +326,19 @@ async fn kept_from(
 
 /// Records `chunks` of `volume` as missed by this server itself: its copy of them is replaced
 /// by another current replica's (see [`crate::resync`]).
-async fn record_own(
-    engine: &Arc<Engine>,
-    volume: VolumeId,
-    peer: ServerId,
-    chunks: Vec<(LayerId, u64)>,
-) {
+async fn record_own(engine: &Arc<Engine>, volume: VolumeId, chunks: Vec<(LayerId, u64)>) {
     let n = chunks.len();
     if engine.record_missed(volume, engine.me(), chunks).await {
-        tracing::warn!(%volume, gateway = %peer, chunks = n,
-            "a gateway died with unflushed writes; this copy of them is copied back from another replica");
+        tracing::warn!(%volume, chunks = n,
+            "this copy of chunks another replica may hold differently is copied back from a current replica");
     } else {
         tracing::error!(%volume, "could not record that this copy may differ from another replica; run `strata volume verify --repair`");
     }
 }
 
 /// Has `server` copy `chunks` of `volume` from here again, as it may hold them differently
-/// (it died with the gateway `peer`, or the gateway went before it sent it a write): records
-/// them as missed by it, durably, then marks it stale. If the group refuses that (`server` is the only other in-sync copy of some chunk),
-/// the marks are cleared again — a current replica is not copied to — and this server's copy
-/// of them is the one replaced instead, once it can be.
+/// (it died with the gateway `peer`, or the gateway went before it sent it a write): see
+/// [`keep_this_version`].
 async fn lost_with_gateway(
     engine: &Arc<Engine>,
     volume: VolumeId,
@@ -276,12 +346,25 @@ async fn lost_with_gateway(
     server: ServerId,
     chunks: Vec<(LayerId, u64)>,
 ) {
-    if !engine.record_missed(volume, server, chunks.clone()).await {
-        tracing::error!(%volume, %server, "could not record the writes a replica may have lost with its gateway; run `strata volume verify --repair`");
-        return;
-    }
     tracing::warn!(%volume, gateway = %peer, replica = %server, chunks = chunks.len(),
         "a gateway's connection went with unflushed writes; a replica that may lack some copies them again");
+    keep_this_version(engine, volume, server, chunks).await;
+}
+
+/// Has `server`, a current replica, copy `chunks` of `volume` from here: records them as
+/// missed by it, durably, then marks it stale. If the group refuses that (`server` is the only
+/// other in-sync copy of some chunk), the marks are cleared again — a current replica is not
+/// copied to — and this server's copy of them is the one replaced instead, once it can be.
+async fn keep_this_version(
+    engine: &Arc<Engine>,
+    volume: VolumeId,
+    server: ServerId,
+    chunks: Vec<(LayerId, u64)>,
+) {
+    if !engine.record_missed(volume, server, chunks.clone()).await {
+        tracing::error!(%volume, %server, "could not record the writes a replica may hold differently; run `strata volume verify --repair`");
+        return;
+    }
     let Err(e) = engine.mark_stale(volume, server).await else {
         return;
     };
@@ -300,5 +383,5 @@ async fn lost_with_gateway(
     if !matches!(cleared, Ok(Ok(()))) {
         tracing::error!(%volume, replica = %server, "could not clear marks for a current replica");
     }
-    record_own(engine, volume, peer, chunks).await;
+    record_own(engine, volume, chunks).await;
 }

@@ -186,6 +186,16 @@ impl RangeLocks {
         self.remove(|key, h| *key == (volume, chunk) && h.holder.token == token);
     }
 
+    /// The (volume, chunk)s with holds taken over wire connection `conn`.
+    pub fn held_over(&self, conn: u64) -> Vec<(VolumeId, u64)> {
+        self.held
+            .lock()
+            .iter()
+            .filter(|(_, list)| list.iter().any(|h| h.holder.conn == Some(conn)))
+            .map(|(key, _)| *key)
+            .collect()
+    }
+
     /// Releases every hold taken over wire connection `conn` (it closed).
     pub fn release_conn(&self, conn: u64) {
         self.remove(|_, h| h.holder.conn == Some(conn));

@@ -603,7 +603,6 @@ impl Handler for ReplicaHandler {
     }
 
     fn closed(&self, conn: u64) {
-        self.engine.ranges.release_conn(conn);
         crate::incoming::closed(&self.engine, conn);
     }
 }

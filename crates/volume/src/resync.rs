@@ -330,6 +330,13 @@ async fn copy_mark(
     crate::failpoint::pause("resync::before_copy", &view.name).await;
     let to = mark.server;
     let run = run_of(engine, to).await?;
+    // A write routed by an earlier epoch that is still on its way into this server's copy
+    // lands before the image is read, or is refused after it, as at the receiver: else it
+    // could land here after the copy and leave the two copies different. (Before the chunk's
+    // lock: a write waits for that while it holds its epoch's admission.)
+    let epoch = engine.epoch_of(view);
+    let admitted = engine.epochs.admit(view.id, epoch, epoch).await;
+    drop(admitted.map_err(|e| format!("reading chunk {} to copy it: {e}", mark.chunk))?);
     {
         let _copy = engine.lock_chunk(view.id, mark.chunk).await;
         copy_between(engine, view, mark, engine.me(), to).await?;
@@ -370,6 +377,7 @@ async fn copy_between(
     } else {
         view.layers.clone() // merged away: its blocks are in some layer of the stack now
     };
+    let epoch = engine.epoch_of(view);
     for layer in layers {
         let got = engine
             .ask(
@@ -395,7 +403,7 @@ async fn copy_between(
             layer,
             chunk: mark.chunk,
             durable: false,
-            epoch: engine.epoch_of(view),
+            epoch,
             maps,
             blocks,
         };

@@ -1085,6 +1085,39 @@ async fn a_write_held_up_at_a_lagging_replica_never_lands_on_a_later_copy() {
     g.stop().await;
 }
 
+/// A gateway's link to a chunk's primary drops while its write is on its way to the second
+/// replica (held up there 3 s): the primary lets go of the write's hold, and an overlapping
+/// write through the primary's own gateway passes the held-up one at the second replica. The
+/// replicas must still end up the same (before, the primary kept the second write and the
+/// second replica the first, both at the same write generation, and the volume said
+/// `healthy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_whose_hold_lost_its_connection_is_not_passed_on_another_replica() {
+    const APPLY: &str = "replica::before_apply";
+    let name = "cut-hold";
+    let (g, replicas, gateway) = one_chunk_volume(name).await;
+    let (primary, second) = (replicas[0].0, replicas[1].1);
+    let write = |addr: String, seed: u64| durable_write(addr, name, 0, seed);
+    assert_eq!(write(g.nbd(gateway), 1).await, 0);
+    let delay = format!("{APPLY}::{name}@{second}");
+    fail::cfg(&delay, "1*return(3000)").unwrap();
+    let first = tokio::spawn(write(g.nbd(gateway), 2));
+    // The primary has applied it under its hold; the second replica holds it up.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Only the gateway's open connections to the primary drop: new ones (and the primary's
+    // ping of the gateway) go through.
+    g.cut_from(gateway, &[primary]);
+    g.heal();
+    let overlapping = write(g.nbd(primary), 3).await;
+    let first = first.await.unwrap();
+    fail::remove(&delay);
+    eprintln!("first write: {first}, overlapping write: {overlapping}");
+    g.wait_status(gateway, name, "healthy").await;
+    let report = g.verify(gateway, name, false).await;
+    assert_eq!(report["mismatches"], json!([]), "{report}");
+    g.stop().await;
+}
+
 /// A group of 3 servers with a volume `name` of one chunk and 2 replicas: the group, the
 /// chunk's replicas best first, and the server holding none (to use as the gateway).
 async fn one_chunk_volume(name: &str) -> (Group, Vec<(usize, strata_types::ServerId)>, usize) {
