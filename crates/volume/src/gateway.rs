@@ -295,7 +295,7 @@ impl GatewayDevice {
 
     /// The connection to `server`, and how many chunks it may have lost because the previous
     /// connection just turned out to have dropped (see [`Link::lost`]). With `reading`, refuses
-    /// (`Io`) if that chunk is among them: checked under the same lock that records them, so a
+    /// (`NotReady`) if that chunk is among them: checked under the same lock that records them, so a
     /// read racing the one that noticed the drop cannot reach the copy either.
     async fn remote(
         &self,
@@ -319,7 +319,8 @@ impl GatewayDevice {
         }
         if let Some(chunk) = reading {
             if link.may_have_lost(chunk) {
-                return Err(ReplicaError::Io(format!(
+                // Not a failed replica: the read is planned again, with this one suspect.
+                return Err(ReplicaError::NotReady(format!(
                     "server {server} may have lost writes to chunk {chunk}"
                 )));
             }
@@ -526,41 +527,50 @@ impl GatewayDevice {
     /// it becomes stale ([`GatewayDevice::replica_failed`]); otherwise (it is stale, or gaining
     /// those chunks in a migration) the chunks are only marked for a copy.
     async fn lost_writes(&self, server: ServerId) -> Result<(), IoError> {
-        let view = self.view()?;
-        let mut current = false;
-        let mut sole = false;
-        if let Some(l) = self.links.lock().get(&server) {
-            for (_, c) in l.unflushed.keys().chain(&l.lost) {
-                if !(view.current(server, *c) && view.replicas_of(*c).contains(&server)) {
-                    continue;
-                }
-                let others = view
-                    .replicas_of(*c)
-                    .into_iter()
-                    .any(|r| r != server && view.current(r, *c));
-                current |= others;
-                sole |= !others;
-            }
-        }
-        if sole {
-            // It is the only current copy of some of them: nothing can be marked or repaired,
-            // so the next flush of every open export fails, once (each client learns its
-            // unflushed writes may be lost, as with a failed disk; the writes of several
-            // connections share these records); what it still holds as unflushed is flushed
-            // again next time.
-            if let Some(l) = self.links.lock().get_mut(&server) {
-                l.lost.clear();
-            }
-            self.links.losses.fetch_add(1, Ordering::SeqCst);
+        if self.sole_loss(server)? {
             return Err(IoError::Io(format!(
                 "server {server}, the only current replica of some chunks, may have lost unflushed writes"
             )));
         }
+        let view = self.view()?;
+        let current = self.links.lock().get(&server).is_some_and(|l| {
+            l.unflushed
+                .keys()
+                .chain(&l.lost)
+                .any(|(_, c)| view.current(server, *c) && view.replicas_of(*c).contains(&server))
+        });
         if current {
             self.replica_failed(server).await
         } else {
             self.record_lost(server).await
         }
+    }
+
+    /// Whether `server` is the only current copy of some chunk written to it since its last
+    /// flush, and so may have lost writes nothing can mark or repair. If so, the loss is
+    /// counted: the next flush of every open export fails, once (each client learns its
+    /// unflushed writes may be lost, as with a failed disk; the writes of several connections
+    /// share these records), and what it still holds as unflushed is flushed again next time.
+    fn sole_loss(&self, server: ServerId) -> Result<bool, IoError> {
+        let view = self.view()?;
+        let mut links = self.links.lock();
+        let Some(l) = links.get_mut(&server) else {
+            return Ok(false);
+        };
+        let sole = l.unflushed.keys().chain(&l.lost).any(|(_, c)| {
+            view.current(server, *c)
+                && view.replicas_of(*c).contains(&server)
+                && !view
+                    .replicas_of(*c)
+                    .into_iter()
+                    .any(|r| r != server && view.current(r, *c))
+        });
+        if sole {
+            l.lost.clear();
+            drop(links);
+            self.links.losses.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(sole)
     }
 
     /// Has the current replicas of every chunk written to `server` since its last flush record
@@ -940,11 +950,14 @@ impl GatewayDevice {
             let me = self.engine.me();
             let (order, suspect) = self.read_order(&*self.view()?, chunk);
             if order.is_empty() && !suspect.is_empty() {
-                // Only replicas that may have lost writes are left: have the loss recorded now
-                // (they become stale, or, as the only current copy, the read fails once), as
-                // the next flush would, instead of failing every read until then.
+                // Only replicas that may have lost writes are left: have the loss recorded now,
+                // as the next flush would, instead of failing every read until then. They
+                // become stale; or, as the only current copy, they are read all the same (what
+                // they hold is all there is) and the loss fails the next flush instead.
                 for s in suspect {
-                    self.lost_writes(s).await?;
+                    if !self.sole_loss(s)? {
+                        self.lost_writes(s).await?;
+                    }
                 }
                 continue;
             }

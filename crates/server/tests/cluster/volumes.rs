@@ -460,6 +460,41 @@ async fn a_lost_unflushed_write_fails_the_flush_of_every_connection() {
     g.stop().await;
 }
 
+/// The same loss found by a read: the last current replica restarted with an unflushed write
+/// lost. The read is still answered from that replica (what it holds is all there is), and the
+/// loss fails the next flush instead (before, the read failed with EIO).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_that_finds_a_lost_unflushed_write_is_answered() {
+    let name = "lost-read";
+    let (mut g, replicas, gateway) = one_chunk_volume(name).await;
+    let (last, down) = (replicas[0].0, replicas[1].0);
+    let addr = g.nbd(gateway);
+    let mut c = blocking(move || connect(&addr, name)).await;
+    g.kill(down).await;
+    let mut c = blocking(move || {
+        assert_eq!(c.write(0, &pattern(1, 4096), false).unwrap(), 0);
+        assert_eq!(c.flush().unwrap(), 0);
+        assert_eq!(c.write(65536, &pattern(2, 4096), false).unwrap(), 0);
+        c
+    })
+    .await;
+    g.crash(last).await;
+    g.restart(last).await;
+    blocking(move || {
+        let got = c.read(0, 4096).unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Ok(&pattern(1, 4096)[..]),
+            "the flushed write"
+        );
+        assert_ne!(c.flush().unwrap(), 0, "the flush after the loss");
+        c.disconnect();
+    })
+    .await;
+    g.restart(down).await;
+    g.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn verify_finds_and_repairs_a_damaged_replica() {
     let g = Group::start(2).await;
