@@ -2,7 +2,7 @@
 # Runs the randomized fault test over many seeds (default 1..200), one seed per test process so
 # that a failure names its seed and the others go on; prints how many passed and how long it
 # took. A failing seed replays alone with:
-#   STRATA_FAULT_SEEDS=<seed> cargo test --release -p strata-server --test cluster faults -- --ignored
+#   STRATA_FAULT_SEEDS=<seed> cargo test --release -p strata-server --test cluster faults
 # Usage: bench/faults.sh [FIRST [LAST]]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,7 @@ passed=0
 failed=()
 for seed in $(seq "$first" "$last"); do
     if STRATA_FAULT_SEEDS=$seed RUST_LOG=${RUST_LOG:-strata_volume=info,strata_server=info} \
-        "$copy" faults:: --ignored >"/tmp/strata-fault-$seed.log" 2>&1; then
+        "$copy" faults:: >"/tmp/strata-fault-$seed.log" 2>&1; then
         passed=$((passed + 1))
         rm -f "/tmp/strata-fault-$seed.log"
     else
