@@ -642,6 +642,10 @@ fn seeds() -> Vec<u64> {
     spec.split(',').map(|s| s.trim().parse().unwrap()).collect()
 }
 
+/// Known failures (issue 10, item 13): `bench/faults.sh`-style runs of seeds 1..200 at 9450020
+/// passed 197; seeds 4, 36 and 176 left two copies with the same write generation and
+/// different data (every one after snapshots taken between kills, power failures or a
+/// partition), and passed when replayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn randomized_faults_leave_acknowledged_writes_and_identical_replicas() {
     for seed in seeds() {
