@@ -532,12 +532,18 @@ impl GatewayDevice {
                 "server {server}, the only current replica of some chunks, may have lost unflushed writes"
             )));
         }
+        self.record_loss(server).await
+    }
+
+    /// [`GatewayDevice::lost_writes`] for a server that is not the only current copy of any
+    /// chunk it may have lost writes to.
+    async fn record_loss(&self, server: ServerId) -> Result<(), IoError> {
         let view = self.view()?;
         let current = self.links.lock().get(&server).is_some_and(|l| {
             l.unflushed
                 .keys()
                 .chain(&l.lost)
-                .any(|(_, c)| view.current(server, *c) && view.replicas_of(*c).contains(&server))
+                .any(|(_, c)| current_replica(&view, server, *c))
         });
         if current {
             self.replica_failed(server).await
@@ -558,8 +564,7 @@ impl GatewayDevice {
             return Ok(false);
         };
         let sole = l.unflushed.keys().chain(&l.lost).any(|(_, c)| {
-            view.current(server, *c)
-                && view.replicas_of(*c).contains(&server)
+            current_replica(&view, server, *c)
                 && !view
                     .replicas_of(*c)
                     .into_iter()
@@ -956,7 +961,7 @@ impl GatewayDevice {
                 // they hold is all there is) and the loss fails the next flush instead.
                 for s in suspect {
                     if !self.sole_loss(s)? {
-                        self.lost_writes(s).await?;
+                        self.record_loss(s).await?;
                     }
                 }
                 continue;
@@ -1217,6 +1222,11 @@ impl GatewayDevice {
             kind: ExtentKind::Data,
         }])
     }
+}
+
+/// Whether `server` is a current replica of `chunk` in `view`.
+fn current_replica(view: &VolumeView, server: ServerId, chunk: u64) -> bool {
+    view.current(server, chunk) && view.replicas_of(chunk).contains(&server)
 }
 
 #[cfg(test)]

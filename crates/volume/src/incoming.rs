@@ -214,14 +214,7 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
                 lost_with_gateway(&engine, volume, peer, server, chunks).await;
             }
         }
-        // A server a migration copies the chunk to takes it from its marks alone.
-        for (volume, servers) in gain {
-            for (server, chunks) in servers {
-                if !engine.record_missed(volume, server, chunks).await {
-                    tracing::error!(%volume, %server, "could not record the writes a server gaining a chunk may lack; run `strata volume verify --repair` after the migration");
-                }
-            }
-        }
+        mark_gaining(&engine, gain).await;
     });
 }
 
@@ -238,7 +231,6 @@ async fn held_at_close(engine: &Arc<Engine>, held: Vec<(VolumeId, u64)>) {
     let me = engine.me();
     let mut per: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>> = HashMap::new();
     let mut gain: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>> = HashMap::new();
-    let mut epochs: HashMap<VolumeId, u64> = HashMap::new();
     for (volume, chunk) in held {
         let Some(view) = engine.view(volume) else {
             continue;
@@ -246,7 +238,6 @@ async fn held_at_close(engine: &Arc<Engine>, held: Vec<(VolumeId, u64)>) {
         let Some(head) = view.head() else {
             continue;
         };
-        epochs.insert(volume, view.epoch);
         let gaining = view.gaining(chunk);
         for r in view.replicas_of(chunk).into_iter().filter(|r| *r != me) {
             let to = if gaining.contains(&r) {
@@ -261,20 +252,16 @@ async fn held_at_close(engine: &Arc<Engine>, held: Vec<(VolumeId, u64)>) {
                 .push((head, chunk));
         }
     }
-    // A server a migration copies the chunk to takes it from its marks alone.
-    for (volume, servers) in gain {
-        for (server, chunks) in servers {
-            if !engine.record_missed(volume, server, chunks).await {
-                tracing::error!(%volume, %server, "could not record the writes a server gaining a chunk may hold in another order; run `strata volume verify --repair` after the migration");
-            }
-        }
-    }
+    mark_gaining(engine, gain).await;
     for (volume, servers) in per {
+        let view = engine.view(volume);
         for (server, chunks) in servers {
             tracing::info!(%volume, replica = %server, chunks = chunks.len(),
                 "a connection closed while its writes were held in order here; a replica that may hold them in another order copies this version");
-            let stale = engine.view(volume).is_some_and(|v| !v.in_sync(server));
-            if !stale {
+            let Some(view) = view.as_deref() else {
+                continue;
+            };
+            if view.in_sync(server) {
                 keep_this_version(engine, volume, server, chunks).await;
                 continue;
             }
@@ -282,9 +269,24 @@ async fn held_at_close(engine: &Arc<Engine>, held: Vec<(VolumeId, u64)>) {
                 tracing::error!(%volume, %server, "could not record the writes a stale replica may hold in another order; run `strata volume verify --repair`");
                 continue;
             }
-            let epoch = epochs.get(&volume).copied().unwrap_or_default();
-            if let Err(e) = engine.move_epoch_past(volume, server, epoch).await {
+            // Past this view's epoch, at least that of the held writes.
+            if let Err(e) = engine.move_epoch_past(volume, server, view.epoch).await {
                 tracing::warn!(%volume, replica = %server, error = %e, "could not move the routing epoch past writes a stale replica may still apply");
+            }
+        }
+    }
+}
+
+/// Has the servers a migration copies chunks to take this server's version of them: they take
+/// a chunk from its marks alone.
+async fn mark_gaining(
+    engine: &Arc<Engine>,
+    gain: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>>,
+) {
+    for (volume, servers) in gain {
+        for (server, chunks) in servers {
+            if !engine.record_missed(volume, server, chunks).await {
+                tracing::error!(%volume, %server, "could not record the writes a server gaining a chunk may lack; run `strata volume verify --repair` after the migration");
             }
         }
     }
