@@ -259,3 +259,102 @@ async fn a_client_that_takes_no_replies_is_closed_after_the_reply_timeout() {
         .await
         .expect("the stuck client's connection was closed");
 }
+
+/// A device whose writes never finish; it counts the writes started and the ones whose
+/// future was dropped.
+#[derive(Default)]
+struct Stuck {
+    started: AtomicU64,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Counts one dropped write when it goes.
+struct CountDrop(Arc<AtomicU64>);
+
+impl Drop for CountDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl BlockDevice for Stuck {
+    fn size(&self) -> u64 {
+        1 << 20
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    async fn read(&self, _offset: u64, len: u32) -> Result<Bytes, IoError> {
+        Ok(Bytes::from(vec![0; len as usize]))
+    }
+    async fn write(&self, _offset: u64, _data: Bytes, _fua: bool) -> Result<(), IoError> {
+        let _counted = CountDrop(self.dropped.clone());
+        self.started.fetch_add(1, Ordering::SeqCst);
+        std::future::pending().await
+    }
+    async fn flush(&self) -> Result<(), IoError> {
+        Ok(())
+    }
+    async fn trim(&self, _offset: u64, _len: u32) -> Result<(), IoError> {
+        Ok(())
+    }
+    async fn write_zeroes(&self, _: u64, _: u32, _: bool, _: bool) -> Result<(), IoError> {
+        Ok(())
+    }
+    async fn block_status(&self, _offset: u64, len: u32) -> Result<Vec<Extent>, IoError> {
+        Ok(vec![Extent {
+            len,
+            hole: false,
+            zero: false,
+        }])
+    }
+}
+
+struct StuckExport(Arc<Stuck>);
+
+#[async_trait]
+impl ExportProvider for StuckExport {
+    async fn list(&self) -> Vec<ExportInfo> {
+        Vec::new()
+    }
+    async fn open(
+        &self,
+        _name: &str,
+        _client: strata_nbd::Client,
+    ) -> Result<Arc<dyn BlockDevice>, OpenError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// A server whose task is aborted (its process killed, as a test harness does it) leaves
+/// nothing behind: the requests in flight on its connections stop with it, and the
+/// connections close, instead of going on serving from a server that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_server_ends_its_connections_and_their_requests_in_flight() {
+    let dev = Arc::new(Stuck::default());
+    let server = start_with(Arc::new(StuckExport(dev.clone())), ServerConfig::default()).await;
+    let mut c = Client::connect(server.addr).await;
+    c.go("").await;
+    for cookie in 0..4 {
+        c.request(0, consts::CMD_WRITE, cookie, 0, 4096, &[7; 4096])
+            .await;
+    }
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while dev.started.load(Ordering::SeqCst) < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the writes started");
+    server.shutdown.cancel();
+    server.task.abort();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while dev.dropped.load(Ordering::SeqCst) < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the writes in flight were dropped with the server");
+    assert!(c.closed().await, "the connection outlived its server");
+}
