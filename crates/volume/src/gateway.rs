@@ -647,6 +647,24 @@ impl GatewayDevice {
         join_all(own).await;
     }
 
+    /// A replica that could not be marked stale may still apply a change this gateway gave up
+    /// on, which the `late` replicas of `view` (stale, or gaining the chunk) then never get.
+    /// Moves the volume's routing epoch past `view`'s: the copy that the replica's own mark
+    /// (see [`GatewayDevice::distrust`]) has made to them is then made by a later epoch,
+    /// which it admits only after such a change is in, or refuses it.
+    async fn fence_lagging(&self, view: &VolumeView, late: &[ServerId]) {
+        let Some(stale) = late.iter().find(|s| view.stale.contains(s)) else {
+            return;
+        };
+        if let Err(e) = self
+            .engine
+            .move_epoch_past(self.volume, *stale, view.epoch)
+            .await
+        {
+            tracing::warn!(volume = %self.volume, error = %e, "could not move the routing epoch past a write a replica may still apply");
+        }
+    }
+
     /// Applies `change`, already on the `current` replicas, to `server`, whose copy of the chunk
     /// is not current (it is stale, or a migration copies the chunk to it). Only after the
     /// current replicas: a copy of the chunk to `server` holds the chunk's lock on the copying
@@ -826,8 +844,14 @@ impl GatewayDevice {
             if !outcome.failed.is_empty() {
                 for f in &outcome.failed {
                     if let Err(e) = self.replica_failed(*f).await {
-                        self.distrust(&outcome.acked, head, offset, view.epoch)
-                            .await;
+                        let mut took = outcome.acked.clone();
+                        if !outcome.full.contains(f) {
+                            // It may not have answered in time only, and still apply the
+                            // change: then its copy too holds a write the others lack.
+                            took.push(*f);
+                            self.fence_lagging(&view, &late).await;
+                        }
+                        self.distrust(&took, head, offset, view.epoch).await;
                         if outcome.full.contains(f) {
                             return Err(IoError::NoSpace);
                         }

@@ -1120,6 +1120,51 @@ async fn a_write_held_up_at_a_lagging_replica_never_lands_on_a_later_copy() {
     g.stop().await;
 }
 
+/// A write is held up at a chunk's only current replica (the other is stale and answering),
+/// after it was admitted there, past its gateway's patience. The gateway cannot mark that
+/// replica stale (it is the only in-sync copy), so the write fails, and it never goes on to the
+/// lagging replica; then it lands on the current one. Before, nothing recorded that the two
+/// copies now differ: the stale replica was declared in sync without it and the volume said
+/// `healthy` with `verify` finding the chunk different.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_held_up_at_the_only_current_replica_reaches_the_lagging_one() {
+    const APPLY: &str = "replica::before_apply";
+    const IN_SYNC: &str = "resync::before_in_sync";
+    let name = "held-sole";
+    let (g, replicas, gateway) = one_chunk_volume(name).await;
+    let vol = g.get(gateway, &format!("/v1/volumes/{name}")).await;
+    let id: strata_types::VolumeId = serde_json::from_value(vol["id"].clone()).unwrap();
+    let (current, lagging) = (replicas[0].1, replicas[1].1);
+    assert_eq!(durable_write(g.nbd(gateway), name, 0, 1).await, 0);
+    // The second replica is stale, with nothing to copy; its declaration in sync waits.
+    let declaring = pause_at(IN_SYNC, name);
+    let (status, body) = g
+        .post(
+            replicas[0].0,
+            &format!("/v1/internal/volumes/{id}/stale"),
+            json!({ "server": lagging, "reporter": current }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_reached(&declaring, 1, "the stale replica's resync").await;
+    // The next write waits 7 s at the current replica, past the gateway's 5 s.
+    let delay = format!("{APPLY}::{name}@{current}");
+    fail::cfg(&delay, "1*return(7000)").unwrap();
+    let held = std::time::Instant::now();
+    assert_ne!(
+        durable_write(g.nbd(gateway), name, 0, 2).await,
+        0,
+        "acknowledged without a replica that could take it or be marked stale"
+    );
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(held.elapsed())).await;
+    fail::remove(&delay);
+    resume(IN_SYNC, name);
+    g.wait_status(gateway, name, "healthy").await;
+    let report = g.verify(gateway, name, false).await;
+    assert_eq!(report["mismatches"], json!([]), "{report}");
+    g.stop().await;
+}
+
 /// A gateway's link to a chunk's primary drops while its write is on its way to the second
 /// replica (held up there 3 s): the primary lets go of the write's hold, and an overlapping
 /// write through the primary's own gateway passes the held-up one at the second replica. The
