@@ -398,6 +398,7 @@ async fn copy_between(
             Err(e) => return Err(e.to_string()),
         };
         let bytes = blocks.len() as u64;
+        tracing::debug!(volume = %view.name, chunk = mark.chunk, %layer, %from, %to, generation = maps.generation, "resync: copying a chunk's layer");
         let put = Request::PutChunk {
             volume: view.id,
             layer,

@@ -336,6 +336,7 @@ async fn explain(g: &Group, report: &Value, models: &[(Model, u64)]) -> String {
     for m in report["mismatches"].as_array().into_iter().flatten() {
         let chunk = m["chunk"].as_u64().unwrap();
         let mut copies = Vec::new();
+        let mut peers = Vec::new();
         for r in m["replicas"].as_array().into_iter().flatten() {
             let name = r["server"].as_str().unwrap().to_string();
             let peer: std::net::SocketAddr = servers
@@ -345,6 +346,7 @@ async fn explain(g: &Group, report: &Value, models: &[(Model, u64)]) -> String {
                 .find(|s| s["name"] == name.as_str())
                 .and_then(|s| s["peer_addr"].as_str()?.parse().ok())
                 .unwrap();
+            peers.push((name.clone(), peer));
             let read = strata_wire::Request::Read {
                 volume,
                 layer: None,
@@ -362,6 +364,7 @@ async fn explain(g: &Group, report: &Value, models: &[(Model, u64)]) -> String {
                 copies.push((name, d));
             }
         }
+        out.push_str(&layer_by_layer(g, volume, chunk, &peers).await);
         if copies.len() < 2 {
             continue;
         }
@@ -389,6 +392,56 @@ async fn explain(g: &Group, report: &Value, models: &[(Model, u64)]) -> String {
                 shown.join(" ")
             ));
         }
+    }
+    out
+}
+
+/// Each layer of `chunk` on each of `peers` (name, peer address): its write generation, its
+/// data and zero blocks, and a checksum of its maps and bytes, so that a failing seed shows
+/// which layer the copies differ in.
+async fn layer_by_layer(
+    g: &Group,
+    volume: strata_types::VolumeId,
+    chunk: u64,
+    peers: &[(String, std::net::SocketAddr)],
+) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut out = String::new();
+    for (depth, layer) in g.layers(volume).into_iter().enumerate() {
+        let mut shown = Vec::new();
+        for (name, peer) in peers {
+            let get = strata_wire::Request::GetChunk {
+                volume,
+                layer,
+                chunk,
+            };
+            let got =
+                match strata_wire::WireClient::connect(*peer, strata_types::ServerId::new_random())
+                    .await
+                {
+                    Ok(c) => c.call(get).await.ok(),
+                    Err(_) => None,
+                };
+            shown.push(match got {
+                Some(strata_wire::Response::Chunk { maps, blocks }) => {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    (maps.data, maps.zero, &blocks[..]).hash(&mut h);
+                    let count = |w: &[u64]| w.iter().map(|x| x.count_ones()).sum::<u32>();
+                    format!(
+                        "{name}: generation {:#x}, {} data and {} zero blocks, sum {:016x}",
+                        maps.generation,
+                        count(&maps.data),
+                        count(&maps.zero),
+                        h.finish()
+                    )
+                }
+                other => format!("{name}: {other:?}"),
+            });
+        }
+        out.push_str(&format!(
+            "chunk {chunk} layer {depth} ({layer}): {}\n",
+            shown.join("; ")
+        ));
     }
     out
 }

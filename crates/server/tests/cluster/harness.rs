@@ -492,6 +492,20 @@ impl Group {
         serde_json::from_value(s["id"].clone()).unwrap()
     }
 
+    /// The layer stack of volume `id` (bottom to top) in the management state of the first
+    /// running server.
+    pub fn layers(&self, id: strata_types::VolumeId) -> Vec<strata_types::LayerId> {
+        self.nodes
+            .iter()
+            .find_map(|n| n.running.as_ref())
+            .and_then(|r| {
+                let state = r.meta.local_state();
+                let layers = state.volumes.values().find(|v| v.id == id)?.layers.clone();
+                Some(layers)
+            })
+            .unwrap_or_default()
+    }
+
     /// The servers (by index) that hold `chunk` of volume `id` with `replicas` copies, best
     /// first, by the placement every server computes.
     pub async fn holders(
