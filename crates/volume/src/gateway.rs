@@ -162,13 +162,18 @@ impl Outcome {
 
 /// The holds one change of one chunk took on its primaries (one, or more if the primary
 /// changed between attempts), released when the change ends however it ends (see
-/// [`crate::order`]).
+/// [`crate::order`]) — but not when it is abandoned half-way (its task dropped, as when this
+/// server dies): then a primary may hold a write the other replicas never got, and only the
+/// end of the connection the hold came over has the primary record that before it lets the
+/// blocks go (see [`crate::incoming`]); a release would let an overlapping write pass it.
 struct Holds {
     engine: Arc<Engine>,
     volume: VolumeId,
     chunk: u64,
     token: u64,
     servers: Mutex<Vec<ServerId>>,
+    /// The change ended (either way) rather than being abandoned.
+    ended: bool,
 }
 
 impl Holds {
@@ -179,7 +184,13 @@ impl Holds {
             volume,
             chunk,
             servers: Mutex::new(Vec::new()),
+            ended: false,
         }
+    }
+
+    /// The change ended: the holds are released.
+    fn end(mut self) {
+        self.ended = true;
     }
 
     /// The token to send to `primary`, which will hold blocks under it.
@@ -194,6 +205,9 @@ impl Holds {
 
 impl Drop for Holds {
     fn drop(&mut self) {
+        if !self.ended {
+            return;
+        }
         let (volume, chunk, token) = (self.volume, self.chunk, self.token);
         for server in self.servers.get_mut().drain(..) {
             if server == self.engine.me() {
@@ -647,6 +661,18 @@ impl GatewayDevice {
         join_all(own).await;
     }
 
+    /// Whether `server`, whose call just failed, may still apply the request: the connection
+    /// to it is open (it did not answer in time). One that could not be connected to never got
+    /// it, and one whose connection dropped sees that, and handles what it held then (see
+    /// [`crate::incoming`]).
+    fn may_still_apply(&self, server: ServerId) -> bool {
+        self.links
+            .lock()
+            .get(&server)
+            .and_then(|l| l.client.as_ref())
+            .is_some_and(|c| !c.is_closed())
+    }
+
     /// A replica that could not be marked stale may still apply a change this gateway gave up
     /// on, which the `late` replicas of `view` (stale, or gaining the chunk) then never get.
     /// Moves the volume's routing epoch past `view`'s: the copy that the replica's own mark
@@ -785,8 +811,21 @@ impl GatewayDevice {
     /// overlapping writes reach every replica in one order (see [`crate::order`]); then on the
     /// other current replicas at once; then on the lagging ones.
     async fn change_piece(&self, offset: u64, change: Change, fua: bool) -> Result<(), IoError> {
+        let holds = Holds::new(self.engine.clone(), self.volume, offset / CHUNK_SIZE);
+        let done = self.change_piece_holding(&holds, offset, change, fua).await;
+        holds.end();
+        done
+    }
+
+    /// [`GatewayDevice::change_piece`] under `holds`.
+    async fn change_piece_holding(
+        &self,
+        holds: &Holds,
+        offset: u64,
+        change: Change,
+        fua: bool,
+    ) -> Result<(), IoError> {
         let chunk = offset / CHUNK_SIZE;
-        let holds = Holds::new(self.engine.clone(), self.volume, chunk);
         let deadline = Instant::now() + RETRY_WINDOW;
         loop {
             let view = self.view()?;
@@ -845,9 +884,9 @@ impl GatewayDevice {
                 for f in &outcome.failed {
                     if let Err(e) = self.replica_failed(*f).await {
                         let mut took = outcome.acked.clone();
-                        if !outcome.full.contains(f) {
-                            // It may not have answered in time only, and still apply the
-                            // change: then its copy too holds a write the others lack.
+                        if !outcome.full.contains(f) && self.may_still_apply(*f) {
+                            // It did not answer in time, and may still apply the change: then
+                            // its copy too holds a write the others lack.
                             took.push(*f);
                             self.fence_lagging(&view, &late).await;
                         }
