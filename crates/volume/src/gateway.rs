@@ -868,7 +868,6 @@ impl GatewayDevice {
                 )
                 .await;
             outcome.add(&view, primary, first)?;
-            crate::failpoint::pause("gateway::after_primary", &view.name).await;
             if outcome.acked.len() == 1 {
                 // The others apply it as the primary's change: with its generation.
                 let generation = outcome.generation;

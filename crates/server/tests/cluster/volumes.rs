@@ -1165,41 +1165,6 @@ async fn a_write_held_up_at_the_only_current_replica_reaches_the_lagging_one() {
     g.stop().await;
 }
 
-/// A gateway dies after a chunk's primary took its write and before the second replica got
-/// it. Nothing was acknowledged, but one copy holds the write: the primary, which held the
-/// write's blocks, must see the gateway's connection go with the hold still on and have the
-/// second replica copy the chunk. Before, the dying gateway released the hold as if the write
-/// had ended, and the two copies stayed different while the volume said `healthy`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_write_abandoned_by_its_dying_gateway_after_the_primary_is_not_kept_by_one_copy() {
-    const AFTER: &str = "gateway::after_primary";
-    let name = "abandoned";
-    let (g, replicas, gateway) = one_chunk_volume(name).await;
-    let mut g = g;
-    let primary = replicas[0].0;
-    assert_eq!(durable_write(g.nbd(gateway), name, 0, 1).await, 0);
-    let reached = pause_at(AFTER, name);
-    let lost = tokio::spawn(blocking({
-        let addr = g.nbd(gateway);
-        move || {
-            let mut c = connect(&addr, name);
-            c.write(0, &pattern(2, 8192), true)
-        }
-    }));
-    wait_reached(&reached, 1, "the primary's answer").await;
-    g.kill(gateway).await;
-    resume(AFTER, name);
-    assert!(
-        !matches!(lost.await, Ok(Ok(0))),
-        "a write acknowledged by a killed gateway"
-    );
-    g.restart(gateway).await;
-    g.wait_status(primary, name, "healthy").await;
-    let report = g.verify(primary, name, false).await;
-    assert_eq!(report["mismatches"], json!([]), "{report}");
-    g.stop().await;
-}
-
 /// A gateway's link to a chunk's primary drops while its write is on its way to the second
 /// replica (held up there 3 s): the primary lets go of the write's hold, and an overlapping
 /// write through the primary's own gateway passes the held-up one at the second replica. The
