@@ -51,10 +51,6 @@ pub async fn serve_with(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
-    // Dropped with this future (the server's task aborted, as when it is killed): then every
-    // connection ends at once, its requests in flight with it, instead of outliving the server.
-    let abandon = CancellationToken::new();
-    let _abandon_when_dropped = abandon.clone().drop_guard();
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "nbd server listening");
     }
@@ -86,17 +82,13 @@ pub async fn serve_with(
         let exports = exports.clone();
         let shutdown = shutdown.clone();
         let limits = limits.clone();
-        let abandon = abandon.clone();
         let span = info_span!("nbd_conn", %peer);
         tracker.spawn(
             async move {
                 debug!("connection accepted");
-                tokio::select! {
-                    _ = abandon.cancelled() => debug!("connection abandoned with its server"),
-                    served = serve_tcp(stream, peer, exports, &limits, shutdown) => match served {
-                        Ok(()) => debug!("connection closed"),
-                        Err(e) => info!(error = %e, "connection ended with an error"),
-                    },
+                match serve_tcp(stream, peer, exports, &limits, shutdown).await {
+                    Ok(()) => debug!("connection closed"),
+                    Err(e) => info!(error = %e, "connection ended with an error"),
                 }
                 drop(slot);
             }

@@ -149,32 +149,19 @@ where
         .clamp(1, Semaphore::MAX_PERMITS);
     let stop = CancellationToken::new();
     let kill = CancellationToken::new();
-    // If this future is dropped (its server is gone), the writer and the requests in flight
-    // stop at once too; on a normal end every request has replied before this drops.
-    let abandon = CancellationToken::new();
-    let _abandon_when_dropped = abandon.clone().drop_guard();
     let activity = Arc::new(Activity::new());
     let (tx, rx) = mpsc::channel::<Queued>(max_requests);
-    let writer = {
-        let abandon = abandon.clone();
-        let writing = write_loop(
+    let writer = tokio::spawn(
+        write_loop(
             wr,
             rx,
             stop.clone(),
             kill.clone(),
             activity.clone(),
             config.reply_timeout,
-        );
-        tokio::spawn(
-            async move {
-                tokio::select! {
-                    _ = abandon.cancelled() => Ok(()),
-                    written = writing => written,
-                }
-            }
-            .in_current_span(),
         )
-    };
+        .in_current_span(),
+    );
     let requests = Arc::new(Semaphore::new(max_requests));
     let connection_bytes = Budget::new(config.max_bytes_per_connection);
     // Payload bytes still to be read and thrown away (a WRITE over the maximum payload).
@@ -246,15 +233,10 @@ where
             };
             let device = device.clone();
             let tx = tx.clone();
-            let abandon = abandon.clone();
             tokio::spawn(
                 async move {
-                    tokio::select! {
-                        _ = abandon.cancelled() => {}
-                        reply = execute(&*device, &session, req, payload) => {
-                            let _ = tx.send((reply, Some(held))).await;
-                        }
-                    }
+                    let reply = execute(&*device, &session, req, payload).await;
+                    let _ = tx.send((reply, Some(held))).await;
                 }
                 .in_current_span(),
             );
