@@ -162,18 +162,13 @@ impl Outcome {
 
 /// The holds one change of one chunk took on its primaries (one, or more if the primary
 /// changed between attempts), released when the change ends however it ends (see
-/// [`crate::order`]) — but not when it is abandoned half-way (its task dropped, as when this
-/// server dies): then a primary may hold a write the other replicas never got, and only the
-/// end of the connection the hold came over has the primary record that before it lets the
-/// blocks go (see [`crate::incoming`]); a release would let an overlapping write pass it.
+/// [`crate::order`]).
 struct Holds {
     engine: Arc<Engine>,
     volume: VolumeId,
     chunk: u64,
     token: u64,
     servers: Mutex<Vec<ServerId>>,
-    /// The change ended (either way) rather than being abandoned.
-    ended: bool,
 }
 
 impl Holds {
@@ -184,13 +179,7 @@ impl Holds {
             volume,
             chunk,
             servers: Mutex::new(Vec::new()),
-            ended: false,
         }
-    }
-
-    /// The change ended: the holds are released.
-    fn end(mut self) {
-        self.ended = true;
     }
 
     /// The token to send to `primary`, which will hold blocks under it.
@@ -205,9 +194,6 @@ impl Holds {
 
 impl Drop for Holds {
     fn drop(&mut self) {
-        if !self.ended {
-            return;
-        }
         let (volume, chunk, token) = (self.volume, self.chunk, self.token);
         for server in self.servers.get_mut().drain(..) {
             if server == self.engine.me() {
@@ -811,21 +797,8 @@ impl GatewayDevice {
     /// overlapping writes reach every replica in one order (see [`crate::order`]); then on the
     /// other current replicas at once; then on the lagging ones.
     async fn change_piece(&self, offset: u64, change: Change, fua: bool) -> Result<(), IoError> {
-        let holds = Holds::new(self.engine.clone(), self.volume, offset / CHUNK_SIZE);
-        let done = self.change_piece_holding(&holds, offset, change, fua).await;
-        holds.end();
-        done
-    }
-
-    /// [`GatewayDevice::change_piece`] under `holds`.
-    async fn change_piece_holding(
-        &self,
-        holds: &Holds,
-        offset: u64,
-        change: Change,
-        fua: bool,
-    ) -> Result<(), IoError> {
         let chunk = offset / CHUNK_SIZE;
+        let holds = Holds::new(self.engine.clone(), self.volume, chunk);
         let deadline = Instant::now() + RETRY_WINDOW;
         loop {
             let view = self.view()?;
