@@ -695,10 +695,11 @@ fn seeds() -> Vec<u64> {
     spec.split(',').map(|s| s.trim().parse().unwrap()).collect()
 }
 
-/// Known failures (issue 10, item 13): `bench/faults.sh`-style runs of seeds 1..200 at 9450020
-/// passed 197; seeds 4, 36 and 176 left two copies with the same write generation and
-/// different data (every one after snapshots taken between kills, power failures or a
-/// partition), and passed when replayed.
+/// Known failures (issue 10, item 13): `bench/faults.sh`-style runs of seeds 1..200 at 2ef0b53
+/// passed 198; seeds 117 and 144 left two copies with the same write generation and
+/// different data. In both, a server the harness killed or power-failed went on serving the
+/// NBD requests it had in flight for about 8 s (its restart found its store still open): the
+/// harness's kill is not yet a real one for those (see the issue's notes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn randomized_faults_leave_acknowledged_writes_and_identical_replicas() {
     for seed in seeds() {
