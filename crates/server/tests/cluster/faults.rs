@@ -353,14 +353,7 @@ async fn explain(g: &Group, report: &Value, models: &[(Model, u64)]) -> String {
                 offset: chunk * 4 * MIB,
                 len: (4 * MIB) as u32,
             };
-            let got =
-                match strata_wire::WireClient::connect(peer, strata_types::ServerId::new_random())
-                    .await
-                {
-                    Ok(c) => c.call(read).await.ok(),
-                    Err(_) => None,
-                };
-            if let Some(strata_wire::Response::Data(d)) = got {
+            if let Some(strata_wire::Response::Data(d)) = ask(peer, read).await {
                 copies.push((name, d));
             }
         }
@@ -396,6 +389,18 @@ async fn explain(g: &Group, report: &Value, models: &[(Model, u64)]) -> String {
     out
 }
 
+/// `req`'s answer from the server whose wire protocol listens at `peer`, on a connection of
+/// its own; `None` if it cannot be reached or fails.
+async fn ask(
+    peer: std::net::SocketAddr,
+    req: strata_wire::Request,
+) -> Option<strata_wire::Response> {
+    let client = strata_wire::WireClient::connect(peer, strata_types::ServerId::new_random())
+        .await
+        .ok()?;
+    client.call(req).await.ok()
+}
+
 /// Each layer of `chunk` on each of `peers` (name, peer address): its write generation, its
 /// data and zero blocks, and a checksum of its maps and bytes, so that a failing seed shows
 /// which layer the copies differ in.
@@ -415,14 +420,7 @@ async fn layer_by_layer(
                 layer,
                 chunk,
             };
-            let got =
-                match strata_wire::WireClient::connect(*peer, strata_types::ServerId::new_random())
-                    .await
-                {
-                    Ok(c) => c.call(get).await.ok(),
-                    Err(_) => None,
-                };
-            shown.push(match got {
+            shown.push(match ask(*peer, get).await {
                 Some(strata_wire::Response::Chunk { maps, blocks }) => {
                     let mut h = std::collections::hash_map::DefaultHasher::new();
                     (maps.data, maps.zero, &blocks[..]).hash(&mut h);
