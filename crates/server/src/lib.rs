@@ -64,28 +64,19 @@ impl RunningServer {
         self.meta.shutdown().await;
     }
 
-    /// Stops the server abruptly, as a crash would as far as its peers can tell: every task
-    /// ends at once (no request is answered and no resync copies from here after this
-    /// starts), then the engine's background work, then the Raft node. The store
-    /// still flushes, but the next start is unclean ([`Store::close_as_unclean`]), as after a
-    /// SIGKILL: a write this server applied may not have reached the other replicas.
-    pub async fn kill(mut self) {
-        self.store.close_as_unclean();
-        // Nothing serves any more (NBD, the wire listener, resync, the API), and nothing the
-        // engine started in the background outlives the crash; the Raft node stops last.
-        self.shutdown.cancel();
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
-        self.engine.stop().await;
-        self.meta.shutdown().await;
-    }
-
-    /// Test hook: stops the server as a power loss would: like [`RunningServer::kill`], and
-    /// what its store had not flushed is lost (see [`Store::crash_in_place`]).
+    /// Test hook: what a SIGKILL (`power_loss`: a power loss) does to this server's data,
+    /// for a test that runs the server on a tokio runtime of its own and shuts that runtime
+    /// down right after (`Runtime::shutdown_background`), so that every task stops at its next
+    /// await point and every socket closes, as they would with the process. The store's last
+    /// drop still flushes, but the next start is unclean ([`Store::close_as_unclean`]): a write
+    /// this server applied may not have reached the other replicas. With `power_loss`, what
+    /// the store had not flushed is lost too ([`Store::crash_in_place`]).
     #[doc(hidden)]
-    pub async fn crash(self) {
-        self.store.crash_in_place();
-        self.kill().await;
+    pub fn doom(&self, power_loss: bool) {
+        if power_loss {
+            self.store.crash_in_place();
+        }
+        self.store.close_as_unclean();
     }
 
     /// Waits until the server stops by itself (it does not, unless a task fails) or is told to

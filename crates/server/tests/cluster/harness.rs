@@ -1,6 +1,7 @@
-//! An in-process group of `strata server`s on loopback with temporary data directories. A
-//! server can be killed (its Raft node stops, then its tasks) and restarted from its directory
-//! on the same ports, and the links between chosen servers can be cut and healed. Waits poll
+//! An in-process group of `strata server`s on loopback with temporary data directories. Each
+//! server runs on a tokio runtime of its own, so it can be killed as a process would be: its
+//! runtime is shut down, every task of it stops at its next await point and every socket it
+//! holds closes (see [`Group::kill`]). It can be restarted from its directory on the same ports, and the links between chosen servers can be cut and healed. Waits poll
 //! the servers' state through the API; nothing sleeps for a guess.
 //!
 //! Links: server *i* of group *g* listens on its own loopback address 127.g.0.(10+i) and its
@@ -97,7 +98,48 @@ pub struct Node {
     public_peer: SocketAddr,
     /// The proxies' tasks; stopped while the server is down, so callers see it refuse.
     proxies: Vec<tokio::task::JoinHandle<()>>,
-    running: Option<RunningServer>,
+    running: Option<Running>,
+}
+
+/// A started server and the runtime its tasks run on.
+struct Running {
+    server: Option<RunningServer>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Running {
+    /// Ends the server as a process death would: its data as [`RunningServer::doom`] says,
+    /// then its runtime, at once (tasks are dropped where they wait; nothing of the server runs
+    /// after this but store calls already on the blocking pool, which its crashed store
+    /// refuses or which finish as a dead process's writes to the page cache would).
+    fn die(mut self, power_loss: bool) {
+        if let Some(server) = &self.server {
+            server.doom(power_loss);
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    /// Stops the server gracefully, on its own runtime.
+    async fn stop(mut self) {
+        if let (Some(server), Some(runtime)) = (self.server.take(), &self.runtime) {
+            let _ = runtime.spawn(server.stop()).await;
+        }
+    }
+
+    fn server(&self) -> &RunningServer {
+        self.server.as_ref().expect("a running server")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropping a runtime may block, which an async test's thread must not.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Node {
@@ -182,24 +224,31 @@ fn config(dir: &std::path::Path, name: &str, addrs: Addrs, join: Option<String>)
     config
 }
 
-async fn start(
-    dir: &std::path::Path,
-    name: &str,
-    addrs: Addrs,
-    join: Option<String>,
-) -> RunningServer {
+async fn start(dir: &std::path::Path, name: &str, addrs: Addrs, join: Option<String>) -> Running {
     let config = config(dir, name, addrs, join);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(format!("{name}-rt"))
+        .enable_all()
+        .build()
+        .expect("a runtime for the server");
     // A restart may find its old ports, or its databases, still held for a moment by the tasks
     // of the killed server that are finishing.
     let deadline = Instant::now() + WAIT;
     loop {
         // Every task of the server logs in a span naming it: one log, three servers.
         let span = tracing::info_span!(target: "strata_server", "server", name);
-        match strata_server::start(config.clone(), CancellationToken::new())
-            .instrument(span)
+        let started = runtime
+            .spawn(strata_server::start(config.clone(), CancellationToken::new()).instrument(span))
             .await
-        {
-            Ok(s) => return s,
+            .expect("the server's start task");
+        match started {
+            Ok(s) => {
+                return Running {
+                    server: Some(s),
+                    runtime: Some(runtime),
+                }
+            }
             Err(e) if Instant::now() < deadline => {
                 eprintln!("server {name} did not start yet ({e:#}); retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await
@@ -323,12 +372,14 @@ impl Group {
         format!("http://{}", self.nodes[i].api)
     }
 
-    /// Kills server `i`.
+    /// Kills server `i` as SIGKILL would: its runtime ends at once, and so every task and
+    /// connection of it (its peers see their connections to it close, as after a process
+    /// death); the next start is unclean.
     pub async fn kill(&mut self, i: usize) {
         let running = self.nodes[i].running.take().expect("server is running");
         self.nodes[i].close_proxies();
         let started = Instant::now();
-        running.kill().await;
+        running.die(false);
         eprintln!(
             "server {} killed in {:?}",
             self.nodes[i].name,
@@ -341,7 +392,7 @@ impl Group {
         let running = self.nodes[i].running.take().expect("server is running");
         self.nodes[i].close_proxies();
         let started = Instant::now();
-        running.crash().await;
+        running.die(true);
         eprintln!(
             "server {} power-failed in {:?}",
             self.nodes[i].name,
@@ -499,7 +550,7 @@ impl Group {
             .iter()
             .find_map(|n| n.running.as_ref())
             .and_then(|r| {
-                let state = r.meta.local_state();
+                let state = r.server().meta.local_state();
                 let layers = state.volumes.values().find(|v| v.id == id)?.layers.clone();
                 Some(layers)
             })
