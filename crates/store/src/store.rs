@@ -408,11 +408,12 @@ impl Store {
     }
 
     /// Freezes the volume's head (which becomes the returned snapshot) and puts a new empty head
-    /// `new_head` on top. Metadata only, in memory: no data is copied and nothing is synced,
-    /// so writers wait only for the stack's lock. The new stack is persisted by the volume's
-    /// next flush, in the same transaction as the map rows; until then a crash loses the
-    /// snapshot together with the unflushed writes, and the caller (which keeps the layer stack
-    /// in its own durable state) takes it again.
+    /// `new_head` on top. Metadata only: no data is copied and no data file is synced, so
+    /// writers wait only for the stack's lock and one commit of the new stack. The stack is
+    /// durable before any write reaches the new head: a crash that lost it would lose the new
+    /// head's file and its activity log entries with it, and so the chunks written there would
+    /// never be named as suspect ([`Store::suspect_chunks`]). Writes to the frozen layer that
+    /// were not flushed are still lost in a crash, and named.
     pub fn snapshot(&self, vol: VolumeId, new_head: LayerId) -> Result<LayerId> {
         let v = self.inner.volume(vol)?;
         let mut st = v.stack.write();
@@ -437,7 +438,21 @@ impl Store {
             deleted: false,
             data,
         });
-        v.stack_dirty.store(true, Ordering::Release);
+        let record = st.record(*v.merge.lock());
+        let committed = (|| {
+            let txn = self.inner.db.begin_write()?;
+            meta::put_volume(&txn, vol, &record)?;
+            meta::bump_next_fid(&txn, fid + 1)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = committed {
+            // As before the call; the new head's empty file is collected at the next open.
+            st.layers.pop();
+            st.layers[old].frozen = false;
+            st.next_rank -= 1;
+            return Err(e);
+        }
         Ok(frozen)
     }
 

@@ -172,10 +172,11 @@ fn missed_marks_bump_clear_persist_and_follow_merges() {
     assert!(s.missed(vol).unwrap().is_empty());
 }
 
-/// A snapshot is metadata in memory until the next flush persists it with the map rows: a crash
-/// before that loses it together with the unflushed writes; a flush keeps both.
+/// A snapshot is durable once taken (metadata only: no data file is synced): a crash right
+/// after it keeps it, and loses only the writes that were not flushed, in the snapshot and in
+/// the new head alike.
 #[test]
-fn a_snapshot_is_durable_with_the_next_flush() {
+fn a_snapshot_is_durable_once_taken() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("s");
     let vol = VolumeId::new_random();
@@ -192,19 +193,25 @@ fn a_snapshot_is_durable_with_the_next_flush() {
     s.crash();
     let s = open(&dir);
     let info = s.volume(vol).unwrap();
-    assert_eq!(info.head, l0, "the unflushed snapshot is gone");
+    assert_eq!(info.head, l1, "the snapshot survives the crash");
+    assert_eq!(chunk(&s, vol, Some(l0), 0)[..4096], [1u8; 4096]);
     assert_eq!(chunk(&s, vol, None, 0)[..4096], [1u8; 4096]);
     assert!(chunk(&s, vol, None, 0)[4096..8192].iter().all(|x| *x == 0));
-    // Taken again (as the server's reconcile does), then flushed: both survive a crash.
-    s.snapshot(vol, l1).unwrap();
+    // An unflushed write to the head that is then frozen is lost from the snapshot too.
     s.write(vol, 4096, &[2u8; 4096], false).unwrap();
-    s.flush(vol).unwrap();
     s.snapshot(vol, l2).unwrap();
     s.crash();
     let s = open(&dir);
     let info = s.volume(vol).unwrap();
-    assert_eq!(info.head, l1);
-    assert_eq!(chunk(&s, vol, None, 0)[4096..8192], [2u8; 4096]);
+    assert_eq!(info.head, l2);
+    assert!(chunk(&s, vol, Some(l1), 0)[4096..8192]
+        .iter()
+        .all(|x| *x == 0));
+    // A flushed write survives.
+    s.write(vol, 4096, &[3u8; 4096], true).unwrap();
+    s.crash();
+    let s = open(&dir);
+    assert_eq!(chunk(&s, vol, None, 0)[4096..8192], [3u8; 4096]);
     assert!(chunk(&s, vol, Some(l0), 0)[4096..8192]
         .iter()
         .all(|x| *x == 0));
@@ -290,6 +297,40 @@ fn a_copy_into_a_layer_being_merged_down_is_refused_until_the_merge_ends() {
     assert!(chunk(&s, vol, Some(mid), 0)[..256 << 10]
         .iter()
         .all(|b| *b == 2));
+}
+
+/// A chunk written only in the head of a snapshot taken after the last flush is named after a
+/// crash: the snapshot (the new head and the frozen one below it) is durable once taken, so
+/// the crash cannot drop the head's file, and its activity log entry with it.
+#[test]
+fn a_crash_after_a_snapshot_names_the_chunks_written_in_its_new_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    let vol = VolumeId::new_random();
+    let (l0, l1) = (LayerId::new_random(), LayerId::new_random());
+    let s = open(&dir);
+    s.create_volume(vol, SIZE, l0).unwrap();
+    s.write(vol, CHUNK_SIZE, &[1u8; 4096], false).unwrap();
+    s.flush(vol).unwrap();
+    s.snapshot(vol, l1).unwrap();
+    s.write(vol, CHUNK_SIZE, &[2u8; 4096], false).unwrap();
+    s.crash();
+    let s = open(&dir);
+    let layers: Vec<(LayerId, bool)> = s
+        .volume(vol)
+        .unwrap()
+        .layers
+        .iter()
+        .map(|l| (l.id, l.frozen))
+        .collect();
+    assert_eq!(
+        layers,
+        vec![(l0, true), (l1, false)],
+        "the snapshot survives"
+    );
+    let named = s.suspect_chunks(vol).unwrap();
+    assert!(named.contains(&(l1, 1)), "{named:?}");
+    assert_eq!(chunk(&s, vol, Some(l0), 1)[..4096], [1u8; 4096]);
 }
 
 /// After an unclean stop the store names every chunk that may hold writes it did not flush
