@@ -103,6 +103,40 @@ struct MarksRecorded {
     failed: Option<ReplicaError>,
 }
 
+/// Which replicas took a change into which head layer, over the attempts of one change that
+/// were refused somewhere or routed again. The next attempt writes to every replica again, and
+/// so makes them the same — unless a snapshot froze that layer meanwhile: the next attempt
+/// then writes to the new head, and the copies of the snapshot differ.
+#[derive(Default)]
+struct Taken {
+    layer: Option<LayerId>,
+    by: Vec<ServerId>,
+}
+
+impl Taken {
+    /// Records that `by` took the change into `layer`.
+    fn add(&mut self, layer: LayerId, by: &[ServerId]) {
+        if self.layer != Some(layer) {
+            self.by.clear();
+        }
+        self.layer = Some(layer);
+        for s in by {
+            if !self.by.contains(s) {
+                self.by.push(*s);
+            }
+        }
+    }
+
+    /// When the head is no longer the layer the change was taken into: that layer and who
+    /// took it there (forgotten here: the caller records it).
+    fn left_behind(&mut self, head: LayerId) -> Option<(LayerId, Vec<ServerId>)> {
+        let layer = self.layer.filter(|l| *l != head)?;
+        self.layer = None;
+        let by = std::mem::take(&mut self.by);
+        (!by.is_empty()).then_some((layer, by))
+    }
+}
+
 /// What the current replicas answered to one attempt of a change.
 #[derive(Default)]
 struct Outcome {
@@ -800,11 +834,26 @@ impl GatewayDevice {
         let chunk = offset / CHUNK_SIZE;
         let holds = Holds::new(self.engine.clone(), self.volume, chunk);
         let deadline = Instant::now() + RETRY_WINDOW;
+        // The replicas that took the change into a head layer in an earlier attempt, which was
+        // then refused elsewhere or routed again (see `Taken`).
+        let mut taken = Taken::default();
         loop {
             let view = self.view()?;
             let head = view
                 .head()
                 .ok_or_else(|| IoError::Io("the volume has no head layer".into()))?;
+            if let Some((layer, took)) = taken.left_behind(head) {
+                // A snapshot froze `layer` between two attempts: the copies of the snapshot of
+                // those that took it hold the change, the others' do not (this attempt writes
+                // to the new head). Resync gives the others the takers' version of `layer`.
+                let differ: Vec<ServerId> = view
+                    .replicas_of(chunk)
+                    .into_iter()
+                    .filter(|r| !took.contains(r))
+                    .collect();
+                self.missed_by(&differ, &took, layer, offset, view.epoch)
+                    .await?;
+            }
             let replicas = view.replicas_of(chunk);
             let current: Vec<ServerId> = replicas
                 .iter()
@@ -856,6 +905,7 @@ impl GatewayDevice {
             if !outcome.failed.is_empty() {
                 for f in &outcome.failed {
                     if let Err(e) = self.replica_failed(*f).await {
+                        // Those that took it, or are recorded as missing it (by the current ones).
                         let mut took = outcome.acked.clone();
                         if !outcome.full.contains(f) && self.may_still_apply(*f) {
                             // It did not answer in time, and may still apply the change: then
@@ -899,6 +949,11 @@ impl GatewayDevice {
                     .await?;
             }
             if !outcome.refused.is_empty() {
+                // The fenced ones are recorded above; the others may refuse again in a newer
+                // head.
+                if outcome.fenced.is_empty() {
+                    taken.add(head, &outcome.acked);
+                }
                 if Instant::now() > deadline {
                     // Those that took it now differ from those that did not.
                     self.missed_by(&outcome.refused, &outcome.acked, head, offset, view.epoch)
@@ -915,15 +970,23 @@ impl GatewayDevice {
             if !late.is_empty() {
                 crate::failpoint::pause("gateway::before_lagging", &view.name).await;
             }
+            // Those that took it, or are recorded as missing it (by the current ones).
+            let mut took = outcome.acked.clone();
             for s in late {
                 let (change, epoch, generation) = (change.clone(), view.epoch, outcome.generation);
-                rerouted |= !self
+                let applied = self
                     .write_lagging(
                         s, &current, head, offset, change, fua, epoch, generation, reroute,
                     )
                     .await?;
+                if applied {
+                    took.push(s);
+                } else {
+                    rerouted = true;
+                }
             }
             if rerouted {
+                taken.add(head, &took);
                 self.engine.wait_change(Duration::from_millis(20)).await;
                 continue;
             }

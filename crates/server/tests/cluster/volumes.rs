@@ -1045,6 +1045,63 @@ async fn lagging_write_lost_with_its_gateway(one_way: bool) {
     g.stop().await;
 }
 
+/// A write reaches a chunk's current replica, and before it reaches the lagging one, that one
+/// is declared in sync and a snapshot is taken (the gateway's pause, held up by the write,
+/// times out: it is not waited for). The lagging replica refuses the write's old routing
+/// epoch, so the write is routed again, by the new view, into the new head of both replicas:
+/// the current replica's copy of the snapshot holds it, the other's does not. The gateway must
+/// have that recorded, so that the snapshot's copies end up the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_routed_again_across_a_snapshot_leaves_its_copies_the_same() {
+    const IN_SYNC: &str = "resync::before_in_sync";
+    const LAGGING: &str = "gateway::before_lagging";
+    let name = "across";
+    let (g, replicas, gateway) = one_chunk_volume(name).await;
+    let id: strata_types::VolumeId =
+        serde_json::from_value(g.get(0, &format!("/v1/volumes/{name}")).await["id"].clone())
+            .unwrap();
+    let (current, lagging) = (replicas[0].0, replicas[1].0);
+    assert_eq!(durable_write(g.nbd(gateway), name, 0, 1).await, 0);
+    // The second replica is stale, with nothing to copy; its declaration in sync waits.
+    let declaring = pause_at(IN_SYNC, name);
+    let (status, body) = g
+        .post(
+            current,
+            &format!("/v1/internal/volumes/{id}/stale"),
+            json!({ "server": replicas[1].1, "reporter": replicas[0].1 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_reached(&declaring, 1, "the stale replica's resync").await;
+    // The next write reaches the current replica and waits before the lagging one.
+    let paused = pause_at(LAGGING, name);
+    let routed_again = tokio::spawn(durable_write(g.nbd(gateway), name, 0, 2));
+    wait_reached(&paused, 1, "the write to the lagging replica").await;
+    // The lagging replica is declared in sync (the routing epoch moves), and a snapshot is
+    // taken while the write is still on its way.
+    resume(IN_SYNC, name);
+    g.wait_status(current, name, "healthy").await;
+    let (status, body) = g
+        .post(
+            current,
+            &format!("/v1/volumes/{name}/snapshots"),
+            json!({"name": "snap"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // A write of the new epoch reaches the formerly lagging replica (elsewhere in the chunk),
+    // which then refuses the held one's old epoch.
+    assert_eq!(durable_write(g.nbd(current), name, 65536, 3).await, 0);
+    resume(LAGGING, name);
+    assert_eq!(routed_again.await.unwrap(), 0, "the write is acknowledged");
+    g.wait_status(lagging, name, "healthy").await;
+    let report = g.verify(current, &format!("{name}@snap"), false).await;
+    assert_eq!(report["mismatches"], json!([]), "the snapshot: {report}");
+    let report = g.verify(current, name, false).await;
+    assert_eq!(report["mismatches"], json!([]), "the head: {report}");
+    g.stop().await;
+}
+
 /// A write to a chunk's second replica is held up there, after it was admitted, past its
 /// gateway's patience: the gateway marks that replica stale and acknowledges through the
 /// first, and the client writes the blocks again while the second is still counted down. When
