@@ -109,16 +109,24 @@ struct Running {
 
 impl Running {
     /// Ends the server as a process death would: its data as [`RunningServer::doom`] says,
-    /// then its runtime, at once (tasks are dropped where they wait; nothing of the server runs
-    /// after this but store calls already on the blocking pool, which its crashed store
-    /// refuses or which finish as a dead process's writes to the page cache would).
-    fn die(mut self, power_loss: bool) {
+    /// then its runtime, at once: every task is dropped where it waits, and this returns once
+    /// the store calls already on the runtime's blocking pool are over (they finish as a dead
+    /// process's writes to the page cache would) and the server's files are closed, as the
+    /// kernel closes them when a process dies.
+    async fn die(mut self, power_loss: bool) {
         if let Some(server) = &self.server {
             server.doom(power_loss);
         }
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
+        let runtime = self.runtime.take();
+        let server = self.server.take();
+        tokio::task::spawn_blocking(move || {
+            if let Some(runtime) = runtime {
+                runtime.shutdown_timeout(Duration::from_secs(10));
+            }
+            drop(server);
+        })
+        .await
+        .expect("the killed server's runtime ends");
     }
 
     /// Stops the server gracefully, on its own runtime.
@@ -379,7 +387,7 @@ impl Group {
         let running = self.nodes[i].running.take().expect("server is running");
         self.nodes[i].close_proxies();
         let started = Instant::now();
-        running.die(false);
+        running.die(false).await;
         eprintln!(
             "server {} killed in {:?}",
             self.nodes[i].name,
@@ -392,7 +400,7 @@ impl Group {
         let running = self.nodes[i].running.take().expect("server is running");
         self.nodes[i].close_proxies();
         let started = Instant::now();
-        running.die(true);
+        running.die(true).await;
         eprintln!(
             "server {} power-failed in {:?}",
             self.nodes[i].name,
