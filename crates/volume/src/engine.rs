@@ -59,6 +59,9 @@ pub struct Engine {
     pub(crate) seals: crate::seal::Seals,
     /// Own marks this server's gateways owe to replicas they could not reach.
     pub(crate) owed: crate::owed::Owed,
+    /// Replicas this server recorded as missing chunks and is having marked stale, per volume
+    /// (see [`Engine::marking_stale`]).
+    marking: Arc<Mutex<HashMap<(VolumeId, ServerId), usize>>>,
     /// Names this run of the server (see [`Engine::run`]).
     run: u64,
     /// Counts the tokens of [`Engine::new_token`].
@@ -106,6 +109,25 @@ fn new_run_id() -> u64 {
     h.finish()
 }
 
+/// While it lives, resync keeps this server's marks for a replica that is in sync (see
+/// [`Engine::marking_stale`]).
+pub(crate) struct MarkingStale {
+    marking: Arc<Mutex<HashMap<(VolumeId, ServerId), usize>>>,
+    key: (VolumeId, ServerId),
+}
+
+impl Drop for MarkingStale {
+    fn drop(&mut self) {
+        let mut marking = self.marking.lock();
+        if let Some(n) = marking.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                marking.remove(&self.key);
+            }
+        }
+    }
+}
+
 impl Engine {
     /// The engine of server `me` over its `store`; `control` reaches the management group;
     /// connections to peers leave from `source_ip` if given.
@@ -141,6 +163,7 @@ impl Engine {
             epochs: crate::order::EpochFences::default(),
             incoming: crate::incoming::Incoming::default(),
             owed: crate::owed::Owed::default(),
+            marking: Arc::default(),
             seals: crate::seal::Seals::default(),
             run: new_run_id(),
             tokens: std::sync::atomic::AtomicU64::new(0),
@@ -176,6 +199,25 @@ impl Engine {
         self.stopping.cancel();
         self.background.close();
         self.background.wait().await;
+    }
+
+    /// Taken before recording marks for `server`, a replica of `volume` that is in sync, and
+    /// kept until it is marked stale (or the marks are cleared): resync drops marks for an
+    /// in-sync replica that nobody needs (leftovers of a refused mark), and must not drop
+    /// these while the group is slow to mark it stale — it would then be stale with nothing
+    /// to copy, and declared in sync without the chunks.
+    pub(crate) fn marking_stale(&self, volume: VolumeId, server: ServerId) -> MarkingStale {
+        *self.marking.lock().entry((volume, server)).or_default() += 1;
+        MarkingStale {
+            marking: self.marking.clone(),
+            key: (volume, server),
+        }
+    }
+
+    /// Whether some task of this server is recording marks for `server` and having it marked
+    /// stale (see [`Engine::marking_stale`]).
+    pub(crate) fn is_marking_stale(&self, volume: VolumeId, server: ServerId) -> bool {
+        self.marking.lock().contains_key(&(volume, server))
     }
 
     /// Names this run of the server: a new value at each start, answered to pings, so that a

@@ -363,6 +363,7 @@ async fn keep_this_version(
     server: ServerId,
     chunks: Vec<(LayerId, u64)>,
 ) {
+    let _marking = engine.marking_stale(volume, server);
     if !engine.record_missed(volume, server, chunks.clone()).await {
         tracing::error!(%volume, %server, "could not record the writes a replica may hold differently; run `strata volume verify --repair`");
         return;

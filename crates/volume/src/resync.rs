@@ -26,7 +26,7 @@
 //! stayed unchanged for one pass. A stale server copies nothing to others: its data may be
 //! out of date, and the in-sync replicas hold the same marks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use strata_store::MissedChunk;
@@ -136,6 +136,10 @@ async fn pass(
             || (view.holds(m.server)
                 && (!view.in_sync(m.server) || view.gaining(m.chunk).contains(&m.server)));
         if !needed {
+            if engine.is_marking_stale(view.id, m.server) {
+                // Recorded for a replica this server is having marked stale: needed soon.
+                continue;
+            }
             if settled.contains(&(view.id, m)) {
                 clear(engine, view.id, m).await?;
             } else {
@@ -233,7 +237,10 @@ async fn repair_own(
     let me = engine.me();
     if view.in_sync(me) {
         // Where no other replica of the chunk is current, this copy is the one the others
-        // will be made the same as: its suspicion becomes marks for them.
+        // will be made the same as: its suspicion becomes marks for them, for every layer of
+        // the chunk (as a copy back takes every layer): the layer the suspicion names may not
+        // be the only one where they differ (a crash can lose a snapshot that was not flushed
+        // yet, and its writes with it, which the other replica kept in another layer).
         let (alone, shared): (Vec<MissedChunk>, Vec<MissedChunk>) =
             own.into_iter().partition(|m| {
                 !view
@@ -242,11 +249,17 @@ async fn repair_own(
                     .any(|r| *r != me && view.current(*r, m.chunk))
             });
         let mut others: HashMap<ServerId, Vec<(LayerId, u64)>> = HashMap::new();
-        for m in &alone {
-            for r in view.replicas_of(m.chunk).into_iter().filter(|r| *r != me) {
-                others.entry(r).or_default().push((m.layer, m.chunk));
+        let chunks: BTreeSet<u64> = alone.iter().map(|m| m.chunk).collect();
+        for chunk in chunks {
+            for r in view.replicas_of(chunk).into_iter().filter(|r| *r != me) {
+                let marks = others.entry(r).or_default();
+                marks.extend(view.layers.iter().map(|layer| (*layer, chunk)));
             }
         }
+        let _marking: Vec<_> = others
+            .keys()
+            .map(|server| engine.marking_stale(view.id, *server))
+            .collect();
         for (server, chunks) in &others {
             if !engine.record_missed(view.id, *server, chunks.clone()).await {
                 return Err(format!(
