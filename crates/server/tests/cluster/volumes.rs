@@ -939,6 +939,27 @@ fn resume(point: &str, key: &str) {
     fail::remove(format!("{point}::{key}"));
 }
 
+/// Has the second of `replicas` (chunk 0's, best first) marked stale, reported by the first,
+/// and waits until its resync, with nothing to copy, is held before it declares it in sync
+/// (the pause `resync::before_in_sync` for volume `name`; `resume` lets it go on).
+async fn stale_with_declaration_paused(
+    g: &Group,
+    id: strata_types::VolumeId,
+    replicas: &[(usize, strata_types::ServerId)],
+    name: &str,
+) {
+    let declaring = pause_at("resync::before_in_sync", name);
+    let (status, body) = g
+        .post(
+            replicas[0].0,
+            &format!("/v1/internal/volumes/{id}/stale"),
+            json!({ "server": replicas[1].1, "reporter": replicas[0].1 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_reached(&declaring, 1, "the stale replica's resync").await;
+}
+
 /// Waits until `n` tasks reached the fail point `reached` counts for.
 async fn wait_reached(reached: &AtomicUsize, n: usize, what: &str) {
     let deadline = std::time::Instant::now() + crate::harness::WAIT;
@@ -992,16 +1013,7 @@ async fn lagging_write_lost_with_its_gateway(one_way: bool) {
     };
     assert_eq!(write(g.nbd(gateway), 1, true).await.unwrap(), 0);
     // The second replica is stale, with nothing to copy; its declaration in sync waits.
-    let declaring = pause_at(IN_SYNC, name);
-    let (status, body) = g
-        .post(
-            current,
-            &format!("/v1/internal/volumes/{id}/stale"),
-            json!({ "server": replicas[1].1, "reporter": replicas[0].1 }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    wait_reached(&declaring, 1, "the stale replica's resync").await;
+    stale_with_declaration_paused(&g, id, &replicas, name).await;
     // The next write reaches the current replica; its gateway dies before the stale one.
     let lagging = pause_at(LAGGING, name);
     let lost = tokio::spawn(write(g.nbd(gateway), 2, false));
@@ -1063,16 +1075,7 @@ async fn a_write_routed_again_across_a_snapshot_leaves_its_copies_the_same() {
     let (current, lagging) = (replicas[0].0, replicas[1].0);
     assert_eq!(durable_write(g.nbd(gateway), name, 0, 1).await, 0);
     // The second replica is stale, with nothing to copy; its declaration in sync waits.
-    let declaring = pause_at(IN_SYNC, name);
-    let (status, body) = g
-        .post(
-            current,
-            &format!("/v1/internal/volumes/{id}/stale"),
-            json!({ "server": replicas[1].1, "reporter": replicas[0].1 }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    wait_reached(&declaring, 1, "the stale replica's resync").await;
+    stale_with_declaration_paused(&g, id, &replicas, name).await;
     // The next write reaches the current replica and waits before the lagging one.
     let paused = pause_at(LAGGING, name);
     let routed_again = tokio::spawn(durable_write(g.nbd(gateway), name, 0, 2));
