@@ -905,7 +905,6 @@ impl GatewayDevice {
             if !outcome.failed.is_empty() {
                 for f in &outcome.failed {
                     if let Err(e) = self.replica_failed(*f).await {
-                        // Those that took it, or are recorded as missing it (by the current ones).
                         let mut took = outcome.acked.clone();
                         if !outcome.full.contains(f) && self.may_still_apply(*f) {
                             // It did not answer in time, and may still apply the change: then

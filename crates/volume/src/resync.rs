@@ -238,9 +238,8 @@ async fn repair_own(
     if view.in_sync(me) {
         // Where no other replica of the chunk is current, this copy is the one the others
         // will be made the same as: its suspicion becomes marks for them, for every layer of
-        // the chunk (as a copy back takes every layer): the layer the suspicion names may not
-        // be the only one where they differ (a crash can lose a snapshot that was not flushed
-        // yet, and its writes with it, which the other replica kept in another layer).
+        // the chunk (as a copy back takes every layer): the layer the suspicion names need
+        // not be the only one where the copies differ.
         let (alone, shared): (Vec<MissedChunk>, Vec<MissedChunk>) =
             own.into_iter().partition(|m| {
                 !view
