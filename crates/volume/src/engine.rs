@@ -220,6 +220,14 @@ impl Engine {
         self.marking.lock().contains_key(&(volume, server))
     }
 
+    /// Whether some task of this server is having any replica of `volume` marked stale, to
+    /// take this server's version: this server's own marks on the volume, recorded first in
+    /// case it crashes meanwhile, wait until that is settled (see `incoming`'s
+    /// `keep_this_version`).
+    pub(crate) fn is_keeping_own_version(&self, volume: VolumeId) -> bool {
+        self.marking.lock().keys().any(|(v, _)| *v == volume)
+    }
+
     /// Names this run of the server: a new value at each start, answered to pings, so that a
     /// peer can tell whether this server restarted (and lost what it had not synced) between
     /// two of its requests.

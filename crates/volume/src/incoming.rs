@@ -226,16 +226,14 @@ pub(crate) fn closed(engine: &Arc<Engine>, conn: u64) {
 /// this server, the primary, keeps its version of each such chunk: every other replica is
 /// recorded as missing it and is marked stale — a stale one has the routing epoch moved past
 /// the one of the write, so that a copy made later is never overtaken by it — before the
-/// holds are let go.
+/// holds are let go. A hold may outlive the write it ordered and a snapshot taken since, so
+/// the write may be in any layer of the stack: every layer of the chunk is marked.
 async fn held_at_close(engine: &Arc<Engine>, held: Vec<(VolumeId, u64)>) {
     let me = engine.me();
     let mut per: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>> = HashMap::new();
     let mut gain: HashMap<VolumeId, HashMap<ServerId, Vec<(LayerId, u64)>>> = HashMap::new();
     for (volume, chunk) in held {
         let Some(view) = engine.view(volume) else {
-            continue;
-        };
-        let Some(head) = view.head() else {
             continue;
         };
         let gaining = view.gaining(chunk);
@@ -249,7 +247,7 @@ async fn held_at_close(engine: &Arc<Engine>, held: Vec<(VolumeId, u64)>) {
                 .or_default()
                 .entry(r)
                 .or_default()
-                .push((head, chunk));
+                .extend(view.layers.iter().map(|layer| (*layer, chunk)));
         }
     }
     mark_gaining(engine, gain).await;
@@ -353,10 +351,14 @@ async fn lost_with_gateway(
     keep_this_version(engine, volume, server, chunks).await;
 }
 
-/// Has `server`, a current replica, copy `chunks` of `volume` from here: records them as
-/// missed by it, durably, then marks it stale. If the group refuses that (`server` is the only
-/// other in-sync copy of some chunk), the marks are cleared again — a current replica is not
-/// copied to — and this server's copy of them is the one replaced instead, once it can be.
+/// Has `server`, a current replica, copy `chunks` of `volume` from here. This server first
+/// records its own copy of them as suspect (own marks), durably, then records them as missed by
+/// `server` and marks it stale; once the group has, the own marks it added are cleared. So a
+/// crash of this server at any step leaves a mark that makes the copies the same: while
+/// `server` is still in sync, the own marks copy its version back here (and the marks for it,
+/// needed by nobody, are dropped by resync); once it is stale, the marks for it give it this
+/// version. If the group refuses (`server` is the only other in-sync copy of some chunk) or
+/// cannot be reached, the marks stay, and resync settles them the same way.
 async fn keep_this_version(
     engine: &Arc<Engine>,
     volume: VolumeId,
@@ -364,27 +366,73 @@ async fn keep_this_version(
     chunks: Vec<(LayerId, u64)>,
 ) {
     let _marking = engine.marking_stale(volume, server);
-    if !engine.record_missed(volume, server, chunks.clone()).await {
-        tracing::error!(%volume, %server, "could not record the writes a replica may hold differently; run `strata volume verify --repair`");
-        return;
-    }
-    let Err(e) = engine.mark_stale(volume, server).await else {
+    tracing::info!(%volume, replica = %server, ?chunks, "this copy is kept: the replica is to take it");
+    let Some(own) = suspect_own(engine, volume, chunks.clone()).await else {
         return;
     };
-    tracing::warn!(%volume, replica = %server, error = %e, "could not mark the replica stale; this copy takes its version instead");
+    if !engine.record_missed(volume, server, chunks).await {
+        tracing::error!(%volume, %server, "could not record the writes a replica may hold differently; this copy is copied back from it instead");
+        return;
+    }
+    let name = engine
+        .view(volume)
+        .map(|v| v.name.clone())
+        .unwrap_or_default();
+    crate::failpoint::pause("incoming::before_mark_stale", &name).await;
+    if let Err(e) = engine.mark_stale(volume, server).await {
+        tracing::warn!(%volume, replica = %server, error = %e, "could not mark the replica stale; resync makes the copies the same (this one is copied back from it while it stays in sync)");
+        return;
+    }
     let store = engine.store().clone();
-    let mine = chunks.clone();
     let cleared = tokio::task::spawn_blocking(move || {
-        for mark in store.missed(volume)? {
-            if mark.server == server && mine.contains(&(mark.layer, mark.chunk)) {
-                store.clear_missed(volume, &mark)?;
-            }
+        for mark in &own {
+            store.clear_missed(volume, mark)?;
         }
         store.flush(volume)
     })
     .await;
     if !matches!(cleared, Ok(Ok(()))) {
-        tracing::error!(%volume, replica = %server, "could not clear marks for a current replica");
+        tracing::warn!(%volume, "could not clear the marks that made this kept copy suspect; it is copied back from a current replica");
     }
-    record_own(engine, volume, chunks).await;
+}
+
+/// Records `chunks` of `volume` as missed by this server itself (see [`record_own`]) and
+/// returns the marks that this added (not those recorded before for another reason), or `None`
+/// if they could not be recorded.
+async fn suspect_own(
+    engine: &Arc<Engine>,
+    volume: VolumeId,
+    chunks: Vec<(LayerId, u64)>,
+) -> Option<Vec<strata_store::MissedChunk>> {
+    let me = engine.me();
+    let marks = || {
+        let store = engine.store().clone();
+        tokio::task::spawn_blocking(move || store.missed(volume))
+    };
+    let before = match marks().await {
+        Ok(Ok(marks)) => marks,
+        _ => {
+            tracing::error!(%volume, "could not read this server's marks; run `strata volume verify --repair`");
+            return None;
+        }
+    };
+    if !engine.record_missed(volume, me, chunks.clone()).await {
+        tracing::error!(%volume, "could not record that this copy may differ from another replica; run `strata volume verify --repair`");
+        return None;
+    }
+    let after = match marks().await {
+        Ok(Ok(marks)) => marks,
+        _ => return Some(Vec::new()),
+    };
+    let existed = |m: &strata_store::MissedChunk| {
+        before
+            .iter()
+            .any(|b| (b.server, b.layer, b.chunk) == (m.server, m.layer, m.chunk))
+    };
+    Some(
+        after
+            .into_iter()
+            .filter(|m| m.server == me && chunks.contains(&(m.layer, m.chunk)) && !existed(m))
+            .collect(),
+    )
 }

@@ -141,6 +141,7 @@ async fn pass(
                 continue;
             }
             if settled.contains(&(view.id, m)) {
+                tracing::info!(volume = %view.name, server = %m.server, layer = %m.layer, chunk = m.chunk, "resync: a mark nobody needs is dropped (its server is in sync)");
                 clear(engine, view.id, m).await?;
             } else {
                 seen.insert((view.id, m));
@@ -149,7 +150,8 @@ async fn pass(
             by_server.entry(m.server).or_default().push(m);
         }
     }
-    if let Some(own) = by_server.remove(&me) {
+    let own = by_server.remove(&me);
+    if let Some(own) = own.filter(|_| !engine.is_keeping_own_version(view.id)) {
         if let Err(e) = repair_own(engine, view, own).await {
             // Typically refused because this server is the only in-sync copy of some chunk
             // (another replica is stale): the copies to the stale servers below go on, and once

@@ -1258,6 +1258,53 @@ async fn a_write_whose_hold_lost_its_connection_is_not_passed_on_another_replica
     g.stop().await;
 }
 
+/// A gateway dies after a chunk's primary took a write and before the second replica did.
+/// The primary keeps its version: it records the chunk as missed by the second replica and
+/// asks the group to mark it stale — and power-fails before that is done, after a flush has
+/// made the write durable (so its activity log no longer names the chunk). Its marks for an
+/// in-sync replica are needed by nobody when it comes back; what it recorded first must still
+/// make the two copies the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keeper_that_crashes_before_its_replica_is_marked_stale_leaves_the_copies_the_same() {
+    const APPLY: &str = "replica::before_apply";
+    const MARK: &str = "incoming::before_mark_stale";
+    let name = "keeper-crash";
+    let (mut g, replicas, gateway) = one_chunk_volume(name).await;
+    let (primary, second) = (replicas[0].0, replicas[1].1);
+    let delay = format!("{APPLY}::{name}@{second}");
+    fail::cfg(&delay, "1*return(5000)").unwrap();
+    let keeping = pause_at(MARK, name);
+    let addr = g.nbd(gateway);
+    let lost = tokio::spawn(blocking(move || {
+        let mut c = connect(&addr, name);
+        c.write(0, &pattern(1, 8192), false)
+    }));
+    // The primary has applied it under its hold; the second replica holds it up.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    g.kill(gateway).await;
+    let _ = lost.await;
+    wait_reached(&keeping, 1, "the primary keeping its version").await;
+    // A flush through the primary makes its copy durable.
+    let addr = g.nbd(primary);
+    let flushed = blocking(move || {
+        let mut c = connect(&addr, name);
+        let flushed = c.flush();
+        c.disconnect();
+        flushed
+    })
+    .await;
+    eprintln!("flush through the primary: {flushed:?}");
+    g.crash(primary).await;
+    resume(MARK, name);
+    fail::remove(&delay);
+    g.restart(gateway).await;
+    g.restart(primary).await;
+    g.wait_status(gateway, name, "healthy").await;
+    let report = g.verify(gateway, name, false).await;
+    assert_eq!(report["mismatches"], json!([]), "{report}");
+    g.stop().await;
+}
+
 /// A group of 3 servers with a volume `name` of one chunk and 2 replicas: the group, the
 /// chunk's replicas best first, and the server holding none (to use as the gateway).
 async fn one_chunk_volume(name: &str) -> (Group, Vec<(usize, strata_types::ServerId)>, usize) {
