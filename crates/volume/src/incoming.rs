@@ -18,8 +18,8 @@
 //! the gateway, or is cut off), one that answers but may never have been sent the write, and
 //! one that is not current — and marks them stale (a server a migration copies the chunk to
 //! only gets the mark), so resync copies its version to them. If the group refuses that (the
-//! other one is the only other in-sync copy of some chunk),
-//! the keeper takes the own mark instead. A replica that lost unflushed writes in a crash of its
+//! other one is the only other in-sync copy of some chunk), the keeper's own mark, recorded
+//! before it asked, has its copy replaced instead. A replica that lost unflushed writes in a crash of its
 //! own names them itself when it starts again (the store's activity log, see
 //! `strata_server`'s `distrust_own_copies`). A peer that is alive with the same run keeps its
 //! own record of what the current replicas took (one it cannot deliver it sends again, see
