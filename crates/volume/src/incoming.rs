@@ -367,8 +367,14 @@ async fn keep_this_version(
 ) {
     let _marking = engine.marking_stale(volume, server);
     tracing::info!(%volume, replica = %server, ?chunks, "this copy is kept: the replica is to take it");
-    let Some(own) = suspect_own(engine, volume, chunks.clone()).await else {
-        return;
+    // A stale replica takes this version from its marks alone: no stale mark to wait for.
+    let stale = engine.view(volume).is_some_and(|v| !v.in_sync(server));
+    let own = if stale {
+        Vec::new()
+    } else {
+        suspect_own(engine, volume, chunks.clone())
+            .await
+            .unwrap_or_default()
     };
     if !engine.record_missed(volume, server, chunks).await {
         tracing::error!(%volume, %server, "could not record the writes a replica may hold differently; this copy is copied back from it instead");
@@ -398,7 +404,7 @@ async fn keep_this_version(
 
 /// Records `chunks` of `volume` as missed by this server itself (see [`record_own`]) and
 /// returns the marks that this added (not those recorded before for another reason), or `None`
-/// if they could not be recorded.
+/// if they could not be recorded (logged: the keeper goes on without them).
 async fn suspect_own(
     engine: &Arc<Engine>,
     volume: VolumeId,

@@ -152,6 +152,10 @@ async fn pass(
     }
     let own = by_server.remove(&me);
     if let Some(own) = own.filter(|_| !engine.is_keeping_own_version(view.id)) {
+        // Read again now that no keeper holds them: one may have recorded and cleared own marks
+        // since they were read (a mark recorded again has a new generation).
+        let now = marks(engine, view.id).await?;
+        let own: Vec<MissedChunk> = own.into_iter().filter(|m| now.contains(m)).collect();
         if let Err(e) = repair_own(engine, view, own).await {
             // Typically refused because this server is the only in-sync copy of some chunk
             // (another replica is stale): the copies to the stale servers below go on, and once
