@@ -703,6 +703,8 @@ fn seeds() -> Vec<u64> {
 /// one layer at a time; `write_lagging` returns a failed epoch move before acting on marks
 /// that were refused as rerouted. Seed 3 failed in 2 of 11 runs at efca4bb (a snapshot
 /// layer's copies at different generations): it is not among the default seeds.
+/// At 0af023d, of seeds 401..407 and 501..507, seed 405 failed: a flushed write read back as
+/// zeros after the leader was killed and both replicas power-failed (not analysed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn randomized_faults_leave_acknowledged_writes_and_identical_replicas() {
     for seed in seeds() {
