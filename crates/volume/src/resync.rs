@@ -2,8 +2,9 @@
 //!
 //! Every server runs [`run`]. For each volume with stale replicas, it walks the missed-chunk
 //! marks in its own store; for a stale server that answers, it copies each marked chunk of each
-//! marked layer (a layer merged away since is replaced by every layer of the stack) from its
-//! store to the stale server's, then clears the mark — only if its generation did not change
+//! marked layer and of every layer above it (the stale server's copies of those were written on
+//! top of its out-of-date one; a layer merged away since is replaced by every layer of the
+//! stack) from its store to the stale server's, then clears the mark — only if its generation did not change
 //! meanwhile (a write the stale server did not take records it again). Each copy holds the
 //! chunk's lock on the copying server, which writes take while a replica lags, and gateways
 //! write to a lagging replica only after the current ones: a write reaches it after the copy
@@ -186,8 +187,9 @@ async fn pass(
             continue;
         }
         tracing::debug!(volume = %view.name, %server, marks = todo.len(), "resync: copying");
-        for mark in todo {
-            if let Err(e) = copy_mark(engine, view, &mark).await {
+        let mut copies = Copies::default();
+        for mark in Copies::order(view, todo) {
+            if let Err(e) = copies.copy(engine, view, &mark).await {
                 // Refused (its layer is being merged, the receiver restarted or stopped
                 // answering): the marks stay for the next pass, and the other servers of the
                 // volume are still copied to in this one.
@@ -215,14 +217,18 @@ pub async fn drain(
     if !view.in_sync(engine.me()) {
         return Ok(0); // a stale server's marks are not copied; the in-sync ones hold the same
     }
-    for mark in marks(engine, view.id).await? {
-        // A mark for this server itself is repaired by `repair_own`, not copied here (a copy
-        // to itself would change nothing); until then it counts as left.
-        if servers.contains(&mark.server) && mark.server != engine.me() {
-            copy_mark(engine, view, &mark).await?;
-            clear(engine, view.id, mark).await?;
-            engine.resync.copied(view.id, mark.server);
-        }
+    // A mark for this server itself is repaired by `repair_own`, not copied here (a copy to
+    // itself would change nothing); until then it counts as left.
+    let todo = marks(engine, view.id)
+        .await?
+        .into_iter()
+        .filter(|m| servers.contains(&m.server) && m.server != engine.me())
+        .collect();
+    let mut copies = Copies::default();
+    for mark in Copies::order(view, todo) {
+        copies.copy(engine, view, &mark).await?;
+        clear(engine, view.id, mark).await?;
+        engine.resync.copied(view.id, mark.server);
     }
     let left = marks(engine, view.id).await?;
     Ok(left.iter().filter(|m| servers.contains(&m.server)).count() as u64)
@@ -332,6 +338,60 @@ async fn answers(engine: &Arc<Engine>, server: ServerId) -> bool {
     )
 }
 
+/// The copies one pass makes. The copy of a mark takes its layer and every layer above it
+/// (see [`layers_from`]), so a mark whose layers an earlier copy of the pass took, to the same
+/// server, needs no copy of its own: that copy was made after the mark was read, and a write
+/// the server missed since records the mark again (with a new generation, which its clearing
+/// then keeps).
+#[derive(Default)]
+struct Copies {
+    /// The lowest stack position copied so far, per receiving server and chunk.
+    lowest: HashMap<(ServerId, u64), usize>,
+}
+
+impl Copies {
+    /// `marks` in the order to copy them: by server and chunk, the lowest layer first.
+    fn order(view: &VolumeView, mut marks: Vec<MissedChunk>) -> Vec<MissedChunk> {
+        marks.sort_by_key(|m| (m.server, m.chunk, first_layer(view, m)));
+        marks
+    }
+
+    /// Copies the layers of `mark` to its server, unless an earlier copy took them.
+    async fn copy(
+        &mut self,
+        engine: &Arc<Engine>,
+        view: &VolumeView,
+        mark: &MissedChunk,
+    ) -> Result<(), String> {
+        let from = first_layer(view, mark);
+        let key = (mark.server, mark.chunk);
+        if self.lowest.get(&key).is_some_and(|lowest| *lowest <= from) {
+            return Ok(());
+        }
+        copy_mark(engine, view, mark).await?;
+        self.lowest.insert(key, from);
+        Ok(())
+    }
+}
+
+/// The stack position of the lowest layer a copy of `mark` takes: its layer's, or the
+/// bottom's if its layer was merged away (its blocks are in some layer of the stack now).
+fn first_layer(view: &VolumeView, mark: &MissedChunk) -> usize {
+    view.layers
+        .iter()
+        .position(|l| *l == mark.layer)
+        .unwrap_or(0)
+}
+
+/// The layers a copy of `mark` takes, bottom first: its own and every layer above it. The
+/// receiver's copies of the layers above were written on top of its out-of-date copy of this
+/// one (a write to part of a block there keeps the rest of the block from below, and a trim
+/// there drops a block or marks it zero depending on what lies below), so they may differ
+/// from this server's although they took the same writes.
+fn layers_from<'v>(view: &'v VolumeView, mark: &MissedChunk) -> &'v [LayerId] {
+    &view.layers[first_layer(view, mark)..]
+}
+
 /// Copies the chunk of one mark from this server to the mark's server, under the chunk's lock
 /// (which writes take while a replica lags): a write reaches the lagging server after the copy
 /// or is in the copied image, so the writes it takes need no marks. The lock covers only the
@@ -357,7 +417,12 @@ async fn copy_mark(
     drop(admitted.map_err(|e| format!("reading chunk {} to copy it: {e}", mark.chunk))?);
     {
         let _copy = engine.lock_chunk(view.id, mark.chunk).await;
-        copy_between(engine, view, mark, engine.me(), to).await?;
+        // The stack as it is now, under the lock: a snapshot taken since the pass began put
+        // a layer above, which the receiver took writes into too.
+        let now = engine
+            .view(view.id)
+            .ok_or_else(|| format!("volume {} was deleted", view.name))?;
+        copy_between(engine, &now, mark, engine.me(), to).await?;
     }
     engine
         .ask(to, Request::Flush { volume: view.id }, COPY_TIMEOUT)
@@ -381,8 +446,8 @@ async fn run_of(engine: &Arc<Engine>, server: ServerId) -> Result<u64, String> {
     }
 }
 
-/// Copies the chunk of `mark` (each layer it concerns) from server `from` to server `to`; the
-/// copy is durable on `to` after its next flush.
+/// Copies the chunk of `mark` (each layer it concerns, see [`layers_from`]) from server `from`
+/// to server `to`; the copy is durable on `to` after its next flush.
 async fn copy_between(
     engine: &Arc<Engine>,
     view: &VolumeView,
@@ -390,13 +455,8 @@ async fn copy_between(
     from: ServerId,
     to: ServerId,
 ) -> Result<(), String> {
-    let layers = if view.layers.contains(&mark.layer) {
-        vec![mark.layer]
-    } else {
-        view.layers.clone() // merged away: its blocks are in some layer of the stack now
-    };
     let epoch = engine.epoch_of(view);
-    for layer in layers {
+    for &layer in layers_from(view, mark) {
         let got = engine
             .ask(
                 from,

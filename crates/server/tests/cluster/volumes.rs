@@ -1575,3 +1575,64 @@ async fn repair_keeps_the_newest_copy_when_a_replica_is_restored_from_an_old_bac
     let _ = std::fs::remove_dir_all(&backup);
     g.stop().await;
 }
+
+/// A stale replica takes the writes made while it waits for its copy, on top of its own
+/// out-of-date lower layers: after a snapshot, a trim of a block it missed and a write to part
+/// of another (which keeps the rest of the block from the layer below) land differently there
+/// than on the current replica. The copy of the layer it missed must leave the two copies the
+/// same, every layer of them, not only the one the mark names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_to_a_stale_replica_makes_the_layers_above_the_same_too() {
+    const COPY: &str = "resync::before_copy";
+    let name = "layers-above";
+    let (mut g, replicas, gateway) = one_chunk_volume(name).await;
+    let second = replicas[1].0;
+    let copying = pause_at(COPY, name);
+    g.kill(second).await;
+    assert_eq!(durable_write(g.nbd(gateway), name, 0, 1).await, 0);
+    g.restart(second).await;
+    wait_reached(&copying, 1, "the resync of the returned replica").await;
+    // The gateway reaches the returned replica again before the writes that matter.
+    assert_eq!(durable_write(g.nbd(gateway), name, 3 * 4096, 3).await, 0);
+    let (status, body) = g
+        .post(
+            gateway,
+            &format!("/v1/volumes/{name}/snapshots"),
+            json!({"name": "before"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let addr = g.nbd(gateway);
+    blocking(move || {
+        let mut c = connect(&addr, name);
+        assert_eq!(c.trim(4096, 4096).unwrap(), 0);
+        assert_eq!(c.write(0, &pattern(2, 512), false).unwrap(), 0);
+        assert_eq!(c.flush().unwrap(), 0);
+        c.disconnect();
+    })
+    .await;
+    resume(COPY, name);
+    g.wait_status(gateway, name, "healthy").await;
+    for target in [name.to_string(), format!("{name}@before")] {
+        let report = g.verify(gateway, &target, false).await;
+        assert_eq!(report["mismatches"], json!([]), "{target}: {report}");
+    }
+    let mut want = pattern(1, 8192);
+    want[..512].copy_from_slice(&pattern(2, 512));
+    want[4096..].fill(0);
+    for (i, _) in &replicas {
+        let addr = g.nbd(*i);
+        let got = blocking(move || {
+            let mut c = connect(&addr, name);
+            let got = c.read(0, 8192).unwrap().unwrap();
+            c.disconnect();
+            got
+        })
+        .await;
+        assert!(
+            got == want,
+            "server {i} reads something else than was written"
+        );
+    }
+    g.stop().await;
+}
