@@ -127,6 +127,16 @@ impl Taken {
         }
     }
 
+    /// Who took the change into `head`: `acked` now, and those that did in earlier attempts
+    /// into the same layer (their copies hold it too, whatever they answered since).
+    fn takers(&self, head: LayerId, acked: &[ServerId]) -> Vec<ServerId> {
+        let mut all = acked.to_vec();
+        if self.layer == Some(head) {
+            all.extend(self.by.iter().filter(|s| !acked.contains(s)));
+        }
+        all
+    }
+
     /// When the head is no longer the layer the change was taken into: that layer and who
     /// took it there (forgotten here: the caller records it).
     fn left_behind(&mut self, head: LayerId) -> Option<(LayerId, Vec<ServerId>)> {
@@ -781,12 +791,18 @@ impl GatewayDevice {
                 "could not record that server {server} missed a write: {e}"
             )));
         }
+        if rerouted {
+            // Routed again by the new view, whose epoch it admits only after this write or
+            // never, the epoch move above failed or not; the caller must not give up on the
+            // change now: the current replicas hold it, and nothing says `server` lacks it.
+            return Ok(false);
+        }
         if let Err(e) = moved {
             return Err(IoError::Io(format!(
                 "server {server} may still apply a write it did not answer, and the volume's routing could not be moved past it: {e}"
             )));
         }
-        Ok(!rerouted)
+        Ok(true)
     }
 
     /// The copies of `differ` of the chunk at `offset` in `layer` and those of `keep` no longer
@@ -905,7 +921,7 @@ impl GatewayDevice {
             if !outcome.failed.is_empty() {
                 for f in &outcome.failed {
                     if let Err(e) = self.replica_failed(*f).await {
-                        let mut took = outcome.acked.clone();
+                        let mut took = taken.takers(head, &outcome.acked);
                         if !outcome.full.contains(f) && self.may_still_apply(*f) {
                             // It did not answer in time, and may still apply the change: then
                             // its copy too holds a write the others lack.
@@ -929,8 +945,13 @@ impl GatewayDevice {
                     if !marks.by_any {
                         // The failed replicas are stale, but nothing says they lack this
                         // chunk: the copies of those that took it are replaced instead.
-                        self.distrust(&outcome.acked, head, offset, view.epoch)
-                            .await;
+                        self.distrust(
+                            &taken.takers(head, &outcome.acked),
+                            head,
+                            offset,
+                            view.epoch,
+                        )
+                        .await;
                     }
                     return Err(IoError::Io(format!("could not record a missed write: {e}")));
                 }
@@ -944,7 +965,14 @@ impl GatewayDevice {
             if !outcome.fenced.is_empty() {
                 // A snapshot froze `head` at some replicas after others took the change into
                 // it: their copies of the snapshot now hold a write made after it.
-                self.missed_by(&outcome.acked, &outcome.fenced, head, offset, view.epoch)
+                let took = taken.takers(head, &outcome.acked);
+                let kept: Vec<ServerId> = outcome
+                    .fenced
+                    .iter()
+                    .filter(|s| !took.contains(s))
+                    .copied()
+                    .collect();
+                self.missed_by(&took, &kept, head, offset, view.epoch)
                     .await?;
             }
             if !outcome.refused.is_empty() {
@@ -955,7 +983,14 @@ impl GatewayDevice {
                 }
                 if Instant::now() > deadline {
                     // Those that took it now differ from those that did not.
-                    self.missed_by(&outcome.refused, &outcome.acked, head, offset, view.epoch)
+                    let took = taken.takers(head, &outcome.acked);
+                    let lack: Vec<ServerId> = outcome
+                        .refused
+                        .iter()
+                        .filter(|s| !took.contains(s))
+                        .copied()
+                        .collect();
+                    self.missed_by(&lack, &took, head, offset, view.epoch)
                         .await?;
                     return Err(IoError::Io(format!(
                         "the replicas of chunk {chunk} did not accept head layer {head} within {RETRY_WINDOW:?}"
