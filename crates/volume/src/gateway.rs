@@ -54,12 +54,31 @@ struct Link {
     /// missed, or [`GatewayDevice::lost_writes`], when this replica was their only current
     /// copy (and the flush or read that found it fails).
     lost: HashSet<(LayerId, u64)>,
+    /// The routing epoch of the first write to each (layer, chunk) of `unflushed` and `lost`
+    /// since it was last neither: whether the other replicas still hold those writes is known
+    /// only while the epoch has not moved (see [`GatewayDevice::sole_loss`]).
+    written_in: HashMap<(LayerId, u64), u64>,
 }
 
 impl Link {
     /// Whether this replica may have lost writes to `chunk` (see [`Link::lost`]).
     fn may_have_lost(&self, chunk: u64) -> bool {
         self.lost.iter().any(|(_, c)| *c == chunk)
+    }
+
+    /// Records a write to `key` routed by `epoch`, not flushed yet, numbered `n`.
+    fn wrote(&mut self, key: (LayerId, u64), n: u64, epoch: u64) {
+        if !self.unflushed.contains_key(&key) && !self.lost.contains(&key) {
+            self.written_in.insert(key, epoch);
+        }
+        self.unflushed.insert(key, n);
+    }
+
+    /// Forgets the epochs of the (layer, chunk)s no longer unflushed nor lost.
+    fn forget_clean(&mut self) {
+        let (unflushed, lost) = (&self.unflushed, &self.lost);
+        self.written_in
+            .retain(|k, _| unflushed.contains_key(k) || lost.contains(k));
     }
 }
 
@@ -481,12 +500,11 @@ impl GatewayDevice {
             self.call(server, Request::Flush { volume }).await?;
         } else if !fua {
             let n = self.links.writes.fetch_add(1, Ordering::Relaxed);
-            self.links
-                .lock()
-                .entry(server)
-                .or_default()
-                .unflushed
-                .insert((layer, offset / CHUNK_SIZE), n);
+            self.links.lock().entry(server).or_default().wrote(
+                (layer, offset / CHUNK_SIZE),
+                n,
+                epoch,
+            );
         }
         Ok(applied)
     }
@@ -597,7 +615,11 @@ impl GatewayDevice {
     }
 
     /// Whether `server` is the only current copy of some chunk written to it since its last
-    /// flush, and so may have lost writes nothing can mark or repair. If so, the loss is
+    /// flush, and so may have lost writes nothing can mark or repair. That is also so when the
+    /// routing epoch moved since the first of those writes: another replica current now may
+    /// not have been then, or may have been made a copy of this one since — which, back from a
+    /// power failure as the only in-sync copy, gives its copy to the stale replicas (see
+    /// [`crate::resync`]) — and so lack the writes too. If so, the loss is
     /// counted: the next flush of every open export fails, once (each client learns its
     /// unflushed writes may be lost, as with a failed disk; the writes of several connections
     /// share these records), and what it still holds as unflushed is flushed again next time.
@@ -607,15 +629,18 @@ impl GatewayDevice {
         let Some(l) = links.get_mut(&server) else {
             return Ok(false);
         };
-        let sole = l.unflushed.keys().chain(&l.lost).any(|(_, c)| {
-            current_replica(&view, server, *c)
-                && !view
-                    .replicas_of(*c)
-                    .into_iter()
-                    .any(|r| r != server && view.current(r, *c))
+        let sole = l.unflushed.keys().chain(&l.lost).any(|key| {
+            let c = key.1;
+            current_replica(&view, server, c)
+                && (l.written_in.get(key) != Some(&view.epoch)
+                    || !view
+                        .replicas_of(c)
+                        .into_iter()
+                        .any(|r| r != server && view.current(r, c)))
         });
         if sole {
             l.lost.clear();
+            l.forget_clean();
             drop(links);
             self.links.losses.fetch_add(1, Ordering::SeqCst);
         }
@@ -670,6 +695,7 @@ impl GatewayDevice {
             for x in &lost {
                 l.lost.remove(x);
             }
+            l.forget_clean();
         }
         Ok(())
     }
@@ -1170,6 +1196,7 @@ impl GatewayDevice {
                                     l.unflushed.remove(c);
                                 }
                             }
+                            l.forget_clean();
                             !l.lost.is_empty()
                         }
                         None => false,

@@ -1636,3 +1636,52 @@ async fn a_copy_to_a_stale_replica_makes_the_layers_above_the_same_too() {
     }
     g.stop().await;
 }
+
+/// A gateway writes, unflushed, to a chunk whose only current replica is the first (the second
+/// is stale and takes the write as a lagging replica). The first loses power, comes back as the
+/// only in-sync copy and gives its copy, which lost the write, to the second, which is declared
+/// in sync. The gateway learns of the dropped connection only at the client's flush: the second
+/// is current by then, but it did not keep the write, so the flush must fail (or the write be
+/// there), never succeed with the write gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flush_fails_when_the_only_current_copy_lost_its_writes_and_was_copied_on() {
+    const IN_SYNC: &str = "resync::before_in_sync";
+    const COPY: &str = "resync::before_copy";
+    let name = "copied-on";
+    let (mut g, replicas, gateway) = one_chunk_volume(name).await;
+    let id: strata_types::VolumeId = {
+        let v = g.get(gateway, &format!("/v1/volumes/{name}")).await;
+        serde_json::from_value(v["id"].clone()).unwrap()
+    };
+    let first = replicas[0].0;
+    stale_with_declaration_paused(&g, id, &replicas, name).await;
+    let addr = g.nbd(gateway);
+    let client = blocking(move || {
+        let mut c = connect(&addr, name);
+        assert_eq!(c.write(0, &pattern(1, 8192), false).unwrap(), 0);
+        c
+    })
+    .await;
+    // Back, the first has its copy given to the second (which is then copied, first): the
+    // copy waits until it is recorded.
+    let copying = pause_at(COPY, name);
+    g.crash(first).await;
+    g.restart(first).await;
+    wait_reached(&copying, 1, "the copy of the first replica's version").await;
+    resume(COPY, name);
+    resume(IN_SYNC, name);
+    g.wait_status(gateway, name, "healthy").await;
+    let (flushed, read) = blocking(move || {
+        let mut c = client;
+        let flushed = c.flush().unwrap();
+        let read = c.read(0, 8192).unwrap().unwrap();
+        c.disconnect();
+        (flushed, read)
+    })
+    .await;
+    assert!(
+        flushed != 0 || read == pattern(1, 8192),
+        "the flush succeeded and the write is gone"
+    );
+    g.stop().await;
+}
