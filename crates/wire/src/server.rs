@@ -166,20 +166,31 @@ async fn requests(
     let mut frames = FramedRead::new(rd, codec);
     let limit = config.max_in_flight.max(1);
     let (tx, rx) = mpsc::channel::<(u64, Response, Option<Held>)>(limit);
-    // Everything this connection spawns lives in `tasks`: dropping the connection aborts it all.
+    // Everything this connection spawns lives in `tasks`. However the connection ends, the
+    // requests already read are finished before it returns (and the handler hears it closed):
+    // a write may be in the store already, and aborting its task halfway would leave it there
+    // unrecorded.
     let mut tasks = JoinSet::new();
     tasks.spawn(write_loop(FrameWriter::new(wr, config.max_payload), rx));
     let permits = Arc::new(Semaphore::new(limit));
     let byte_limit = u32::try_from(config.max_bytes_in_flight.max(1)).unwrap_or(u32::MAX);
     let bytes = Arc::new(Semaphore::new(byte_limit as usize));
+    let mut ended = Ok(());
     while let Some(frame) = frames.next().await {
-        let frame = frame?;
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                ended = Err(e.into());
+                break;
+            }
+        };
         while tasks.try_join_next().is_some() {}
         let id = frame.request_id;
         if frame.kind != FrameKind::Request {
-            return Err(WireError::Protocol(
+            ended = Err(WireError::Protocol(
                 "a response frame sent to a server".into(),
             ));
+            break;
         }
         let payload_len = frame.payload.len() as u64;
         let refused = |code, e: crate::MessageError| Response::Error {
@@ -227,10 +238,11 @@ async fn requests(
             .in_current_span(),
         );
     }
-    // The peer closed its side: finish the requests already read, then let the writer drain.
+    // The peer closed its side, or broke the connection: finish the requests already read,
+    // then let the writer drain (or fail, on a broken socket).
     drop(tx);
     while tasks.join_next().await.is_some() {}
-    Ok(())
+    ended
 }
 
 /// Writes answers, flushing when nothing more is queued; drops each answer's permits only once

@@ -358,3 +358,74 @@ async fn answers_not_read_hold_the_connections_byte_budget() {
     shutdown.cancel();
     task.await.expect("serve");
 }
+
+/// Takes its time over every request, and notes how many it had finished when each
+/// connection closed.
+#[derive(Default)]
+struct Slow {
+    finished: AtomicU64,
+    finished_at_close: AtomicU64,
+    closes: AtomicU64,
+}
+
+#[async_trait]
+impl Handler for Slow {
+    async fn handle(&self, _peer: ServerId, _conn: u64, _req: Request) -> Response {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        Response::Ok
+    }
+
+    fn closed(&self, _conn: u64) {
+        self.finished_at_close
+            .store(self.finished.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.closes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A connection that breaks (here: a corrupt frame; a reset is read the same way) while a
+/// request it carried is being handled still lets that request finish before the handler
+/// hears the connection closed: a write may already be in the store, and what the handler
+/// keeps about the connection (the replica's record of unflushed writes) must include it.
+#[tokio::test]
+async fn a_broken_connection_lets_its_requests_in_flight_finish_before_it_is_closed() {
+    let handler = Arc::new(Slow::default());
+    let listener = TcpListener::bind(any_port()).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve(
+        listener,
+        ServerConfig::new(ServerId::new_random()),
+        handler.clone(),
+        shutdown.clone(),
+    ));
+    let mut conn = raw_framed(addr).await;
+    conn.send((1u64, Request::Ping)).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut bytes = BytesMut::new();
+    tokio_util::codec::Encoder::encode(
+        &mut FrameCodec::default(),
+        (2u64, Request::Ping),
+        &mut bytes,
+    )
+    .expect("encode");
+    bytes[25] ^= 1;
+    conn.get_mut()
+        .write_all(&bytes)
+        .await
+        .expect("send corrupt");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while handler.closes.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the connection is closed");
+    assert_eq!(
+        handler.finished_at_close.load(Ordering::SeqCst),
+        1,
+        "the request in flight was finished before the connection was closed"
+    );
+    shutdown.cancel();
+    task.await.expect("serve task");
+}
