@@ -54,10 +54,10 @@ struct Link {
     /// missed, or [`GatewayDevice::lost_writes`], when this replica was their only current
     /// copy (and the flush or read that found it fails).
     lost: HashSet<(LayerId, u64)>,
-    /// The routing epoch of the first write to each (layer, chunk) of `unflushed` and `lost`
-    /// since it was last neither: whether the other replicas still hold those writes is known
-    /// only while the epoch has not moved (see [`GatewayDevice::sole_loss`]).
-    written_in: HashMap<(LayerId, u64), u64>,
+    /// For each (layer, chunk) of `unflushed` and `lost`, the other replicas that were current
+    /// at every write to it since it was last neither: if this one lost those writes, only
+    /// they may still hold them (see [`GatewayDevice::sole_loss`]).
+    vouchers: HashMap<(LayerId, u64), Vec<ServerId>>,
 }
 
 impl Link {
@@ -66,18 +66,21 @@ impl Link {
         self.lost.iter().any(|(_, c)| *c == chunk)
     }
 
-    /// Records a write to `key` routed by `epoch`, not flushed yet, numbered `n`.
-    fn wrote(&mut self, key: (LayerId, u64), n: u64, epoch: u64) {
+    /// Records a write to `key`, not flushed yet, numbered `n`, while `current` were the
+    /// other current replicas of its chunk.
+    fn wrote(&mut self, key: (LayerId, u64), n: u64, current: Vec<ServerId>) {
         if !self.unflushed.contains_key(&key) && !self.lost.contains(&key) {
-            self.written_in.insert(key, epoch);
+            self.vouchers.insert(key, current);
+        } else if let Some(v) = self.vouchers.get_mut(&key) {
+            v.retain(|r| current.contains(r));
         }
         self.unflushed.insert(key, n);
     }
 
-    /// Forgets the epochs of the (layer, chunk)s no longer unflushed nor lost.
+    /// Forgets the vouchers of the (layer, chunk)s no longer unflushed nor lost.
     fn forget_clean(&mut self) {
         let (unflushed, lost) = (&self.unflushed, &self.lost);
-        self.written_in
+        self.vouchers
             .retain(|k, _| unflushed.contains_key(k) || lost.contains(k));
     }
 }
@@ -499,12 +502,22 @@ impl GatewayDevice {
         if zero_fua {
             self.call(server, Request::Flush { volume }).await?;
         } else if !fua {
+            let chunk = offset / CHUNK_SIZE;
+            let current: Vec<ServerId> = self
+                .view()
+                .map(|v| {
+                    v.replicas_of(chunk)
+                        .into_iter()
+                        .filter(|r| *r != server && v.current(*r, chunk))
+                        .collect()
+                })
+                .unwrap_or_default();
             let n = self.links.writes.fetch_add(1, Ordering::Relaxed);
-            self.links.lock().entry(server).or_default().wrote(
-                (layer, offset / CHUNK_SIZE),
-                n,
-                epoch,
-            );
+            self.links
+                .lock()
+                .entry(server)
+                .or_default()
+                .wrote((layer, chunk), n, current);
         }
         Ok(applied)
     }
@@ -615,11 +628,11 @@ impl GatewayDevice {
     }
 
     /// Whether `server` is the only current copy of some chunk written to it since its last
-    /// flush, and so may have lost writes nothing can mark or repair. That is also so when the
-    /// routing epoch moved since the first of those writes: another replica current now may
-    /// not have been then, or may have been made a copy of this one since — which, back from a
-    /// power failure as the only in-sync copy, gives its copy to the stale replicas (see
-    /// [`crate::resync`]) — and so lack the writes too. If so, the loss is
+    /// flush, and so may have lost writes nothing can mark or repair. Only a replica that was
+    /// current at those writes and is now counts as another copy: one current now but not
+    /// then took them as a lagging replica and may since have been given this one's copy,
+    /// which lacks them too (back from a power failure as the only in-sync copy, it gives its
+    /// copy to the stale replicas, see [`crate::resync`]). If so, the loss is
     /// counted: the next flush of every open export fails, once (each client learns its
     /// unflushed writes may be lost, as with a failed disk; the writes of several connections
     /// share these records), and what it still holds as unflushed is flushed again next time.
@@ -632,11 +645,10 @@ impl GatewayDevice {
         let sole = l.unflushed.keys().chain(&l.lost).any(|key| {
             let c = key.1;
             current_replica(&view, server, c)
-                && (l.written_in.get(key) != Some(&view.epoch)
-                    || !view
-                        .replicas_of(c)
-                        .into_iter()
-                        .any(|r| r != server && view.current(r, c)))
+                && !l
+                    .vouchers
+                    .get(key)
+                    .is_some_and(|v| v.iter().any(|r| view.current(*r, c)))
         });
         if sole {
             l.lost.clear();
