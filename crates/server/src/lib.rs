@@ -106,6 +106,7 @@ fn record_suspect_chunks(store: &Store, me: strata_types::ServerId) -> anyhow::R
             continue;
         }
         tracing::warn!(volume = %v.id, chunks = suspect.len(), "the store was not closed cleanly; chunks that may hold unflushed writes are resynced");
+        tracing::info!(volume = %v.id, ?suspect, "suspect (layer, chunk)s");
         for (layer, chunk) in suspect {
             store.record_missed(v.id, layer, chunk, me)?;
         }

@@ -564,6 +564,9 @@ impl Engine {
             return Ok(Some(now));
         }
         tracing::info!(%volume, %server, epoch, "a write to a stale replica is in doubt; moving the volume's routing epoch");
+        if crate::failpoint::fails("engine::move_epoch_past", || view.name.clone()) {
+            return Err("the management group could not be reached (fail point)".into());
+        }
         self.control.mark_stale(volume, server).await?;
         self.wait_view(volume, Duration::from_secs(5), |v| {
             v.is_none_or(|v| v.epoch > epoch)

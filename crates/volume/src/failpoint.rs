@@ -1,4 +1,4 @@
-//! Pauses for tests, compiled in only with the `failpoints` feature (the test suites enable
+//! Pauses and failures for tests, compiled in only with the `failpoints` feature (the test suites enable
 //! it; a release build has none). A pause is named by a place and a key (a volume's name), so
 //! that tests running at once in one process keep apart: a test turns on
 //! `"{name}::{key}"` with `fail::cfg(…, "return")`, learns that a task reached it through a
@@ -37,4 +37,19 @@ pub async fn delay(name: &str, key: impl FnOnce() -> String) {
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = (name, key);
+}
+
+/// Whether the fail point `"{name}::{key()}"` is on: a test turns it on with
+/// `fail::cfg(…, "return")` to make the step it guards fail; always false without the
+/// `failpoints` feature.
+pub fn fails(name: &str, key: impl FnOnce() -> String) -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        fail::eval(&format!("{name}::{}", key()), |_| ()).is_some()
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = (name, key);
+        false
+    }
 }

@@ -1685,3 +1685,37 @@ async fn a_flush_fails_when_the_only_current_copy_lost_its_writes_and_was_copied
     );
     g.stop().await;
 }
+
+/// A write reaches a stale replica that is being declared in sync (its marks are sealed) and
+/// does not answer in time; the gateway cannot move the routing epoch past it (the management
+/// group does not answer), and the current replica refuses to record the replica as missing
+/// the write, as the seal says. The write is then routed again by the view that declares the
+/// replica in sync, and succeeds: it must not fail with the current replica holding it and
+/// nothing saying the other lacks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_write_whose_marks_are_sealed_is_routed_again_when_the_epoch_cannot_move() {
+    const IN_SYNC: &str = "resync::before_in_sync";
+    const APPLY: &str = "replica::before_apply";
+    const MOVE: &str = "engine::move_epoch_past";
+    let name = "sealed-lagging";
+    let (g, replicas, gateway) = one_chunk_volume(name).await;
+    let id: strata_types::VolumeId = {
+        let v = g.get(gateway, &format!("/v1/volumes/{name}")).await;
+        serde_json::from_value(v["id"].clone()).unwrap()
+    };
+    stale_with_declaration_paused(&g, id, &replicas, name).await;
+    let delay = format!("{APPLY}::{name}@{}", replicas[1].1);
+    fail::cfg(&delay, "1*return(6000)").unwrap();
+    let refuse = format!("{MOVE}::{name}");
+    fail::cfg(&refuse, "return").unwrap();
+    let write = tokio::spawn(durable_write(g.nbd(gateway), name, 0, 1));
+    // Past the call's timeout at the lagging replica, the epoch move and the refused marks.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    fail::remove(&refuse);
+    resume(IN_SYNC, name);
+    assert_eq!(write.await.unwrap(), 0, "the write failed");
+    fail::remove(&delay);
+    g.wait_status(gateway, name, "healthy").await;
+    last_write_on_every_replica(&g, gateway, &replicas, name, 1).await;
+    g.stop().await;
+}
