@@ -503,8 +503,11 @@ impl GatewayDevice {
             self.call(server, Request::Flush { volume }).await?;
         } else if !fua {
             let chunk = offset / CHUNK_SIZE;
+            // By the view that routed the write: one declared in sync since took it lagging.
             let current: Vec<ServerId> = self
                 .view()
+                .ok()
+                .filter(|v| v.epoch == epoch)
                 .map(|v| {
                     v.replicas_of(chunk)
                         .into_iter()
@@ -602,7 +605,7 @@ impl GatewayDevice {
     /// it becomes stale ([`GatewayDevice::replica_failed`]); otherwise (it is stale, or gaining
     /// those chunks in a migration) the chunks are only marked for a copy.
     async fn lost_writes(&self, server: ServerId) -> Result<(), IoError> {
-        if self.sole_loss(server)? {
+        if self.sole_loss(server).await? {
             return Err(IoError::Io(format!(
                 "server {server}, the only current replica of some chunks, may have lost unflushed writes"
             )));
@@ -636,27 +639,45 @@ impl GatewayDevice {
     /// counted: the next flush of every open export fails, once (each client learns its
     /// unflushed writes may be lost, as with a failed disk; the writes of several connections
     /// share these records), and what it still holds as unflushed is flushed again next time.
-    fn sole_loss(&self, server: ServerId) -> Result<bool, IoError> {
+    /// Where another replica is current now all the same, the copies are first made the same
+    /// ([`GatewayDevice::record_loss`]): it may hold writes this one lost.
+    async fn sole_loss(&self, server: ServerId) -> Result<bool, IoError> {
         let view = self.view()?;
-        let mut links = self.links.lock();
-        let Some(l) = links.get_mut(&server) else {
-            return Ok(false);
+        let (sole, others) = match self.links.lock().get(&server) {
+            None => return Ok(false),
+            Some(l) => {
+                let mut written = l.unflushed.keys().chain(&l.lost);
+                let sole = written.clone().any(|key| {
+                    let c = key.1;
+                    current_replica(&view, server, c)
+                        && !l
+                            .vouchers
+                            .get(key)
+                            .is_some_and(|v| v.iter().any(|r| view.current(*r, c)))
+                });
+                let others = written.any(|(_, c)| {
+                    view.replicas_of(*c)
+                        .into_iter()
+                        .any(|r| r != server && view.current(r, *c))
+                });
+                (sole, others)
+            }
         };
-        let sole = l.unflushed.keys().chain(&l.lost).any(|key| {
-            let c = key.1;
-            current_replica(&view, server, c)
-                && !l
-                    .vouchers
-                    .get(key)
-                    .is_some_and(|v| v.iter().any(|r| view.current(*r, c)))
-        });
-        if sole {
+        if !sole {
+            return Ok(false);
+        }
+        let recorded = if others {
+            self.record_loss(server).await
+        } else {
+            Ok(())
+        };
+        self.links.losses.fetch_add(1, Ordering::SeqCst);
+        recorded?;
+        if let Some(l) = self.links.lock().get_mut(&server) {
             l.lost.clear();
             l.forget_clean();
-            drop(links);
-            self.links.losses.fetch_add(1, Ordering::SeqCst);
         }
-        Ok(sole)
+        Ok(true)
     }
 
     /// Has the current replicas of every chunk written to `server` since its last flush record
@@ -1012,6 +1033,8 @@ impl GatewayDevice {
                     .collect();
                 self.missed_by(&took, &kept, head, offset, view.epoch)
                     .await?;
+                // Settled: the takers' copies of `head` become the fenced ones'.
+                taken = Taken::default();
             }
             if !outcome.refused.is_empty() {
                 // The fenced ones are recorded above; the others may refuse again in a newer
@@ -1019,7 +1042,8 @@ impl GatewayDevice {
                 if outcome.fenced.is_empty() {
                     taken.add(head, &outcome.acked);
                 }
-                if Instant::now() > deadline {
+                let past = Instant::now() > deadline;
+                if past && outcome.fenced.is_empty() {
                     // Those that took it now differ from those that did not.
                     let took = taken.takers(head, &outcome.acked);
                     let lack: Vec<ServerId> = outcome
@@ -1030,6 +1054,9 @@ impl GatewayDevice {
                         .collect();
                     self.missed_by(&lack, &took, head, offset, view.epoch)
                         .await?;
+                }
+                if past {
+                    // (With fenced ones, the copies were settled above.)
                     return Err(IoError::Io(format!(
                         "the replicas of chunk {chunk} did not accept head layer {head} within {RETRY_WINDOW:?}"
                     )));
@@ -1131,7 +1158,7 @@ impl GatewayDevice {
                 // become stale; or, as the only current copy, they are read all the same (what
                 // they hold is all there is) and the loss fails the next flush instead.
                 for s in suspect {
-                    if !self.sole_loss(s)? {
+                    if !self.sole_loss(s).await? {
                         self.record_loss(s).await?;
                     }
                 }

@@ -1,10 +1,10 @@
 //! Resync: copying to a returned replica exactly the chunks it missed.
 //!
 //! Every server runs [`run`]. For each volume with stale replicas, it walks the missed-chunk
-//! marks in its own store; for a stale server that answers, it copies each marked chunk of each
-//! marked layer and of every layer above it (the stale server's copies of those were written on
-//! top of its out-of-date one; a layer merged away since is replaced by every layer of the
-//! stack) from its store to the stale server's, then clears the mark — only if its generation did not change
+//! marks in its own store; for a stale server that answers, it copies each marked chunk of
+//! each marked layer and of every layer above it (the stale server's copies of those were
+//! written on top of its out-of-date one; a layer merged away since is replaced by every layer
+//! of the stack) from its store to the stale server's, then clears the mark — only if its generation did not change
 //! meanwhile (a write the stale server did not take records it again). Each copy holds the
 //! chunk's lock on the copying server, which writes take while a replica lags, and gateways
 //! write to a lagging replica only after the current ones: a write reaches it after the copy
@@ -339,37 +339,44 @@ async fn answers(engine: &Arc<Engine>, server: ServerId) -> bool {
 }
 
 /// The copies one pass makes. The copy of a mark takes its layer and every layer above it
-/// (see [`layers_from`]), so a mark whose layers an earlier copy of the pass took, to the same
+/// (see [`layers_from`]), so a mark whose layer an earlier copy of the pass took, to the same
 /// server, needs no copy of its own: that copy was made after the mark was read, and a write
 /// the server missed since records the mark again (with a new generation, which its clearing
 /// then keeps).
 #[derive(Default)]
 struct Copies {
-    /// The lowest stack position copied so far, per receiving server and chunk.
-    lowest: HashMap<(ServerId, u64), usize>,
+    /// The layers copied so far, per receiving server and chunk.
+    copied: HashMap<(ServerId, u64), HashSet<LayerId>>,
 }
 
 impl Copies {
-    /// `marks` in the order to copy them: by server and chunk, the lowest layer first.
+    /// `marks` in the order to copy them: by server and chunk, the lowest layer (in `view`)
+    /// first, so that the copy of the first takes the layers of the others.
     fn order(view: &VolumeView, mut marks: Vec<MissedChunk>) -> Vec<MissedChunk> {
         marks.sort_by_key(|m| (m.server, m.chunk, first_layer(view, m)));
         marks
     }
 
-    /// Copies the layers of `mark` to its server, unless an earlier copy took them.
+    /// Copies the layers of `mark` to its server, unless an earlier copy took its layer.
     async fn copy(
         &mut self,
         engine: &Arc<Engine>,
         view: &VolumeView,
         mark: &MissedChunk,
     ) -> Result<(), String> {
-        let from = first_layer(view, mark);
         let key = (mark.server, mark.chunk);
-        if self.lowest.get(&key).is_some_and(|lowest| *lowest <= from) {
+        if self
+            .copied
+            .get(&key)
+            .is_some_and(|layers| layers.contains(&mark.layer))
+        {
             return Ok(());
         }
-        copy_mark(engine, view, mark).await?;
-        self.lowest.insert(key, from);
+        let layers = copy_mark(engine, view, mark).await?;
+        // Its own layer too: merged away, it is in the layers copied.
+        let copied = self.copied.entry(key).or_default();
+        copied.extend(layers);
+        copied.insert(mark.layer);
         Ok(())
     }
 }
@@ -399,12 +406,12 @@ fn layers_from<'v>(view: &'v VolumeView, mark: &MissedChunk) -> &'v [LayerId] {
 /// (writes to the chunk wait for the copy, not for a sync of the receiving server), and
 /// before the caller clears the mark. A receiver that restarted between the copy and its
 /// flush lost the copy although the flush succeeds, so its run is compared before and after:
-/// the mark stays when it changed.
+/// the mark stays when it changed. Returns the layers copied.
 async fn copy_mark(
     engine: &Arc<Engine>,
     view: &VolumeView,
     mark: &MissedChunk,
-) -> Result<(), String> {
+) -> Result<Vec<LayerId>, String> {
     crate::failpoint::pause("resync::before_copy", &view.name).await;
     let to = mark.server;
     let run = run_of(engine, to).await?;
@@ -415,7 +422,7 @@ async fn copy_mark(
     let epoch = engine.epoch_of(view);
     let admitted = engine.epochs.admit(view.id, epoch, epoch).await;
     drop(admitted.map_err(|e| format!("reading chunk {} to copy it: {e}", mark.chunk))?);
-    {
+    let copied = {
         let _copy = engine.lock_chunk(view.id, mark.chunk).await;
         // The stack as it is now, under the lock: a snapshot taken since the pass began put
         // a layer above, which the receiver took writes into too.
@@ -423,7 +430,8 @@ async fn copy_mark(
             .view(view.id)
             .ok_or_else(|| format!("volume {} was deleted", view.name))?;
         copy_between(engine, &now, mark, engine.me(), to).await?;
-    }
+        layers_from(&now, mark).to_vec()
+    };
     engine
         .ask(to, Request::Flush { volume: view.id }, COPY_TIMEOUT)
         .await
@@ -434,7 +442,7 @@ async fn copy_mark(
             mark.chunk
         ));
     }
-    Ok(())
+    Ok(copied)
 }
 
 /// The run of server `server` (see [`Engine::run`]).

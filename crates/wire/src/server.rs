@@ -166,12 +166,12 @@ async fn requests(
     let mut frames = FramedRead::new(rd, codec);
     let limit = config.max_in_flight.max(1);
     let (tx, rx) = mpsc::channel::<(u64, Response, Option<Held>)>(limit);
-    // Everything this connection spawns lives in `tasks`. However the connection ends, the
-    // requests already read are finished before it returns (and the handler hears it closed):
-    // a write may be in the store already, and aborting its task halfway would leave it there
-    // unrecorded.
+    // Everything this connection spawns lives in `tasks`. However the peer ends the
+    // connection, the requests already read are finished before it returns (and the handler
+    // hears it closed): a write may be in the store already, and aborting its task halfway
+    // would leave it there unrecorded. (Shutting the server down aborts them all.)
     let mut tasks = JoinSet::new();
-    tasks.spawn(write_loop(FrameWriter::new(wr, config.max_payload), rx));
+    let writer = tasks.spawn(write_loop(FrameWriter::new(wr, config.max_payload), rx));
     let permits = Arc::new(Semaphore::new(limit));
     let byte_limit = u32::try_from(config.max_bytes_in_flight.max(1)).unwrap_or(u32::MAX);
     let bytes = Arc::new(Semaphore::new(byte_limit as usize));
@@ -238,8 +238,12 @@ async fn requests(
             .in_current_span(),
         );
     }
-    // The peer closed its side, or broke the connection: finish the requests already read,
-    // then let the writer drain (or fail, on a broken socket).
+    // The peer closed its side: finish the requests already read, then let the writer drain.
+    // It broke the connection: no answer is written any more (a peer that stops reading must
+    // not keep the handlers waiting to queue theirs), the handlers still finish.
+    if ended.is_err() {
+        writer.abort();
+    }
     drop(tx);
     while tasks.join_next().await.is_some() {}
     ended
