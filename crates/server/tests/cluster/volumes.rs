@@ -1649,10 +1649,7 @@ async fn a_flush_fails_when_the_only_current_copy_lost_its_writes_and_was_copied
     const COPY: &str = "resync::before_copy";
     let name = "copied-on";
     let (mut g, replicas, gateway) = one_chunk_volume(name).await;
-    let id: strata_types::VolumeId = {
-        let v = g.get(gateway, &format!("/v1/volumes/{name}")).await;
-        serde_json::from_value(v["id"].clone()).unwrap()
-    };
+    let id = volume_id(&g, gateway, name).await;
     let first = replicas[0].0;
     stale_with_declaration_paused(&g, id, &replicas, name).await;
     let addr = g.nbd(gateway);
@@ -1699,10 +1696,7 @@ async fn a_lagging_write_whose_marks_are_sealed_is_routed_again_when_the_epoch_c
     const MOVE: &str = "engine::move_epoch_past";
     let name = "sealed-lagging";
     let (g, replicas, gateway) = one_chunk_volume(name).await;
-    let id: strata_types::VolumeId = {
-        let v = g.get(gateway, &format!("/v1/volumes/{name}")).await;
-        serde_json::from_value(v["id"].clone()).unwrap()
-    };
+    let id = volume_id(&g, gateway, name).await;
     stale_with_declaration_paused(&g, id, &replicas, name).await;
     let delay = format!("{APPLY}::{name}@{}", replicas[1].1);
     fail::cfg(&delay, "1*return(6000)").unwrap();
@@ -1718,4 +1712,10 @@ async fn a_lagging_write_whose_marks_are_sealed_is_routed_again_when_the_epoch_c
     g.wait_status(gateway, name, "healthy").await;
     last_write_on_every_replica(&g, gateway, &replicas, name, 1).await;
     g.stop().await;
+}
+
+/// The id of volume `name`, as server `i` shows it.
+async fn volume_id(g: &Group, i: usize, name: &str) -> strata_types::VolumeId {
+    let v = g.get(i, &format!("/v1/volumes/{name}")).await;
+    serde_json::from_value(v["id"].clone()).unwrap()
 }
