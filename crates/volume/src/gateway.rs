@@ -169,6 +169,15 @@ impl Taken {
     }
 }
 
+/// Those of `servers` not in `took`.
+fn others_than(servers: &[ServerId], took: &[ServerId]) -> Vec<ServerId> {
+    servers
+        .iter()
+        .filter(|s| !took.contains(s))
+        .copied()
+        .collect()
+}
+
 /// What the current replicas answered to one attempt of a change.
 #[derive(Default)]
 struct Outcome {
@@ -1025,12 +1034,7 @@ impl GatewayDevice {
                 // A snapshot froze `head` at some replicas after others took the change into
                 // it: their copies of the snapshot now hold a write made after it.
                 let took = taken.takers(head, &outcome.acked);
-                let kept: Vec<ServerId> = outcome
-                    .fenced
-                    .iter()
-                    .filter(|s| !took.contains(s))
-                    .copied()
-                    .collect();
+                let kept = others_than(&outcome.fenced, &took);
                 self.missed_by(&took, &kept, head, offset, view.epoch)
                     .await?;
                 // Settled: the takers' copies of `head` become the fenced ones'.
@@ -1046,12 +1050,7 @@ impl GatewayDevice {
                 if past && outcome.fenced.is_empty() {
                     // Those that took it now differ from those that did not.
                     let took = taken.takers(head, &outcome.acked);
-                    let lack: Vec<ServerId> = outcome
-                        .refused
-                        .iter()
-                        .filter(|s| !took.contains(s))
-                        .copied()
-                        .collect();
+                    let lack = others_than(&outcome.refused, &took);
                     self.missed_by(&lack, &took, head, offset, view.epoch)
                         .await?;
                 }

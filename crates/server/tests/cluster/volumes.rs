@@ -1339,14 +1339,7 @@ async fn last_write_on_every_replica(
     let report = g.verify(gateway, name, false).await;
     assert_eq!(report["mismatches"], json!([]), "{report}");
     for (i, _) in replicas {
-        let c = g.nbd(*i);
-        let got = blocking(move || {
-            let mut c = connect(&c, name);
-            let got = c.read(0, 8192).unwrap().unwrap();
-            c.disconnect();
-            got
-        })
-        .await;
+        let got = read_through(g.nbd(*i), name, 0, 8192).await;
         assert!(got == pattern(seed, 8192), "server {i} lost the last write");
     }
 }
@@ -1621,14 +1614,7 @@ async fn a_copy_to_a_stale_replica_makes_the_layers_above_the_same_too() {
     want[..512].copy_from_slice(&pattern(2, 512));
     want[4096..].fill(0);
     for (i, _) in &replicas {
-        let addr = g.nbd(*i);
-        let got = blocking(move || {
-            let mut c = connect(&addr, name);
-            let got = c.read(0, 8192).unwrap().unwrap();
-            c.disconnect();
-            got
-        })
-        .await;
+        let got = read_through(g.nbd(*i), name, 0, 8192).await;
         assert!(
             got == want,
             "server {i} reads something else than was written"
@@ -1718,4 +1704,16 @@ async fn a_lagging_write_whose_marks_are_sealed_is_routed_again_when_the_epoch_c
 async fn volume_id(g: &Group, i: usize, name: &str) -> strata_types::VolumeId {
     let v = g.get(i, &format!("/v1/volumes/{name}")).await;
     serde_json::from_value(v["id"].clone()).unwrap()
+}
+
+/// Reads `len` bytes at `offset` of export `name` through the NBD server at `addr`, on a
+/// connection of its own.
+async fn read_through(addr: String, name: &'static str, offset: u64, len: u32) -> Vec<u8> {
+    blocking(move || {
+        let mut c = connect(&addr, name);
+        let got = c.read(offset, len).unwrap().unwrap();
+        c.disconnect();
+        got
+    })
+    .await
 }

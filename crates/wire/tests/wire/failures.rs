@@ -158,6 +158,15 @@ async fn raw_framed(addr: std::net::SocketAddr) -> Framed<TcpStream, FrameCodec>
     Framed::new(raw, FrameCodec::default())
 }
 
+/// A valid Ping frame numbered `id` with one bit flipped in its checksum.
+fn corrupt_ping(id: u64) -> BytesMut {
+    let mut bytes = BytesMut::new();
+    tokio_util::codec::Encoder::encode(&mut FrameCodec::default(), (id, Request::Ping), &mut bytes)
+        .expect("encode");
+    bytes[25] ^= 1;
+    bytes
+}
+
 #[tokio::test]
 async fn a_corrupt_frame_closes_only_its_own_connection() {
     let server = TestServer::start(
@@ -170,16 +179,10 @@ async fn a_corrupt_frame_closes_only_its_own_connection() {
         .await
         .expect("connect");
     let mut bad = raw_framed(server.addr).await;
-    // A valid Ping frame with one bit flipped in its checksum.
-    let mut bytes = BytesMut::new();
-    tokio_util::codec::Encoder::encode(
-        &mut FrameCodec::default(),
-        (5u64, Request::Ping),
-        &mut bytes,
-    )
-    .expect("encode");
-    bytes[25] ^= 1;
-    bad.get_mut().write_all(&bytes).await.expect("send corrupt");
+    bad.get_mut()
+        .write_all(&corrupt_ping(5))
+        .await
+        .expect("send corrupt");
     let next = tokio::time::timeout(Duration::from_secs(5), bad.next())
         .await
         .expect("closed promptly");
@@ -402,16 +405,8 @@ async fn a_broken_connection_lets_its_requests_in_flight_finish_before_it_is_clo
     let mut conn = raw_framed(addr).await;
     conn.send((1u64, Request::Ping)).await.expect("send");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut bytes = BytesMut::new();
-    tokio_util::codec::Encoder::encode(
-        &mut FrameCodec::default(),
-        (2u64, Request::Ping),
-        &mut bytes,
-    )
-    .expect("encode");
-    bytes[25] ^= 1;
     conn.get_mut()
-        .write_all(&bytes)
+        .write_all(&corrupt_ping(2))
         .await
         .expect("send corrupt");
     tokio::time::timeout(Duration::from_secs(5), async {
