@@ -1717,3 +1717,52 @@ async fn read_through(addr: String, name: &'static str, offset: u64, len: u32) -
     })
     .await
 }
+
+/// A gateway that is the second replica of a chunk writes to the primary first, then to its
+/// own copy, which holds the write up; a flush through another connection of the gateway
+/// succeeds meanwhile (it does not cover a write still in flight). Then the gateway loses
+/// power before its own copy took the write: the primary holds it, the gateway's copy does not,
+/// and no flush came after it. The primary, which still held the write in order when the
+/// gateway's connection went, must have the copies made the same (it keeps its version).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flush_does_not_cover_a_write_still_on_its_way_to_the_gateways_own_copy() {
+    const APPLY: &str = "replica::before_apply";
+    let name = "in-flight";
+    let (mut g, replicas, _) = one_chunk_volume(name).await;
+    let (primary, (gateway, gateway_id)) = (replicas[0].0, replicas[1]);
+    assert_eq!(durable_write(g.nbd(gateway), name, 0, 1).await, 0);
+    let delay = format!("{APPLY}::{name}@{gateway_id}");
+    fail::cfg(&delay, "1*return(5000)").unwrap();
+    let addr = g.nbd(gateway);
+    let in_flight = tokio::spawn(blocking(move || {
+        let mut c = connect(&addr, name);
+        c.write(0, &pattern(2, 8192), false)
+    }));
+    // The primary took it; the gateway's own copy holds it up.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let addr = g.nbd(gateway);
+    let flushed = blocking(move || {
+        let mut c = connect(&addr, name);
+        let flushed = c.flush();
+        c.disconnect();
+        flushed
+    })
+    .await;
+    assert!(matches!(flushed, Ok(0)), "the flush failed: {flushed:?}");
+    g.crash(gateway).await;
+    let _ = in_flight.await;
+    fail::remove(&delay);
+    g.restart(gateway).await;
+    g.wait_status(primary, name, "healthy").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        g.wait_status(primary, name, "healthy").await;
+        let report = g.verify(primary, name, false).await;
+        if report["mismatches"] == json!([]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{report}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    g.stop().await;
+}
