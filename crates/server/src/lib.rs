@@ -215,6 +215,12 @@ pub async fn start(
             lost.join(", ")
         );
     }
+    if store.is_new() {
+        // Only now is it this server's store: a refused start leaves it new for the next.
+        store
+            .claim()
+            .context("cannot record the new block store as this server's")?;
+    }
     let http = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_millis(500))
         .tcp_nodelay(true)

@@ -205,6 +205,25 @@ pub(crate) fn is_new(db: &Database) -> Result<bool> {
     Ok(meta.get("format")?.is_none())
 }
 
+/// Whether the store's owner took this database for its own ([`claim`]).
+pub(crate) fn is_claimed(db: &Database) -> Result<bool> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(meta.get("claimed")?.is_some())
+}
+
+/// Records, durably, that the store's owner took this database for its own.
+pub(crate) fn claim(db: &Database) -> Result<()> {
+    let txn = db.begin_write()?;
+    txn.open_table(META)?.insert("claimed", [1u8].as_slice())?;
+    txn.commit()?;
+    Ok(())
+}
+
 /// Checks (or writes, for a new database) the format tag and loads everything.
 pub(crate) fn load(db: &Database) -> Result<Loaded> {
     let txn = db.begin_write()?;

@@ -30,7 +30,7 @@ pub struct Store {
     /// Set by [`Store::close_as_unclean`].
     close_unclean: AtomicBool,
     /// See [`Store::is_new`].
-    new: bool,
+    new: AtomicBool,
     /// See [`Store::was_unclean`].
     unclean: bool,
     /// Written by the last handle's drop once everything is flushed: the next open finds the
@@ -137,18 +137,21 @@ impl Store {
         if !had_db {
             sync_dir(dir)?;
         }
-        let new = meta::is_new(&db)?;
-        if new && has_data {
+        let fresh = meta::is_new(&db)?;
+        if fresh && has_data {
             return Err(lost());
         }
         let clean_marker = dir.join("closed-cleanly");
-        let unclean = !new && !clean_marker.exists();
+        let unclean = !fresh && !clean_marker.exists();
         match std::fs::remove_file(&clean_marker) {
             Ok(()) => sync_dir(dir)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(format!("removing {}", clean_marker.display()))(e)),
         }
         let mut loaded = meta::load(&db)?;
+        // New until its owner claims it: an owner that refused it (its management state places
+        // volumes here that it does not hold) finds it new again on the next start.
+        let new = !meta::is_claimed(&db)? && loaded.volumes.is_empty();
         let generation_floor = meta::generation_floor(&db, unclean)?;
         let mut volumes = HashMap::new();
         let mut max_fid = 0;
@@ -225,7 +228,7 @@ impl Store {
             merger: Some(merger),
             crashed: AtomicBool::new(false),
             close_unclean: AtomicBool::new(false),
-            new,
+            new: AtomicBool::new(new),
             unclean,
             clean_marker,
         })
@@ -261,11 +264,19 @@ impl Store {
         Ok(())
     }
 
-    /// True when this open made the store: its database recorded nothing before (and no
-    /// volume data was found). A server whose management state places volumes here must not
-    /// take such a store for its old one.
+    /// True while the store holds no volume and its owner has not claimed it
+    /// ([`Store::claim`]): it may have been made by this open or by an earlier one whose owner
+    /// refused it. A server whose management state places volumes here must not take such a
+    /// store for its old one.
     pub fn is_new(&self) -> bool {
-        self.new
+        self.new.load(Ordering::SeqCst)
+    }
+
+    /// Records, durably, that the owner takes this store for its own: it is not new any more.
+    pub fn claim(&self) -> Result<()> {
+        meta::claim(&self.inner.db)?;
+        self.new.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Creates an empty volume of `size` bytes (a positive multiple of 512, at most

@@ -470,10 +470,22 @@ fn a_lost_database_is_refused_and_the_data_is_kept() {
 }
 
 #[test]
-fn a_new_store_says_so_and_an_old_one_does_not() {
+fn a_new_store_says_so_until_it_is_claimed_and_an_old_one_does_not() {
     let tmp = tempfile::tempdir().unwrap();
     assert!(open(tmp.path()).is_new());
+    // Opened again without a claim (its owner refused it): still new.
+    let store = open(tmp.path());
+    assert!(store.is_new());
+    store.claim().unwrap();
+    assert!(!store.is_new());
+    drop(store);
     assert!(!open(tmp.path()).is_new());
+    // A store that holds a volume is not new, claimed or not (one made before claims).
+    let other = tempfile::tempdir().unwrap();
+    open(other.path())
+        .create_volume(VolumeId::new_random(), 1 << 20, LayerId::new_random())
+        .unwrap();
+    assert!(!open(other.path()).is_new());
 }
 
 #[test]

@@ -73,6 +73,10 @@ async fn a_server_whose_store_was_lost_refuses_to_start_and_deletes_nothing() {
         files(&store.join("volumes")).is_empty(),
         "no volume recreated empty"
     );
+    // The refused start made a new store there: the next start must refuse it too (before,
+    // it took that store for its own and served zeros as `healthy`).
+    let err = g.restart_refused(2, "is new").await;
+    assert!(err.contains("keep"), "{err}");
 
     // Restored from the backup, it starts and serves what it held.
     std::fs::remove_dir_all(&store).unwrap();
