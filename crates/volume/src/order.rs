@@ -121,11 +121,30 @@ struct Held {
     since: Instant,
 }
 
-/// The held ranges of this server, as primary, per (volume, chunk).
+/// A write waiting at the primary for a hold, in arrival order.
+struct Waiting {
+    ticket: u64,
+    token: u64,
+    start: u64,
+    end: u64,
+}
+
+/// The holds of one chunk, and the writes waiting for one.
+#[derive(Default)]
+struct ChunkHolds {
+    held: Vec<Held>,
+    waiting: Vec<Waiting>,
+}
+
+/// The held ranges of this server, as primary, per (volume, chunk). Overlapping writes get
+/// their holds in the order they arrived: a write waits for the overlapping holds taken and
+/// for the overlapping writes that came before it and still wait, so a long stream of small
+/// writes cannot keep a large one waiting until its time runs out.
 #[derive(Default)]
 pub struct RangeLocks {
-    held: Mutex<HashMap<(VolumeId, u64), Vec<Held>>>,
+    held: Mutex<HashMap<(VolumeId, u64), ChunkHolds>>,
     released: Notify,
+    tickets: std::sync::atomic::AtomicU64,
 }
 
 /// The blocks `[offset, offset+len)` touches: a write of part of a block rewrites the block.
@@ -135,11 +154,35 @@ fn blocks(offset: u64, len: u64) -> (u64, u64) {
     (start, end)
 }
 
+/// Removes a write's place in the queue when it stops waiting, however it stops (it got its
+/// hold, its time ran out, or its request was dropped).
+struct InQueue<'a> {
+    locks: &'a RangeLocks,
+    key: (VolumeId, u64),
+    ticket: u64,
+}
+
+impl Drop for InQueue<'_> {
+    fn drop(&mut self) {
+        let mut map = self.locks.held.lock();
+        let Some(chunk) = map.get_mut(&self.key) else {
+            return;
+        };
+        chunk.waiting.retain(|w| w.ticket != self.ticket);
+        if chunk.held.is_empty() && chunk.waiting.is_empty() {
+            map.remove(&self.key);
+        }
+        drop(map);
+        // A later write may have waited for this one only.
+        self.locks.released.notify_waiters();
+    }
+}
+
 impl RangeLocks {
     /// Takes a hold of `[offset, offset+len)` of `chunk` for `holder`, waiting at most
-    /// [`HOLD_WAIT`] for overlapping holds of others; `false` if they were still held then. A
-    /// holder that already holds part of the chunk (a write sent again) is not blocked by
-    /// itself.
+    /// [`HOLD_WAIT`] for overlapping holds of others and for overlapping writes of others that
+    /// arrived before it; `false` if it did not get the hold by then. A holder that already
+    /// holds part of the chunk (a write sent again) is not blocked by itself.
     pub async fn hold(
         &self,
         volume: VolumeId,
@@ -149,30 +192,63 @@ impl RangeLocks {
         holder: Holder,
     ) -> bool {
         let (start, end) = blocks(offset, len);
+        let key = (volume, chunk);
         let deadline = tokio::time::Instant::now() + HOLD_WAIT;
+        let ticket = self
+            .tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let overlaps = |token: u64, s: u64, e: u64| token != holder.token && s < end && start < e;
+        let mut queued: Option<InQueue<'_>> = None;
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
             {
                 let mut map = self.held.lock();
-                let list = map.entry((volume, chunk)).or_default();
-                let expired = list.len();
-                list.retain(|h| h.since.elapsed() < HOLD_LEASE);
-                if list.len() < expired {
+                let chunk_holds = map.entry(key).or_default();
+                let expired = chunk_holds.held.len();
+                chunk_holds.held.retain(|h| h.since.elapsed() < HOLD_LEASE);
+                if chunk_holds.held.len() < expired {
                     tracing::warn!(%volume, chunk, "a write's hold outlived its lease; released it");
                 }
-                let blocked = list
+                // A write sent again by a holder goes before those that arrived after its
+                // first one: they may wait for its hold, which waits for it.
+                let resent = chunk_holds
+                    .held
                     .iter()
-                    .any(|h| h.holder.token != holder.token && h.start < end && start < h.end);
+                    .any(|h| h.holder.token == holder.token);
+                let blocked = chunk_holds
+                    .held
+                    .iter()
+                    .any(|h| overlaps(h.holder.token, h.start, h.end))
+                    || (!resent
+                        && chunk_holds
+                            .waiting
+                            .iter()
+                            .any(|w| w.ticket < ticket && overlaps(w.token, w.start, w.end)));
                 if !blocked {
-                    list.push(Held {
+                    chunk_holds.held.push(Held {
                         holder,
                         start,
                         end,
                         since: Instant::now(),
                     });
+                    drop(map);
+                    drop(queued);
                     return true;
+                }
+                if queued.is_none() {
+                    chunk_holds.waiting.push(Waiting {
+                        ticket,
+                        token: holder.token,
+                        start,
+                        end,
+                    });
+                    queued = Some(InQueue {
+                        locks: self,
+                        key,
+                        ticket,
+                    });
                 }
             }
             if tokio::time::timeout_at(deadline, released).await.is_err() {
@@ -191,7 +267,7 @@ impl RangeLocks {
         self.held
             .lock()
             .iter()
-            .filter(|(_, list)| list.iter().any(|h| h.holder.conn == Some(conn)))
+            .filter(|(_, c)| c.held.iter().any(|h| h.holder.conn == Some(conn)))
             .map(|(key, _)| *key)
             .collect()
     }
@@ -203,11 +279,11 @@ impl RangeLocks {
 
     fn remove(&self, what: impl Fn(&(VolumeId, u64), &Held) -> bool) {
         let mut removed = false;
-        self.held.lock().retain(|key, list| {
-            let before = list.len();
-            list.retain(|h| !what(key, h));
-            removed |= list.len() < before;
-            !list.is_empty()
+        self.held.lock().retain(|key, c| {
+            let before = c.held.len();
+            c.held.retain(|h| !what(key, h));
+            removed |= c.held.len() < before;
+            !c.held.is_empty() || !c.waiting.is_empty()
         });
         if removed {
             self.released.notify_waiters();
@@ -245,6 +321,58 @@ mod tests {
         assert!(!waiter.is_finished(), "still overlaps the hold of 2");
         locks.release(v, 0, 2);
         assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn overlapping_writes_get_their_holds_in_the_order_they_came() {
+        let locks = Arc::new(RangeLocks::default());
+        let v = VolumeId::new_random();
+        assert!(locks.hold(v, 0, 0, 4096, holder(1)).await);
+        let wait = |offset, len, token| {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.hold(v, 0, offset, len, holder(token)).await })
+        };
+        // A large write waits for the hold of 1.
+        let large = wait(0, 65536, 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A small one after it overlaps only the large one: it does not pass it.
+        let small = wait(8192, 4096, 3);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !small.is_finished(),
+            "passed the large write that came first"
+        );
+        // One that overlaps neither goes on at once.
+        assert!(locks.hold(v, 0, 131072, 4096, holder(4)).await);
+        // Holder 1 sending its write again is not queued behind the large one.
+        assert!(locks.hold(v, 0, 0, 8192, holder(1)).await);
+        locks.release(v, 0, 1);
+        assert!(large.await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!small.is_finished(), "overlaps the hold of 2");
+        locks.release(v, 0, 2);
+        assert!(small.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_write_that_stops_waiting_leaves_the_queue() {
+        let locks = Arc::new(RangeLocks::default());
+        let v = VolumeId::new_random();
+        assert!(locks.hold(v, 0, 0, 4096, holder(1)).await);
+        let large = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.hold(v, 0, 0, 65536, holder(2)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        large.abort();
+        let _ = large.await;
+        // Only the hold of 1 is left in the way of what the large write covered.
+        assert!(locks.hold(v, 0, 8192, 4096, holder(3)).await);
+        assert!(locks
+            .held
+            .lock()
+            .get(&(v, 0))
+            .is_some_and(|c| c.waiting.is_empty()));
     }
 
     #[tokio::test]
