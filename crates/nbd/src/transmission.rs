@@ -16,8 +16,8 @@
 //! client that does not read its replies therefore stops being served instead of making the
 //! server buffer them without limit.
 //!
-//! A WRITE longer than the maximum payload is answered with an error, its payload read and
-//! thrown away as it arrives (never buffered whole), and the connection goes on.
+//! A WRITE longer than the maximum payload is answered with an error once its payload has been
+//! read and thrown away as it arrives (never buffered whole), and the connection goes on.
 //!
 //! Ending: on `NBD_CMD_DISC`, end of stream, a framing error, or server shutdown the reader stops
 //! reading, drops its end of the channel and waits for the writer, which finishes once every
@@ -166,12 +166,22 @@ where
     let connection_bytes = Budget::new(config.max_bytes_per_connection);
     // Payload bytes still to be read and thrown away (a WRITE over the maximum payload).
     let mut discard = 0usize;
+    // The error reply to that WRITE, sent once its payload is read: a client still sending it
+    // (libnbd) takes a reply that comes first for one to a request it has not finished.
+    let mut refusal: Option<Reply> = None;
     let stopped: Stop = async {
         loop {
             if discard > 0 {
                 let n = discard.min(buf.len());
                 buf.advance(n);
                 discard -= n;
+            }
+            if discard == 0 {
+                if let Some(reply) = refusal.take() {
+                    if tx.send((reply, None)).await.is_err() {
+                        return Stop::Done(Ok(()));
+                    }
+                }
             }
             let frame = if discard > 0 {
                 None
@@ -207,7 +217,9 @@ where
             if let Err(errno) = validate(&req, &session) {
                 debug!(?req, errno, "request refused");
                 let reply = error_reply(&session, req.cookie, errno, "invalid request");
-                if tx.send((reply, None)).await.is_err() {
+                if discard > 0 {
+                    refusal = Some(reply);
+                } else if tx.send((reply, None)).await.is_err() {
                     return Stop::Done(Ok(()));
                 }
                 continue;

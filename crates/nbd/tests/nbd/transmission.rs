@@ -2,6 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use strata_nbd::consts;
 
@@ -307,6 +308,24 @@ async fn a_write_over_the_maximum_payload_is_refused_and_the_connection_lives() 
         assert_eq!(c.status().await, Ok(()));
         c.request(0, consts::CMD_READ, 3, 0, 4, &[]).await;
         assert_eq!(c.read_result(0, 4).await, Ok(b"abcd".to_vec()));
+    }
+}
+
+/// The refusal of a WRITE over the maximum payload comes only once its payload is read: a
+/// client still sending it (libnbd) took an earlier reply for an unknown cookie and dropped the
+/// connection.
+#[tokio::test]
+async fn the_refusal_of_an_oversized_write_waits_for_its_payload() {
+    for structured in [false, true] {
+        let (_server, _dev, _ro, mut c) = setup(structured, false).await;
+        let len = consts::MAX_PAYLOAD + 1;
+        c.request(0, consts::CMD_WRITE, 1, 0, len, &[]).await;
+        let early = tokio::time::timeout(Duration::from_millis(300), c.status()).await;
+        assert!(early.is_err(), "answered before the payload: {early:?}");
+        c.send_raw(&vec![0x5a; len as usize]).await;
+        assert!(c.status().await.is_err(), "structured {structured}");
+        c.request(0, consts::CMD_READ, 2, 0, 4, &[]).await;
+        assert!(c.read_result(0, 4).await.is_ok());
     }
 }
 
