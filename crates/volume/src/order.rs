@@ -127,7 +127,18 @@ struct Waiting {
     token: u64,
     start: u64,
     end: u64,
+    /// When its wait ran out: its place is kept for [`KEPT_PLACE`], for the gateway's next
+    /// attempt.
+    gave_up: Option<Instant>,
 }
+
+/// How long a write whose wait ran out keeps its place in the queue: the gateway sends it
+/// again within tens of milliseconds, and takes up its old place, so waiting in turn under
+/// load never sends it to the back of the queue.
+const KEPT_PLACE: Duration = Duration::from_millis(500);
+
+/// How often a waiting write looks again even if no hold was released (a kept place may lapse).
+const RECHECK: Duration = Duration::from_millis(100);
 
 /// The holds of one chunk, and the writes waiting for one.
 #[derive(Default)]
@@ -154,12 +165,13 @@ fn blocks(offset: u64, len: u64) -> (u64, u64) {
     (start, end)
 }
 
-/// Removes a write's place in the queue when it stops waiting, however it stops (it got its
-/// hold, its time ran out, or its request was dropped).
+/// A write's place in the queue while it waits. Dropped, it leaves the queue (it got its hold,
+/// or its request was dropped) unless its wait ran out ([`Waiting::gave_up`]).
 struct InQueue<'a> {
     locks: &'a RangeLocks,
     key: (VolumeId, u64),
     ticket: u64,
+    gave_up: bool,
 }
 
 impl Drop for InQueue<'_> {
@@ -168,6 +180,12 @@ impl Drop for InQueue<'_> {
         let Some(chunk) = map.get_mut(&self.key) else {
             return;
         };
+        if self.gave_up {
+            for w in chunk.waiting.iter_mut().filter(|w| w.ticket == self.ticket) {
+                w.gave_up = Some(Instant::now());
+            }
+            return;
+        }
         chunk.waiting.retain(|w| w.ticket != self.ticket);
         if chunk.held.is_empty() && chunk.waiting.is_empty() {
             map.remove(&self.key);
@@ -181,8 +199,9 @@ impl Drop for InQueue<'_> {
 impl RangeLocks {
     /// Takes a hold of `[offset, offset+len)` of `chunk` for `holder`, waiting at most
     /// [`HOLD_WAIT`] for overlapping holds of others and for overlapping writes of others that
-    /// arrived before it; `false` if it did not get the hold by then. A holder that already
-    /// holds part of the chunk (a write sent again) is not blocked by itself.
+    /// arrived before it (a write sent again takes up the place its last attempt kept); `false`
+    /// if it did not get the hold by then. A holder that already holds part of the chunk (a
+    /// write sent again) is not blocked by itself.
     pub async fn hold(
         &self,
         volume: VolumeId,
@@ -194,9 +213,6 @@ impl RangeLocks {
         let (start, end) = blocks(offset, len);
         let key = (volume, chunk);
         let deadline = tokio::time::Instant::now() + HOLD_WAIT;
-        let ticket = self
-            .tickets
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let overlaps = |token: u64, s: u64, e: u64| token != holder.token && s < end && start < e;
         let mut queued: Option<InQueue<'_>> = None;
         loop {
@@ -211,6 +227,41 @@ impl RangeLocks {
                 if chunk_holds.held.len() < expired {
                     tracing::warn!(%volume, chunk, "a write's hold outlived its lease; released it");
                 }
+                chunk_holds
+                    .waiting
+                    .retain(|w| w.gave_up.is_none_or(|at| at.elapsed() < KEPT_PLACE));
+                if queued.is_none() {
+                    let ticket = match chunk_holds
+                        .waiting
+                        .iter_mut()
+                        .find(|w| w.token == holder.token && (w.start, w.end) == (start, end))
+                    {
+                        Some(kept) => {
+                            kept.gave_up = None;
+                            kept.ticket
+                        }
+                        None => {
+                            let ticket = self
+                                .tickets
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            chunk_holds.waiting.push(Waiting {
+                                ticket,
+                                token: holder.token,
+                                start,
+                                end,
+                                gave_up: None,
+                            });
+                            ticket
+                        }
+                    };
+                    queued = Some(InQueue {
+                        locks: self,
+                        key,
+                        ticket,
+                        gave_up: false,
+                    });
+                }
+                let ticket = queued.as_ref().map_or(0, |q| q.ticket);
                 // A write sent again by a holder goes before those that arrived after its
                 // first one: they may wait for its hold, which waits for it.
                 let resent = chunk_holds
@@ -237,21 +288,14 @@ impl RangeLocks {
                     drop(queued);
                     return true;
                 }
-                if queued.is_none() {
-                    chunk_holds.waiting.push(Waiting {
-                        ticket,
-                        token: holder.token,
-                        start,
-                        end,
-                    });
-                    queued = Some(InQueue {
-                        locks: self,
-                        key,
-                        ticket,
-                    });
-                }
             }
-            if tokio::time::timeout_at(deadline, released).await.is_err() {
+            let wake = deadline.min(tokio::time::Instant::now() + RECHECK);
+            if tokio::time::timeout_at(wake, released).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                if let Some(q) = queued.as_mut() {
+                    q.gave_up = true;
+                }
                 return false;
             }
         }
@@ -280,6 +324,8 @@ impl RangeLocks {
     fn remove(&self, what: impl Fn(&(VolumeId, u64), &Held) -> bool) {
         let mut removed = false;
         self.held.lock().retain(|key, c| {
+            c.waiting
+                .retain(|w| w.gave_up.is_none_or(|at| at.elapsed() < KEPT_PLACE));
             let before = c.held.len();
             c.held.retain(|h| !what(key, h));
             removed |= c.held.len() < before;
@@ -352,6 +398,42 @@ mod tests {
         assert!(!small.is_finished(), "overlaps the hold of 2");
         locks.release(v, 0, 2);
         assert!(small.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_wait_ran_out_keeps_its_place_for_a_while() {
+        let locks = Arc::new(RangeLocks::default());
+        let v = VolumeId::new_random();
+        assert!(locks.hold(v, 0, 0, 4096, holder(1)).await);
+        assert!(!locks.hold(v, 0, 0, 65536, holder(2)).await, "held by 1");
+        // The small write came after the large one's first attempt: it waits for its next.
+        let small = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.hold(v, 0, 8192, 4096, holder(3)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!small.is_finished(), "passed the large write's kept place");
+        let large = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.hold(v, 0, 0, 65536, holder(2)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        locks.release(v, 0, 1);
+        assert!(
+            large.await.unwrap(),
+            "the large write takes its place again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!small.is_finished());
+        locks.release(v, 0, 2);
+        assert!(small.await.unwrap());
+        // A place nobody takes up again lapses.
+        locks.release(v, 0, 3);
+        assert!(locks.hold(v, 0, 0, 4096, holder(4)).await);
+        assert!(!locks.hold(v, 0, 0, 65536, holder(5)).await, "held by 4");
+        let started = Instant::now();
+        assert!(locks.hold(v, 0, 8192, 4096, holder(6)).await);
+        assert!(started.elapsed() >= KEPT_PLACE - RECHECK);
     }
 
     #[tokio::test]
