@@ -193,27 +193,26 @@ pub(crate) struct Loaded {
     pub active: HashMap<u64, Vec<u64>>,
 }
 
-/// True when the database has no format tag yet: it was just made (or emptied), and holds no
-/// record of anything.
-pub(crate) fn is_new(db: &Database) -> Result<bool> {
-    let txn = db.begin_read()?;
-    let meta = match txn.open_table(META) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(true),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(meta.get("format")?.is_none())
-}
-
-/// Whether the store's owner took this database for its own ([`claim`]).
-pub(crate) fn is_claimed(db: &Database) -> Result<bool> {
+/// Whether the meta table holds `key` (false when there is no meta table yet).
+fn has_meta(db: &Database, key: &str) -> Result<bool> {
     let txn = db.begin_read()?;
     let meta = match txn.open_table(META) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
-    Ok(meta.get("claimed")?.is_some())
+    Ok(meta.get(key)?.is_some())
+}
+
+/// True when the database has no format tag yet: it was just made (or emptied), and holds no
+/// record of anything.
+pub(crate) fn is_new(db: &Database) -> Result<bool> {
+    Ok(!has_meta(db, "format")?)
+}
+
+/// Whether the store's owner took this database for its own ([`claim`]).
+pub(crate) fn is_claimed(db: &Database) -> Result<bool> {
+    has_meta(db, "claimed")
 }
 
 /// Records, durably, that the store's owner took this database for its own.

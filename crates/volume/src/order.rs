@@ -165,13 +165,23 @@ fn blocks(offset: u64, len: u64) -> (u64, u64) {
     (start, end)
 }
 
-/// A write's place in the queue while it waits. Dropped, it leaves the queue (it got its hold,
-/// or its request was dropped) unless its wait ran out ([`Waiting::gave_up`]).
+/// How a write's wait in the queue ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Left {
+    /// It got its hold: the hold blocks what its place blocked.
+    Held,
+    /// Its wait ran out: the place is kept ([`Waiting::gave_up`]).
+    GaveUp,
+    /// Its request was dropped.
+    Dropped,
+}
+
+/// A write's place in the queue while it waits; dropped, it leaves the queue as `left` says.
 struct InQueue<'a> {
     locks: &'a RangeLocks,
     key: (VolumeId, u64),
     ticket: u64,
-    gave_up: bool,
+    left: Left,
 }
 
 impl Drop for InQueue<'_> {
@@ -180,7 +190,7 @@ impl Drop for InQueue<'_> {
         let Some(chunk) = map.get_mut(&self.key) else {
             return;
         };
-        if self.gave_up {
+        if self.left == Left::GaveUp {
             for w in chunk.waiting.iter_mut().filter(|w| w.ticket == self.ticket) {
                 w.gave_up = Some(Instant::now());
             }
@@ -191,8 +201,10 @@ impl Drop for InQueue<'_> {
             map.remove(&self.key);
         }
         drop(map);
-        // A later write may have waited for this one only.
-        self.locks.released.notify_waiters();
+        if self.left == Left::Dropped {
+            // A later write may have waited for this one only.
+            self.locks.released.notify_waiters();
+        }
     }
 }
 
@@ -201,7 +213,7 @@ impl RangeLocks {
     /// [`HOLD_WAIT`] for overlapping holds of others and for overlapping writes of others that
     /// arrived before it (a write sent again takes up the place its last attempt kept); `false`
     /// if it did not get the hold by then. A holder that already holds part of the chunk (a
-    /// write sent again) is not blocked by itself.
+    /// write sent again) is not blocked by itself. A write that is not blocked takes no place.
     pub async fn hold(
         &self,
         volume: VolumeId,
@@ -230,17 +242,35 @@ impl RangeLocks {
                 chunk_holds
                     .waiting
                     .retain(|w| w.gave_up.is_none_or(|at| at.elapsed() < KEPT_PLACE));
-                if queued.is_none() {
-                    let ticket = match chunk_holds
+                // Its place: the one it took, or the one its last attempt kept; none yet (after
+                // every waiting write) for a write just come.
+                let place = queued.as_ref().map(|q| q.ticket).or_else(|| {
+                    let kept = chunk_holds
                         .waiting
                         .iter_mut()
-                        .find(|w| w.token == holder.token && (w.start, w.end) == (start, end))
-                    {
-                        Some(kept) => {
-                            kept.gave_up = None;
-                            kept.ticket
-                        }
-                        None => {
+                        .find(|w| w.token == holder.token && (w.start, w.end) == (start, end))?;
+                    kept.gave_up = None;
+                    Some(kept.ticket)
+                });
+                // A write sent again by a holder goes before those that arrived after its
+                // first one: they may wait for its hold, which waits for it.
+                let resent = chunk_holds
+                    .held
+                    .iter()
+                    .any(|h| h.holder.token == holder.token);
+                let before = place.unwrap_or(u64::MAX);
+                let blocked = chunk_holds
+                    .held
+                    .iter()
+                    .any(|h| overlaps(h.holder.token, h.start, h.end))
+                    || (!resent
+                        && chunk_holds
+                            .waiting
+                            .iter()
+                            .any(|w| w.ticket < before && overlaps(w.token, w.start, w.end)));
+                if queued.is_none() {
+                    let ticket = match place {
+                        None if blocked => {
                             let ticket = self
                                 .tickets
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -251,32 +281,17 @@ impl RangeLocks {
                                 end,
                                 gave_up: None,
                             });
-                            ticket
+                            Some(ticket)
                         }
+                        other => other,
                     };
-                    queued = Some(InQueue {
+                    queued = ticket.map(|ticket| InQueue {
                         locks: self,
                         key,
                         ticket,
-                        gave_up: false,
+                        left: Left::Dropped,
                     });
                 }
-                let ticket = queued.as_ref().map_or(0, |q| q.ticket);
-                // A write sent again by a holder goes before those that arrived after its
-                // first one: they may wait for its hold, which waits for it.
-                let resent = chunk_holds
-                    .held
-                    .iter()
-                    .any(|h| h.holder.token == holder.token);
-                let blocked = chunk_holds
-                    .held
-                    .iter()
-                    .any(|h| overlaps(h.holder.token, h.start, h.end))
-                    || (!resent
-                        && chunk_holds
-                            .waiting
-                            .iter()
-                            .any(|w| w.ticket < ticket && overlaps(w.token, w.start, w.end)));
                 if !blocked {
                     chunk_holds.held.push(Held {
                         holder,
@@ -285,7 +300,9 @@ impl RangeLocks {
                         since: Instant::now(),
                     });
                     drop(map);
-                    drop(queued);
+                    if let Some(q) = queued.as_mut() {
+                        q.left = Left::Held;
+                    }
                     return true;
                 }
             }
@@ -294,7 +311,7 @@ impl RangeLocks {
                 && tokio::time::Instant::now() >= deadline
             {
                 if let Some(q) = queued.as_mut() {
-                    q.gave_up = true;
+                    q.left = Left::GaveUp;
                 }
                 return false;
             }

@@ -1286,13 +1286,7 @@ async fn a_keeper_that_crashes_before_its_replica_is_marked_stale_leaves_the_cop
     wait_reached(&keeping, 1, "the primary keeping its version").await;
     // A flush through the primary makes its copy durable.
     let addr = g.nbd(primary);
-    let flushed = blocking(move || {
-        let mut c = connect(&addr, name);
-        let flushed = c.flush();
-        c.disconnect();
-        flushed
-    })
-    .await;
+    let flushed = flush_through(addr, name).await;
     eprintln!("flush through the primary: {flushed:?}");
     g.crash(primary).await;
     resume(MARK, name);
@@ -1741,13 +1735,7 @@ async fn a_flush_does_not_cover_a_write_still_on_its_way_to_the_gateways_own_cop
     // The primary took it; the gateway's own copy holds it up.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let addr = g.nbd(gateway);
-    let flushed = blocking(move || {
-        let mut c = connect(&addr, name);
-        let flushed = c.flush();
-        c.disconnect();
-        flushed
-    })
-    .await;
+    let flushed = flush_through(addr, name).await;
     assert!(matches!(flushed, Ok(0)), "the flush failed: {flushed:?}");
     g.crash(gateway).await;
     let _ = in_flight.await;
@@ -1765,4 +1753,15 @@ async fn a_flush_does_not_cover_a_write_still_on_its_way_to_the_gateways_own_cop
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     g.stop().await;
+}
+
+/// Flushes export `name` through the NBD server at `addr` on a connection of its own.
+async fn flush_through(addr: String, name: &'static str) -> std::io::Result<u32> {
+    blocking(move || {
+        let mut c = connect(&addr, name);
+        let flushed = c.flush();
+        c.disconnect();
+        flushed
+    })
+    .await
 }
